@@ -1,0 +1,154 @@
+// shmipc._core.Buffer: the buffer protocol with export counting, and fd send/recv.
+#include "bindings.hpp"
+
+#include "ipc_core/buffer.hpp"
+#include "ipc_core/errors.hpp"
+#include "ipc_core/fd_passing.hpp"
+
+#include <optional>
+#include <pybind11/stl.h>
+
+namespace shmipc::bindings {
+
+namespace {
+
+// A buffer made by the engine (received or shared) waiting to become a Python object; if the
+// Python side fails before adopting it, its destructor still releases everything.
+struct PendingBuffer {
+    std::unique_ptr<Buffer> buffer;
+};
+
+Buffer& get(py::handle self) { return *self.cast<Buffer*>(); }
+
+std::byte g_empty{}; // data pointer for zero-length views
+
+int buffer_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
+    try {
+        Buffer& b = get(obj);
+        bool writable = (flags & PyBUF_WRITABLE) == PyBUF_WRITABLE;
+        b.acquire_export(writable);
+        // A read-only request on a writable buffer still yields a writable view if the consumer
+        // did not ask; count it as writable then (it can write through it).
+        bool give_writable = !b.readonly();
+        if (give_writable && !writable) {
+            b.release_export(false);
+            b.acquire_export(true);
+        }
+        void* data = b.nbytes() ? static_cast<void*>(b.data()) : static_cast<void*>(&g_empty);
+        if (PyBuffer_FillInfo(view, obj, data, static_cast<Py_ssize_t>(b.nbytes()),
+                              give_writable ? 0 : 1, flags) != 0) {
+            b.release_export(give_writable);
+            return -1;
+        }
+        view->internal = reinterpret_cast<void*>(static_cast<std::uintptr_t>(give_writable));
+        return 0;
+    } catch (const BufferBusy& e) {
+        PyErr_SetString(PyExc_BufferError, e.what());
+    } catch (const Closed& e) {
+        PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const std::exception& e) {
+        PyErr_SetString(PyExc_BufferError, e.what());
+    }
+    view->obj = nullptr;
+    return -1;
+}
+
+void buffer_releasebuffer(PyObject* obj, Py_buffer* view) {
+    try {
+        get(obj).release_export(reinterpret_cast<std::uintptr_t>(view->internal) != 0);
+    } catch (...) {
+    }
+}
+
+} // namespace
+
+void bind_buffer(py::module_& m) {
+    py::class_<PendingBuffer>(m, "PendingBuffer");
+
+    py::class_<Buffer, std::unique_ptr<Buffer>>(
+        m, "Buffer", py::custom_type_setup([](PyHeapTypeObject* ht) {
+            ht->as_buffer.bf_getbuffer = buffer_getbuffer;
+            ht->as_buffer.bf_releasebuffer = buffer_releasebuffer;
+            ht->ht_type.tp_as_buffer = &ht->as_buffer;
+        }))
+        .def(py::init([](std::int64_t nbytes, bool zero) {
+                 if (nbytes < 0) throw std::invalid_argument("nbytes must be >= 0");
+                 return Buffer::create(static_cast<std::size_t>(nbytes), zero);
+             }),
+             py::arg("nbytes"), py::arg("zero") = true)
+        .def(py::init([](PendingBuffer& p) {
+            if (!p.buffer) throw std::invalid_argument("pending buffer already adopted");
+            return std::move(p.buffer);
+        }))
+        .def_property_readonly("nbytes", &Buffer::nbytes)
+        .def_property_readonly("readonly", &Buffer::readonly)
+        .def_property_readonly("sealed", &Buffer::sealed)
+        .def_property_readonly("moved", &Buffer::moved)
+        .def_property_readonly("closed", &Buffer::closed)
+        .def_property_readonly("_exports", &Buffer::exports)
+        .def_property_readonly("_writable_exports", &Buffer::writable_exports)
+        .def_property_readonly("_address",
+                               [](const Buffer& b) {
+                                   return reinterpret_cast<std::uintptr_t>(b.nbytes() ? b.data() : nullptr);
+                               })
+        .def("fileno", &Buffer::fileno)
+        .def("seal", &Buffer::seal)
+        .def("_close", &Buffer::close);
+
+    m.def(
+        "send_buffer",
+        [](int sock, Buffer& b, py::bytes meta, py::bytes desc, std::size_t allowed_writable) {
+            int fd = b.prepare_send(allowed_writable);
+            // Hold a read-only export while the GIL is released so a concurrent close() cannot
+            // unmap or recycle the buffer under us.
+            b.acquire_export(false);
+            struct Hold {
+                Buffer& b;
+                ~Hold() { b.release_export(false); }
+            } hold{b};
+            std::string m_ = meta, d_ = desc;
+            {
+                py::gil_scoped_release nogil;
+                send_fd_message(sock, fd, b.nbytes(), m_, d_);
+            }
+            b.mark_sent();
+        },
+        py::arg("sock"), py::arg("buf"), py::arg("meta"), py::arg("desc"),
+        py::arg("allowed_writable_exports") = 0);
+
+    m.def(
+        "recv_buffer",
+        [](int sock, std::optional<double> timeout) {
+            FdMessage msg;
+            {
+                py::gil_scoped_release nogil;
+                msg = recv_fd_message(sock, Deadline(timeout));
+            }
+            PendingBuffer p{Buffer::adopt(std::move(msg.fd), msg.nbytes, msg.file_size, msg.write_sealed)};
+            return py::make_tuple(std::move(p), py::bytes(msg.meta), py::bytes(msg.desc));
+        },
+        py::arg("sock"), py::arg("timeout") = py::none());
+
+    m.def(
+        "share_fd",
+        [](int fd, std::size_t nbytes) {
+            // Takes ownership of fd (a dup the caller gives away).
+            return PendingBuffer{Buffer::share(UniqueFd(fd), nbytes)};
+        },
+        py::arg("fd"), py::arg("nbytes"));
+
+    m.def("set_pool_limit", &set_pool_limit, py::arg("nbytes"));
+    m.def("clear_pool", &clear_pool);
+    m.def("pool_stats", [] {
+        PoolStats s = pool_stats();
+        py::dict d;
+        d["entries"] = s.entries;
+        d["bytes"] = s.bytes;
+        d["limit_bytes"] = s.limit_bytes;
+        d["hits"] = s.hits;
+        d["misses"] = s.misses;
+        return d;
+    });
+}
+
+} // namespace shmipc::bindings

@@ -1,0 +1,61 @@
+// The one place where engine errors become Python exceptions.
+#include "bindings.hpp"
+
+#include "ipc_core/deadline.hpp"
+#include "ipc_core/errors.hpp"
+
+#include <system_error>
+
+namespace shmipc::bindings {
+
+namespace {
+
+PyObject* py_error(const char* name) {
+    // Defined in python/shmipc/_errors.py (multiple inheritance is simpler in Python).
+    static py::object mod = py::module_::import("shmipc._errors");
+    return mod.attr(name).ptr();
+}
+
+void interrupt_hook() {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+}
+
+} // namespace
+
+void bind_errors(py::module_& m) {
+    set_interrupt_hook(&interrupt_hook);
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const CorruptSegment& e) {
+            PyErr_SetString(py_error("CorruptSegmentError"), e.what());
+        } catch (const PeerDied& e) {
+            PyErr_SetString(py_error("PeerDiedError"), e.what());
+        } catch (const ChannelBusy& e) {
+            PyErr_SetString(py_error("ChannelBusyError"), e.what());
+        } catch (const Error& e) {
+            PyErr_SetString(py_error("ShmipcError"), e.what());
+        } catch (const Timeout& e) {
+            PyErr_SetString(PyExc_TimeoutError, e.what());
+        } catch (const EndOfStream& e) {
+            PyErr_SetString(PyExc_EOFError, e.what());
+        } catch (const OutOfMemory& e) {
+            PyErr_SetString(PyExc_MemoryError, e.what());
+        } catch (const BufferBusy& e) {
+            PyErr_SetString(PyExc_BufferError, e.what());
+        } catch (const Closed& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        } catch (const std::system_error& e) {
+            // OSError(errno, msg) picks the subclass (FileExistsError, ...) from errno.
+            py::object exc = py::reinterpret_steal<py::object>(
+                PyObject_CallFunction(PyExc_OSError, "is", e.code().value(), e.what()));
+            if (exc) PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+        } catch (const std::invalid_argument& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        }
+    });
+    m.def("_check_interrupt", [] { check_interrupt(); });
+}
+
+} // namespace shmipc::bindings

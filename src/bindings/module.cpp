@@ -1,0 +1,8 @@
+#include "bindings.hpp"
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "shmipc engine (C++20): shared memory, fd passing, heaps, channels, queues";
+    shmipc::bindings::bind_errors(m);
+    shmipc::bindings::bind_buffer(m);
+    shmipc::bindings::bind_segment(m);
+}
