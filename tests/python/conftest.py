@@ -1,0 +1,83 @@
+"""Shared fixtures: fresh names, leak checks for /dev/shm and fds, a spawn context."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+_counter = itertools.count()
+
+
+def fresh_name(prefix: str = "t") -> str:
+    """A name no other test (or run) uses: pid + start time + counter."""
+    return f"shmipc-test-{prefix}-{os.getpid()}-{int(time.time() * 1000) % 10**8}-{next(_counter)}"
+
+
+def _shm_entries() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith(("shmipc-test-", ".shmipc-tmp-"))}
+
+
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+@pytest.fixture
+def name() -> Iterator[str]:
+    """A fresh shared-memory name; the test fails if it is left in /dev/shm."""
+    n = fresh_name()
+    yield n
+    leftover = [e for e in os.listdir("/dev/shm") if e == n or e.startswith(n + ".")]
+    for e in leftover:
+        os.unlink(os.path.join("/dev/shm", e))
+    assert not leftover, f"test left {leftover} in /dev/shm"
+
+
+@pytest.fixture(autouse=True)
+def no_shm_leaks() -> Iterator[None]:
+    before = _shm_entries()
+    yield
+    after = _shm_entries() - before
+    for e in after:
+        try:
+            os.unlink(os.path.join("/dev/shm", e))
+        except FileNotFoundError:
+            pass
+    assert not after, f"test left {sorted(after)} in /dev/shm"
+
+
+@pytest.fixture
+def no_fd_leaks() -> Iterator[None]:
+    """Fails the test if it leaves fds open (the buffer pool is cleared first)."""
+    import shmipc
+
+    shmipc._core.clear_pool()
+    before = _open_fds()
+    yield
+    import gc
+
+    gc.collect()
+    shmipc._core.clear_pool()
+    leaked = _open_fds() - before
+    assert not leaked, f"leaked fds: {sorted(leaked)}"
+
+
+@pytest.fixture(scope="session")
+def spawn() -> mp.context.SpawnContext:
+    return mp.get_context("spawn")
+
+
+def join_all(procs: list[mp.process.BaseProcess], timeout: float = 60) -> None:
+    """Joins every process within `timeout`; kills and fails on a hang."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+        p.join(5)
+    assert not hung, f"{len(hung)} process(es) hung"
