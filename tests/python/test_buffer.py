@@ -401,10 +401,14 @@ def test_send_array_refuses_while_other_writable_views_of_its_buffer_exist(
     a, b = pair
     buf = shmipc.Buffer(64)
     x = buf.as_array(np.int64)
-    y = x[1:]  # another view that could write after the move
+    y = buf.as_array(np.int64)  # another view that could write after the move
+    z = np.frombuffer(buf, np.int8)  # and another, through a memoryview
     with pytest.raises(BufferError):
         shmipc.send_array(a, x)
     del y
+    with pytest.raises(BufferError):
+        shmipc.send_array(a, x)
+    del z
     shmipc.send_array(a, x)
     shmipc.recv_array(b, timeout=5)
 
