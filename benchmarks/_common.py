@@ -19,8 +19,10 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return (f"{os.cpu_count()}-core {platform.machine()} ({cpu}), Linux {platform.release()}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{os.cpu_count()}-core {platform.machine()} ({cpu}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def median_time(fn: Callable[[], object], reps: int, warmup: int = 1) -> float:
@@ -45,6 +47,15 @@ def fmt_time(s: float) -> str:
     return f"{s:.2f} s"
 
 
+def fmt_ratio(r: float) -> str:
+    """'12,345x' for big ratios, '1.4x' / '0.62x' for small ones."""
+    if r >= 100:
+        return f"{r:,.0f}x"
+    if r >= 1:
+        return f"{r:.1f}x"
+    return f"{r:.2f}x"
+
+
 def fmt_size(n: int) -> str:
     for unit, k in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= k:
@@ -55,7 +66,10 @@ def fmt_size(n: int) -> str:
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub-markdown table."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
     out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in rows]
     return "\n".join(out)

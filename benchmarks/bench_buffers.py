@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import fmt_size, fmt_time, machine, median_time, table  # noqa: E402
-
 import shmipc  # noqa: E402
+
+from _common import fmt_ratio, fmt_size, fmt_time, machine, median_time, table  # noqa: E402
 
 
 # ---- children (module level for spawn) ----
@@ -170,16 +170,37 @@ def main() -> None:
         }
         results[size] = r
         s = r["shmipc"]
-        rows.append([fmt_size(size)] + [fmt_time(v) for v in r.values()] +
-                    [f"{r['mp.Queue'] / s:,.0f}x", f"{r['mp.Pipe'] / s:,.0f}x",
-                     f"{r['SharedMemory'] / s:,.0f}x"])
+        rows.append(
+            [fmt_size(size)]
+            + [fmt_time(v) for v in r.values()]
+            + [
+                f"{r['mp.Queue'] / s:,.0f}x",
+                f"{r['mp.Pipe'] / s:,.0f}x",
+                f"{r['SharedMemory'] / s:,.0f}x",
+            ]
+        )
         print(f"  {fmt_size(size)} done", file=sys.stderr, flush=True)
     print(f"Array round trip parent -> child -> parent (median), {machine()}\n")
-    print(table(["size", "shmipc", "mp.Queue", "mp.Pipe", "SharedMemory (new per array)",
-                 "Queue/shmipc", "Pipe/shmipc", "SharedMemory/shmipc"], rows))
+    print(
+        table(
+            [
+                "size",
+                "shmipc",
+                "mp.Queue",
+                "mp.Pipe",
+                "SharedMemory (new per array)",
+                "Queue/shmipc",
+                "Pipe/shmipc",
+                "SharedMemory/shmipc",
+            ],
+            rows,
+        )
+    )
     first, last = results[sizes[0]]["shmipc"], results[sizes[-1]]["shmipc"]
-    print(f"\nshmipc time grows {last / first:.1f}x from {fmt_size(sizes[0])} to "
-          f"{fmt_size(sizes[-1])} ({sizes[-1] // sizes[0]:,}x more data)")
+    print(
+        f"\nshmipc time grows {last / first:.1f}x from {fmt_size(sizes[0])} to "
+        f"{fmt_size(sizes[-1])} ({sizes[-1] // sizes[0]:,}x more data)"
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import math
 import socket
 import struct
 import sys
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -16,8 +16,8 @@ from ._multiprocessing import register_fd_reducer
 
 __all__ = ["Buffer", "send", "recv", "send_array", "recv_array", "Meta"]
 
-Meta = Union[bytes, dict[str, Any], None]
-SocketLike = Union[socket.socket, int]
+Meta = bytes | dict[str, Any] | None
+SocketLike = socket.socket | int
 
 _META_BYTES = b"B"
 _META_JSON = b"J"
@@ -107,8 +107,10 @@ class Buffer(_core.Buffer):
             raise ValueError(f"negative dimension in shape {shape}")
         need = math.prod(shape) * dt.itemsize
         if need > self.nbytes:
-            raise ValueError(f"shape {shape} of {dt} needs {need} bytes; the buffer has {self.nbytes}")
-        return self._view(dt, shape, order == "F", 0, True)  # type: ignore[no-any-return]
+            raise ValueError(
+                f"shape {shape} of {dt} needs {need} bytes; the buffer has {self.nbytes}"
+            )
+        return self._view(dt, shape, order == "F", 0, True)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -132,8 +134,15 @@ class Buffer(_core.Buffer):
         return int(self.nbytes)
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else ("sealed" if self.sealed else
-                 ("moved" if self.moved else ("read-only" if self.readonly else "writable")))
+        state = (
+            "closed"
+            if self.closed
+            else (
+                "sealed"
+                if self.sealed
+                else ("moved" if self.moved else ("read-only" if self.readonly else "writable"))
+            )
+        )
         return f"<shmipc.Buffer nbytes={self.nbytes} {state}>"
 
     def __reduce_ex__(self, protocol: Any) -> Any:
@@ -219,14 +228,14 @@ def _encode_desc(a: np.ndarray, offset: int, fortran: bool) -> bytes:
         dstr = json.dumps(np.lib.format.dtype_to_descr(dt)).encode()
     else:
         dstr = dt.str.encode()
-    return (_DESC_HEAD.pack(flags, a.ndim, offset) + struct.pack(f"<{a.ndim}q", *a.shape) + dstr)
+    return _DESC_HEAD.pack(flags, a.ndim, offset) + struct.pack(f"<{a.ndim}q", *a.shape) + dstr
 
 
 def _decode_desc(desc: bytes) -> tuple[np.dtype[Any], tuple[int, ...], int, bool]:
     try:
         flags, ndim, offset = _DESC_HEAD.unpack_from(desc)
         shape = struct.unpack_from(f"<{ndim}q", desc, _DESC_HEAD.size)
-        raw = desc[_DESC_HEAD.size + 8 * ndim:]
+        raw = desc[_DESC_HEAD.size + 8 * ndim :]
         dtype = _dtype_cache.get(raw)
         if dtype is None:
             if flags & _F_STRUCTURED:
@@ -293,7 +302,8 @@ def _others_hold(chain: list[Any]) -> bool:
 
 def _writable_link(o: Any) -> bool:
     return (isinstance(o, _core.BufferView) and o.writable) or (
-        isinstance(o, memoryview) and not o.readonly)
+        isinstance(o, memoryview) and not o.readonly
+    )
 
 
 def send_array(sock: SocketLike, arr: Any, meta: Meta = None) -> None:
@@ -352,7 +362,7 @@ def recv_array(sock: SocketLike, timeout: float | None = None) -> np.ndarray:
         dtype, shape, offset, fortran = _decode_desc(desc)
         if offset + math.prod(shape) * dtype.itemsize > buf.nbytes:
             raise _core_corrupt("array descriptor does not fit the received buffer")
-        return buf._view(dtype, shape, fortran, offset, True)  # type: ignore[no-any-return]
+        return buf._view(dtype, shape, fortran, offset, True)
     except BaseException:
         buf.close()
         raise

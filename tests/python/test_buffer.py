@@ -15,11 +15,12 @@ import time
 
 import numpy as np
 import pytest
-import workers_buffer as workers
-from conftest import join_all
 
 import shmipc
 from shmipc import CorruptSegmentError, ShmipcError
+
+import workers_buffer as workers
+from conftest import join_all
 
 SOCK_TYPES = [socket.SOCK_STREAM, socket.SOCK_SEQPACKET, socket.SOCK_DGRAM]
 
@@ -193,7 +194,9 @@ def test_send_accepts_int_fds_and_bytes_meta(pair: tuple[socket.socket, socket.s
     assert got.meta == b"\x00raw"
 
 
-def test_writing_a_moved_buffer_through_numpy_raises(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_writing_a_moved_buffer_through_numpy_raises(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
     a, b = pair
     buf = shmipc.Buffer(16)
     shmipc.send(a, buf)
@@ -206,7 +209,9 @@ def test_writing_a_moved_buffer_through_numpy_raises(pair: tuple[socket.socket, 
     shmipc.recv(b, timeout=5).close()
 
 
-def test_send_refuses_while_a_writable_view_is_exported(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_send_refuses_while_a_writable_view_is_exported(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
     a, b = pair
     buf = shmipc.Buffer(16)
     view = buf.as_array(np.uint8)
@@ -319,9 +324,12 @@ def test_recv_array_of_a_plain_buffer_and_bad_descriptors_are_corrupt(
     with pytest.raises(CorruptSegmentError):
         shmipc.recv_array(b, timeout=5)
     good = shmipc.Buffer(64)
-    for desc in [b"{", b'{"descr":"<f8","shape":[100],"fortran":false,"offset":0}',
-                 b'{"descr":"|O","shape":[1],"fortran":false,"offset":0}',
-                 b'{"descr":"<f8","shape":[-1],"fortran":false,"offset":0}']:
+    for desc in [
+        b"{",
+        b'{"descr":"<f8","shape":[100],"fortran":false,"offset":0}',
+        b'{"descr":"|O","shape":[1],"fortran":false,"offset":0}',
+        b'{"descr":"<f8","shape":[-1],"fortran":false,"offset":0}',
+    ]:
         socket.send_fds(a, [_header(64, desc_len=len(desc)) + desc], [good.fileno()])
         with pytest.raises(CorruptSegmentError):
             shmipc.recv_array(b, timeout=5)
@@ -371,7 +379,9 @@ def test_send_array_round_trips_dtype_shape_and_values(arr: np.ndarray) -> None:
                 assert got.flags.f_contiguous
 
 
-def test_send_array_of_object_dtype_is_a_type_error(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_send_array_of_object_dtype_is_a_type_error(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
     with pytest.raises(TypeError):
         shmipc.send_array(pair[0], np.array([object()]))
 
