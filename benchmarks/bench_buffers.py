@@ -173,11 +173,7 @@ def main() -> None:
         rows.append(
             [fmt_size(size)]
             + [fmt_time(v) for v in r.values()]
-            + [
-                f"{r['mp.Queue'] / s:,.0f}x",
-                f"{r['mp.Pipe'] / s:,.0f}x",
-                f"{r['SharedMemory'] / s:,.0f}x",
-            ]
+            + [fmt_ratio(r[k] / s) for k in ("mp.Queue", "mp.Pipe", "SharedMemory")]
         )
         print(f"  {fmt_size(size)} done", file=sys.stderr, flush=True)
     print(f"Array round trip parent -> child -> parent (median), {machine()}\n")
