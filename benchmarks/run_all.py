@@ -130,7 +130,7 @@ def main() -> int:
     (ROOT / "docs" / "benchmarks.md").write_text(
         head + ("\n## Plots\n\n" + plots if plots else "") + "\n" + body
     )
-    print(f"wrote benchmarks/RESULTS.md, docs/benchmarks.md, {len(images)} plot(s)", file=sys.stderr)
+    print(f"wrote RESULTS.md, docs/benchmarks.md, {len(images)} plot(s)", file=sys.stderr)
     return 1 if failed else 0
 
 
