@@ -10,6 +10,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <pthread.h>
 
 namespace shmipc::bindings {
 
@@ -527,6 +528,15 @@ void bind_heap(py::module_& m) {
                  Heap& hp = h.get();
                  py::gil_scoped_release nogil;
                  return hp.all_freed();
+             })
+        .def("_lock_for_crash_test",
+             [](PyHeap& h) {
+                 // Test hook: takes the heap's robust lock and never gives it back, so a test
+                 // can SIGKILL a process "inside the allocator". HeapControl::mutex is at byte
+                 // 64 of the control block (static_assert in heap.cpp).
+                 auto* mu = reinterpret_cast<pthread_mutex_t*>(h.get().base() +
+                                                               sizeof(SegmentHeader) + 64);
+                 ::pthread_mutex_lock(mu);
              })
         .def("_adopt",
              [](py::object self, std::uint64_t offset, std::size_t nbytes) {
