@@ -12,9 +12,10 @@ import time
 
 import numpy as np
 import pytest
+import workers_heap as W
 
 import shmipc
-import workers_heap as W
+
 from conftest import join_all
 
 MiB = 1 << 20
@@ -295,7 +296,9 @@ def test_persistent_heap_survives_its_owner_until_unlink(name: str) -> None:
     shmipc.unlink(name)
 
 
-def test_killed_owner_name_is_replaced_at_next_create(name: str, spawn: mp.context.SpawnContext) -> None:
+def test_killed_owner_name_is_replaced_at_next_create(
+    name: str, spawn: mp.context.SpawnContext
+) -> None:
     ready = spawn.Event()
     p = spawn.Process(target=W.create_and_get_killed, args=(name, ready))
     p.start()
@@ -426,9 +429,7 @@ def test_processes_killed_at_random_inside_alloc_free_loops_never_wedge_the_heap
 def test_multi_process_alloc_free_fuzz(name: str, spawn: mp.context.SpawnContext) -> None:
     with shmipc.Heap.create(name, size=16 * MiB) as heap:
         q = spawn.Queue()
-        ps = [
-            spawn.Process(target=W.fuzz, args=(name, None, seed, 5000, q)) for seed in range(3)
-        ]
+        ps = [spawn.Process(target=W.fuzz, args=(name, None, seed, 5000, q)) for seed in range(3)]
         for p in ps:
             p.start()
         errors = [q.get(timeout=120) for _ in ps]
@@ -514,6 +515,7 @@ def test_shared_block_whose_creator_dies_in_init_is_created_again(
 
 def test_shared_block_init_error_propagates_and_leaves_no_entry() -> None:
     with shmipc.Heap.anonymous(MiB) as heap:
+
         def bad(blk: shmipc.Block) -> None:
             raise RuntimeError("nope")
 
