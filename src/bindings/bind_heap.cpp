@@ -404,7 +404,11 @@ Heap& heap_of(py::handle py_heap) {
 py::object make_block(py::handle py_heap, std::uint64_t offset, std::size_t nbytes, bool owned) {
     PyHeap* ph = pyheap_of(py_heap.ptr());
     if (!ph) throw std::invalid_argument("not a shmipc.Heap");
-    ph->get();
+    // Only a live block of this heap, and only its payload: a view can never cover allocator
+    // metadata (invalid_argument otherwise).
+    if (ph->get().block_capacity(offset) < nbytes)
+        throw std::invalid_argument("block at offset " + std::to_string(offset) + " is smaller than " +
+                                    std::to_string(nbytes) + " bytes");
     PyObject* o = new_block(py_heap.ptr(), ph, offset, static_cast<Py_ssize_t>(nbytes), owned);
     if (!o) throw py::error_already_set();
     return py::reinterpret_steal<py::object>(o);

@@ -538,3 +538,32 @@ def test_heap_operations_leak_no_fds(no_fd_leaks: None, name: str) -> None:
                 b.release()
         with shmipc.Heap.anonymous(MiB) as anon:
             anon.allocate(10).release()
+
+
+def test_shared_block_waiters_time_out_while_the_creator_is_still_in_init() -> None:
+    with shmipc.Heap.anonymous(MiB) as heap:
+        started = threading.Event()
+
+        def slow(blk: shmipc.Block) -> None:
+            started.set()
+            time.sleep(1.0)
+
+        t = threading.Thread(target=lambda: heap.shared_block("slow", 8, slow).release())
+        t.start()
+        assert started.wait(10)
+        with pytest.raises(TimeoutError):
+            heap.shared_block("slow", 8, timeout=0.2)
+        t.join(30)
+        blk = heap.shared_block("slow", 8, timeout=10)  # ready now
+        blk.release()
+
+
+def test_adopting_an_offset_that_is_not_a_live_block_is_refused() -> None:
+    with shmipc.Heap.anonymous(MiB) as heap:
+        blk = heap.allocate(100)
+        for bad in (0, 64, blk.offset + 64, blk.offset - 16, 1 << 45):
+            with pytest.raises(ValueError):
+                heap._adopt(bad, 10)
+        with pytest.raises(ValueError):
+            heap._adopt(blk.offset, 10000)  # larger than the block
+        blk.release()
