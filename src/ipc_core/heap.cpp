@@ -104,7 +104,8 @@ struct HeapControl {
     NamedEntry named[kMaxNamed];
 };
 static_assert(std::is_standard_layout_v<HeapControl>);
-static_assert(offsetof(HeapControl, mutex) == 64); // tests simulate a death holding it
+static_assert(offsetof(HeapControl, mutex) == 64);
+static_assert(sizeof(SegmentHeader) + sizeof(HeapControl) + 2 * 4096 <= kMinHeapSize); // tests simulate a death holding it
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
 namespace {
@@ -579,6 +580,10 @@ UniqueFd reopen_own_description(int fd) {
 }
 
 } // namespace
+
+unsigned process_generation() noexcept {
+    return g_fork_generation.load(std::memory_order_relaxed);
+}
 
 static void setup_process_hooks() {
     std::call_once(g_atfork_once, [] {

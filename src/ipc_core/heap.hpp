@@ -71,7 +71,7 @@ inline constexpr std::size_t kMaxClients = 1024;              // live handles at
 inline constexpr std::size_t kMaxNamed = 256;                 // directory entries
 inline constexpr std::size_t kMaxNamedLength = 63;            // bytes of a directory name
 inline constexpr std::size_t kCacheMaxBlock = 4096;           // payload bytes: larger bypass caches
-inline constexpr std::size_t kMinHeapSize = 64 * 1024;        // bytes
+inline constexpr std::size_t kMinHeapSize = 128 * 1024;       // bytes (the control block is ~93 KiB)
 
 // Owners of an allocated block.
 inline constexpr std::uint16_t kOwnerNone = 0;                // free block
@@ -112,6 +112,10 @@ struct NamedInfo {
     std::uint64_t offset = 0;       // payload offset
     std::uint64_t nbytes = 0;       // as asked at creation
 };
+
+// Bumped in a child after fork(): lets callers (the Python binding) tell objects inherited from
+// the parent (whose blocks are the parent's to free) from their own.
+[[nodiscard]] unsigned process_generation() noexcept;
 
 struct HeapControl; // in the primary segment (heap.cpp)
 class ThreadCache;   // per thread and handle (heap.cpp)

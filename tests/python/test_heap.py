@@ -302,7 +302,7 @@ def test_killed_owner_name_is_replaced_at_next_create(
     ready = spawn.Event()
     p = spawn.Process(target=W.create_and_get_killed, args=(name, ready))
     p.start()
-    assert ready.wait(30)
+    assert ready.wait(30), f"child did not get ready (exit code {p.exitcode})"
     p.kill()
     join_all([p])
     assert os.path.exists(f"/dev/shm/{name}")  # stale, left by the dead owner
@@ -383,7 +383,7 @@ def test_blocks_of_a_sigkilled_process_are_reclaimed(
         ready = spawn.Event()
         p = spawn.Process(target=W.hold_blocks_until_killed, args=(name, 50, 20000, ready))
         p.start()
-        assert ready.wait(30)
+        assert ready.wait(30), f"child did not get ready (exit code {p.exitcode})"
         held = heap.stats()
         assert held["allocations"] >= before["allocations"] + 50
         p.kill()
@@ -416,7 +416,7 @@ def test_processes_killed_at_random_inside_alloc_free_loops_never_wedge_the_heap
             ready = spawn.Event()
             p = spawn.Process(target=W.hammer_allocator, args=(name, ready))
             p.start()
-            assert ready.wait(30)
+            assert ready.wait(30), f"child did not get ready (exit code {p.exitcode})"
             time.sleep(0.05 + 0.03 * i)
             p.kill()
             join_all([p])
@@ -567,3 +567,19 @@ def test_adopting_an_offset_that_is_not_a_live_block_is_refused() -> None:
         with pytest.raises(ValueError):
             heap._adopt(blk.offset, 10000)  # larger than the block
         blk.release()
+
+
+def test_fork_child_releasing_an_inherited_block_does_not_free_it(name: str) -> None:
+    fork = mp.get_context("fork")
+    with shmipc.Heap.create(name, size=MiB) as heap:
+        blk = heap.allocate(100)
+        memoryview(blk)[:4] = b"mine"
+        q = fork.Queue()
+        p = fork.Process(target=W.fork_child_releases_inherited, args=(blk, q))
+        p.start()
+        assert q.get(timeout=30) == "released"
+        join_all([p])
+        assert heap.stats()["allocations"] == 1
+        assert bytes(memoryview(blk)[:4]) == b"mine"
+        blk.release()
+        assert heap.stats()["allocations"] == 0

@@ -140,3 +140,8 @@ def fork_child_uses_inherited(heap: shmipc.Heap, q: Any) -> None:
     b = heap.allocate(100)
     q.put(heap.stats()["clients"])
     b.release()
+
+
+def fork_child_releases_inherited(blk: shmipc.Block, q: Any) -> None:
+    blk.release()  # inherited from the parent: must not free the parent's block
+    q.put("released")
