@@ -6,6 +6,7 @@ import gc
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import stat
 import threading
 import time
@@ -438,6 +439,60 @@ def test_multi_process_alloc_free_fuzz(name: str, spawn: mp.context.SpawnContext
         assert all(p.exitcode == 0 for p in ps)
         heap._check_invariants()
         assert heap.stats()["allocations"] == 0
+
+
+def test_thread_caches_of_a_sigkilled_process_are_reclaimed(
+    name: str, spawn: mp.context.SpawnContext
+) -> None:
+    with shmipc.Heap.create(name, size=4 * MiB) as heap:
+        before = heap.stats()
+        ready = spawn.Event()
+        p = spawn.Process(target=W.cache_then_hold, args=(name, ready))
+        p.start()
+        assert ready.wait(30), f"child did not get ready (exit code {p.exitcode})"
+        assert heap.stats()["cached"] > before["cached"]
+        p.kill()
+        join_all([p])
+        after = heap.stats()
+        assert after["cached"] == before["cached"]
+        assert after["allocations"] == before["allocations"]
+        assert after["free"] == before["free"]
+        heap._check_invariants()
+
+
+def test_multi_process_fuzz_on_a_growing_heap(name: str, spawn: mp.context.SpawnContext) -> None:
+    with shmipc.Heap.create(name, size=MiB, max_size=24 * MiB) as heap:
+        q = spawn.Queue()
+        ps = [spawn.Process(target=W.fuzz, args=(name, None, seed, 4000, q)) for seed in range(3)]
+        for p in ps:
+            p.start()
+        errors = [q.get(timeout=120) for _ in ps]
+        join_all(ps)
+        assert errors == [0, 0, 0]
+        assert heap.stats()["segments"] > 1  # the workers grew it concurrently
+        heap._check_invariants()
+        assert heap.stats()["allocations"] == 0
+
+
+def test_waiting_for_a_shared_block_is_interruptible_by_ctrl_c(
+    name: str, spawn: mp.context.SpawnContext
+) -> None:
+    with shmipc.Heap.create(name, size=MiB) as heap:
+        in_init = spawn.Event()
+        creator = spawn.Process(target=W.slow_creator, args=(name, in_init))
+        creator.start()
+        assert in_init.wait(30)
+        q = spawn.Queue()
+        waiter = spawn.Process(target=W.interruptible_waiter, args=(name, q))
+        waiter.start()
+        assert q.get(timeout=30) == "waiting"
+        time.sleep(0.5)  # inside the wait
+        os.kill(waiter.pid, signal.SIGINT)  # type: ignore[arg-type]
+        assert q.get(timeout=10) == "interrupted"
+        creator.kill()
+        join_all([creator, waiter])
+        heap.stats()  # reaps the creator: its half-made block is dropped
+        assert heap._named() == []
 
 
 # --- growth -----------------------------------------------------------------------------------
