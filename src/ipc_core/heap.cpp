@@ -997,12 +997,16 @@ std::size_t Heap::block_capacity(std::uint64_t off) const {
 
 void Heap::flush_thread_caches() {
     ensure_process();
+    // Only caches nobody can be using: the calling thread's and those of exited threads (an
+    // orphan is adopted under caches_mu, which we hold). Live threads' caches stay theirs.
+    ThreadCache* mine = nullptr;
+    for (auto& c : tls_caches.all)
+        if (c->serial == impl_->serial) mine = c.get();
     HeapOps ops{*this, ctl_, *impl_};
     std::lock_guard g(impl_->caches_mu);
     Locked lk(ctl_, [&] { ops.recover(); });
     for (auto& c : impl_->caches) {
-        // Only safe for caches no thread is using right now; the binding calls this with the
-        // GIL held, C++ callers must not race their own threads (documented).
+        if (c.get() != mine && !c->orphan.load(std::memory_order_acquire)) continue;
         for (auto& l : c->lists) {
             for (std::uint64_t ho : l) {
                 std::uint64_t w = ops.hdr(ho)->word.load(std::memory_order_acquire);

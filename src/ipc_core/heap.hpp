@@ -216,14 +216,16 @@ class Heap {
 
     // --- introspection (tests, stats) ----------------------------------------------------------
     [[nodiscard]] HeapStats stats();
-    // Bytes in free blocks (caches not counted) and whether nothing is allocated but named
-    // objects and caches (call flush_thread_caches() first for an exact answer).
+    // Bytes in free blocks (caches not counted), and whether every block is free (cached blocks
+    // count as allocated: call flush_thread_caches() first).
     [[nodiscard]] std::uint64_t free_bytes();
     [[nodiscard]] bool all_freed();
     // Walks every segment's chain and the free lists; throws CorruptSegment with the first
     // inconsistency found.
     void check_invariants();
-    // Returns this handle's cached blocks (all threads of this process) to the shared heap.
+    // Returns to the shared heap the cached blocks of the calling thread and of exited threads
+    // of this handle (the caches of other live threads are theirs to use). Safe from any
+    // thread. allocate() does this once before giving up with OutOfMemory.
     void flush_thread_caches();
 
   private:

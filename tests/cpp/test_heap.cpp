@@ -426,6 +426,7 @@ TEST(Heap, blocks_allocated_in_one_thread_and_freed_concurrently_in_another_are_
     std::atomic<bool> done{false};
     std::thread consumer([&] {
         for (;;) {
+            const bool finished = done.load(); // read before taking the batch: nothing is missed
             std::vector<std::uint64_t> batch;
             {
                 std::lock_guard g(mu);
@@ -435,7 +436,7 @@ TEST(Heap, blocks_allocated_in_one_thread_and_freed_concurrently_in_another_are_
                 EXPECT_EQ(*static_cast<unsigned char*>(h->to_ptr(off)), 0x5A);
                 h->deallocate(off);
             }
-            if (batch.empty() && done.load()) break;
+            if (batch.empty() && finished) break;
         }
     });
     std::mt19937 rng(3);
