@@ -521,9 +521,9 @@ void bind_heap(py::module_& m) {
              })
         .def("_flush_caches",
              [](PyHeap& h) {
-                 Heap& hp = h.get();
-                 py::gil_scoped_release nogil;
-                 hp.flush_thread_caches();
+                 // Every thread's cache: Python threads only allocate/free with the GIL held,
+                 // and we keep it, so none of them is inside the allocator now.
+                 h.get().flush_thread_caches(true);
              })
         .def("_reap",
              [](PyHeap& h) {

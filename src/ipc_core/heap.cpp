@@ -995,7 +995,7 @@ std::size_t Heap::block_capacity(std::uint64_t off) const {
     return w_units(w) * kHeapUnit - kBlockHeaderSize;
 }
 
-void Heap::flush_thread_caches() {
+void Heap::flush_thread_caches(bool all_threads) {
     ensure_process();
     // Only caches nobody can be using: the calling thread's and those of exited threads (an
     // orphan is adopted under caches_mu, which we hold). Live threads' caches stay theirs.
@@ -1006,7 +1006,8 @@ void Heap::flush_thread_caches() {
     std::lock_guard g(impl_->caches_mu);
     Locked lk(ctl_, [&] { ops.recover(); });
     for (auto& c : impl_->caches) {
-        if (c.get() != mine && !c->orphan.load(std::memory_order_acquire)) continue;
+        if (!all_threads && c.get() != mine && !c->orphan.load(std::memory_order_acquire))
+            continue;
         for (auto& l : c->lists) {
             for (std::uint64_t ho : l) {
                 std::uint64_t w = ops.hdr(ho)->word.load(std::memory_order_acquire);

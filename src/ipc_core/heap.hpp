@@ -226,7 +226,9 @@ class Heap {
     // Returns to the shared heap the cached blocks of the calling thread and of exited threads
     // of this handle (the caches of other live threads are theirs to use). Safe from any
     // thread. allocate() does this once before giving up with OutOfMemory.
-    void flush_thread_caches();
+    // `all_threads`: every cache of this handle; only when no other thread of it can be inside
+    // allocate()/deallocate() (tests; the Python binding, whose callers hold the GIL).
+    void flush_thread_caches(bool all_threads = false);
 
   private:
     Heap() = default;
