@@ -81,6 +81,8 @@ def test_zero_byte_and_bad_sizes_are_refused() -> None:
             heap.allocate(True)
         with pytest.raises(ValueError):
             heap.shared_block("x", 0)
+        with pytest.raises(MemoryError, match="cannot allocate"):
+            heap.allocate(1 << 50)
         assert heap.stats()["allocations"] == 0
 
 
