@@ -640,3 +640,17 @@ def test_fork_child_releasing_an_inherited_block_does_not_free_it(name: str) -> 
         assert bytes(memoryview(blk)[:4]) == b"mine"
         blk.release()
         assert heap.stats()["allocations"] == 0
+
+
+def test_attached_process_keeps_working_after_the_owner_closes(name: str) -> None:
+    owner = shmipc.Heap.create(name, size=MiB, max_size=4 * MiB)
+    other = shmipc.Heap.attach(name)
+    owner.close()
+    assert not os.path.exists(f"/dev/shm/{name}")
+    blk = other.allocate(1000)
+    memoryview(blk)[:2] = b"ok"
+    blk.release()
+    with pytest.raises(MemoryError, match="name was removed"):
+        other.allocate(2 * MiB)  # no growth without a name: nobody would remove NAME.1
+    other._check_invariants()
+    other.close()
