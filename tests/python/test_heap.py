@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 import pytest
-import workers_heap as W
 
 import shmipc
 
+import workers_heap as W
 from conftest import join_all
 
 MiB = 1 << 20
