@@ -654,3 +654,18 @@ def test_attached_process_keeps_working_after_the_owner_closes(name: str) -> Non
         other.allocate(2 * MiB)  # no growth without a name: nobody would remove NAME.1
     other._check_invariants()
     other.close()
+
+
+def test_filling_every_block_completely_never_touches_allocator_metadata() -> None:
+    with shmipc.Heap.anonymous(4 * MiB) as heap:
+        blocks = [heap.allocate(n) for n in (1, 15, 16, 48, 63, 64, 65, 1000, 4096, 4097, 70000)]
+        blocks += [heap.allocate(7, align=a) for a in (128, 1024, 4096)]
+        for b in blocks:
+            memoryview(b)[:] = b"\xff" * b.nbytes  # every byte a Block exposes
+        heap._check_invariants()
+        for b in blocks:
+            assert bytes(b) == b"\xff" * b.nbytes
+            b.release()
+        heap._flush_caches()
+        heap._check_invariants()
+        assert heap._all_freed()
