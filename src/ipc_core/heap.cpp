@@ -173,6 +173,7 @@ struct Heap::Impl {
     unsigned fork_generation = 0;
     bool thread_cache = true;
     bool inherited = false; // a fork child's copy of its parent's handle
+    std::atomic<std::uint64_t> slow_allocations{0}; // locked allocations (periodic reaping)
     UniqueFd lock_fd; // our own open file description (client lock)
     std::uint64_t client_slot_locked = ~0ULL;
     std::array<std::atomic<std::byte*>, kMaxSegments> bases{};
@@ -879,6 +880,9 @@ std::uint64_t Heap::allocate_owned(std::size_t n, std::size_t align, std::uint16
         }
     }
 
+    // Now and then (every 1024 locked allocations of this handle) look for dead clients, so
+    // their blocks come back even if nobody calls stats() or runs out of memory.
+    if ((impl_->slow_allocations++ & 1023) == 1023) reap_dead_clients();
     HeapOps ops{*this, ctl_, *impl_};
     std::uint64_t a = std::max<std::uint64_t>(align, kHeapUnit);
     bool growth_blocked = false; // max_size allows it, but the heap's name is gone
