@@ -19,15 +19,14 @@ from . import _core
 from ._multiprocessing import register_fd_reducer
 
 if TYPE_CHECKING:
-    from ._channel import Channel
+    from ._channel import Channel  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
 __all__ = ["Heap", "Block"]
 
 _DEFAULT_SIZE = 64 << 20
 
 
-Block = _core.Block
-"""Bytes of a shared heap (a C type for speed; see its docstring)."""
+Block = _core.Block  # a C type for speed: its docstring documents it
 
 
 def _block_as_array(
@@ -57,7 +56,7 @@ def _block_as_array(
 _core._set_block_helpers(_block_as_array)
 
 
-class Heap(_core.HeapCore):  # type: ignore[misc]
+class Heap(_core.HeapCore):
     """A shared heap: named (``/dev/shm/NAME``) or anonymous (a memfd).
 
     Use :meth:`create`, :meth:`attach` or :meth:`anonymous`; then ``heap.allocate(nbytes)``
@@ -99,7 +98,14 @@ class Heap(_core.HeapCore):  # type: ignore[misc]
             raise ValueError(f"mode must be permission bits like 0o600, got {mode!r}")
         self = cls.__new__(cls)
         _core.HeapCore.__init__(
-            self, "create", name, _size(size), max_size or 0, mode, bool(persistent), -1,
+            self,
+            "create",
+            name,
+            _size(size),
+            max_size or 0,
+            mode,
+            bool(persistent),
+            -1,
             thread_cache,
         )
         return self
@@ -138,12 +144,6 @@ class Heap(_core.HeapCore):  # type: ignore[misc]
 
     # --- allocation (``allocate`` itself is implemented in C++ for speed) -------------------
 
-    if TYPE_CHECKING:
-
-        def allocate(self, nbytes: int, align: int = 64) -> Block:
-            """A writable Block of ``nbytes`` (>= 1) shared bytes."""
-            ...
-
     def shared_block(
         self,
         name: str,
@@ -165,8 +165,7 @@ class Heap(_core.HeapCore):  # type: ignore[misc]
         _check_int("nbytes", nbytes)
         if nbytes <= 0:
             raise ValueError(f"a shared block needs nbytes >= 1, got {nbytes}")
-        blk: Block = self._shared_block(name, nbytes, init, timeout)
-        return blk
+        return self._shared_block(name, nbytes, init, timeout)
 
     def channel(self, name: str, capacity: int = 1024) -> Channel:
         """The SPSC channel ``name`` of this heap, created on first use (see Channel)."""
@@ -179,7 +178,8 @@ class Heap(_core.HeapCore):  # type: ignore[misc]
         "receiver_alive"}}."""
         from ._channel import list_channels
 
-        return list_channels(self)
+        channels: dict[str, dict[str, object]] = list_channels(self)
+        return channels
 
     # --- introspection -------------------------------------------------------------------
 

@@ -10,6 +10,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <pthread.h>
 
 namespace shmipc::bindings {
 
@@ -403,7 +404,11 @@ Heap& heap_of(py::handle py_heap) {
 py::object make_block(py::handle py_heap, std::uint64_t offset, std::size_t nbytes, bool owned) {
     PyHeap* ph = pyheap_of(py_heap.ptr());
     if (!ph) throw std::invalid_argument("not a shmipc.Heap");
-    ph->get();
+    // Only a live block of this heap, and only its payload: a view can never cover allocator
+    // metadata (invalid_argument otherwise).
+    if (ph->get().block_capacity(offset) < nbytes)
+        throw std::invalid_argument("block at offset " + std::to_string(offset) + " is smaller than " +
+                                    std::to_string(nbytes) + " bytes");
     PyObject* o = new_block(py_heap.ptr(), ph, offset, static_cast<Py_ssize_t>(nbytes), owned);
     if (!o) throw py::error_already_set();
     return py::reinterpret_steal<py::object>(o);
@@ -527,6 +532,15 @@ void bind_heap(py::module_& m) {
                  Heap& hp = h.get();
                  py::gil_scoped_release nogil;
                  return hp.all_freed();
+             })
+        .def("_lock_for_crash_test",
+             [](PyHeap& h) {
+                 // Test hook: takes the heap's robust lock and never gives it back, so a test
+                 // can SIGKILL a process "inside the allocator". HeapControl::mutex is at byte
+                 // 64 of the control block (static_assert in heap.cpp).
+                 auto* mu = reinterpret_cast<pthread_mutex_t*>(h.get().base() +
+                                                               sizeof(SegmentHeader) + 64);
+                 ::pthread_mutex_lock(mu);
              })
         .def("_adopt",
              [](py::object self, std::uint64_t offset, std::size_t nbytes) {
