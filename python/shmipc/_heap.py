@@ -20,6 +20,7 @@ from ._multiprocessing import register_fd_reducer
 
 if TYPE_CHECKING:
     from ._channel import Channel  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    from ._dict import SharedDict
 
 __all__ = ["Heap", "Block"]
 
@@ -247,6 +248,13 @@ class Heap(_core.HeapCore):
         if not self._anonymous():
             return ("name", self.name)
         return ("fd", None)
+
+    # Last in the class: from here on `dict` in this class body means this method.
+    def dict(self, name: str) -> SharedDict:
+        """The shared dict ``name`` of this heap, created empty on first use (see SharedDict)."""
+        from ._dict import SharedDict
+
+        return SharedDict._open(self, name)
 
 
 def _rebuild_named(cls: Any, name: str) -> Heap:
