@@ -19,7 +19,7 @@ from collections.abc import (
     MutableMapping,
     ValuesView,
 )
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SharedDict", "Value"]
 
-Value = Union[bytes, str, int, float, np.ndarray]
+Value = bytes | str | int | float | np.ndarray
 """What a SharedDict stores (bool is kept as bool; bytearray/memoryview come back as bytes)."""
 
 # Tags 1..5 are encoded in C++ (bytes, str, int64, float, bool); these are the Python ones.
@@ -101,7 +101,7 @@ def _decode(tag: int, blob: bytearray) -> object:
 _core._set_dict_helpers(_encode, _decode)
 
 
-class SharedDict(_core.DictCore):  # type: ignore[misc]
+class SharedDict(_core.DictCore):
     """A ``MutableMapping[str, bytes | str | int | float | ndarray]`` in a shared heap.
 
     Get one with ``heap.dict(name)``: every process that has the heap and uses the same name

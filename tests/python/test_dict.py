@@ -19,7 +19,6 @@ import shmipc
 from conftest import join_all
 
 
-
 @pytest.fixture(autouse=True)
 def no_shm_leaks() -> Iterator[None]:
     """Overrides conftest's: only names made by this process count (and are removed), so tests
@@ -66,8 +65,24 @@ def heap(name: str) -> Any:
 
 @pytest.mark.parametrize(
     "value",
-    [b"", b"\x00bytes\xff", "", "héllo wörld ✓", 0, -1, 2**63 - 1, -(2**63), 2**64, -(2**200),
-     0.5, float("inf"), -0.0, True, False, b"x" * 100_000],
+    [
+        b"",
+        b"\x00bytes\xff",
+        "",
+        "héllo wörld ✓",
+        0,
+        -1,
+        2**63 - 1,
+        -(2**63),
+        2**64,
+        -(2**200),
+        0.5,
+        float("inf"),
+        -0.0,
+        True,
+        False,
+        b"x" * 100_000,
+    ],
 )
 def test_scalar_values_round_trip_with_their_type(heap: shmipc.Heap, value: Any) -> None:
     d = heap.dict("d")
@@ -136,7 +151,11 @@ def test_it_is_a_mutable_mapping(heap: shmipc.Heap) -> None:
     with pytest.raises(KeyError):
         d.pop("n")
     assert dict(d.items()) == {"a": 1, "b": "two", "c": 3.0}
-    assert sorted(d.keys()) == ["a", "b", "c"] and sorted(map(str, d.values())) == ["1", "3.0", "two"]
+    assert sorted(d.keys()) == ["a", "b", "c"] and sorted(map(str, d.values())) == [
+        "1",
+        "3.0",
+        "two",
+    ]
     assert d == {"a": 1, "b": "two", "c": 3.0} and d != {"a": 1}
     assert d.copy() == {"a": 1, "b": "two", "c": 3.0}
     k, v = d.popitem()
@@ -254,9 +273,7 @@ def test_pickles_by_heap_name(heap: shmipc.Heap) -> None:
 
 
 @pytest.mark.parametrize("anonymous", [False, True])
-def test_entries_are_visible_across_processes(
-    name: str, spawn: Any, anonymous: bool
-) -> None:
+def test_entries_are_visible_across_processes(name: str, spawn: Any, anonymous: bool) -> None:
     h = shmipc.Heap.anonymous(4 << 20) if anonymous else shmipc.Heap.create(name, size=4 << 20)
     with h:
         d = h.dict("shared")
@@ -288,7 +305,9 @@ def test_a_dict_passed_to_a_child_is_the_same_dict(name: str, spawn: Any) -> Non
 def test_concurrent_writers_lose_nothing(name: str, spawn: Any) -> None:
     with shmipc.Heap.create(name, size=16 << 20) as h:
         d = h.dict("w")
-        procs = [spawn.Process(target=W.disjoint_writer, args=(name, "w", i, 500)) for i in range(3)]
+        procs = [
+            spawn.Process(target=W.disjoint_writer, args=(name, "w", i, 500)) for i in range(3)
+        ]
         for p in procs:
             p.start()
         join_all(procs)
@@ -300,9 +319,7 @@ def test_concurrent_writers_lose_nothing(name: str, spawn: Any) -> None:
         d._check_invariants()
 
 
-def test_sigkill_in_the_middle_of_operations_never_wedges_or_tears(
-    name: str, spawn: Any
-) -> None:
+def test_sigkill_in_the_middle_of_operations_never_wedges_or_tears(name: str, spawn: Any) -> None:
     rng = random.Random(7)
     with shmipc.Heap.create(name, size=32 << 20) as h:
         d = h.dict("hammered")
