@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <functional>
+#include <map>
 #include <new>
 #include <numeric>
 #include <signal.h>
@@ -274,4 +275,36 @@ TEST(StlAllocator, allocating_without_a_registration_is_a_logic_error) {
     EXPECT_THROW(v.push_back(1), std::logic_error);
     shmipc::vector<int> unbound;
     EXPECT_THROW(unbound.push_back(1), std::logic_error);
+}
+
+// A second mapping of the same memfd at another address in this process: what a container reads
+// through it shows whether it is address independent. Documents libstdc++ 12's limitation.
+TEST(StlAllocator, std_map_links_nodes_with_raw_pointers_so_only_flat_map_is_address_independent) {
+    auto h = Heap::anonymous(opts(1 << 20));
+    HeapRegistration reg(*h);
+    using StdMap = std::map<int, int, std::less<>, allocator<std::pair<const int, int>>>;
+    auto& sm = named<StdMap>(*h, "std", StdMap::allocator_type(*h));
+    using Flat = flat_map<int, int>;
+    auto& fm = named<Flat>(*h, "flat", Flat::allocator_type(*h));
+    for (int i = 0; i < 10; ++i) {
+        sm[i] = i * i;
+        fm[i] = i * i;
+    }
+    std::size_t size = h->primary_size();
+    auto* view = static_cast<std::byte*>(
+        ::mmap(nullptr, size, PROT_READ, MAP_SHARED, h->fd(), 0));
+    ASSERT_NE(view, MAP_FAILED);
+    auto moved = [&](const void* p) {
+        return view + (static_cast<const std::byte*>(p) - h->base());
+    };
+    auto in_view = [&](const void* p) {
+        return static_cast<const std::byte*>(p) >= view &&
+               static_cast<const std::byte*>(p) < view + size;
+    };
+    const auto& fm2 = *reinterpret_cast<const Flat*>(moved(&fm));
+    EXPECT_TRUE(in_view(&*fm2.begin())); // offset_ptr: resolved in the second mapping
+    EXPECT_EQ(fm2.at(7), 49);
+    const auto& sm2 = *reinterpret_cast<const StdMap*>(moved(&sm));
+    EXPECT_FALSE(in_view(&*sm2.begin())); // raw pointer: still into the first mapping
+    ::munmap(view, size);
 }
