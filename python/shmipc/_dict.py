@@ -62,20 +62,13 @@ def _encode(value: object) -> tuple[int, bytes, object]:
     if isinstance(value, np.generic) and not value.dtype.hasobject:
         item = value.item()
         if isinstance(item, (bool, int, float)):
-            raise _Retry(item)
+            return 0, b"", item  # tag 0: the C++ side stores `item` instead
     if isinstance(value, (bytearray, memoryview)):
         return _TAG_BYTES, bytes(value), None
     raise TypeError(
         "SharedDict values are bytes, str, int, float, bool or numpy.ndarray, "
         f"not {type(value).__name__}"
     )
-
-
-class _Retry(Exception):
-    """A NumPy scalar: store its Python value instead."""
-
-    def __init__(self, value: object) -> None:
-        self.value = value
 
 
 def _decode(tag: int, blob: bytearray) -> object:
@@ -126,20 +119,6 @@ class SharedDict(_core.DictCore):
         self: SharedDict = cls.__new__(cls)
         _core.DictCore.__init__(self, heap, name, timeout)
         return self
-
-    def __setitem__(self, key: str, value: Value) -> None:
-        try:
-            _core.DictCore.__setitem__(self, key, value)
-        except _Retry as r:
-            _core.DictCore.__setitem__(self, key, r.value)
-
-    def setdefault(self, key: str, default: Value) -> Value:  # type: ignore[override]
-        """The value of ``key``; if absent, stores ``default`` and returns it (atomically)."""
-        try:
-            v: Value = _core.DictCore.setdefault(self, key, default)
-        except _Retry as r:
-            v = _core.DictCore.setdefault(self, key, r.value)
-        return v
 
     _MISSING: Any = object()
 

@@ -169,6 +169,11 @@ SharedDict::Entry encode(SharedDict& d, std::string_view key, py::handle value) 
     if (!g_encode) throw std::logic_error("shmipc._dict is not initialised");
     py::tuple t = py::reinterpret_borrow<py::object>(g_encode)(value);
     auto tag = t[0].cast<std::uint8_t>();
+    if (tag == 0) { // "store this Python value instead" (a NumPy scalar's .item())
+        py::object plain = t[2];
+        if (plain.ptr() == v) throw std::logic_error("dict encoder returned the same value");
+        return encode(d, key, plain);
+    }
     py::bytes header = t[1];
     std::string_view hv(PyBytes_AS_STRING(header.ptr()),
                         static_cast<std::size_t>(PyBytes_GET_SIZE(header.ptr())));
@@ -287,6 +292,7 @@ void bind_dict(py::module_& m) {
              })
         .def("__contains__",
              [](PyDict& self, py::handle key) {
+                 self.get(); // ValueError when closed, whatever the key
                  if (!PyUnicode_Check(key.ptr())) return false;
                  std::string_view k = key_of(key);
                  auto g = self.lock();
@@ -317,6 +323,12 @@ void bind_dict(py::module_& m) {
         .def(
             "setdefault",
             [](PyDict& self, py::handle key, py::handle dflt) -> py::object {
+                if (dflt.is_none()) { // setdefault(k): only a lookup (None cannot be stored)
+                    py::object v = get_or(self, key, Py_None, false);
+                    if (v.is_none())
+                        throw py::type_error("SharedDict values cannot be None");
+                    return v;
+                }
                 std::string_view k = key_of(key);
                 SharedDict& d = self.get();
                 SharedDict::Entry e = encode(d, k, dflt);

@@ -147,6 +147,9 @@ def test_it_is_a_mutable_mapping(heap: shmipc.Heap) -> None:
     assert "a" in d and "z" not in d and 1 not in d
     assert d.get("a") == 1 and d.get("z") is None and d.get("z", 5) == 5
     assert d.setdefault("a", 100) == 1 and d.setdefault("n", 100) == 100 and d["n"] == 100
+    assert d.setdefault("a") == 1
+    with pytest.raises(TypeError):
+        d.setdefault("absent")
     assert d.pop("n") == 100 and d.pop("n", "gone") == "gone"
     with pytest.raises(KeyError):
         d.pop("n")
@@ -249,6 +252,8 @@ def test_close_is_idempotent_and_use_after_close_is_a_value_error(name: str) -> 
         d["a"]
     with pytest.raises(ValueError, match="SharedDict is closed"):
         len(d)
+    with pytest.raises(ValueError, match="SharedDict is closed"):
+        1 in d  # noqa: B015
     d2 = h.dict("d")
     h.close()
     with pytest.raises(ValueError, match="closed"):
@@ -291,15 +296,18 @@ def test_entries_are_visible_across_processes(name: str, spawn: Any, anonymous: 
         assert len(d) == 6
 
 
-def test_a_dict_passed_to_a_child_is_the_same_dict(name: str, spawn: Any) -> None:
-    with shmipc.Heap.create(name, size=4 << 20) as h:
+@pytest.mark.parametrize("anonymous", [False, True])
+def test_a_dict_passed_to_a_child_is_the_same_dict(name: str, spawn: Any, anonymous: bool) -> None:
+    h = shmipc.Heap.anonymous(4 << 20) if anonymous else shmipc.Heap.create(name, size=4 << 20)
+    with h:
         d = h.dict("passed")
         d["x"] = 1
         q = spawn.Queue()
-        p = spawn.Process(target=W.read_all, args=(h, "passed", q))
+        p = spawn.Process(target=W.read_all, args=(d, q))
         p.start()
         assert q.get(timeout=60) == {"x": 1}
         join_all([p])
+        assert d["from-child"] == 1
 
 
 def test_concurrent_writers_lose_nothing(name: str, spawn: Any) -> None:

@@ -45,10 +45,11 @@ def write_items(heap: shmipc.Heap, name: str, items: dict[str, Any], q: Any) -> 
     heap.close()
 
 
-def read_all(heap: shmipc.Heap, name: str, q: Any) -> None:
-    d = heap.dict(name)
+def read_all(d: shmipc.SharedDict, q: Any) -> None:
+    """Gets the dict itself as an argument (it travels with its heap) and reports it."""
     q.put(d.copy())
-    heap.close()
+    d["from-child"] = 1
+    d.heap.close()
 
 
 def disjoint_writer(heap_name: str, name: str, wid: int, n: int) -> None:
