@@ -439,6 +439,12 @@ void bind_dict(py::module_& m) {
                  auto g = self.lock();
                  return self.get().capacity(g);
              })
+        .def("_hold_lock_for_test",
+             [](PyDict& self) {
+                 // Tests only: take the lock and never give it back (the process then dies
+                 // or exits holding it, which the next locker must survive).
+                 new SharedDict::Guard(self.lock()); // NOLINT: leaked on purpose
+             })
         .def("_check_invariants", [](PyDict& self) {
             auto g = self.lock();
             self.get().check_invariants(g);

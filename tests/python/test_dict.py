@@ -357,3 +357,51 @@ def test_sigkill_in_the_middle_of_operations_never_wedges_or_tears(name: str, sp
         d.clear()
         stats = h.stats()
         assert stats["allocations"] <= 2, stats
+
+
+@pytest.mark.parametrize("how", ["kill", "exit"])
+def test_a_process_that_dies_holding_the_lock_does_not_wedge_the_others(
+    name: str, spawn: Any, how: str
+) -> None:
+    with shmipc.Heap.create(name, size=4 << 20) as h:
+        d = h.dict("d")
+        d.timeout = 30  # a wedge fails the test instead of hanging it
+        ready = spawn.Event()
+        p = spawn.Process(target=W.hold_lock, args=(name, "d", ready, how))
+        p.start()
+        assert ready.wait(60)
+        join_all([p])
+        d["after"] = 1  # recovers the lock (EOWNERDEAD)
+        assert d["after"] == 1 and d["holder"] == p.pid
+        d._check_invariants()
+
+
+def test_a_live_holder_makes_waits_time_out_and_ctrl_c_interrupts_them(
+    name: str, spawn: Any
+) -> None:
+    import threading
+
+    with shmipc.Heap.create(name, size=4 << 20) as h:
+        d = h.dict("d")
+        ready = spawn.Event()
+        p = spawn.Process(target=W.hold_lock, args=(name, "d", ready, "sleep"))
+        p.start()
+        try:
+            assert ready.wait(60)
+            d.timeout = 0.2
+            with pytest.raises(TimeoutError):
+                d["x"]
+            d.timeout = None  # wait forever, but Ctrl-C works
+            timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+            timer.start()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    d["x"] = 1
+            finally:
+                timer.cancel()
+        finally:
+            p.kill()
+            join_all([p])
+        d.timeout = 30
+        d["x"] = 2  # the killed holder's lock is recovered
+        assert d["x"] == 2

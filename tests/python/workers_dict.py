@@ -87,3 +87,21 @@ def hammer(heap_name: str, name: str, seed: int, ready: Any) -> None:
                 check_value(k, v)
         else:
             d.clear()
+
+
+def hold_lock(heap_name: str, name: str, ready: Any, how: str) -> None:
+    """Takes the dict's lock and then dies ("kill"), exits ("exit") or sleeps ("sleep")."""
+    import os
+    import signal
+    import time
+
+    heap = shmipc.Heap.attach(heap_name)
+    d = heap.dict(name)
+    d["holder"] = os.getpid()
+    d._hold_lock_for_test()
+    ready.set()
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "exit":
+        os._exit(0)
+    time.sleep(120)
