@@ -219,7 +219,7 @@ TEST(StlAllocator, containers_outlive_a_killed_process_that_built_them) {
 }
 
 TEST(StlAllocator, a_full_heap_throws_bad_alloc_and_stays_usable) {
-    auto h = Heap::anonymous(opts(512 << 10)); // (kMinHeapSize is below sizeof(HeapControl))
+    auto h = Heap::anonymous(opts(kMinHeapSize));
     HeapRegistration reg(*h);
     auto& v = named<shmipc::vector<std::uint64_t>>(*h, "v", allocator<std::uint64_t>(*h));
     std::size_t last_size = 0;

@@ -405,3 +405,15 @@ def test_a_live_holder_makes_waits_time_out_and_ctrl_c_interrupts_them(
         d.timeout = 30
         d["x"] = 2  # the killed holder's lock is recovered
         assert d["x"] == 2
+
+
+def test_keys_of_any_length_and_script_work(heap: shmipc.Heap) -> None:
+    d = heap.dict("d")
+    keys = ["", "ключ", "鍵🔑", "k" * 100_000, "a\x00b"]
+    for i, k in enumerate(keys):
+        d[k] = i
+    assert sorted(d) == sorted(keys)
+    for i, k in enumerate(keys):
+        assert d[k] == i
+    assert "a" not in d and "a\x00" not in d
+    d._check_invariants()
