@@ -19,6 +19,7 @@ from . import _core
 
 if TYPE_CHECKING:
     from ._channel import Channel  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    from ._dict import SharedDict
 
 __all__ = ["Heap", "Block"]
 
@@ -240,6 +241,13 @@ class Heap(_core.HeapCore):
                 "by fd. Pass it to a multiprocessing Process, Queue or Pipe, or use a named heap."
             )
         return (type(self).attach, (self.name,))
+
+    # Last in the class: from here on `dict` in this class body means this method.
+    def dict(self, name: str) -> SharedDict:
+        """The shared dict ``name`` of this heap, created empty on first use (see SharedDict)."""
+        from ._dict import SharedDict
+
+        return SharedDict._open(self, name)
 
 
 def _rebuild_named(cls: Any, name: str) -> Heap:
