@@ -8,6 +8,8 @@ from __future__ import annotations
 from . import _core
 from ._buffer import Buffer, recv, recv_array, send, send_array
 from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
+from ._stream import chgrp, chmod, open_stream, stream_info
+from ._value import SharedValue, Subscription
 
 __version__ = "0.1.0"
 
@@ -24,6 +26,12 @@ __all__ = [
     "ChannelBusyError",
     "set_pool_limit",
     "pool_stats",
+    "open_stream",
+    "chmod",
+    "chgrp",
+    "stream_info",
+    "SharedValue",
+    "Subscription",
 ]
 
 
