@@ -65,7 +65,7 @@ def _decode_array(meta: bytes, payload: bytearray) -> np.ndarray[Any, Any]:
             _decode_cache.clear()
         _decode_cache[meta] = spec
     dtype, shape = spec
-    return np.frombuffer(payload, dtype=dtype).reshape(shape)
+    return np.ndarray(shape, dtype, payload)
 
 
 class Subscription:
@@ -135,9 +135,9 @@ class Subscription:
 
 def _decode(tag: int, meta: bytes, payload: Any) -> Value | None:
     if tag == _BYTES:
-        return bytes(payload)
+        return payload  # type: ignore[no-any-return]
     if tag == _TEXT:
-        return bytes(payload).decode("utf-8")
+        return payload.decode("utf-8")  # type: ignore[no-any-return]
     if tag == _ARRAY:
         return _decode_array(meta, payload)
     if tag == 0:
@@ -251,36 +251,43 @@ class SharedValue:
 
     def write(self, value: Value) -> int:
         """Replaces the value with a copy of ``value`` (str, bytes-like or ndarray) and returns
-        the version after the write (another writer may already have moved it on).
+        the version of this write (another writer may already have moved on).
 
         Arrays keep dtype and shape (any dtype but object; non-contiguous arrays are copied
         contiguous). ``ValueError`` if it does not fit ``size`` (the old value stays). Wakes
         every waiting reader.
         """
-        h = self._h()
+        h = self._handle
+        if h is None:
+            raise ValueError("SharedValue is closed")
         if isinstance(value, np.ndarray):
             meta = _array_meta(value)
             if not value.flags.c_contiguous:
                 value = np.ascontiguousarray(value)
-            # Raw bytes: also covers dtypes the buffer protocol cannot express (datetime64).
-            data = value.reshape(-1).view(np.uint8)
-            h.write(_ARRAY, meta, data)
-        elif isinstance(value, str):
-            h.write(_TEXT, b"", value.encode("utf-8"))
-        elif isinstance(value, (bytes, bytearray, memoryview)):
-            h.write(_BYTES, b"", value)
-        else:
-            raise TypeError(
-                f"SharedValue holds str, bytes or numpy.ndarray, not {type(value).__name__}"
-            )
-        return int(h.version)
+            try:
+                return int(h.write(_ARRAY, meta, value))
+            except (ValueError, BufferError):
+                if value.nbytes > h.capacity:
+                    raise
+                # dtypes the buffer protocol cannot express (datetime64...): as raw bytes
+                return int(h.write(_ARRAY, meta, value.reshape(-1).view(np.uint8)))
+        if isinstance(value, str):
+            return int(h.write(_TEXT, b"", value.encode("utf-8")))
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return int(h.write(_BYTES, b"", value))
+        raise TypeError(f"SharedValue holds str, bytes or numpy.ndarray, not {type(value).__name__}")
 
     def read(self) -> Value | None:
         """A consistent copy of the latest value (None if never written). Never blocks on a
         writer in the common case, never returns a half-written value."""
-        version, tag, meta, payload = self._h().read()
+        h = self._handle
+        if h is None:
+            raise ValueError("SharedValue is closed")
+        version, tag, meta, payload = h.read()
         if version > self._seen:
             self._seen = version
+        if tag == _BYTES:
+            return payload  # type: ignore[no-any-return]
         return _decode(tag, meta, payload)
 
     def read_versioned(self) -> tuple[int, Value | None]:

@@ -112,24 +112,22 @@ void bind_value(py::module_& m) {
                 std::string_view mv = meta;
                 std::span<const std::byte> ms{reinterpret_cast<const std::byte*>(mv.data()), mv.size()};
                 auto ds = as_span(info);
-                if (ds.size() <= kHoldGilBelow) {
-                    v->write(type, ms, ds);
-                } else {
-                    py::gil_scoped_release nogil;
-                    v->write(type, ms, ds);
-                }
+                if (ds.size() <= kHoldGilBelow) return v->write(type, ms, ds);
+                py::gil_scoped_release nogil;
+                return v->write(type, ms, ds);
             },
             py::arg("type"), py::arg("meta"), py::arg("data"))
         .def("read", &read_raw)
         .def(
             "wait",
-            [](const ValueHandle& h, std::uint64_t since, std::optional<double> timeout) {
+            [](const ValueHandle& h, std::uint64_t since, std::optional<double> timeout, int spin) {
                 auto v = h.get();
                 Deadline d(timeout);
                 py::gil_scoped_release nogil;
-                return v->wait(since, d);
+                return v->wait(since, d, spin);
             },
-            py::arg("since"), py::arg("timeout") = py::none())
+            py::arg("since"), py::arg("timeout") = py::none(),
+            py::arg("spin") = SharedValue::kDefaultWaitSpin)
         .def("_debug_state",
              [](const ValueHandle& h) {
                  auto s = h.get()->debug_state();

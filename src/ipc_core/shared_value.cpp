@@ -162,7 +162,7 @@ void SharedValue::check_write(std::span<const std::byte> meta,
                                 "SharedValue '" + name() + "' is attached read-only");
 }
 
-bool SharedValue::write_locked(std::uint32_t type, std::span<const std::byte> meta,
+std::uint64_t SharedValue::write_locked(std::uint32_t type, std::span<const std::byte> meta,
                                std::span<const std::byte> data, std::size_t stall_at) {
     const std::uint32_t cur = ctl_->current.load(std::memory_order_relaxed) & 1;
     const std::uint32_t next = cur ^ 1;
@@ -186,7 +186,7 @@ bool SharedValue::write_locked(std::uint32_t type, std::span<const std::byte> me
     if (!meta.empty()) std::memcpy(meta_ptr(next), meta.data(), meta.size());
     if (stall_at < data.size()) {
         if (stall_at) std::memcpy(data_ptr(next), data.data(), stall_at);
-        return false;
+        return 0;
     }
     if (!data.empty()) std::memcpy(data_ptr(next), data.data(), data.size());
     // SYNC POINT: pairs with the acquire load of seq in try_snapshot.
@@ -196,15 +196,15 @@ bool SharedValue::write_locked(std::uint32_t type, std::span<const std::byte> me
     // SYNC POINT: pairs with the acquire loads in version() and wait().
     ctl_->version.store(v, std::memory_order_release);
     notify_all(ctl_->changed);
-    return true;
+    return v;
 }
 
-void SharedValue::write(std::uint32_t type, std::span<const std::byte> meta,
-                        std::span<const std::byte> data) {
+std::uint64_t SharedValue::write(std::uint32_t type, std::span<const std::byte> meta,
+                                 std::span<const std::byte> data) {
     if (type == 0) throw std::invalid_argument("value type tag 0 is reserved for 'never written'");
     check_write(meta, data);
     WriterLock lock(*this);
-    (void)write_locked(type, meta, data, static_cast<std::size_t>(-1));
+    return write_locked(type, meta, data, static_cast<std::size_t>(-1));
 }
 
 void SharedValue::write_and_stall_for_test(std::uint32_t type, std::span<const std::byte> meta,
@@ -260,7 +260,7 @@ void SharedValue::backoff(unsigned attempt) noexcept {
     std::this_thread::sleep_for(std::chrono::microseconds(50));
 }
 
-bool SharedValue::wait(std::uint64_t since, const Deadline& deadline) const {
+bool SharedValue::wait(std::uint64_t since, const Deadline& deadline, int spin) const {
     auto ready = [&] { return ctl_->version.load(std::memory_order_acquire) > since; };
     auto between = [&]() -> std::chrono::nanoseconds {
         if (closing_.load(std::memory_order_relaxed)) throw Closed("SharedValue is closed");
@@ -269,7 +269,7 @@ bool SharedValue::wait(std::uint64_t since, const Deadline& deadline) const {
     };
     if (ready()) return true;
     if (deadline.remaining().count() == 0) return false;
-    return wait_until(ctl_->changed, ready, between);
+    return wait_until(ctl_->changed, ready, between, spin);
 }
 
 SharedValue::DebugState SharedValue::debug_state() const noexcept {

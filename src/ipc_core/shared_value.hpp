@@ -98,7 +98,8 @@ class SharedValue {
     // Replaces the value. `type` is the caller's tag (nonzero); `meta` describes the payload
     // (e.g. dtype and shape). A payload over capacity() or meta over kValueMetaCapacity is
     // std::invalid_argument and changes nothing. Blocks only while another writer writes.
-    void write(std::uint32_t type, std::span<const std::byte> meta,
+    // Returns the version of this write.
+    std::uint64_t write(std::uint32_t type, std::span<const std::byte> meta,
                std::span<const std::byte> data);
 
     // Read protocol (lock-free for readers): take a snapshot of the current slot's description,
@@ -132,7 +133,11 @@ class SharedValue {
 
     // Waits until version() > since. False on timeout; throws Closed after request_close() and
     // whatever check_interrupt() throws (Ctrl-C). Spins briefly, then sleeps on the futex.
-    [[nodiscard]] bool wait(std::uint64_t since, const Deadline& deadline) const;
+    // `spin`: polls before sleeping (cheap when the writer is about to write on another core;
+    // wasted CPU on a busy machine, where the futex wake-up is the better deal).
+    [[nodiscard]] bool wait(std::uint64_t since, const Deadline& deadline,
+                            int spin = kDefaultWaitSpin) const;
+    static constexpr int kDefaultWaitSpin = 0; // measured: spinning doubles latency on our busy 2-core VM
 
     // Makes waits and lock acquisitions of this handle end with Closed (called by close()
     // while another thread may be blocked in wait()).
@@ -170,8 +175,9 @@ class SharedValue {
     [[nodiscard]] std::byte* meta_ptr(std::uint32_t i) const noexcept;
     [[nodiscard]] std::byte* data_ptr(std::uint32_t i) const noexcept;
     void check_write(std::span<const std::byte> meta, std::span<const std::byte> data) const;
-    // Fills the non-current slot and publishes it; stops (returns false) after `stall_at` bytes.
-    bool write_locked(std::uint32_t type, std::span<const std::byte> meta,
+    // Fills the non-current slot and publishes it (returns its version); stops (returns 0)
+    // after `stall_at` bytes.
+    std::uint64_t write_locked(std::uint32_t type, std::span<const std::byte> meta,
                       std::span<const std::byte> data, std::size_t stall_at);
 
     MemorySegment seg_;
