@@ -18,8 +18,9 @@ import os
 import statistics
 import struct
 import time
+from collections.abc import Callable
 from multiprocessing import shared_memory
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +87,6 @@ def bench_write_read(value: Any, n: int, repeats: int) -> tuple[float, float]:
 
         stdlib(10)
         t_std = _best_per_op(stdlib, n, repeats)
-        del buf
     finally:
         shm.close()
         shm.unlink()
@@ -182,7 +182,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer iterations (< 30 s)")
     args = ap.parse_args()
-    small_n, big_n, lat_n, repeats = (20000, 200, 1000, 3) if args.quick else (100000, 1000, 5000, 5)
+    small_n, big_n, lat_n, repeats = (
+        (20000, 200, 1000, 3) if args.quick else (100000, 1000, 5000, 5)
+    )
 
     print(f"shmipc {shmipc.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs")
     print()

@@ -132,7 +132,7 @@ def open_stream(
         raise
     raw._shm_name = norm
     raw._shm_remove = remove
-    raw.name = norm  # type: ignore[misc]
+    raw.name = norm
     try:
         return _wrap(raw, io_mode, binary, buffering, encoding, errors, newline)
     except BaseException:

@@ -275,7 +275,9 @@ class SharedValue:
             return int(h.write(_TEXT, b"", value.encode("utf-8")))
         if isinstance(value, (bytes, bytearray, memoryview)):
             return int(h.write(_BYTES, b"", value))
-        raise TypeError(f"SharedValue holds str, bytes or numpy.ndarray, not {type(value).__name__}")
+        raise TypeError(
+            f"SharedValue holds str, bytes or numpy.ndarray, not {type(value).__name__}"
+        )
 
     def read(self) -> Value | None:
         """A consistent copy of the latest value (None if never written). Never blocks on a

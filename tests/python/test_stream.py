@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import workers_values as w
-from conftest import join_all
 
 import shmipc
 from shmipc import open_stream
+
+import workers_values as w
+from conftest import join_all
 
 
 def _fd_count() -> int:
@@ -42,8 +43,10 @@ def _exists(name: str) -> bool:
         ("r", False, io.TextIOWrapper),
     ],
 )
-def test_modes_give_the_matching_io_classes(name: str, io_mode: str, owner: bool, cls: type) -> None:
-    with open_stream(name, "w+b", owner=True) as base:
+def test_modes_give_the_matching_io_classes(
+    name: str, io_mode: str, owner: bool, cls: type
+) -> None:
+    with open_stream(name, "w+b", owner=True):
         if owner:
             shmipc.unlink(name)
         with open_stream(name, io_mode, owner=owner) as f:

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import workers_values as w
-from conftest import join_all
 
 import shmipc
 from shmipc import CorruptSegmentError, SharedValue
+
+import workers_values as w
+from conftest import join_all
 
 # ---- single-process semantics ----------------------------------------------------------------
 
@@ -203,7 +204,9 @@ def _write_file(name: str, data: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "content", [b"", b"\0" * 10, b"garbage" * 100, b"\0" * 8192], ids=["empty", "tiny", "text", "zeros"]
+    "content",
+    [b"", b"\0" * 10, b"garbage" * 100, b"\0" * 8192],
+    ids=["empty", "tiny", "text", "zeros"],
 )
 def test_attach_of_something_that_is_not_a_value_is_CorruptSegmentError(
     name: str, content: bytes
@@ -473,7 +476,9 @@ def test_torn_read_hammer_with_two_writers_and_two_readers(name: str, spawn: Any
         q = spawn.Queue()
         procs = [
             spawn.Process(target=w.value_hammer_writer, args=(name, i, seconds, q)) for i in (1, 2)
-        ] + [spawn.Process(target=w.value_hammer_reader, args=(name, i, seconds, q)) for i in (1, 2)]
+        ] + [
+            spawn.Process(target=w.value_hammer_reader, args=(name, i, seconds, q)) for i in (1, 2)
+        ]
         for p in procs:
             p.start()
         results = [q.get(timeout=120) for _ in procs]

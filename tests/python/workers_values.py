@@ -59,7 +59,9 @@ def value_read_and_reply(name: str, reply: str, q: Any) -> None:
     """Attaches, reports the value it reads, then writes `reply`."""
     with shmipc.SharedValue.attach(name) as v:
         got = v.read()
-        q.put((v.version, got if not isinstance(got, np.ndarray) else (got.dtype.str, got.tolist())))
+        q.put(
+            (v.version, got if not isinstance(got, np.ndarray) else (got.dtype.str, got.tolist()))
+        )
         v.write(reply)
 
 
@@ -122,7 +124,7 @@ def value_hammer_reader(name: str, reader_id: int, seconds: float, q: Any) -> No
 
 
 def value_write_and_hang(name: str, good: bytes, bad_fill: int, nbytes: int) -> None:
-    """Writes `good` completely, then starts writing a bad value and hangs halfway (to be killed)."""
+    """Writes `good`, then starts a bad write and hangs halfway through it (to be killed)."""
     v = shmipc.SharedValue.attach(name)
     v.write(good)
     data = np.full(nbytes, bad_fill, dtype=np.uint8)
