@@ -127,12 +127,14 @@ SharedValue::WriterLock::WriterLock(const SharedValue& v) : m_(&v.ctl_->writer_m
     int rc = pthread_mutex_trylock(m_);
     while (rc == EBUSY || rc == ETIMEDOUT) {
         if (v.closing_.load(std::memory_order_relaxed)) throw Closed("SharedValue is closed");
+        // timedlock (CLOCK_REALTIME) rather than clocklock: sanitizers intercept it, and a
+        // clock jump only changes the length of one slice, since we loop anyway.
         timespec abs{};
-        ::clock_gettime(CLOCK_MONOTONIC, &abs);
+        ::clock_gettime(CLOCK_REALTIME, &abs);
         abs.tv_nsec += static_cast<long>(std::chrono::nanoseconds(kWaitSlice).count());
         abs.tv_sec += abs.tv_nsec / 1'000'000'000;
         abs.tv_nsec %= 1'000'000'000;
-        rc = pthread_mutex_clocklock(m_, CLOCK_MONOTONIC, &abs);
+        rc = pthread_mutex_timedlock(m_, &abs);
         if (rc == ETIMEDOUT) check_interrupt(); // a writer may be stopped; let Ctrl-C through
     }
     if (rc == EOWNERDEAD) {
