@@ -81,6 +81,8 @@ class Subscription:
         self._callback = callback
         self._on_error = on_error
         self._stop = threading.Event()
+        self._since = value._seen  # changes after on_change() was called are delivered
+        self._handle = value._h()  # its own reference: close() stops us via the handle
         self._thread = threading.Thread(
             target=self._run, name=f"shmipc-on-change-{value._name}", daemon=True
         )
@@ -89,8 +91,8 @@ class Subscription:
         self._thread.start()
 
     def _run(self) -> None:
-        seen = self._value._seen
-        handle = self._value._handle
+        seen = self._since
+        handle = self._handle
         while not self._stop.is_set():
             try:
                 # Short slices so stop() is noticed promptly; a write wakes us at once (futex).
