@@ -376,3 +376,25 @@ def test_sigkilled_owner_leaves_no_temporary_files(name: str, spawn: Any) -> Non
     join_all([p])
     shmipc.unlink(name)  # recovery by force
     assert not _exists(name)
+
+
+def test_the_inventory_lists_streams_and_values_with_owner_liveness(name: str, spawn: Any) -> None:
+    ready, done = spawn.Event(), spawn.Event()
+    p = spawn.Process(target=w.stream_owner_then_wait, args=(name, ready, done))
+    p.start()
+    try:
+        assert ready.wait(30)
+        with shmipc.SharedValue.create(name + ".v", 64):
+            objs = {o["name"]: o for o in shmipc._core.list_objects()}
+            assert objs[name]["kind"] == "stream" and objs[name]["owner_alive"]
+            assert objs[name + ".v"]["kind"] == "value" and objs[name + ".v"]["owner_alive"]
+        p.kill()
+        join_all([p])
+        objs = {o["name"]: o for o in shmipc._core.list_objects()}
+        assert objs[name]["stale"] and not objs[name]["owner_alive"]
+        assert name + ".v" not in objs
+    finally:
+        done.set()
+        join_all([p])
+        if _exists(name):
+            shmipc.unlink(name)

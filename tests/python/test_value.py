@@ -319,6 +319,20 @@ def test_wait_is_interrupted_by_ctrl_c(name: str, spawn: Any) -> None:
         assert outcome == "KeyboardInterrupt"
 
 
+def test_wait_releases_the_gil(name: str) -> None:
+    with SharedValue.create(name, 64) as v:
+        t = threading.Thread(target=lambda: pytest.raises(TimeoutError, v.wait, 1.0))
+        t.start()
+        time.sleep(0.05)
+        spins = 0
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:  # would not run while wait() held the GIL
+            spins += 1
+        assert t.is_alive()
+        t.join(10)
+        assert spins > 1000
+
+
 def test_close_ends_a_wait_blocked_in_another_thread(name: str) -> None:
     v = SharedValue.create(name, 64)
     errors: list[BaseException] = []
