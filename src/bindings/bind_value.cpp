@@ -18,7 +18,11 @@ namespace {
 // Tag whose payload comes back as a writable bytearray (the array's own memory); every other
 // tag comes back as bytes. Kept in sync with _value.py.
 constexpr std::uint32_t kArrayTag = 3;
-// Up to this capacity a read holds the GIL throughout (the copy is a few microseconds).
+// Up to this capacity reads and writes hold the GIL throughout (copies take microseconds).
+// The rule depends on the capacity only, never on one value's size, so that no thread ever
+// waits for the writer mutex while holding the GIL if another thread of this process could
+// hold that mutex while waiting for the GIL (a large-value read allocates its result under
+// the GIL, and may do so while holding the mutex after losing too many races).
 constexpr std::size_t kHoldGilBelow = 64 * 1024;
 
 // Blocking calls keep their own reference, so close() from another thread never unmaps
@@ -112,7 +116,7 @@ void bind_value(py::module_& m) {
                 std::string_view mv = meta;
                 std::span<const std::byte> ms{reinterpret_cast<const std::byte*>(mv.data()), mv.size()};
                 auto ds = as_span(info);
-                if (ds.size() <= kHoldGilBelow) return v->write(type, ms, ds);
+                if (v->capacity() <= kHoldGilBelow) return v->write(type, ms, ds);
                 py::gil_scoped_release nogil;
                 return v->write(type, ms, ds);
             },
