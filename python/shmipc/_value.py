@@ -252,8 +252,9 @@ class SharedValue:
     # -- values -------------------------------------------------------------------------------
 
     def write(self, value: Value) -> int:
-        """Replaces the value with a copy of ``value`` (str, bytes-like or ndarray) and returns
-        the version of this write (another writer may already have moved on).
+        """Replaces the value with a copy of ``value`` (str, bytes-like, ndarray, or a NumPy
+        scalar, which reads back as a 0-d array) and returns the version of this write
+        (another writer may already have moved on).
 
         Arrays keep dtype and shape (any dtype but object; non-contiguous arrays are copied
         contiguous). ``ValueError`` if it does not fit ``size`` (the old value stays). Wakes
@@ -262,6 +263,8 @@ class SharedValue:
         h = self._handle
         if h is None:
             raise ValueError("SharedValue is closed")
+        if isinstance(value, np.generic):
+            value = np.asarray(value)  # a NumPy scalar travels as a 0-d array
         if isinstance(value, np.ndarray):
             meta = _array_meta(value)
             if not value.flags.c_contiguous:

@@ -85,6 +85,21 @@ def test_non_contiguous_arrays_are_written_contiguous(name: str) -> None:
         np.testing.assert_array_equal(v.read(), a[:, ::2])
 
 
+def test_numpy_scalars_are_written_as_0d_arrays(name: str) -> None:
+    with SharedValue.create(name, 64) as v:
+        v.write(np.float32(1.5))
+        got = v.read()
+        assert isinstance(got, np.ndarray) and got.shape == () and got.dtype == np.float32
+        assert got == 1.5
+
+
+def test_mode_must_be_permission_bits(name: str) -> None:
+    with pytest.raises(ValueError):
+        SharedValue.create(name, 64, mode=0o170000)
+    with pytest.raises(TypeError):
+        SharedValue.create(name, 64, mode="0o600")  # type: ignore[arg-type]
+
+
 def test_read_returns_a_private_copy(name: str) -> None:
     with SharedValue.create(name, 64) as v:
         v.write(np.zeros(4))
