@@ -270,19 +270,23 @@ class SharedValue:
             if not value.flags.c_contiguous:
                 value = np.ascontiguousarray(value)
             try:
-                return int(h.write(_ARRAY, meta, value))
+                version = int(h.write(_ARRAY, meta, value))
             except (ValueError, BufferError):
                 if value.nbytes > h.capacity:
                     raise
                 # dtypes the buffer protocol cannot express (datetime64...): as raw bytes
-                return int(h.write(_ARRAY, meta, value.reshape(-1).view(np.uint8)))
-        if isinstance(value, str):
-            return int(h.write(_TEXT, b"", value.encode("utf-8")))
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            return int(h.write(_BYTES, b"", value))
-        raise TypeError(
-            f"SharedValue holds str, bytes or numpy.ndarray, not {type(value).__name__}"
-        )
+                version = int(h.write(_ARRAY, meta, value.reshape(-1).view(np.uint8)))
+        elif isinstance(value, str):
+            version = int(h.write(_TEXT, b"", value.encode("utf-8")))
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            version = int(h.write(_BYTES, b"", value))
+        else:
+            raise TypeError(
+                f"SharedValue holds str, bytes or numpy.ndarray, not {type(value).__name__}"
+            )
+        if version > self._seen:
+            self._seen = version  # our own write counts as seen: wait() waits for the next one
+        return version
 
     def read(self) -> Value | None:
         """A consistent copy of the latest value (None if never written). Never blocks on a
@@ -307,11 +311,12 @@ class SharedValue:
     def wait(self, timeout: float | None = None, since: int | None = None) -> int:
         """Blocks until ``version > since`` and returns the new version.
 
-        ``since=None`` means the last version this handle has seen (at attach/create, or
-        returned by ``read``/``read_versioned``/``wait``), so ``while True: v.wait(); v.read()``
-        misses no change that happened between the calls (intermediate versions may be
-        coalesced: you get the latest). Sleeps on a futex with the GIL released; Ctrl-C raises
-        KeyboardInterrupt. ``TimeoutError`` after ``timeout`` seconds (``0``: do not wait).
+        ``since=None`` means the last version this handle has seen (at attach/create, its own
+        last ``write``, or returned by ``read``/``read_versioned``/``wait``), so
+        ``while True: v.wait(); v.read()`` misses no change that happened between the calls
+        (intermediate versions may be coalesced: you get the latest). Sleeps on a futex with
+        the GIL released; Ctrl-C raises KeyboardInterrupt. ``TimeoutError`` after ``timeout``
+        seconds (``0``: do not wait).
         """
         h = self._h()
         base = self._seen if since is None else int(since)

@@ -273,6 +273,15 @@ def test_attach_of_a_stream_is_CorruptSegmentError(name: str) -> None:
 # ---- waiting -------------------------------------------------------------------------------
 
 
+def test_wait_after_an_own_write_waits_for_the_next_change(name: str) -> None:
+    with SharedValue.create(name, 64) as v, SharedValue.attach(name) as other:
+        v.write(b"mine")
+        with pytest.raises(TimeoutError):
+            v.wait(timeout=0)
+        other.write(b"theirs")
+        assert v.wait(timeout=0) == 2
+
+
 def test_wait_times_out_with_TimeoutError(name: str) -> None:
     with SharedValue.create(name, 64) as v:
         with pytest.raises(TimeoutError):
