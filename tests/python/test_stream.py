@@ -394,7 +394,10 @@ def test_the_inventory_lists_streams_and_values_with_owner_liveness(name: str, s
         assert objs[name]["stale"] and not objs[name]["owner_alive"]
         assert name + ".v" not in objs
     finally:
-        done.set()
+        # Never set() an mp.Event a killed process was waiting on: its Condition would wait
+        # forever for the dead sleeper's acknowledgement.
+        if p.is_alive():
+            done.set()
         join_all([p])
         if _exists(name):
             shmipc.unlink(name)
