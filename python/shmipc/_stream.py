@@ -10,9 +10,11 @@ give ``io.BufferedRandom``/``BufferedReader``/``BufferedWriter`` (or the raw ``i
 
 from __future__ import annotations
 
+import atexit
 import grp
 import io
 import os
+import weakref
 from typing import IO, Any
 
 from . import _core
@@ -40,6 +42,28 @@ class _StreamFileIO(io.FileIO):
             self._shm_remove = False
             _core.stream_release_name(self._shm_name, self.fileno())
         super().close()
+
+
+# Owner streams whose name goes away when this process exits (see _release_names_at_exit).
+_owned: weakref.WeakSet[_StreamFileIO] = weakref.WeakSet()
+
+
+def _release_names_at_exit() -> None:
+    """Removes the names of the non-persistent streams this process still owns at exit.
+
+    The file objects stay usable (other atexit handlers may still write); only the name goes,
+    as the owner's close() would have done. A crash leaves the name to the next creator.
+    """
+    for raw in list(_owned):
+        try:
+            if not raw.closed and raw._shm_remove:
+                raw._shm_remove = False
+                _core.stream_release_name(raw._shm_name, raw.fileno())
+        except Exception:  # noqa: BLE001 -- best effort at exit
+            pass
+
+
+atexit.register(_release_names_at_exit)
 
 
 def _parse_mode(io_mode: str) -> tuple[str, bool, bool]:
@@ -132,6 +156,8 @@ def open_stream(
         raise
     raw._shm_name = norm
     raw._shm_remove = remove
+    if remove:
+        _owned.add(raw)
     raw.name = norm
     try:
         return _wrap(raw, io_mode, binary, buffering, encoding, errors, newline)

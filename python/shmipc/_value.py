@@ -10,8 +10,11 @@ robust writer lock means the next writer proceeds.
 from __future__ import annotations
 
 import ast
+import atexit
 import threading
+import time
 import traceback
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Union
@@ -149,6 +152,31 @@ def _decode(tag: int, meta: bytes, payload: Any) -> Value | None:
     raise CorruptSegmentError(f"unknown value type tag {tag}")
 
 
+# Open values, closed at interpreter exit (see _close_all_at_exit).
+_live: weakref.WeakSet[SharedValue] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    """Closes every open SharedValue before the interpreter finalizes.
+
+    This stops on_change threads and ends waits of other daemon threads (they get ValueError):
+    a thread still inside the engine with the GIL released when finalization starts would be
+    torn down by CPython while unwinding C++ frames, which aborts the process. It also removes
+    the names of non-persistent values this process owns, as its close() would.
+    """
+    values = list(_live)
+    for v in values:
+        try:
+            v.close()
+        except Exception:  # noqa: BLE001 -- best effort at exit
+            pass
+    if values and threading.active_count() > 1:
+        time.sleep(0.1)  # let other threads woken by close() get back to Python
+
+
+atexit.register(_close_all_at_exit)
+
+
 class SharedValue:
     """The latest value of something, shared by name, with change notification.
 
@@ -171,6 +199,7 @@ class SharedValue:
         self._seen: int = handle.version
         self._subs: list[Subscription] = []
         self._lock = threading.Lock()
+        _live.add(self)
 
     # -- construction -------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ import pickle
 import queue
 import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -591,3 +593,27 @@ def test_create_attach_close_many_times_leaks_no_fd(name: str, no_fd_leaks: None
             v.write(b"x")
             r.read()
             r.on_change(lambda x: None)
+
+
+_EXIT_SCRIPT = """
+import sys, threading, time, shmipc
+name = sys.argv[1]
+v = shmipc.SharedValue.create(name, 1 << 20)
+v.on_change(lambda x: None)
+threading.Thread(target=lambda: v.wait(timeout=100), daemon=True).start()
+threading.Thread(target=lambda: [v.read() for _ in range(10**9)], daemon=True).start()
+f = shmipc.open_stream(name + ".s", "w+b", owner=True)
+f.write(b"x")
+time.sleep(0.3)
+"""
+
+
+def test_exit_with_threads_inside_waits_is_clean_and_removes_owned_names(name: str) -> None:
+    # CPython tears down daemon threads that re-enter Python during finalization; one still
+    # inside the engine with the GIL released would abort the process (C++ forced unwind).
+    r = subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT, name], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(f"/dev/shm/{name}")
+    assert not os.path.exists(f"/dev/shm/{name}.s")
