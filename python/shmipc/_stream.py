@@ -36,9 +36,10 @@ class _StreamFileIO(io.FileIO):
 
     _shm_name: str
     _shm_remove: bool
+    _shm_pid: int  # the owner process; a fork()ed child's copy never removes the name
 
     def close(self) -> None:
-        if not self.closed and getattr(self, "_shm_remove", False):
+        if not self.closed and getattr(self, "_shm_remove", False) and self._shm_pid == os.getpid():
             self._shm_remove = False
             _core.stream_release_name(self._shm_name, self.fileno())
         super().close()
@@ -56,7 +57,7 @@ def _release_names_at_exit() -> None:
     """
     for raw in list(_owned):
         try:
-            if not raw.closed and raw._shm_remove:
+            if not raw.closed and raw._shm_remove and raw._shm_pid == os.getpid():
                 raw._shm_remove = False
                 _core.stream_release_name(raw._shm_name, raw.fileno())
         except Exception:  # noqa: BLE001 -- best effort at exit
@@ -156,6 +157,7 @@ def open_stream(
         raise
     raw._shm_name = norm
     raw._shm_remove = remove
+    raw._shm_pid = os.getpid()
     if remove:
         _owned.add(raw)
     raw.name = norm

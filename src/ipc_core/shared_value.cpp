@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <system_error>
 #include <thread>
+#include <unistd.h>
 
 namespace shmipc {
 
@@ -56,7 +57,13 @@ SharedValue::SharedValue(MemorySegment seg)
     : seg_(std::move(seg)),
       ctl_(reinterpret_cast<ValueControl*>(seg_.data() + kControlOffset)),
       capacity_(static_cast<std::size_t>(ctl_->capacity)),
-      meta_capacity_(static_cast<std::size_t>(ctl_->meta_capacity)) {}
+      meta_capacity_(static_cast<std::size_t>(ctl_->meta_capacity)),
+      opened_by_(::getpid()) {}
+
+SharedValue::~SharedValue() {
+    // After fork() both processes hold this object; only the creating process owns the name.
+    if (::getpid() != opened_by_) seg_.disown();
+}
 
 std::unique_ptr<SharedValue> SharedValue::create(std::string_view name, std::size_t capacity,
                                                  mode_t mode, bool persistent) {

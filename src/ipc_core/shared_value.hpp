@@ -85,7 +85,8 @@ class SharedValue {
 
     SharedValue(const SharedValue&) = delete;
     SharedValue& operator=(const SharedValue&) = delete;
-    ~SharedValue() = default;
+    // The creator's close removes a non-persistent name; a forked child's copy never does.
+    ~SharedValue();
 
     [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
     [[nodiscard]] const std::string& name() const noexcept { return seg_.name(); }
@@ -185,6 +186,7 @@ class SharedValue {
     std::size_t capacity_ = 0;
     std::size_t meta_capacity_ = 0;
     std::atomic<bool> closing_{false};
+    pid_t opened_by_;                      // the process that created/attached this handle
 };
 
 // Bytes of the segment for a value of `capacity` payload bytes.

@@ -247,3 +247,18 @@ TEST(SharedValue, a_waiter_in_another_process_wakes_on_write) {
     ASSERT_TRUE(WIFEXITED(status));
     EXPECT_EQ(WEXITSTATUS(status), 0);
 }
+
+TEST(SharedValue, a_forked_childs_copy_of_the_owner_handle_never_removes_the_name) {
+    std::string name = fresh("fork");
+    auto v = SharedValue::create(name, 16, 0600, false);
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        v.reset(); // the child's copy of the owner object is destroyed
+        ::_exit(0);
+    }
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    EXPECT_TRUE(exists(name));
+    v.reset();
+    EXPECT_FALSE(exists(name));
+}

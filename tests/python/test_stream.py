@@ -245,6 +245,18 @@ def test_create_over_a_live_stream_in_another_process_is_FileExistsError(
     assert not _exists(name)
 
 
+def test_a_forked_child_closing_an_inherited_owner_stream_keeps_the_name(name: str) -> None:
+    fork = __import__("multiprocessing").get_context("fork")
+    with open_stream(name, "w+b", owner=True) as f:
+        q = fork.Queue()
+        p = fork.Process(target=w.close_inherited, args=(f, q))
+        p.start()
+        assert q.get(timeout=30) == "closed"
+        join_all([p])
+        assert _exists(name)
+    assert not _exists(name)
+
+
 def test_the_stale_stream_of_a_killed_owner_is_replaced(name: str, spawn: Any) -> None:
     ready, done = spawn.Event(), spawn.Event()
     p = spawn.Process(target=w.stream_owner_then_wait, args=(name, ready, done))

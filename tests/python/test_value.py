@@ -482,6 +482,20 @@ def test_values_travel_to_children_by_name(name: str, spawn: Any) -> None:
         join_all([p])
 
 
+def test_a_forked_child_closing_an_inherited_owner_handle_keeps_the_name(name: str) -> None:
+    fork = __import__("multiprocessing").get_context("fork")
+    with SharedValue.create(name, 64) as v:
+        v.write(b"parent's")
+        q = fork.Queue()
+        p = fork.Process(target=w.close_inherited, args=(v, q))
+        p.start()
+        assert q.get(timeout=30) == "closed"
+        join_all([p])
+        assert os.path.exists(f"/dev/shm/{name}")
+        assert v.read() == b"parent's"
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+
 def _read_from_arg(v: SharedValue, q: Any) -> None:
     q.put(v.read())
     v.close()

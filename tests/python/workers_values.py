@@ -192,3 +192,9 @@ def value_on_change_collect(name: str, ready: Any, q: Any, expect: int, timeout:
                 break
         sub.stop()
         q.put((seen, sub.running))
+
+
+def close_inherited(obj: Any, q: Any) -> None:
+    """Closes an object inherited through fork() (it must not remove the parent's name)."""
+    obj.close()
+    q.put("closed")
