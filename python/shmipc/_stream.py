@@ -11,6 +11,7 @@ give ``io.BufferedRandom``/``BufferedReader``/``BufferedWriter`` (or the raw ``i
 from __future__ import annotations
 
 import atexit
+import codecs
 import grp
 import io
 import os
@@ -119,6 +120,8 @@ def open_stream(
             raise ValueError("binary mode doesn't take an encoding, errors or newline argument")
     elif buffering == 0:
         raise ValueError("can't have unbuffered text I/O")
+    else:
+        codecs.lookup(encoding or "utf-8")  # LookupError now, before anything is created
     if not isinstance(mode, int) or isinstance(mode, bool):
         raise TypeError("mode must be permission bits such as 0o600")
     if not isinstance(buffering, int):
@@ -151,7 +154,7 @@ def open_stream(
             raw_mode = "w" if writable else "r"
         raw = _StreamFileIO(fd, raw_mode, closefd=True)
     except BaseException:
-        if remove:
+        if owner:  # a failed open leaves nothing behind, persistent or not
             _core.stream_release_name(norm, fd)
         os.close(fd)
         raise
@@ -164,6 +167,8 @@ def open_stream(
     try:
         return _wrap(raw, io_mode, binary, buffering, encoding, errors, newline)
     except BaseException:
+        if owner and not raw._shm_remove:  # persistent: close() would keep the name
+            _core.stream_release_name(norm, raw.fileno())
         raw.close()
         raise
 

@@ -368,6 +368,8 @@ def test_failed_opens_leak_no_fd_and_no_name(name: str) -> None:
                 open_stream(name, "wb", owner=True)
         with pytest.raises(LookupError):
             open_stream(name, "w", owner=True, encoding="no-such-codec")
+        with pytest.raises(ValueError):
+            open_stream(name, "w", owner=True, persistent=True, buffering=-5)
         assert not _exists(name)
     assert _fd_count() == before
     assert not [e for e in os.listdir("/dev/shm") if e.startswith(".shmipc-tmp-")]
