@@ -292,6 +292,20 @@ class SharedValue:
         h = self._handle
         if h is None:
             raise ValueError("SharedValue is closed")
+        t = type(value)
+        version: int
+        if t is bytes:  # fast paths for the exact common types
+            version = h.write(_BYTES, b"", value)
+        elif t is str:
+            version = h.write(_TEXT, b"", value.encode("utf-8"))  # type: ignore[union-attr]
+        else:
+            version = self._write_other(h, value)
+        if version > self._seen:
+            self._seen = version  # our own write counts as seen: wait() waits for the next one
+        return version
+
+    @staticmethod
+    def _write_other(h: Any, value: Any) -> int:
         if isinstance(value, np.generic):
             value = np.asarray(value)  # a NumPy scalar travels as a 0-d array
         if isinstance(value, np.ndarray):
@@ -299,23 +313,19 @@ class SharedValue:
             if not value.flags.c_contiguous:
                 value = np.ascontiguousarray(value)
             try:
-                version = int(h.write(_ARRAY, meta, value))
+                return int(h.write(_ARRAY, meta, value))
             except (ValueError, BufferError):
                 if value.nbytes > h.capacity:
                     raise
                 # dtypes the buffer protocol cannot express (datetime64...): as raw bytes
-                version = int(h.write(_ARRAY, meta, value.reshape(-1).view(np.uint8)))
-        elif isinstance(value, str):
-            version = int(h.write(_TEXT, b"", value.encode("utf-8")))
-        elif isinstance(value, (bytes, bytearray, memoryview)):
-            version = int(h.write(_BYTES, b"", value))
-        else:
-            raise TypeError(
-                f"SharedValue holds str, bytes or numpy.ndarray, not {type(value).__name__}"
-            )
-        if version > self._seen:
-            self._seen = version  # our own write counts as seen: wait() waits for the next one
-        return version
+                return int(h.write(_ARRAY, meta, value.reshape(-1).view(np.uint8)))
+        if isinstance(value, str):
+            return int(h.write(_TEXT, b"", value.encode("utf-8")))
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return int(h.write(_BYTES, b"", value))
+        raise TypeError(
+            f"SharedValue holds str, bytes or numpy.ndarray, not {type(value).__name__}"
+        )
 
     def read(self) -> Value | None:
         """A consistent copy of the latest value (None if never written). Never blocks on a
