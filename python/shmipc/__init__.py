@@ -10,6 +10,8 @@ from ._buffer import Buffer, recv, recv_array, send, send_array
 from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
 from ._dict import SharedDict
 from ._heap import Block, Heap
+from ._stream import chgrp, chmod, open_stream, stream_info
+from ._value import SharedValue, Subscription
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,12 @@ __all__ = [
     "ChannelBusyError",
     "set_pool_limit",
     "pool_stats",
+    "open_stream",
+    "chmod",
+    "chgrp",
+    "stream_info",
+    "SharedValue",
+    "Subscription",
 ]
 
 

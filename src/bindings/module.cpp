@@ -7,4 +7,6 @@ PYBIND11_MODULE(_core, m) {
     shmipc::bindings::bind_segment(m);
     shmipc::bindings::bind_heap(m);
     shmipc::bindings::bind_dict(m);
+    shmipc::bindings::bind_stream(m);
+    shmipc::bindings::bind_value(m);
 }
