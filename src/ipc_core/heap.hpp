@@ -115,6 +115,7 @@ struct NamedInfo {
 
 struct HeapControl; // in the primary segment (heap.cpp)
 class ThreadCache;   // per thread and handle (heap.cpp)
+struct HeapOps;      // chain operations (heap.cpp)
 
 // One process's handle on a heap. Not copyable; thread-safe (allocate/deallocate/to_ptr from
 // any thread). Closing (destroying) it flushes its caches and frees its client slot; blocks it
@@ -176,7 +177,13 @@ class Heap {
     // Offset of a pointer into one of this process's mappings (invalid_argument otherwise).
     [[nodiscard]] std::uint64_t to_offset(const void* p) const;
     [[nodiscard]] std::byte* base() const noexcept { return primary_.data(); }
-    [[nodiscard]] int fd() const noexcept { return primary_.fd(); } // for OFD locks
+    // The primary segment's fd (memfd of an anonymous heap: what travels to children).
+    [[nodiscard]] int fd() const noexcept { return primary_.fd(); }
+    // This handle's own open file description of the primary segment, for OFD liveness locks
+    // (client locks live at kClientLockBase+slot; users may lock bytes in
+    // [kUserLockBase, kUserLockBase + kUserLockSpan)). Different for every handle, also after
+    // fork() (the child re-registers as a new client on first use, with a new description).
+    [[nodiscard]] int lock_fd() const noexcept;
     [[nodiscard]] const std::string& name() const noexcept { return primary_.name(); }
     [[nodiscard]] bool anonymous() const noexcept { return primary_.name().empty(); }
     [[nodiscard]] bool owner() const noexcept { return primary_.owner(); }
@@ -214,9 +221,11 @@ class Heap {
   private:
     Heap() = default;
     friend class ThreadCache;
+    friend struct HeapOps;
     struct Impl;
     void register_client();
     void unregister_client() noexcept;
+    void ensure_process();
 
     MemorySegment primary_;
     HeapControl* ctl_ = nullptr;
