@@ -196,6 +196,11 @@ void Channel::release() {
 }
 
 void Channel::close() {
+    // Another thread may sleep inside this handle: make it leave (it checks closing_ between
+    // slices; the wake-ups cut its current slice short), then take the handle.
+    closing_.store(true, std::memory_order_relaxed);
+    notify_all(ctl_->ring.not_empty);
+    notify_all(ctl_->ring.not_full);
     std::lock_guard g(mu_);
     if (closed_) return;
     if (role_ == ChannelRole::Sender) producer_.close();
@@ -225,6 +230,8 @@ std::chrono::nanoseconds Channel::between_slices(ChannelRole peer, const Deadlin
     // are still seen within one slice.
     if (first) return deadline.slice();
     check_interrupt();
+    if (closing_.load(std::memory_order_relaxed))
+        throw Closed("channel '" + name_ + "' was closed while waiting");
     if (endpoint_dead_at(heap_, offset_, ctl_, peer)) return std::chrono::nanoseconds{-1};
     return deadline.slice();
 }
@@ -241,28 +248,37 @@ std::uint64_t Channel::stash_meta(std::string_view meta) {
     return off;
 }
 
+bool Channel::wait_for_room(const Deadline& deadline) {
+    if (producer_.writable()) return true;
+    bool peer_dead = false;
+    bool first = true;
+    const bool ok = spin_then_wait(
+        ctl_->ring.not_full, [&] { return producer_.writable(); },
+        [&] {
+            auto s = between_slices(ChannelRole::Receiver, deadline, first);
+            first = false;
+            if (s.count() < 0) {
+                peer_dead = true;
+                return std::chrono::nanoseconds{0};
+            }
+            return s;
+        },
+        spin_for(spin(), deadline));
+    if (!ok && peer_dead) peer_died(ChannelRole::Receiver);
+    return ok;
+}
+
+void Channel::check_stream_open() const {
+    if (stream_ended())
+        throw std::system_error(EPIPE, std::generic_category(),
+                                "channel '" + name_ + "' was closed by its sender");
+}
+
 bool Channel::push_record(const RingRecord& rec, const Deadline& deadline) {
     // Wait for room first, then hand the blocks to the heap, then publish: a sender killed
     // while it waits still owns its blocks (reclaimed with it), and nothing else can take the
     // room we saw (we are the only producer).
-    if (!producer_.writable()) {
-        bool peer_dead = false;
-    bool first = true;
-        const bool ok = spin_then_wait(
-            ctl_->ring.not_full, [&] { return producer_.writable(); },
-            [&] {
-                auto s = between_slices(ChannelRole::Receiver, deadline, first);
-                first = false;
-                if (s.count() < 0) {
-                    peer_dead = true;
-                    return std::chrono::nanoseconds{0};
-                }
-                return s;
-            },
-            spin_for(spin(), deadline));
-        if (!ok && peer_dead) peer_died(ChannelRole::Receiver);
-        if (!ok) return false;
-    }
+    if (!wait_for_room(deadline)) return false;
     heap_.transfer(rec.offset, kOwnerHeld);
     if (rec.aux) heap_.transfer(rec.aux, kOwnerHeld);
     const bool pushed = producer_.try_push(rec);
@@ -270,13 +286,39 @@ bool Channel::push_record(const RingRecord& rec, const Deadline& deadline) {
     return true;
 }
 
-void Channel::send_block(std::uint64_t off, std::uint64_t len, RecordKind kind,
-                         std::string_view meta, const Deadline& deadline) {
+bool Channel::ready_to_send() {
+    std::unique_lock g(mu_, std::try_to_lock);
+    if (!g) return false;
+    ensure_role(ChannelRole::Sender);
+    check_stream_open();
+    return producer_.writable();
+}
+
+void Channel::wait_writable(const Deadline& deadline) {
     std::lock_guard g(mu_);
     ensure_role(ChannelRole::Sender);
-    if (stream_ended())
-        throw std::system_error(EPIPE, std::generic_category(),
-                                "channel '" + name_ + "' was closed by its sender");
+    check_stream_open();
+    if (!wait_for_room(deadline))
+        throw Timeout("channel '" + name_ + "' stayed full until the timeout");
+}
+
+bool Channel::ready_to_recv() {
+    std::unique_lock g(mu_, std::try_to_lock);
+    if (!g) return false;
+    ensure_role(ChannelRole::Receiver);
+    return consumer_.readable() || consumer_.closed_and_empty();
+}
+
+void Channel::wait_readable(const Deadline& deadline) {
+    std::lock_guard g(mu_);
+    ensure_role(ChannelRole::Receiver);
+    wait_for_record(deadline);
+}
+
+void Channel::send_block_locked(std::uint64_t off, std::uint64_t len, RecordKind kind,
+                                std::string_view meta, const Deadline& deadline) {
+    ensure_role(ChannelRole::Sender);
+    check_stream_open();
     if (heap_.owner_of(off) != heap_.client_id())
         throw std::invalid_argument("the block at offset " + std::to_string(off) +
                                     " is not owned by this process (already sent or freed?)");
@@ -292,57 +334,68 @@ void Channel::send_block(std::uint64_t off, std::uint64_t len, RecordKind kind,
     }
 }
 
+void Channel::send_block(std::uint64_t off, std::uint64_t len, RecordKind kind,
+                         std::string_view meta, const Deadline& deadline) {
+    std::lock_guard g(mu_);
+    send_block_locked(off, len, kind, meta, deadline);
+}
+
 bool Channel::try_send_block(std::uint64_t off, std::uint64_t len, RecordKind kind,
                              std::string_view meta) {
-    try {
-        send_block(off, len, kind, meta, Deadline(0.0));
-        return true;
-    } catch (const Timeout&) {
-        return false;
-    }
+    std::unique_lock g(mu_, std::try_to_lock);
+    if (!g) return false; // another thread is inside this handle
+    ensure_role(ChannelRole::Sender);
+    check_stream_open();
+    if (!producer_.writable()) return false;
+    send_block_locked(off, len, kind, meta, Deadline(0.0));
+    return true;
 }
 
 void Channel::send_bytes(const void* data, std::size_t n, RecordKind kind, std::string_view meta,
                          const Deadline& deadline) {
+    std::lock_guard g(mu_);
+    ensure_role(ChannelRole::Sender);
+    check_stream_open();
     const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1));
     try {
         if (n) std::memcpy(heap_.to_ptr(off), data, n);
-        send_block(off, n, kind, meta, deadline);
+        send_block_locked(off, n, kind, meta, deadline);
     } catch (...) {
         heap_.deallocate(off);
         throw;
     }
 }
 
+bool Channel::try_send_bytes(const void* data, std::size_t n, RecordKind kind,
+                             std::string_view meta) {
+    std::unique_lock g(mu_, std::try_to_lock);
+    if (!g) return false;
+    ensure_role(ChannelRole::Sender);
+    check_stream_open();
+    if (!producer_.writable()) return false; // checked before the copy, not after
+    const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1));
+    try {
+        if (n) std::memcpy(heap_.to_ptr(off), data, n);
+        send_block_locked(off, n, kind, meta, Deadline(0.0));
+    } catch (...) {
+        heap_.deallocate(off);
+        throw;
+    }
+    return true;
+}
+
 std::size_t Channel::send_many(const std::vector<std::pair<const void*, std::size_t>>& msgs,
                                const Deadline& deadline) {
     std::lock_guard g(mu_);
     ensure_role(ChannelRole::Sender);
-    if (stream_ended())
-        throw std::system_error(EPIPE, std::generic_category(),
-                                "channel '" + name_ + "' was closed by its sender");
+    check_stream_open();
     constexpr std::size_t kBatch = 256;
     RingRecord recs[kBatch];
     std::size_t sent = 0;
     while (sent < msgs.size()) {
         std::uint64_t room = producer_.free_slots();
         if (room == 0) {
-            bool peer_dead = false;
-    bool first = true;
-            const bool ok = spin_then_wait(
-                ctl_->ring.not_full, [&] { return producer_.writable(); },
-                [&] {
-                    auto s = between_slices(ChannelRole::Receiver, deadline, first);
-                first = false;
-                    if (s.count() < 0) {
-                        peer_dead = true;
-                        return std::chrono::nanoseconds{0};
-                    }
-                    return s;
-                },
-                spin_for(spin(), deadline));
-            if (!ok && peer_dead) peer_died(ChannelRole::Receiver);
-            if (!ok) {
+            if (!wait_for_room(deadline)) {
                 if (sent) return sent;
                 throw Timeout("channel '" + name_ + "' stayed full until the timeout");
             }
@@ -436,19 +489,35 @@ ChannelMessage Channel::recv(const Deadline& deadline) {
 }
 
 std::optional<ChannelMessage> Channel::try_recv() {
-    std::lock_guard g(mu_);
+    std::unique_lock g(mu_, std::try_to_lock);
+    if (!g) return std::nullopt; // another thread is inside this handle
     ensure_role(ChannelRole::Receiver);
     RingRecord rec{};
-    if (!consumer_.try_pop(rec)) return std::nullopt;
+    if (!consumer_.try_pop(rec)) {
+        if (consumer_.closed_and_empty())
+            throw EndOfStream("channel '" + name_ + "' was closed by its sender");
+        return std::nullopt;
+    }
     return take(rec);
 }
 
-std::size_t Channel::recv_many_impl(std::size_t max, const Deadline& deadline, SinkFn fn,
+std::size_t Channel::recv_many_impl(std::size_t max, const Deadline* deadline, SinkFn fn,
                                     void* ctx) {
-    std::lock_guard g(mu_);
+    std::unique_lock g(mu_, std::defer_lock);
+    if (deadline) {
+        g.lock();
+    } else if (!g.try_lock()) {
+        return 0; // another thread is inside this handle
+    }
     ensure_role(ChannelRole::Receiver);
     if (max == 0) return 0;
-    wait_for_record(deadline);
+    if (deadline) {
+        wait_for_record(*deadline);
+    } else if (!consumer_.readable()) {
+        if (consumer_.closed_and_empty())
+            throw EndOfStream("channel '" + name_ + "' was closed by its sender");
+        return 0;
+    }
     constexpr std::size_t kBatch = 256;
     RingRecord recs[kBatch];
     std::size_t done = 0;

@@ -43,6 +43,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace shmipc {
@@ -115,17 +116,28 @@ class Channel {
     // EPIPE) if the stream was ended; Closed after close().
     void send_block(std::uint64_t off, std::uint64_t len, RecordKind kind, std::string_view meta,
                     const Deadline& deadline);
-    // Same, but never waits: false if the ring is full (the block stays the caller's).
+    // Same, but never waits: false if the ring is full or another thread is inside this handle
+    // (the block stays the caller's). Never blocks on the handle's mutex, so it can be called
+    // with the GIL held.
     [[nodiscard]] bool try_send_block(std::uint64_t off, std::uint64_t len, RecordKind kind,
                                       std::string_view meta);
     // Copies `n` bytes into a new block and sends it (one copy).
     void send_bytes(const void* data, std::size_t n, RecordKind kind, std::string_view meta,
                     const Deadline& deadline);
+    // Never waits (false: full, or another thread is inside this handle); the copy is made only
+    // when there is room.
+    [[nodiscard]] bool try_send_bytes(const void* data, std::size_t n, RecordKind kind,
+                                      std::string_view meta);
     // Copies and sends each message in order with one wake-up per ring-full of records;
     // blocks while full. Returns how many were sent (all, unless the deadline passed after at
     // least one was sent: then the rest are not sent and the count says where it stopped).
     std::size_t send_many(const std::vector<std::pair<const void*, std::size_t>>& msgs,
                           const Deadline& deadline);
+    // Claims the sender role and says whether one record can be sent without waiting.
+    [[nodiscard]] bool ready_to_send();
+    // Claims the sender role and waits until one record can be sent (then a send with a zero
+    // deadline succeeds: only this handle sends). Timeout, PeerDied, EPIPE as send_block.
+    void wait_writable(const Deadline& deadline);
     // End of stream (sender only; a no-op otherwise): the receiver drains, then EndOfStream.
     // Also releases the role. Idempotent.
     void close();
@@ -135,18 +147,33 @@ class Channel {
     // Heap::deallocate). Blocks while empty: Timeout, EndOfStream (sender closed and all was
     // received), PeerDied (the sender died and all it sent was received).
     [[nodiscard]] ChannelMessage recv(const Deadline& deadline);
+    // Never waits: nullopt if empty or another thread is inside this handle; EndOfStream at the
+    // end of the stream.
     [[nodiscard]] std::optional<ChannelMessage> try_recv();
     // Up to `max` records (at least one, waiting like recv for the first), each copied into
     // `out` as bytes and its block freed. Returns how many.
     // `sink(data, n)` is called for each message while its block is mapped; it may not call
     // back into this channel.
     template <class Sink>
-    std::size_t recv_many(std::size_t max, const Deadline& deadline, Sink&& sink);
+    std::size_t recv_many(std::size_t max, const Deadline& deadline, Sink&& sink) {
+        return recv_many_with(max, &deadline, std::forward<Sink>(sink));
+    }
+    // Never waits: 0 if empty or another thread is inside this handle; EndOfStream at the end.
+    template <class Sink>
+    std::size_t try_recv_many(std::size_t max, Sink&& sink) {
+        return recv_many_with(max, nullptr, std::forward<Sink>(sink));
+    }
     std::size_t recv_many(std::vector<std::string>& out, std::size_t max, const Deadline& deadline) {
         return recv_many(max, deadline, [&](const void* p, std::size_t n) {
             out.emplace_back(static_cast<const char*>(p), n);
         });
     }
+    // Claims the receiver role and says whether recv would return at once (a record, or the end
+    // of the stream).
+    [[nodiscard]] bool ready_to_recv();
+    // Claims the receiver role and waits until a record is there (then recv with a zero deadline
+    // returns it). Timeout, EndOfStream, PeerDied as recv.
+    void wait_readable(const Deadline& deadline);
     // Waits until a record can be received (true) or the deadline passes (false). At end of
     // stream or with a dead sender it returns true (recv will then raise).
     [[nodiscard]] bool poll(const Deadline& deadline);
@@ -175,7 +202,11 @@ class Channel {
 
   private:
     using SinkFn = void (*)(void* ctx, const void* data, std::size_t n);
-    std::size_t recv_many_impl(std::size_t max, const Deadline& deadline, SinkFn fn, void* ctx);
+    std::size_t recv_many_impl(std::size_t max, const Deadline* deadline, SinkFn fn, void* ctx);
+    template <class Sink>
+    std::size_t recv_many_with(std::size_t max, const Deadline* deadline, Sink&& sink);
+    void send_block_locked(std::uint64_t off, std::uint64_t len, RecordKind kind,
+                           std::string_view meta, const Deadline& deadline);
     Channel(Heap& heap, std::string name, std::uint64_t offset, ChannelControl* ctl);
     void claim(ChannelRole role);
     void ensure_role(ChannelRole role);
@@ -186,6 +217,8 @@ class Channel {
     std::uint64_t stash_meta(std::string_view meta);
     ChannelMessage take(const RingRecord& rec);
     bool push_record(const RingRecord& rec, const Deadline& deadline);
+    bool wait_for_room(const Deadline& deadline); // false on timeout
+    void check_stream_open() const;
     void wait_for_record(const Deadline& deadline);
 
     Heap& heap_;
@@ -198,11 +231,12 @@ class Channel {
     SpscProducer producer_;
     SpscConsumer consumer_;
     std::atomic<std::int64_t> spin_ns_{50'000};
+    std::atomic<bool> closing_{false}; // close() asks a waiting thread of this handle to leave
     std::mutex mu_; // serializes the calls of this handle (one ring side)
 };
 
 template <class Sink>
-std::size_t Channel::recv_many(std::size_t max, const Deadline& deadline, Sink&& sink) {
+std::size_t Channel::recv_many_with(std::size_t max, const Deadline* deadline, Sink&& sink) {
     using S = std::remove_reference_t<Sink>;
     return recv_many_impl(
         max, deadline,
