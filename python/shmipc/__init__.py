@@ -8,11 +8,14 @@ from __future__ import annotations
 from . import _core
 from ._buffer import Buffer, recv, recv_array, send, send_array
 from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
+from ._heap import Block, Heap
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Buffer",
+    "Heap",
+    "Block",
     "send",
     "recv",
     "send_array",

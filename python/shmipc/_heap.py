@@ -1,0 +1,303 @@
+"""A shared heap that any attached process allocates from and frees into (API.md section 2).
+
+The allocator lives in C++ (``src/ipc_core/heap.cpp``): its state is inside the shared
+segment as offsets, guarded by a robust process-shared lock, with per-thread caches for small
+blocks. This module adds the Python conventions: context managers, ``close()``/``closed``,
+NumPy views, pickling for multiprocessing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import _core
+from ._multiprocessing import register_fd_reducer
+
+if TYPE_CHECKING:
+    from ._channel import Channel
+
+__all__ = ["Heap", "Block"]
+
+_DEFAULT_SIZE = 64 << 20
+
+
+class Block(_core.Block):  # type: ignore[misc]
+    """Bytes of a shared heap: writable buffer protocol, zero copy.
+
+    ``memoryview(blk)``, ``np.frombuffer(blk)`` and :meth:`as_array` see the shared bytes
+    directly. ``release()`` (or leaving a ``with`` block, or garbage collection) frees them;
+    it raises ``BufferError`` while views of the block exist. Attributes: ``nbytes``,
+    ``offset`` (the same in every process), ``released``, ``heap``.
+    """
+
+    __slots__ = ()
+
+    def as_array(self, dtype: Any = np.uint8, shape: Any = None, order: str = "C") -> np.ndarray:
+        """An ndarray view onto the block (zero copy). The array keeps the block alive, and
+        the block cannot be released while the array exists."""
+        if self.released:
+            raise ValueError("Block is released")
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise TypeError("object dtypes cannot live in shared memory")
+        if order not in ("C", "F"):
+            raise ValueError("order must be 'C' or 'F'")
+        if shape is None:
+            if dt.itemsize == 0 or self.nbytes % dt.itemsize:
+                raise ValueError(f"block of {self.nbytes} bytes is not a whole number of {dt}")
+            shape = (self.nbytes // dt.itemsize,)
+        shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):
+            raise ValueError(f"negative dimension in shape {shape}")
+        need = math.prod(shape) * dt.itemsize
+        if need > self.nbytes:
+            raise ValueError(f"shape {shape} of {dt} needs {need} bytes; the block has {self.nbytes}")
+        flat = np.frombuffer(self, dtype=np.uint8, count=need) if need else np.empty(0, np.uint8)
+        return flat.view(dt).reshape(shape, order=order)  # type: ignore[no-any-return]
+
+    def __len__(self) -> int:
+        return int(self.nbytes)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            "a shmipc.Block cannot be pickled: send it through a heap channel "
+            "(heap.channel(name).send(blk)) or share a heap.shared_block() by name"
+        )
+
+
+_core._set_block_type(Block)
+
+
+class Heap(_core.HeapCore):  # type: ignore[misc]
+    """A shared heap: named (``/dev/shm/NAME``) or anonymous (a memfd).
+
+    Use :meth:`create`, :meth:`attach` or :meth:`anonymous`; then ``heap.allocate(nbytes)``
+    returns a :class:`Block`. Every process that has the heap can allocate and free, from any
+    thread. Blocks a process still holds when it dies (SIGKILL included) are reclaimed, and a
+    process killed inside the allocator does not block the others.
+
+    Closing a heap (or its process exiting) frees the blocks this handle still holds; a heap
+    cannot be closed while memoryviews/arrays of its blocks exist (``BufferError``).
+    """
+
+    # --- construction -----------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        size: int = _DEFAULT_SIZE,
+        mode: int = 0o600,
+        max_size: int | None = None,
+        persistent: bool = False,
+        *,
+        thread_cache: bool = True,
+    ) -> Heap:
+        """Creates the named heap ``name`` of ``size`` bytes (reserved now: a full /dev/shm
+        fails here with MemoryError/OSError, never SIGBUS later).
+
+        ``max_size`` (bytes, total) lets the heap grow by extra segments named ``NAME.1``,
+        ``NAME.2``... that other processes map when they first meet them. ``FileExistsError``
+        if a live heap of that name exists; a stale one (owner died) is replaced.
+        """
+        _check_int("size", size)
+        _check_int("mode", mode)
+        if max_size is not None:
+            _check_int("max_size", max_size)
+            if max_size < size:
+                raise ValueError(f"max_size ({max_size}) must be >= size ({size})")
+        if mode < 0 or mode & ~0o7777:
+            raise ValueError(f"mode must be permission bits like 0o600, got {mode!r}")
+        self = cls.__new__(cls)
+        _core.HeapCore.__init__(
+            self, "create", name, _size(size), max_size or 0, mode, bool(persistent), -1,
+            thread_cache,
+        )
+        return self
+
+    @classmethod
+    def attach(cls, name: str, *, thread_cache: bool = True) -> Heap:
+        """Opens the existing named heap ``name`` (``FileNotFoundError`` if there is none,
+        ``CorruptSegmentError`` if it is not a valid shmipc heap)."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        self = cls.__new__(cls)
+        _core.HeapCore.__init__(self, "attach", name, 0, 0, 0o600, False, -1, thread_cache)
+        return self
+
+    @classmethod
+    def anonymous(cls, size: int = _DEFAULT_SIZE, *, thread_cache: bool = True) -> Heap:
+        """A heap in a memfd: no name, gone with its last holder. Share it with
+        multiprocessing children as an argument or through a Queue/Pipe (it travels by fd).
+        Anonymous heaps do not grow."""
+        _check_int("size", size)
+        self = cls.__new__(cls)
+        _core.HeapCore.__init__(
+            self, "anonymous", "", _size(size), 0, 0o600, False, -1, thread_cache
+        )
+        return self
+
+    @classmethod
+    def _mp_rebuild(cls, fd: int, state: Any) -> Heap:
+        self = cls.__new__(cls)
+        try:
+            _core.HeapCore.__init__(self, "fd", "", 0, 0, 0o600, False, fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self
+
+    # --- allocation (``allocate`` itself is implemented in C++ for speed) -------------------
+
+    if TYPE_CHECKING:
+
+        def allocate(self, nbytes: int, align: int = 64) -> Block:
+            """A writable Block of ``nbytes`` (>= 1) shared bytes."""
+            ...
+
+    def shared_block(
+        self,
+        name: str,
+        nbytes: int,
+        init: Callable[[Block], object] | None = None,
+        *,
+        timeout: float | None = 10.0,
+    ) -> Block:
+        """The one block named ``name`` that every process of this heap shares.
+
+        The first caller creates it (zero-filled) and runs ``init(block)`` exactly once, before
+        anyone else gets it; others wait for that (``TimeoutError`` after ``timeout``). If the
+        creator dies or ``init`` raises, the next caller creates it anew. ``release()`` of a
+        shared block only drops this reference; the block lives as long as the heap.
+        """
+        self._check_open()
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        _check_int("nbytes", nbytes)
+        if nbytes <= 0:
+            raise ValueError(f"a shared block needs nbytes >= 1, got {nbytes}")
+        blk: Block = self._shared_block(name, nbytes, init, timeout)
+        return blk
+
+    def channel(self, name: str, capacity: int = 1024) -> Channel:
+        """The SPSC channel ``name`` of this heap, created on first use (see Channel)."""
+        from ._channel import Channel
+
+        return Channel._open(self, name, capacity)
+
+    def channels(self) -> dict[str, dict[str, object]]:
+        """Every channel of this heap: {name: {"capacity", "queued", "sender_alive",
+        "receiver_alive"}}."""
+        from ._channel import list_channels
+
+        return list_channels(self)
+
+    # --- introspection -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Sizes in bytes: ``size`` (all segments), ``used`` (blocks held, headers included),
+        ``free`` (free blocks and per-thread caches), ``largest_free`` (the biggest block one
+        allocate could get without growing), ``segments``, ``allocations`` (live blocks), plus
+        ``cached`` and ``clients``. Blocks of dead processes are reclaimed first."""
+        self._check_open()
+        return dict(self._stats())
+
+    @property
+    def name(self) -> str | None:
+        """The heap's name (None for an anonymous heap)."""
+        self._check_open()
+        return None if self._anonymous() else str(self._name()).lstrip("/")
+
+    @property
+    def max_size(self) -> int:
+        self._check_open()
+        return int(self._max_size())
+
+    def fileno(self) -> int:
+        """The fd of the primary segment."""
+        self._check_open()
+        return int(self._fileno())
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Frees the blocks this handle still holds and unmaps the heap (idempotent). The
+        creator of a non-persistent named heap also removes its names. ``BufferError`` while
+        memoryviews or arrays of its blocks exist."""
+        self._close()
+
+    def __enter__(self) -> Heap:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("Heap is closed")
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<shmipc.Heap closed>"
+        return f"<shmipc.Heap {self.name or 'anonymous'} size={self.stats()['size']}>"
+
+    # --- pickling ------------------------------------------------------------------------
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        self._check_open()
+        if self._anonymous():
+            raise TypeError(
+                "an anonymous shmipc.Heap cannot be pickled outside multiprocessing: it travels "
+                "by fd. Pass it to a multiprocessing Process, Queue or Pipe, or use a named heap."
+            )
+        return (type(self).attach, (self.name,))
+
+    def _mp_state(self) -> Any:
+        self._check_open()
+        if not self._anonymous():
+            return ("name", self.name)
+        return ("fd", None)
+
+
+def _rebuild_named(cls: Any, name: str) -> Heap:
+    heap: Heap = cls.attach(name)
+    return heap
+
+
+def _reduce_for_mp(obj: Heap) -> Any:
+    # Named heaps travel by name, anonymous ones by fd (multiprocessing's DupFd).
+    from multiprocessing import reduction
+
+    obj._check_open()
+    if not obj._anonymous():
+        return _rebuild_named, (type(obj), obj.name)
+    from ._multiprocessing import _rebuild
+
+    return _rebuild, (type(obj), reduction.DupFd(obj.fileno()), None)
+
+
+def _register() -> None:
+    from multiprocessing import reduction
+
+    register_fd_reducer(Heap)  # keeps the helper's conventions (fileno/_mp_state)
+    reduction.register(Heap, _reduce_for_mp)
+
+
+_register()
+
+
+def _check_int(what: str, v: object) -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{what} must be an int, not {type(v).__name__}")
+
+
+def _size(size: int) -> int:
+    if size <= 0:
+        raise ValueError(f"size must be > 0, got {size}")
+    return size

@@ -1,0 +1,523 @@
+// shmipc._core.HeapCore (base of shmipc.Heap) and shmipc._core.Block (base of shmipc.Block).
+//
+// Block is a plain CPython type and HeapCore.allocate a METH_FASTCALL function: the
+// `blk = heap.allocate(64); blk.release()` loop is the hot path of the package, and pybind11's
+// generic dispatch and instance creation would cost more than the allocator itself.
+#include "bind_heap.hpp"
+
+#include "ipc_core/errors.hpp"
+
+#include <pybind11/stl.h>
+
+#include <cstring>
+
+namespace shmipc::bindings {
+
+namespace {
+
+// The C++ state behind one Python heap object.
+struct PyHeap {
+    std::unique_ptr<Heap> heap;
+    Py_ssize_t exports = 0; // live buffer views of its Blocks: close() refuses while > 0
+    Heap& get() {
+        if (!heap) throw Closed("Heap is closed");
+        return *heap;
+    }
+};
+
+struct BlockObject {
+    PyObject_HEAD
+    PyObject* owner;       // the Python heap (strong reference)
+    PyHeap* heap;          // valid while `owner` is referenced
+    std::uint64_t offset;  // payload offset
+    Py_ssize_t nbytes;
+    char* ptr;
+    Py_ssize_t exports;
+    bool released;
+    bool owned;            // release()/GC frees the memory
+};
+
+PyTypeObject* g_block_base = nullptr;  // _core.Block
+PyTypeObject* g_block_type = nullptr;  // what allocate() makes (shmipc.Block once registered)
+PyTypeObject* g_heap_type = nullptr;   // _core.HeapCore
+
+PyHeap* pyheap_of(PyObject* self) {
+    if (!g_heap_type || !PyObject_TypeCheck(self, g_heap_type)) return nullptr;
+    auto* inst = reinterpret_cast<py::detail::instance*>(self);
+    if (inst->simple_layout) return static_cast<PyHeap*>(inst->simple_value_holder[0]);
+    return py::handle(self).cast<PyHeap*>();
+}
+
+bool is_block(PyObject* o) { return g_block_base && PyObject_TypeCheck(o, g_block_base); }
+
+PyObject* new_block(PyObject* owner, PyHeap* ph, std::uint64_t off, Py_ssize_t n, bool owned) {
+    PyObject* o = g_block_type->tp_alloc(g_block_type, 0);
+    if (!o) return nullptr;
+    auto* b = reinterpret_cast<BlockObject*>(o);
+    Py_INCREF(owner);
+    b->owner = owner;
+    b->heap = ph;
+    b->offset = off;
+    b->nbytes = n;
+    b->ptr = static_cast<char*>(ph->heap->to_ptr(off));
+    b->exports = 0;
+    b->released = false;
+    b->owned = owned;
+    return o;
+}
+
+// Translates the C++ exception being handled into a Python one (the module's translators).
+PyObject* translate() {
+    try {
+        py::detail::try_translate_exceptions();
+    } catch (...) {
+        PyErr_SetString(PyExc_RuntimeError, "unknown C++ exception");
+    }
+    return nullptr;
+}
+
+// heap.allocate(nbytes, align=64) -> Block
+PyObject* heap_allocate(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                        PyObject* kwnames) {
+    PyObject* nbytes_o = nargs > 0 ? args[0] : nullptr;
+    PyObject* align_o = nargs > 1 ? args[1] : nullptr;
+    if (nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "allocate() takes at most 2 positional arguments");
+        return nullptr;
+    }
+    if (kwnames) {
+        Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t i = 0; i < nk; ++i) {
+            PyObject* k = PyTuple_GET_ITEM(kwnames, i);
+            PyObject* v = args[nargs + i];
+            if (PyUnicode_CompareWithASCIIString(k, "nbytes") == 0 && !nbytes_o)
+                nbytes_o = v;
+            else if (PyUnicode_CompareWithASCIIString(k, "align") == 0 && !align_o)
+                align_o = v;
+            else {
+                PyErr_Format(PyExc_TypeError, "allocate() got an unexpected keyword argument %R", k);
+                return nullptr;
+            }
+        }
+    }
+    if (!nbytes_o) {
+        PyErr_SetString(PyExc_TypeError, "allocate() missing required argument 'nbytes'");
+        return nullptr;
+    }
+    if (!PyLong_Check(nbytes_o) || PyBool_Check(nbytes_o) ||
+        (align_o && (!PyLong_Check(align_o) || PyBool_Check(align_o)))) {
+        PyErr_SetString(PyExc_TypeError, "nbytes and align must be ints");
+        return nullptr;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(nbytes_o);
+    if (n == -1 && PyErr_Occurred()) return nullptr;
+    Py_ssize_t align = align_o ? PyLong_AsSsize_t(align_o) : 64;
+    if (align == -1 && PyErr_Occurred()) return nullptr;
+    if (n <= 0) {
+        PyErr_Format(PyExc_ValueError, "a Block needs nbytes >= 1, got %zd", n);
+        return nullptr;
+    }
+    if (align <= 0) {
+        PyErr_Format(PyExc_ValueError, "align must be a power of two, got %zd", align);
+        return nullptr;
+    }
+    PyHeap* ph = pyheap_of(self);
+    if (!ph) {
+        PyErr_SetString(PyExc_TypeError, "allocate() needs a shmipc.Heap");
+        return nullptr;
+    }
+    if (!ph->heap) {
+        PyErr_SetString(PyExc_ValueError, "Heap is closed");
+        return nullptr;
+    }
+    std::uint64_t off;
+    try {
+        off = ph->heap->allocate(static_cast<std::size_t>(n), static_cast<std::size_t>(align));
+    } catch (...) {
+        return translate();
+    }
+    PyObject* b = new_block(self, ph, off, n, true);
+    if (!b) {
+        try {
+            ph->heap->deallocate(off);
+        } catch (...) {
+        }
+    }
+    return b;
+}
+
+PyMethodDef g_allocate_def = {
+    "allocate", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(heap_allocate)),
+    METH_FASTCALL | METH_KEYWORDS,
+    "allocate(nbytes, align=64) -> Block\n\n"
+    "A writable Block of nbytes (>= 1) shared-memory bytes, aligned to `align` (a power of two,\n"
+    "at most the page size). MemoryError (saying what was asked, what is free and the largest\n"
+    "free block) if the heap is full and cannot grow; the heap stays usable."};
+
+// --- Block -----------------------------------------------------------------------------
+
+int block_release_memory(BlockObject* b) {
+    // Returns -1 with an exception set on failure.
+    if (b->released) return 0;
+    if (b->exports > 0) {
+        PyErr_Format(PyExc_BufferError,
+                     "cannot release a Block while %zd view(s) of it (memoryview, ndarray) exist",
+                     b->exports);
+        return -1;
+    }
+    b->released = true;
+    if (b->owned && b->heap->heap) {
+        try {
+            b->heap->heap->deallocate(b->offset);
+        } catch (...) {
+            translate();
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void block_dealloc(PyObject* self) {
+    auto* b = reinterpret_cast<BlockObject*>(self);
+    if (!b->released && b->owned && b->heap && b->heap->heap) {
+        try {
+            b->heap->heap->deallocate(b->offset);
+        } catch (...) {
+        }
+    }
+    b->released = true;
+    Py_CLEAR(b->owner);
+    Py_TYPE(self)->tp_free(self);
+}
+
+PyObject* block_release(PyObject* self, PyObject*) {
+    if (block_release_memory(reinterpret_cast<BlockObject*>(self)) != 0) return nullptr;
+    Py_RETURN_NONE;
+}
+
+PyObject* block_enter(PyObject* self, PyObject*) {
+    auto* b = reinterpret_cast<BlockObject*>(self);
+    if (b->released) {
+        PyErr_SetString(PyExc_ValueError, "Block is released");
+        return nullptr;
+    }
+    Py_INCREF(self);
+    return self;
+}
+
+PyObject* block_exit(PyObject* self, PyObject* const*, Py_ssize_t) {
+    if (block_release_memory(reinterpret_cast<BlockObject*>(self)) != 0) return nullptr;
+    Py_RETURN_FALSE;
+}
+
+int block_getbuffer(PyObject* self, Py_buffer* view, int flags) {
+    auto* b = reinterpret_cast<BlockObject*>(self);
+    if (b->released) {
+        PyErr_SetString(PyExc_ValueError, "Block is released");
+        view->obj = nullptr;
+        return -1;
+    }
+    if (!b->heap->heap) {
+        PyErr_SetString(PyExc_ValueError, "Heap is closed");
+        view->obj = nullptr;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, self, b->ptr, b->nbytes, 0, flags) != 0) return -1;
+    ++b->exports;
+    ++b->heap->exports;
+    return 0;
+}
+
+void block_releasebuffer(PyObject* self, Py_buffer*) {
+    auto* b = reinterpret_cast<BlockObject*>(self);
+    --b->exports;
+    --b->heap->exports;
+}
+
+PyObject* block_get_nbytes(PyObject* self, void*) {
+    return PyLong_FromSsize_t(reinterpret_cast<BlockObject*>(self)->nbytes);
+}
+PyObject* block_get_offset(PyObject* self, void*) {
+    return PyLong_FromUnsignedLongLong(reinterpret_cast<BlockObject*>(self)->offset);
+}
+PyObject* block_get_released(PyObject* self, void*) {
+    return PyBool_FromLong(reinterpret_cast<BlockObject*>(self)->released);
+}
+PyObject* block_get_heap(PyObject* self, void*) {
+    auto* b = reinterpret_cast<BlockObject*>(self);
+    Py_INCREF(b->owner);
+    return b->owner;
+}
+PyObject* block_get_exports(PyObject* self, void*) {
+    return PyLong_FromSsize_t(reinterpret_cast<BlockObject*>(self)->exports);
+}
+PyObject* block_get_address(PyObject* self, void*) {
+    auto* b = reinterpret_cast<BlockObject*>(self);
+    return PyLong_FromVoidPtr(b->released ? nullptr : b->ptr);
+}
+
+PyObject* block_len_fn(PyObject* self, PyObject*) {
+    return PyLong_FromSsize_t(reinterpret_cast<BlockObject*>(self)->nbytes);
+}
+
+Py_ssize_t block_length(PyObject* self) { return reinterpret_cast<BlockObject*>(self)->nbytes; }
+
+PyObject* block_detach(PyObject* self, PyObject*) {
+    try {
+        return PyLong_FromUnsignedLongLong(detach_block(self));
+    } catch (py::error_already_set& e) {
+        e.restore();
+        return nullptr;
+    } catch (...) {
+        return translate();
+    }
+}
+
+PyObject* block_new(PyTypeObject*, PyObject*, PyObject*) {
+    PyErr_SetString(PyExc_TypeError, "Blocks come from Heap.allocate() or Heap.shared_block()");
+    return nullptr;
+}
+
+PyObject* block_repr(PyObject* self) {
+    auto* b = reinterpret_cast<BlockObject*>(self);
+    return PyUnicode_FromFormat("<shmipc.Block offset=%llu nbytes=%zd%s>",
+                                static_cast<unsigned long long>(b->offset), b->nbytes,
+                                b->released ? " released" : "");
+}
+
+PyMethodDef g_block_methods[] = {
+    {"release", block_release, METH_NOARGS,
+     "Frees the block now (idempotent). BufferError while views of it exist."},
+    {"__enter__", block_enter, METH_NOARGS, nullptr},
+    {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(block_exit)),
+     METH_FASTCALL, nullptr},
+    {"_detach", block_detach, METH_NOARGS,
+     "Marks the block released without freeing it (ownership moved); returns its offset."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef g_block_getset[] = {
+    {"nbytes", block_get_nbytes, nullptr, "Bytes asked for (the buffer's length).", nullptr},
+    {"offset", block_get_offset, nullptr, "Offset of the payload in its heap.", nullptr},
+    {"released", block_get_released, nullptr, "True after release().", nullptr},
+    {"closed", block_get_released, nullptr, "Same as released.", nullptr},
+    {"heap", block_get_heap, nullptr, "The Heap the block belongs to.", nullptr},
+    {"_exports", block_get_exports, nullptr, nullptr, nullptr},
+    {"_address", block_get_address, nullptr, nullptr, nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyBufferProcs g_block_buffer = {block_getbuffer, block_releasebuffer};
+PySequenceMethods g_block_seq = {};
+
+PyTypeObject g_block_type_obj = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
+void init_block_type() {
+    auto& t = g_block_type_obj;
+    t.tp_name = "shmipc._core.Block";
+    t.tp_basicsize = sizeof(BlockObject);
+    t.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE;
+    t.tp_doc = "A block of a shared heap (see shmipc.Block).";
+    t.tp_dealloc = block_dealloc;
+    t.tp_as_buffer = &g_block_buffer;
+    g_block_seq.sq_length = block_length;
+    t.tp_as_sequence = &g_block_seq;
+    t.tp_methods = g_block_methods;
+    t.tp_getset = g_block_getset;
+    t.tp_new = block_new;
+    t.tp_repr = block_repr;
+}
+
+py::dict stats_dict(const HeapStats& s) {
+    py::dict d;
+    d["size"] = s.size;
+    d["used"] = s.used;
+    d["free"] = s.free;
+    d["largest_free"] = s.largest_free;
+    d["segments"] = s.segments;
+    d["allocations"] = s.allocations;
+    d["cached"] = s.cached;
+    d["clients"] = s.clients;
+    return d;
+}
+
+} // namespace
+
+Heap& heap_of(py::handle py_heap) {
+    PyHeap* ph = pyheap_of(py_heap.ptr());
+    if (!ph) throw std::invalid_argument("not a shmipc.Heap");
+    return ph->get();
+}
+
+py::object make_block(py::handle py_heap, std::uint64_t offset, std::size_t nbytes, bool owned) {
+    PyHeap* ph = pyheap_of(py_heap.ptr());
+    if (!ph) throw std::invalid_argument("not a shmipc.Heap");
+    ph->get();
+    PyObject* o = new_block(py_heap.ptr(), ph, offset, static_cast<Py_ssize_t>(nbytes), owned);
+    if (!o) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(o);
+}
+
+std::optional<BlockRef> block_ref(py::handle obj) {
+    if (!is_block(obj.ptr())) return std::nullopt;
+    auto* b = reinterpret_cast<BlockObject*>(obj.ptr());
+    if (b->released || !b->heap->heap) return std::nullopt;
+    return BlockRef{b->owner, b->offset, static_cast<std::size_t>(b->nbytes), b->owned};
+}
+
+std::uint64_t detach_block(py::handle blk) {
+    if (!is_block(blk.ptr())) throw std::invalid_argument("not a shmipc.Block");
+    auto* b = reinterpret_cast<BlockObject*>(blk.ptr());
+    if (b->released) throw std::invalid_argument("Block is released");
+    if (!b->owned) throw std::invalid_argument("a shared block cannot be moved");
+    if (!b->heap->heap) throw Closed("Heap is closed");
+    if (b->exports > 0)
+        throw BufferBusy("cannot move a Block while " + std::to_string(b->exports) +
+                         " view(s) of it exist");
+    b->released = true;
+    return b->offset;
+}
+
+void bind_heap(py::module_& m) {
+    init_block_type();
+    if (PyType_Ready(&g_block_type_obj) < 0) throw py::error_already_set();
+    Py_INCREF(&g_block_type_obj);
+    m.add_object("Block", reinterpret_cast<PyObject*>(&g_block_type_obj));
+    g_block_base = &g_block_type_obj;
+    g_block_type = &g_block_type_obj;
+
+    m.def("_set_block_type", [](py::object t) {
+        if (!PyType_Check(t.ptr()) ||
+            !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(t.ptr()), g_block_base) ||
+            reinterpret_cast<PyTypeObject*>(t.ptr())->tp_basicsize != sizeof(BlockObject))
+            throw std::invalid_argument("not a slot-less subclass of _core.Block");
+        t.inc_ref(); // kept for the life of the process
+        g_block_type = reinterpret_cast<PyTypeObject*>(t.ptr());
+    });
+
+    py::class_<PyHeap> cls(m, "HeapCore");
+    cls.def(py::init([](const std::string& how, const std::string& name, std::size_t size,
+                        std::size_t max_size, unsigned mode, bool persistent, int fd,
+                        bool thread_cache) {
+                auto ph = std::make_unique<PyHeap>();
+                py::gil_scoped_release nogil;
+                HeapOptions o;
+                o.size = size;
+                o.max_size = max_size;
+                o.mode = static_cast<mode_t>(mode);
+                o.persistent = persistent;
+                o.thread_cache = thread_cache;
+                if (how == "create")
+                    ph->heap = Heap::create(name, o);
+                else if (how == "attach")
+                    ph->heap = Heap::attach(name, thread_cache);
+                else if (how == "anonymous")
+                    ph->heap = Heap::anonymous(o);
+                else if (how == "fd")
+                    ph->heap = Heap::from_fd(UniqueFd(fd), thread_cache);
+                else
+                    throw std::invalid_argument("bad heap constructor");
+                return ph;
+            }),
+            py::arg("how"), py::arg("name") = "", py::arg("size") = 0, py::arg("max_size") = 0,
+            py::arg("mode") = 0600, py::arg("persistent") = false, py::arg("fd") = -1,
+            py::arg("thread_cache") = true)
+        .def_property_readonly("closed", [](const PyHeap& h) { return !h.heap; })
+        .def_property_readonly("_exports", [](const PyHeap& h) { return h.exports; })
+        .def("_close",
+             [](PyHeap& h) {
+                 if (!h.heap) return;
+                 if (h.exports > 0)
+                     throw BufferBusy("cannot close the heap while " + std::to_string(h.exports) +
+                                      " view(s) of its Blocks exist");
+                 std::unique_ptr<Heap> hp = std::move(h.heap);
+                 py::gil_scoped_release nogil;
+                 hp.reset();
+             })
+        .def("_name", [](PyHeap& h) { return h.get().name(); })
+        .def("_anonymous", [](PyHeap& h) { return h.get().anonymous(); })
+        .def("_fileno", [](PyHeap& h) { return h.get().fd(); })
+        .def("_max_size", [](PyHeap& h) { return h.get().max_size(); })
+        .def("_client_id", [](PyHeap& h) { return h.get().client_id(); })
+        .def("_stats",
+             [](PyHeap& h) {
+                 Heap& hp = h.get();
+                 HeapStats s;
+                 {
+                     py::gil_scoped_release nogil;
+                     s = hp.stats();
+                 }
+                 return stats_dict(s);
+             })
+        .def("_check_invariants",
+             [](PyHeap& h) {
+                 Heap& hp = h.get();
+                 py::gil_scoped_release nogil;
+                 hp.check_invariants();
+             })
+        .def("_flush_caches",
+             [](PyHeap& h) {
+                 Heap& hp = h.get();
+                 py::gil_scoped_release nogil;
+                 hp.flush_thread_caches();
+             })
+        .def("_reap",
+             [](PyHeap& h) {
+                 Heap& hp = h.get();
+                 py::gil_scoped_release nogil;
+                 return hp.reap_dead_clients();
+             })
+        .def("_all_freed",
+             [](PyHeap& h) {
+                 Heap& hp = h.get();
+                 py::gil_scoped_release nogil;
+                 return hp.all_freed();
+             })
+        .def("_adopt",
+             [](py::object self, std::uint64_t offset, std::size_t nbytes) {
+                 return make_block(self, offset, nbytes, true);
+             })
+        .def("_named",
+             [](PyHeap& h, std::uint32_t kind) {
+                 py::list out;
+                 for (auto& e : h.get().list_named(kind))
+                     out.append(py::make_tuple(e.name, e.kind, e.offset, e.nbytes));
+                 return out;
+             },
+             py::arg("kind") = 0)
+        .def("_shared_block",
+             [](py::object self, const std::string& name, std::int64_t nbytes, py::object init,
+                std::optional<double> timeout) {
+                 if (nbytes <= 0)
+                     throw std::invalid_argument("a shared block needs nbytes >= 1, got " +
+                                                 std::to_string(nbytes));
+                 Heap& hp = heap_of(self);
+                 std::pair<std::uint64_t, bool> r;
+                 {
+                     py::gil_scoped_release nogil;
+                     r = hp.find_or_create_named(
+                         name, static_cast<std::size_t>(nbytes),
+                         [&](void* p) {
+                             if (init.is_none()) return;
+                             py::gil_scoped_acquire gil;
+                             py::object blk = make_block(self, hp.to_offset(p),
+                                                         static_cast<std::size_t>(nbytes), false);
+                             init(blk);
+                         },
+                         kNamedBlock, timeout);
+                 }
+                 return make_block(self, r.first, static_cast<std::size_t>(nbytes), false);
+             },
+             py::arg("name"), py::arg("nbytes"), py::arg("init") = py::none(),
+             py::arg("timeout") = 10.0);
+
+    g_heap_type = reinterpret_cast<PyTypeObject*>(cls.ptr());
+    PyObject* descr = PyDescr_NewMethod(g_heap_type, &g_allocate_def);
+    if (!descr) throw py::error_already_set();
+    int rc = PyObject_SetAttrString(cls.ptr(), "allocate", descr);
+    Py_DECREF(descr);
+    if (rc != 0) throw py::error_already_set();
+
+    m.attr("HEAP_NAMED_BLOCK") = kNamedBlock;
+    m.attr("HEAP_NAMED_CHANNEL") = kNamedChannel;
+}
+
+} // namespace shmipc::bindings

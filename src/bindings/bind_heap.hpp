@@ -1,0 +1,37 @@
+// What other bindings (channels) need from shmipc.Heap and shmipc.Block objects.
+#pragma once
+
+#include "bindings.hpp"
+
+#include "ipc_core/heap.hpp"
+
+#include <cstdint>
+#include <optional>
+
+namespace shmipc::bindings {
+
+// The C++ heap behind a Python shmipc.Heap (a _core.HeapCore). Throws Closed ("Heap is
+// closed") after close(), std::invalid_argument if `py_heap` is not a heap.
+Heap& heap_of(py::handle py_heap);
+
+// A new Block of `py_heap` over an allocated payload of >= nbytes. `owned`: release()/GC frees
+// it (the block must be owned by this process's client: transfer() it first if it came from a
+// channel). Not owned: a view of a named/shared block, release() only forgets it.
+py::object make_block(py::handle py_heap, std::uint64_t offset, std::size_t nbytes,
+                      bool owned = true);
+
+struct BlockRef {
+    PyObject* heap;        // borrowed: the Python heap the block belongs to
+    std::uint64_t offset;  // payload offset in the heap
+    std::size_t nbytes;
+    bool owned;            // release() would free it
+};
+// If `obj` is a live (not released) Block: where it is. nullopt for any other object.
+std::optional<BlockRef> block_ref(py::handle obj);
+
+// Marks a live owned Block released WITHOUT freeing its memory (its ownership moves elsewhere,
+// e.g. into a channel) and returns its offset. BufferError while views of it exist; ValueError
+// if it is released or not owned.
+std::uint64_t detach_block(py::handle blk);
+
+} // namespace shmipc::bindings
