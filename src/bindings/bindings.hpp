@@ -10,6 +10,7 @@ void bind_errors(py::module_& m);
 void bind_buffer(py::module_& m);
 void bind_segment(py::module_& m);
 void bind_heap(py::module_& m);
+void bind_channel(py::module_& m);
 
 // Blocking calls release the GIL with this guard; the engine calls back into the interrupt
 // hook (which takes the GIL for PyErr_CheckSignals) between wait slices.

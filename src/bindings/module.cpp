@@ -6,4 +6,5 @@ PYBIND11_MODULE(_core, m) {
     shmipc::bindings::bind_buffer(m);
     shmipc::bindings::bind_segment(m);
     shmipc::bindings::bind_heap(m);
+    shmipc::bindings::bind_channel(m);
 }

@@ -195,6 +195,13 @@ void Channel::release() {
     token_ = 0;
 }
 
+void Channel::abandon() noexcept {
+    std::lock_guard g(g_registry_mu);
+    if (role_ != ChannelRole::None) registry().erase(key_of(heap_, offset_, role_));
+    role_ = ChannelRole::None;
+    closed_ = true;
+}
+
 void Channel::close() {
     // Another thread may sleep inside this handle: make it leave (it checks closing_ between
     // slices; the wake-ups cut its current slice short), then take the handle.

@@ -189,6 +189,9 @@ class Channel {
     [[nodiscard]] bool closed() const noexcept { return closed_; }
     // Releases the role without ending the stream (the handle may claim a role again).
     void release();
+    // Forgets the role without touching the heap, for when the heap handle was closed first
+    // (its lock fd, and so the liveness lock, is gone already). The handle is closed.
+    void abandon() noexcept;
     // Busy-wait before sleeping, per wait (0: sleep at once).
     void set_spin(std::chrono::nanoseconds spin) noexcept { spin_ns_.store(spin.count()); }
     [[nodiscard]] std::chrono::nanoseconds spin() const noexcept {

@@ -92,8 +92,13 @@ SpscRingControl* spsc_ring_validate(void* mem, std::size_t avail);
 // half of this Dekker pair is the seq_cst fetch_add in wait_until followed by its re-check).
 inline void wake_if_waiting(FutexWord& w) noexcept {
     // SYNC POINT: pairs with the waiters.fetch_add + re-check of ready() in wait_until.
+#if defined(__SANITIZE_THREAD__)
+    // TSan does not model fences; a seq_cst RMW orders the same way (slower: it writes the line).
+    if (w.waiters.fetch_add(0, std::memory_order_seq_cst) != 0) notify_all(w);
+#else
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (w.waiters.load(std::memory_order_relaxed) != 0) notify_all(w);
+#endif
 }
 
 // Spins for `spin` (checking the clock every few hundred iterations), then sleeps on `w` in
