@@ -298,12 +298,13 @@ def _encode_meta(dtype: np.dtype[Any], shape: tuple[int, ...], start: int, fortr
     else:
         d = "d" + repr(np.lib.format.dtype_to_descr(dtype))
     dims = ",".join(str(int(s)) for s in shape)
-    return f"1|{d}|{dims}|{start}|{int(fortran)}".encode()
+    # The dtype goes last: it may itself contain "|" ("|u1").
+    return f"1|{dims}|{start}|{int(fortran)}|{d}".encode()
 
 
 def _decode_meta(meta: bytes) -> tuple[np.dtype[Any], tuple[int, ...], int, bool]:
     try:
-        version, d, dims, start, fortran = meta.decode().split("|", 4)
+        version, dims, start, fortran, d = meta.decode().split("|", 4)
         if version != "1":
             raise ValueError(f"array metadata version {version}")
         if d[0] == "s":
