@@ -12,15 +12,16 @@ from __future__ import annotations
 import ast
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from . import _core
 from ._errors import PeerDiedError
+from ._heap import Block
 
 if TYPE_CHECKING:
-    from ._heap import Block, Heap
+    from ._heap import Heap
 
 __all__ = ["Channel", "list_channels"]
 
@@ -104,7 +105,9 @@ class Channel(_core.ChannelCore):  # type: ignore[misc]
         if isinstance(value, bool):
             value = _SPIN_TRUE if value else 0.0
         if not isinstance(value, (int, float)):
-            raise TypeError(f"spin must be a number of seconds or a bool, not {type(value).__name__}")
+            raise TypeError(
+                f"spin must be a number of seconds or a bool, not {type(value).__name__}"
+            )
         self._set_spin(float(value))
 
     def __len__(self) -> int:
@@ -124,7 +127,7 @@ class Channel(_core.ChannelCore):  # type: ignore[misc]
         channel was full), :class:`~shmipc.ChannelBusyError`, ``BrokenPipeError`` (the stream
         was ended by an earlier sender), ``MemoryError`` (heap full).
         """
-        if isinstance(obj, _core.Block) and obj.heap is self._heap and not obj.released:
+        if isinstance(obj, Block) and obj.heap is self._heap and not obj.released:
             self._send_block(obj, None, timeout)
             return
         if isinstance(obj, np.ndarray) and not obj.flags.c_contiguous:
@@ -193,12 +196,13 @@ class Channel(_core.ChannelCore):  # type: ignore[misc]
         if meta is None:
             return blk.as_array(np.uint8)  # type: ignore[no-any-return]
         dtype, shape, start, fortran = _decode_meta(meta)
-        order = "F" if fortran else "C"
+        order: Literal["C", "F"] = "F" if fortran else "C"
         if start == 0:
             return blk.as_array(dtype, shape, order)  # type: ignore[no-any-return]
         need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         flat = np.frombuffer(blk, dtype=np.uint8, count=need, offset=start)
-        return flat.view(dtype).reshape(shape, order=order)
+        out: np.ndarray = flat.view(dtype).reshape(shape, order=order)
+        return out
 
     def recv_bytes(self, timeout: float | None = None) -> bytes:
         """The next record copied into ``bytes`` (its block is freed at once)."""
@@ -323,7 +327,7 @@ def _block_of(a: np.ndarray) -> Any:
     """The live Block whose memory ``a`` views, or None."""
     base: Any = a
     for _ in range(64):  # bounded: base chains are short
-        if isinstance(base, _core.Block):
+        if isinstance(base, Block):
             return None if base.released else base
         if isinstance(base, memoryview):
             base = base.obj
