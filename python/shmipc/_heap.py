@@ -19,61 +19,44 @@ from . import _core
 from ._multiprocessing import register_fd_reducer
 
 if TYPE_CHECKING:
-    from ._channel import Channel
+    from ._channel import Channel  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
 __all__ = ["Heap", "Block"]
 
 _DEFAULT_SIZE = 64 << 20
 
 
-class Block(_core.Block):  # type: ignore[misc]
-    """Bytes of a shared heap: writable buffer protocol, zero copy.
-
-    ``memoryview(blk)``, ``np.frombuffer(blk)`` and :meth:`as_array` see the shared bytes
-    directly. ``release()`` (or leaving a ``with`` block, or garbage collection) frees them;
-    it raises ``BufferError`` while views of the block exist. Attributes: ``nbytes``,
-    ``offset`` (the same in every process), ``released``, ``heap``.
-    """
-
-    __slots__ = ()
-
-    def as_array(self, dtype: Any = np.uint8, shape: Any = None, order: str = "C") -> np.ndarray:
-        """An ndarray view onto the block (zero copy). The array keeps the block alive, and
-        the block cannot be released while the array exists."""
-        if self.released:
-            raise ValueError("Block is released")
-        dt = np.dtype(dtype)
-        if dt.hasobject:
-            raise TypeError("object dtypes cannot live in shared memory")
-        if order not in ("C", "F"):
-            raise ValueError("order must be 'C' or 'F'")
-        if shape is None:
-            if dt.itemsize == 0 or self.nbytes % dt.itemsize:
-                raise ValueError(f"block of {self.nbytes} bytes is not a whole number of {dt}")
-            shape = (self.nbytes // dt.itemsize,)
-        shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
-        if any(s < 0 for s in shape):
-            raise ValueError(f"negative dimension in shape {shape}")
-        need = math.prod(shape) * dt.itemsize
-        if need > self.nbytes:
-            raise ValueError(f"shape {shape} of {dt} needs {need} bytes; the block has {self.nbytes}")
-        flat = np.frombuffer(self, dtype=np.uint8, count=need) if need else np.empty(0, np.uint8)
-        return flat.view(dt).reshape(shape, order=order)  # type: ignore[no-any-return]
-
-    def __len__(self) -> int:
-        return int(self.nbytes)
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError(
-            "a shmipc.Block cannot be pickled: send it through a heap channel "
-            "(heap.channel(name).send(blk)) or share a heap.shared_block() by name"
-        )
+Block = _core.Block  # a C type for speed: its docstring documents it
 
 
-_core._set_block_type(Block)
+def _block_as_array(
+    blk: Any, dtype: Any = np.uint8, shape: Any = None, order: str = "C"
+) -> np.ndarray:
+    if blk.released:
+        raise ValueError("Block is released")
+    dt = np.dtype(dtype)
+    if dt.hasobject:
+        raise TypeError("object dtypes cannot live in shared memory")
+    if order not in ("C", "F"):
+        raise ValueError("order must be 'C' or 'F'")
+    if shape is None:
+        if dt.itemsize == 0 or blk.nbytes % dt.itemsize:
+            raise ValueError(f"block of {blk.nbytes} bytes is not a whole number of {dt}")
+        shape = (blk.nbytes // dt.itemsize,)
+    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    need = math.prod(shape) * dt.itemsize
+    if need > blk.nbytes:
+        raise ValueError(f"shape {shape} of {dt} needs {need} bytes; the block has {blk.nbytes}")
+    flat = np.frombuffer(blk, dtype=np.uint8, count=need)
+    return flat.view(dt).reshape(shape, order=order)  # type: ignore[no-any-return]
 
 
-class Heap(_core.HeapCore):  # type: ignore[misc]
+_core._set_block_helpers(_block_as_array)
+
+
+class Heap(_core.HeapCore):
     """A shared heap: named (``/dev/shm/NAME``) or anonymous (a memfd).
 
     Use :meth:`create`, :meth:`attach` or :meth:`anonymous`; then ``heap.allocate(nbytes)``
@@ -115,7 +98,14 @@ class Heap(_core.HeapCore):  # type: ignore[misc]
             raise ValueError(f"mode must be permission bits like 0o600, got {mode!r}")
         self = cls.__new__(cls)
         _core.HeapCore.__init__(
-            self, "create", name, _size(size), max_size or 0, mode, bool(persistent), -1,
+            self,
+            "create",
+            name,
+            _size(size),
+            max_size or 0,
+            mode,
+            bool(persistent),
+            -1,
             thread_cache,
         )
         return self
@@ -154,12 +144,6 @@ class Heap(_core.HeapCore):  # type: ignore[misc]
 
     # --- allocation (``allocate`` itself is implemented in C++ for speed) -------------------
 
-    if TYPE_CHECKING:
-
-        def allocate(self, nbytes: int, align: int = 64) -> Block:
-            """A writable Block of ``nbytes`` (>= 1) shared bytes."""
-            ...
-
     def shared_block(
         self,
         name: str,
@@ -181,8 +165,7 @@ class Heap(_core.HeapCore):  # type: ignore[misc]
         _check_int("nbytes", nbytes)
         if nbytes <= 0:
             raise ValueError(f"a shared block needs nbytes >= 1, got {nbytes}")
-        blk: Block = self._shared_block(name, nbytes, init, timeout)
-        return blk
+        return self._shared_block(name, nbytes, init, timeout)
 
     def channel(self, name: str, capacity: int = 1024) -> Channel:
         """The SPSC channel ``name`` of this heap, created on first use (see Channel)."""
@@ -195,7 +178,8 @@ class Heap(_core.HeapCore):  # type: ignore[misc]
         "receiver_alive"}}."""
         from ._channel import list_channels
 
-        return list_channels(self)
+        channels: dict[str, dict[str, object]] = list_channels(self)
+        return channels
 
     # --- introspection -------------------------------------------------------------------
 

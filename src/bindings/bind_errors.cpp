@@ -12,8 +12,8 @@ namespace {
 
 PyObject* py_error(const char* name) {
     // Defined in python/shmipc/_errors.py (multiple inheritance is simpler in Python).
-    // Leaked on purpose: a static py::object would be destroyed by the C++ exit handlers after
-    // the interpreter is finalized, and its decref then crashes the process at exit.
+    // Deliberately leaked: a static py::object would be released after the interpreter is
+    // finalized (a crash at exit).
     static PyObject* mod = py::module_::import("shmipc._errors").release().ptr();
     return py::handle(mod).attr(name).ptr();
 }

@@ -10,6 +10,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <pthread.h>
 
 namespace shmipc::bindings {
 
@@ -50,8 +51,22 @@ PyHeap* pyheap_of(PyObject* self) {
 
 bool is_block(PyObject* o) { return g_block_base && PyObject_TypeCheck(o, g_block_base); }
 
+// Dead Block objects kept for reuse (like CPython's float freelist): saves an allocation and
+// a free per block on the hot path. Only for the exact base type (no subclass state).
+constexpr int kBlockFreelistMax = 256;
+PyObject* g_block_freelist[kBlockFreelistMax];
+int g_block_freelist_len = 0;
+PyObject* g_as_array_helper = nullptr; // shmipc._heap._block_as_array
+
 PyObject* new_block(PyObject* owner, PyHeap* ph, std::uint64_t off, Py_ssize_t n, bool owned) {
-    PyObject* o = g_block_type->tp_alloc(g_block_type, 0);
+    PyObject* o;
+    if (g_block_type == g_block_base && g_block_freelist_len > 0) {
+        o = g_block_freelist[--g_block_freelist_len];
+        // GIL held: the freelist is only touched with it. Re-initialise the header.
+        PyObject_Init(o, g_block_type);
+    } else {
+        o = g_block_type->tp_alloc(g_block_type, 0);
+    }
     if (!o) return nullptr;
     auto* b = reinterpret_cast<BlockObject*>(o);
     Py_INCREF(owner);
@@ -187,7 +202,38 @@ void block_dealloc(PyObject* self) {
     }
     b->released = true;
     Py_CLEAR(b->owner);
+    if (Py_TYPE(self) == g_block_base && g_block_freelist_len < kBlockFreelistMax) {
+        g_block_freelist[g_block_freelist_len++] = self;
+        return;
+    }
     Py_TYPE(self)->tp_free(self);
+}
+
+PyObject* block_as_array(PyObject* self, PyObject* args, PyObject* kwargs) {
+    if (!g_as_array_helper) {
+        PyErr_SetString(PyExc_RuntimeError, "shmipc._heap is not imported");
+        return nullptr;
+    }
+    // as_array(dtype=uint8, shape=None, order="C"): implemented in Python (NumPy).
+    PyObject* full = PyTuple_New(PyTuple_GET_SIZE(args) + 1);
+    if (!full) return nullptr;
+    Py_INCREF(self);
+    PyTuple_SET_ITEM(full, 0, self);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args); ++i) {
+        PyObject* a = PyTuple_GET_ITEM(args, i);
+        Py_INCREF(a);
+        PyTuple_SET_ITEM(full, i + 1, a);
+    }
+    PyObject* r = PyObject_Call(g_as_array_helper, full, kwargs);
+    Py_DECREF(full);
+    return r;
+}
+
+PyObject* block_reduce_ex(PyObject*, PyObject*) {
+    PyErr_SetString(PyExc_TypeError,
+                    "a shmipc.Block cannot be pickled: send it through a heap channel "
+                    "(heap.channel(name).send(blk)) or share a heap.shared_block() by name");
+    return nullptr;
 }
 
 PyObject* block_release(PyObject* self, PyObject*) {
@@ -256,10 +302,6 @@ PyObject* block_get_address(PyObject* self, void*) {
     return PyLong_FromVoidPtr(b->released ? nullptr : b->ptr);
 }
 
-PyObject* block_len_fn(PyObject* self, PyObject*) {
-    return PyLong_FromSsize_t(reinterpret_cast<BlockObject*>(self)->nbytes);
-}
-
 Py_ssize_t block_length(PyObject* self) { return reinterpret_cast<BlockObject*>(self)->nbytes; }
 
 PyObject* block_detach(PyObject* self, PyObject*) {
@@ -291,6 +333,12 @@ PyMethodDef g_block_methods[] = {
     {"__enter__", block_enter, METH_NOARGS, nullptr},
     {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(block_exit)),
      METH_FASTCALL, nullptr},
+    {"as_array", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(block_as_array)),
+     METH_VARARGS | METH_KEYWORDS,
+     "as_array(dtype=numpy.uint8, shape=None, order='C') -> ndarray\n\n"
+     "An ndarray view onto the block (zero copy). The array keeps the block alive, and the\n"
+     "block cannot be released while the array exists."},
+    {"__reduce_ex__", block_reduce_ex, METH_O, nullptr},
     {"_detach", block_detach, METH_NOARGS,
      "Marks the block released without freeing it (ownership moved); returns its offset."},
     {nullptr, nullptr, 0, nullptr}};
@@ -312,10 +360,16 @@ PyTypeObject g_block_type_obj = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
 void init_block_type() {
     auto& t = g_block_type_obj;
-    t.tp_name = "shmipc._core.Block";
+    t.tp_name = "shmipc.Block";
     t.tp_basicsize = sizeof(BlockObject);
     t.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE;
-    t.tp_doc = "A block of a shared heap (see shmipc.Block).";
+    t.tp_doc =
+        "Bytes of a shared heap: writable buffer protocol, zero copy.\n\n"
+        "memoryview(blk), numpy.frombuffer(blk) and blk.as_array() see the shared bytes\n"
+        "directly. release() (or leaving a `with` block, or garbage collection) frees them; it\n"
+        "raises BufferError while views of the block exist. Attributes: nbytes, offset (the same\n"
+        "in every process), released, heap. Blocks come from Heap.allocate() and\n"
+        "Heap.shared_block(); a Block of 0 bytes does not exist (ValueError).";
     t.tp_dealloc = block_dealloc;
     t.tp_as_buffer = &g_block_buffer;
     g_block_seq.sq_length = block_length;
@@ -350,7 +404,11 @@ Heap& heap_of(py::handle py_heap) {
 py::object make_block(py::handle py_heap, std::uint64_t offset, std::size_t nbytes, bool owned) {
     PyHeap* ph = pyheap_of(py_heap.ptr());
     if (!ph) throw std::invalid_argument("not a shmipc.Heap");
-    ph->get();
+    // Only a live block of this heap, and only its payload: a view can never cover allocator
+    // metadata (invalid_argument otherwise).
+    if (ph->get().block_capacity(offset) < nbytes)
+        throw std::invalid_argument("block at offset " + std::to_string(offset) + " is smaller than " +
+                                    std::to_string(nbytes) + " bytes");
     PyObject* o = new_block(py_heap.ptr(), ph, offset, static_cast<Py_ssize_t>(nbytes), owned);
     if (!o) throw py::error_already_set();
     return py::reinterpret_steal<py::object>(o);
@@ -384,6 +442,10 @@ void bind_heap(py::module_& m) {
     g_block_base = &g_block_type_obj;
     g_block_type = &g_block_type_obj;
 
+    m.def("_set_block_helpers", [](py::object as_array) {
+        as_array.inc_ref(); // kept for the life of the process
+        g_as_array_helper = as_array.ptr();
+    });
     m.def("_set_block_type", [](py::object t) {
         if (!PyType_Check(t.ptr()) ||
             !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(t.ptr()), g_block_base) ||
@@ -470,6 +532,15 @@ void bind_heap(py::module_& m) {
                  Heap& hp = h.get();
                  py::gil_scoped_release nogil;
                  return hp.all_freed();
+             })
+        .def("_lock_for_crash_test",
+             [](PyHeap& h) {
+                 // Test hook: takes the heap's robust lock and never gives it back, so a test
+                 // can SIGKILL a process "inside the allocator". HeapControl::mutex is at byte
+                 // 64 of the control block (static_assert in heap.cpp).
+                 auto* mu = reinterpret_cast<pthread_mutex_t*>(h.get().base() +
+                                                               sizeof(SegmentHeader) + 64);
+                 ::pthread_mutex_lock(mu);
              })
         .def("_adopt",
              [](py::object self, std::uint64_t offset, std::size_t nbytes) {

@@ -688,6 +688,15 @@ Heap::~Heap() {
     primary_.reset();
 }
 
+bool Heap::primary_name_is_ours() const {
+    // Growth adds names derived from the primary one; once the owner removed (or someone
+    // replaced) that name, nobody would remove them, so we do not grow any more.
+    struct stat mine {}, named {};
+    if (::fstat(primary_.fd(), &mine) != 0) return false;
+    if (::stat(shm_path(primary_.name()).c_str(), &named) != 0) return false;
+    return mine.st_ino == named.st_ino && mine.st_dev == named.st_dev;
+}
+
 int Heap::lock_fd() const noexcept { return impl_->lock_fd.get(); }
 std::size_t Heap::max_size() const noexcept { return ctl_->max_size; }
 
@@ -878,7 +887,8 @@ std::uint64_t Heap::allocate_owned(std::size_t n, std::size_t align, std::uint16
             std::uint64_t header = first_header_at(sizeof(SegmentHeader));
             std::uint64_t need = round_up(header + (units + a / kHeapUnit) * kHeapUnit +
                                               kHeapUnit, page_size());
-            if (!anonymous() && count < kMaxSegments && total + need <= ctl_->max_size) {
+            if (!anonymous() && count < kMaxSegments && total + need <= ctl_->max_size &&
+                primary_name_is_ours()) {
                 std::uint64_t want = std::max<std::uint64_t>(need, ctl_->segs[0].size);
                 want = std::min<std::uint64_t>(want, ctl_->max_size - total);
                 want = std::min<std::uint64_t>(want, kSegmentOffsetMask);

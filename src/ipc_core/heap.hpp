@@ -123,6 +123,10 @@ struct HeapOps;      // chain operations (heap.cpp)
 // that an owner closing a non-persistent named heap removes the names.
 class Heap {
   public:
+    // Named heaps grow (up to max_size) by extension segments NAME.1, NAME.2, ... created by
+    // whichever process needs the room; others map them on first use. Growth stops once the
+    // primary name is gone (its owner closed it): nobody would remove the derived names then.
+    //
     // Creates a named heap (FileExistsError / std::system_error EEXIST if a live one exists; a
     // stale one whose owner died is replaced). Leftover extension segments of a dead previous
     // heap of that name are removed.
@@ -226,6 +230,7 @@ class Heap {
     void register_client();
     void unregister_client() noexcept;
     void ensure_process();
+    [[nodiscard]] bool primary_name_is_ours() const;
 
     MemorySegment primary_;
     HeapControl* ctl_ = nullptr;
