@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from . import _core
 from ._buffer import Buffer, recv, recv_array, send, send_array
-from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
 from ._channel import Channel
+from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
 from ._heap import Block, Heap
 
 __version__ = "0.1.0"

@@ -32,7 +32,7 @@ _SPIN_TRUE = 0.01  # spin=True: busy-wait up to 10 ms (latency-critical ping-pon
 _open: weakref.WeakSet[Channel] = weakref.WeakSet()
 
 
-class Channel(_core.ChannelCore):  # type: ignore[misc]
+class Channel(_core.ChannelCore):
     """One end of a named single-producer/single-consumer channel of a :class:`Heap`.
 
     Get one with ``heap.channel(name, capacity=1024)``; the channel is created on first use
