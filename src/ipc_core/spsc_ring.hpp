@@ -32,6 +32,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <sched.h>
 #include <type_traits>
 
 namespace shmipc {
@@ -101,6 +102,9 @@ inline void wake_if_waiting(FutexWord& w) noexcept {
 #endif
 }
 
+// Pure spinning before spin_then_wait starts yielding the core between checks.
+inline constexpr std::chrono::microseconds kYieldAfter{5};
+
 // Spins for `spin` (checking the clock every few hundred iterations), then sleeps on `w` in
 // slices. `between_slices()` returns the next sleep (0 = give up) and may throw (Ctrl-C, a dead
 // peer, a timeout). Returns true once ready(), false if between_slices gave up.
@@ -108,14 +112,22 @@ template <class Ready, class BetweenSlices>
 bool spin_then_wait(FutexWord& w, Ready&& ready, BetweenSlices&& between_slices,
                     std::chrono::nanoseconds spin) {
     if (spin.count() > 0) {
-        auto end = std::chrono::steady_clock::now() + spin;
+        const auto start = std::chrono::steady_clock::now();
+        const auto end = start + spin;
+        // After kYieldAfter of pure spinning, yield the core between checks: if the peer runs on
+        // the same core (a busy 2-core machine), spinning would only delay it until we sleep.
+        const auto yield_from = start + kYieldAfter;
         for (unsigned i = 1;; ++i) {
             if (ready()) return true;
 #if defined(__x86_64__) || defined(__i386__)
             __builtin_ia32_pause();
 #endif
-            // A clock read is ~20 ns; every 128 pauses keeps it well under 1% of the spin.
-            if ((i & 127) == 0 && std::chrono::steady_clock::now() >= end) break;
+            // A clock read is ~20 ns; every 64 pauses keeps it well under 1% of the spin.
+            if ((i & 63) == 0) {
+                const auto now = std::chrono::steady_clock::now();
+                if (now >= end) break;
+                if (now >= yield_from) sched_yield();
+            }
         }
     }
     return wait_until(w, ready, between_slices, /*spin=*/0);
