@@ -27,7 +27,8 @@ namespace {
 
 constexpr std::uint64_t kControlMagic = 0x314c5254434d5048ULL; // "HPMCTRL1"
 constexpr std::size_t kBins = 64;
-constexpr std::size_t kCacheClasses = kCacheMaxBlock / kHeapUnit; // block sizes 1..64 units
+// Exact block sizes 1..65 units: every payload up to kCacheMaxBlock bytes.
+constexpr std::size_t kCacheClasses = (kCacheMaxBlock + kBlockHeaderSize + kHeapUnit - 1) / kHeapUnit;
 constexpr std::uint64_t kMaxAlign = 4096; // mappings are only page aligned
 
 // BlockHeader::word: | size in units (36) | owner (16) | state (4) | magic (8) |

@@ -70,7 +70,7 @@ inline constexpr std::size_t kBlockHeaderSize = 16;           // before every pa
 inline constexpr std::size_t kMaxClients = 1024;              // live handles at once
 inline constexpr std::size_t kMaxNamed = 256;                 // directory entries
 inline constexpr std::size_t kMaxNamedLength = 63;            // bytes of a directory name
-inline constexpr std::size_t kCacheMaxBlock = 4096;           // bytes: larger blocks bypass caches
+inline constexpr std::size_t kCacheMaxBlock = 4096;           // payload bytes: larger bypass caches
 inline constexpr std::size_t kMinHeapSize = 64 * 1024;        // bytes
 
 // Owners of an allocated block.

@@ -1,0 +1,31 @@
+// C++ cost of one allocate + deallocate pair on a shared heap (no Python).
+//   build-cpp-plain/bench_heap      (built by dev/ctest)
+#include "ipc_core/heap.hpp"
+
+#include <chrono>
+#include <cstdio>
+
+int main() {
+    using namespace shmipc;
+    for (bool cache : {true, false}) {
+        HeapOptions o;
+        o.size = 64 << 20;
+        o.thread_cache = cache;
+        auto h = Heap::anonymous(o);
+        for (std::size_t size : {64, 4096, 65536}) {
+            constexpr int kN = 2'000'000;
+            double best = 1e9;
+            for (int r = 0; r < 5; ++r) {
+                auto t0 = std::chrono::steady_clock::now();
+                for (int i = 0; i < kN; ++i) h->deallocate(h->allocate(size));
+                double ns = std::chrono::duration<double, std::nano>(
+                                std::chrono::steady_clock::now() - t0)
+                                .count() /
+                            kN;
+                best = ns < best ? ns : best;
+            }
+            std::printf("%-9s %6zu B: %6.1f ns per allocate+deallocate (best of 5)\n",
+                        cache ? "cache" : "no cache", size, best);
+        }
+    }
+}
