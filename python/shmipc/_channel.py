@@ -10,6 +10,7 @@ conventions (context manager, iteration, NumPy metadata, multiprocessing picklin
 from __future__ import annotations
 
 import ast
+import sys
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -137,26 +138,34 @@ class Channel(_core.ChannelCore):
     def send_array(self, arr: Any, timeout: float | None = None) -> None:
         """Sends an ndarray with its dtype and shape (``recv_array`` rebuilds it).
 
-        Zero copy if ``arr`` is a contiguous view of a Block of this heap whose block can be
-        moved; otherwise one copy (non-contiguous arrays are sent contiguous). Object dtypes
-        raise ``TypeError``.
+        Zero copy if ``arr`` is a contiguous view of a Block of this heap and the only view of
+        it (e.g. ``blk.as_array(...)`` or a slice of it, with no other array or memoryview of
+        ``blk`` alive): the whole block then *moves* to the receiver, ``blk`` is released and
+        ``arr`` becomes read-only in the sender (its memory is the receiver's now: do not read
+        it either). Otherwise one copy (non-contiguous arrays are sent contiguous). Object
+        dtypes raise ``TypeError``.
         """
         a = np.asarray(arr)
         if a.dtype.hasobject:
             raise TypeError("arrays of Python objects cannot be sent through shared memory")
         fortran = bool(a.flags.f_contiguous and not a.flags.c_contiguous and a.ndim > 1)
         blk = _block_of(a)
-        if blk is not None and (a.flags.c_contiguous or fortran) and blk.heap is self._heap:
-            start = _address(a) - _address(blk)
+        # Zero copy: the whole block moves to the receiver. Only when `a` is the sole view of
+        # the block (one buffer export, and no other array shares a base of `a`): then no other
+        # live array of the sender sees the memory, and `a` becomes read-only.
+        if (
+            blk is not None
+            and blk.heap is self._heap
+            and blk._exports == 1
+            and (a.flags.c_contiguous or fortran)
+            and _sole_view(a)
+        ):
+            start = _address(a) - blk._address
             if 0 <= start and start + a.nbytes <= blk.nbytes:
                 meta = _encode_meta(a.dtype, a.shape, start, fortran)
-                try:
-                    self._send_block(blk, meta, timeout, True)
-                except BufferError:
-                    pass  # views exist and the heap cannot move it anyway: copy below
-                else:
-                    a.flags.writeable = False  # the memory is the receiver's now
-                    return
+                self._send_block(blk, meta, timeout, True)
+                _make_readonly(a)
+                return
         if fortran:
             data = a.T  # C-contiguous bytes of the Fortran-ordered array
         else:
@@ -338,10 +347,35 @@ def _block_of(a: np.ndarray) -> Any:
     return None
 
 
-def _address(obj: Any) -> int:
-    if isinstance(obj, np.ndarray):
-        return int(obj.__array_interface__["data"][0])
-    return int(np.frombuffer(obj, dtype=np.uint8).__array_interface__["data"][0])
+def _address(a: np.ndarray) -> int:
+    return int(a.__array_interface__["data"][0])
+
+
+def _sole_view(a: np.ndarray) -> bool:
+    """True if no array other than `a` (and the chain of bases it holds) views its memory:
+    every base array of `a` is referenced only by its child's ``.base``."""
+    child: Any = a
+    for _ in range(64):
+        parent = child.obj if isinstance(child, memoryview) else child.base
+        if isinstance(parent, Block):
+            return True
+        if not isinstance(parent, (np.ndarray, memoryview)):
+            return False
+        # References: the child's .base, the local `parent`, getrefcount's argument.
+        if sys.getrefcount(parent) > 3:
+            return False
+        child = parent
+    return False
+
+
+def _make_readonly(a: np.ndarray) -> None:
+    """Clears the writeable flag of `a` and of every ndarray it views."""
+    base: Any = a
+    for _ in range(64):
+        if not isinstance(base, np.ndarray):
+            return
+        base.flags.writeable = False
+        base = base.base
 
 
 def _as_bytes_view(a: np.ndarray) -> Any:

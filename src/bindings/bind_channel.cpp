@@ -152,8 +152,7 @@ void bind_channel(py::module_& m) {
                      py::gil_scoped_release nogil;
                      ch.wait_writable(d);
                  }
-                 const std::uint64_t off = detach_block(blk);
-                 (void)allow_exports; // needs the heap's detach_block(blk, allow_exports)
+                 const std::uint64_t off = detach_block(blk, allow_exports);
                  try {
                      if (!ch.try_send_block(off, ref->nbytes, kind, md)) {
                          // Another thread of this handle got in between: wait our turn.

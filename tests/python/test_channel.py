@@ -13,8 +13,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import shmipc
 import workers_channel as w
+
+import shmipc
+
 from conftest import join_all
 
 
@@ -112,13 +114,36 @@ def test_object_arrays_are_refused(heap: shmipc.Heap) -> None:
         heap.channel("c").send_array(np.array([object()]))
 
 
-def test_send_array_of_a_block_view_is_delivered_intact(heap: shmipc.Heap) -> None:
+def test_send_array_of_the_sole_view_of_a_block_moves_the_block(heap: shmipc.Heap) -> None:
     tx, rx = heap.channel("c"), heap.channel("c")
     blk = heap.allocate(8 * 100)
-    arr = blk.as_array(np.float64, (10, 10))
-    arr[:] = np.arange(100).reshape(10, 10)
-    tx.send_array(arr[2:5])
+    blk.as_array(np.float64)[:] = np.arange(100)
+    offset = blk.offset
+    part = blk.as_array(np.float64, (10, 10))[2:5]
+    tx.send_array(part)
+    assert blk.released, "zero copy: the block moved"
+    assert not part.flags.writeable, "the sender's view is read-only now"
     got = rx.recv_array(timeout=5)
+    np.testing.assert_array_equal(got, np.arange(20, 50).reshape(3, 10))
+    assert got.flags.writeable
+    del got
+    moved = heap.channel("d"), heap.channel("d")
+    blk2 = heap.allocate(64)
+    full = blk2.as_array(np.uint8)
+    full[:] = 5
+    moved[0].send_array(full)
+    assert moved[1].recv().offset == blk2.offset != offset
+
+
+def test_send_array_of_a_block_with_other_views_copies(heap: shmipc.Heap) -> None:
+    tx, rx = heap.channel("c"), heap.channel("c")
+    blk = heap.allocate(8 * 100)
+    full = blk.as_array(np.float64, (10, 10))
+    full[:] = np.arange(100).reshape(10, 10)
+    tx.send_array(full[2:5])  # `full` still sees the block: it cannot move
+    assert not blk.released and full.flags.writeable
+    got = rx.recv_array(timeout=5)
+    full[:] = 0  # the receiver has its own copy
     np.testing.assert_array_equal(got, np.arange(20, 50).reshape(3, 10))
 
 

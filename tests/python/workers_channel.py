@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import numpy as np
+
 import shmipc
 
 
