@@ -12,6 +12,7 @@
 #include <stdexcept>
 #include <system_error>
 #include <tuple>
+#include <pthread.h>
 #include <unistd.h>
 
 namespace shmipc {
@@ -33,6 +34,12 @@ RegistryKey key_of(const Heap& h, std::uint64_t off, ChannelRole r) {
 }
 
 std::atomic<std::uint32_t> g_token_serial{0};
+
+// Bumped in a forked child: a role claimed before fork() belongs to the parent, never to the
+// copy of the handle in the child (which would otherwise push into the parent's ring too).
+std::atomic<std::uint64_t> g_fork_generation{0};
+[[maybe_unused]] const int g_atfork_registered = ::pthread_atfork(
+    nullptr, nullptr, [] { g_fork_generation.fetch_add(1, std::memory_order_relaxed); });
 
 std::uint64_t make_token() {
     // pid for diagnostics, a serial so two claims in one process differ; never 0.
@@ -148,6 +155,10 @@ void Channel::claim(ChannelRole role) {
     if (registry().count(key))
         throw ChannelBusy("channel '" + name_ + "' already has a live " + role_name(role) +
                           " in this process");
+    // A heap handle copied by fork() becomes this process's own (new client, new open file
+    // description) on its first allocation-side call; lock_fd() alone does not do it, so make
+    // one (claims are rare: the cost of flushing the thread caches does not matter here).
+    heap_.flush_thread_caches();
     const int fd = heap_.lock_fd();
     const off_t byte = lock_byte(ctl_, role);
     if (!try_lock_byte(fd, byte, /*exclusive=*/true))
@@ -166,14 +177,25 @@ void Channel::claim(ChannelRole role) {
     registry().insert(key);
     role_ = role;
     token_ = token;
+    fork_generation_ = g_fork_generation.load(std::memory_order_relaxed);
     if (role == ChannelRole::Sender)
         producer_ = SpscProducer(&ctl_->ring);
     else
         consumer_ = SpscConsumer(&ctl_->ring);
 }
 
+void Channel::forget_role_after_fork() noexcept {
+    if (role_ != ChannelRole::None &&
+        fork_generation_ != g_fork_generation.load(std::memory_order_relaxed)) {
+        // The parent still holds the role (its lock, its token): forget it here, touch nothing.
+        role_ = ChannelRole::None;
+        token_ = 0;
+    }
+}
+
 void Channel::ensure_role(ChannelRole role) {
     check_open();
+    forget_role_after_fork();
     if (role_ == role) return;
     if (role_ != ChannelRole::None)
         throw std::invalid_argument("this handle is the " + std::string(role_name(role_)) +
@@ -184,6 +206,7 @@ void Channel::ensure_role(ChannelRole role) {
 
 void Channel::release() {
     std::lock_guard g(g_registry_mu);
+    forget_role_after_fork();
     if (role_ == ChannelRole::None) return;
     // Clear the token before unlocking: a peer that sees the lock free with a token still set
     // would think we died.

@@ -212,6 +212,7 @@ class Channel {
                            std::string_view meta, const Deadline& deadline);
     Channel(Heap& heap, std::string name, std::uint64_t offset, ChannelControl* ctl);
     void claim(ChannelRole role);
+    void forget_role_after_fork() noexcept;
     void ensure_role(ChannelRole role);
     void check_open() const;
     [[noreturn]] void peer_died(ChannelRole peer);
@@ -230,6 +231,7 @@ class Channel {
     ChannelControl* ctl_ = nullptr;
     ChannelRole role_ = ChannelRole::None;
     std::uint64_t token_ = 0;
+    std::uint64_t fork_generation_ = 0; // of the claim: a forked child's copy has no role
     bool closed_ = false;
     SpscProducer producer_;
     SpscConsumer consumer_;

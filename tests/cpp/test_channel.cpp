@@ -345,3 +345,25 @@ TEST(Channel, two_processes_pass_every_message_once_and_in_order) {
     EXPECT_EQ(wait_child(pid), 0);
     EXPECT_EQ(expect, kItems);
 }
+
+TEST(Channel, a_forked_child_does_not_inherit_the_parents_role) {
+    auto heap = make_heap(fresh("fork"));
+    auto tx = Channel::open(*heap, "c", 4);
+    tx->send_bytes("p", 1, RecordKind::Block, {}, secs(1));
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        // Same handle object, copied by fork: sending must not act as the parent's sender.
+        int code = 1;
+        try {
+            tx->send_bytes("c", 1, RecordKind::Block, {}, Deadline(1.0));
+        } catch (const ChannelBusy&) {
+            code = 0;
+        } catch (...) {
+            code = 2;
+        }
+        ::_exit(code);
+    }
+    EXPECT_EQ(wait_child(pid), 0);
+    EXPECT_EQ(tx->queued(), 1u);
+    tx->send_bytes("q", 1, RecordKind::Block, {}, secs(1)); // the parent is still the sender
+}
