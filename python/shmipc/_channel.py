@@ -117,23 +117,15 @@ class Channel(_core.ChannelCore):
 
     # --- sending ---------------------------------------------------------------------------
 
-    def send(self, obj: Any, timeout: float | None = None) -> None:
-        """Sends one record; blocks while the channel is full.
+    # send(obj, timeout=None) is ChannelCore.send (C, METH_FASTCALL: the per-message hot
+    # path); it calls _send_slow for buffers that are not contiguous.
 
-        A :class:`~shmipc.Block` of this heap is *moved* (zero copy): afterwards it is released
-        in the sender (``BufferError`` if views of it still exist; the block is then not sent).
-        Anything else with the buffer protocol (bytes, bytearray, memoryview, ndarray, Buffer,
-        a Block of another heap) is copied once into a new block of the heap.
-        Raises ``TimeoutError``, :class:`~shmipc.PeerDiedError` (the receiver died while the
-        channel was full), :class:`~shmipc.ChannelBusyError`, ``BrokenPipeError`` (the stream
-        was ended by an earlier sender), ``MemoryError`` (heap full).
-        """
-        if isinstance(obj, Block) and obj.heap is self._heap and not obj.released:
-            self._send_block(obj, None, timeout)
+    def _send_slow(self, obj: Any, timeout: float | None) -> None:
+        if isinstance(obj, np.ndarray):
+            self._send_bytes(np.ascontiguousarray(obj), None, timeout)
             return
-        if isinstance(obj, np.ndarray) and not obj.flags.c_contiguous:
-            obj = np.ascontiguousarray(obj)
-        self._send_bytes(obj, None, timeout)
+        memoryview(obj)  # raises the TypeError of an object without the buffer protocol
+        self._send_bytes(bytes(memoryview(obj)), None, timeout)
 
     def send_array(self, arr: Any, timeout: float | None = None) -> None:
         """Sends an ndarray with its dtype and shape (``recv_array`` rebuilds it).
@@ -194,7 +186,7 @@ class Channel(_core.ChannelCore):
         received; :class:`~shmipc.PeerDiedError` if the sender died and everything it sent was
         received; :class:`~shmipc.ChannelBusyError` if another receiver is live.
         """
-        blk: Block = self._recv(timeout)
+        blk: Block = self._recv_fast(timeout)
         return blk
 
     def recv_array(self, timeout: float | None = None) -> np.ndarray:
@@ -213,10 +205,7 @@ class Channel(_core.ChannelCore):
         out: np.ndarray = flat.view(dtype).reshape(shape, order=order)
         return out
 
-    def recv_bytes(self, timeout: float | None = None) -> bytes:
-        """The next record copied into ``bytes`` (its block is freed at once)."""
-        out: list[bytes] = self._recv_many(1, timeout)
-        return out[0]
+    # recv_bytes(timeout=None) -> bytes is ChannelCore.recv_bytes (C, METH_FASTCALL).
 
     def recv_many(self, max: int = 1024, timeout: float | None = None) -> list[bytes]:
         """Up to ``max`` records, each copied into ``bytes``: waits (like ``recv``) for the
@@ -280,6 +269,9 @@ class Channel(_core.ChannelCore):
         if self.closed:
             raise ValueError("Channel is closed")
         return (_rebuild, (self._heap, self.name, self.capacity, self.spin))
+
+
+_core._set_channel_send_fallback(Channel._send_slow)
 
 
 def _rebuild(heap: Heap, name: str, capacity: int, spin: float) -> Channel:
