@@ -334,11 +334,15 @@ void bind_channel(py::module_& m) {
              },
              py::arg("obj"), py::arg("meta") = py::none(), py::arg("timeout") = py::none())
         .def("_send_many",
-             [](ChannelCore& s, py::sequence items, std::optional<double> timeout) {
+             [](ChannelCore& s, py::object items_in, std::optional<double> timeout) {
                  Channel& ch = s.get();
+                 // A list or tuple (PySequence_Fast makes one of anything iterable).
+                 py::object items = py::reinterpret_steal<py::object>(
+                     PySequence_Fast(items_in.ptr(), "send_many() needs an iterable of buffers"));
+                 if (!items) throw py::error_already_set();
                  std::vector<std::unique_ptr<BufferView>> views;
                  std::vector<std::pair<const void*, std::size_t>> msgs;
-                 const std::size_t n = py::len(items);
+                 const std::size_t n = static_cast<std::size_t>(PySequence_Fast_GET_SIZE(items.ptr()));
                  views.reserve(n);
                  msgs.reserve(n);
                  for (std::size_t i = 0; i < n; ++i) {
