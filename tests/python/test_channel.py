@@ -510,3 +510,34 @@ def test_sigkill_of_the_receiver_ends_the_senders_wait_and_reclaims_its_blocks(
     rx = heap.channel("c")
     assert rx.recv_bytes(timeout=5) == b"a"
     assert heap.channels()["c"]["receiver_alive"] is True
+
+
+def test_ctrl_c_interrupts_a_send_blocked_on_a_full_channel(heap: shmipc.Heap) -> None:
+    tx = heap.channel("c", capacity=1)
+    tx.spin = 0
+    tx.send(b"fill")
+    timer = threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        tx.send(b"blocked", timeout=30)
+    timer.join()
+    assert len(tx) == 1, "the interrupted record was not sent"
+
+
+def test_heap_channels_sees_the_liveness_of_endpoints_in_other_processes(
+    heap: shmipc.Heap, spawn: mp.context.SpawnContext
+) -> None:
+    q = spawn.Queue()
+    p = spawn.Process(target=w.send_then_hang, args=(heap, "c", 1, q))
+    p.start()
+    assert q.get(timeout=60) == "sent"
+    info = heap.channels()["c"]
+    assert info["sender_alive"] is True and info["queued"] == 1
+    os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    join_all([p])
+    assert heap.channels()["c"]["sender_alive"] is False
+    # A new sender may take the dead one's role.
+    heap.channel("c").send(b"new sender")
+    rx = heap.channel("c")
+    assert rx.recv_bytes(timeout=5) == w.payload(0)
+    assert rx.recv_bytes(timeout=5) == b"new sender"
