@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _core
-from ._multiprocessing import register_fd_reducer
 
 if TYPE_CHECKING:
     from ._channel import Channel  # type: ignore[import-not-found,import-untyped,unused-ignore]
@@ -242,12 +241,6 @@ class Heap(_core.HeapCore):
             )
         return (type(self).attach, (self.name,))
 
-    def _mp_state(self) -> Any:
-        self._check_open()
-        if not self._anonymous():
-            return ("name", self.name)
-        return ("fd", None)
-
 
 def _rebuild_named(cls: Any, name: str) -> Heap:
     heap: Heap = cls.attach(name)
@@ -269,7 +262,6 @@ def _reduce_for_mp(obj: Heap) -> Any:
 def _register() -> None:
     from multiprocessing import reduction
 
-    register_fd_reducer(Heap)  # keeps the helper's conventions (fileno/_mp_state)
     reduction.register(Heap, _reduce_for_mp)
 
 

@@ -36,6 +36,8 @@ struct BlockObject {
     Py_ssize_t exports;
     bool released;
     bool owned;            // release()/GC frees the memory
+    unsigned generation;   // process_generation() at creation: a fork child never frees
+                           // the blocks it inherited (they are its parent's)
 };
 
 PyTypeObject* g_block_base = nullptr;  // _core.Block
@@ -78,6 +80,7 @@ PyObject* new_block(PyObject* owner, PyHeap* ph, std::uint64_t off, Py_ssize_t n
     b->exports = 0;
     b->released = false;
     b->owned = owned;
+    b->generation = process_generation();
     return o;
 }
 
@@ -181,7 +184,7 @@ int block_release_memory(BlockObject* b) {
         return -1;
     }
     b->released = true;
-    if (b->owned && b->heap->heap) {
+    if (b->owned && b->heap->heap && b->generation == process_generation()) {
         try {
             b->heap->heap->deallocate(b->offset);
         } catch (...) {
@@ -194,7 +197,8 @@ int block_release_memory(BlockObject* b) {
 
 void block_dealloc(PyObject* self) {
     auto* b = reinterpret_cast<BlockObject*>(self);
-    if (!b->released && b->owned && b->heap && b->heap->heap) {
+    if (!b->released && b->owned && b->heap && b->heap->heap &&
+        b->generation == process_generation()) {
         try {
             b->heap->heap->deallocate(b->offset);
         } catch (...) {
@@ -519,9 +523,9 @@ void bind_heap(py::module_& m) {
              })
         .def("_flush_caches",
              [](PyHeap& h) {
-                 Heap& hp = h.get();
-                 py::gil_scoped_release nogil;
-                 hp.flush_thread_caches();
+                 // Every thread's cache: Python threads only allocate/free with the GIL held,
+                 // and we keep it, so none of them is inside the allocator now.
+                 h.get().flush_thread_caches(true);
              })
         .def("_reap",
              [](PyHeap& h) {

@@ -104,7 +104,8 @@ struct HeapControl {
     NamedEntry named[kMaxNamed];
 };
 static_assert(std::is_standard_layout_v<HeapControl>);
-static_assert(offsetof(HeapControl, mutex) == 64); // tests simulate a death holding it
+static_assert(offsetof(HeapControl, mutex) == 64);
+static_assert(sizeof(SegmentHeader) + sizeof(HeapControl) + 2 * 4096 <= kMinHeapSize); // tests simulate a death holding it
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
 namespace {
@@ -580,6 +581,10 @@ UniqueFd reopen_own_description(int fd) {
 
 } // namespace
 
+unsigned process_generation() noexcept {
+    return g_fork_generation.load(std::memory_order_relaxed);
+}
+
 static void setup_process_hooks() {
     std::call_once(g_atfork_once, [] {
         ::pthread_atfork(nullptr, nullptr,
@@ -990,14 +995,19 @@ std::size_t Heap::block_capacity(std::uint64_t off) const {
     return w_units(w) * kHeapUnit - kBlockHeaderSize;
 }
 
-void Heap::flush_thread_caches() {
+void Heap::flush_thread_caches(bool all_threads) {
     ensure_process();
+    // Only caches nobody can be using: the calling thread's and those of exited threads (an
+    // orphan is adopted under caches_mu, which we hold). Live threads' caches stay theirs.
+    ThreadCache* mine = nullptr;
+    for (auto& c : tls_caches.all)
+        if (c->serial == impl_->serial) mine = c.get();
     HeapOps ops{*this, ctl_, *impl_};
     std::lock_guard g(impl_->caches_mu);
     Locked lk(ctl_, [&] { ops.recover(); });
     for (auto& c : impl_->caches) {
-        // Only safe for caches no thread is using right now; the binding calls this with the
-        // GIL held, C++ callers must not race their own threads (documented).
+        if (!all_threads && c.get() != mine && !c->orphan.load(std::memory_order_acquire))
+            continue;
         for (auto& l : c->lists) {
             for (std::uint64_t ho : l) {
                 std::uint64_t w = ops.hdr(ho)->word.load(std::memory_order_acquire);

@@ -71,7 +71,7 @@ inline constexpr std::size_t kMaxClients = 1024;              // live handles at
 inline constexpr std::size_t kMaxNamed = 256;                 // directory entries
 inline constexpr std::size_t kMaxNamedLength = 63;            // bytes of a directory name
 inline constexpr std::size_t kCacheMaxBlock = 4096;           // payload bytes: larger bypass caches
-inline constexpr std::size_t kMinHeapSize = 64 * 1024;        // bytes
+inline constexpr std::size_t kMinHeapSize = 128 * 1024;       // bytes (the control block is ~93 KiB)
 
 // Owners of an allocated block.
 inline constexpr std::uint16_t kOwnerNone = 0;                // free block
@@ -112,6 +112,10 @@ struct NamedInfo {
     std::uint64_t offset = 0;       // payload offset
     std::uint64_t nbytes = 0;       // as asked at creation
 };
+
+// Bumped in a child after fork(): lets callers (the Python binding) tell objects inherited from
+// the parent (whose blocks are the parent's to free) from their own.
+[[nodiscard]] unsigned process_generation() noexcept;
 
 struct HeapControl; // in the primary segment (heap.cpp)
 class ThreadCache;   // per thread and handle (heap.cpp)
@@ -212,15 +216,19 @@ class Heap {
 
     // --- introspection (tests, stats) ----------------------------------------------------------
     [[nodiscard]] HeapStats stats();
-    // Bytes in free blocks (caches not counted) and whether nothing is allocated but named
-    // objects and caches (call flush_thread_caches() first for an exact answer).
+    // Bytes in free blocks (caches not counted), and whether every block is free (cached blocks
+    // count as allocated: call flush_thread_caches() first).
     [[nodiscard]] std::uint64_t free_bytes();
     [[nodiscard]] bool all_freed();
     // Walks every segment's chain and the free lists; throws CorruptSegment with the first
     // inconsistency found.
     void check_invariants();
-    // Returns this handle's cached blocks (all threads of this process) to the shared heap.
-    void flush_thread_caches();
+    // Returns to the shared heap the cached blocks of the calling thread and of exited threads
+    // of this handle (the caches of other live threads are theirs to use). Safe from any
+    // thread. allocate() does this once before giving up with OutOfMemory.
+    // `all_threads`: every cache of this handle; only when no other thread of it can be inside
+    // allocate()/deallocate() (tests; the Python binding, whose callers hold the GIL).
+    void flush_thread_caches(bool all_threads = false);
 
   private:
     Heap() = default;

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstring>
 #include <fcntl.h>
+#include <mutex>
 #include <random>
 #include <signal.h>
 #include <sys/wait.h>
@@ -416,4 +417,44 @@ TEST(Heap, attach_refuses_garbage_with_corrupt_segment) {
     ::close(fd);
     EXPECT_THROW(Heap::attach(name), CorruptSegment);
     ::unlink(path.c_str());
+}
+
+TEST(Heap, blocks_allocated_in_one_thread_and_freed_concurrently_in_another_are_not_lost) {
+    auto h = Heap::anonymous(opts(4 << 20, true));
+    std::mutex mu;
+    std::vector<std::uint64_t> handoff;
+    std::atomic<bool> done{false};
+    std::thread consumer([&] {
+        for (;;) {
+            const bool finished = done.load(); // read before taking the batch: nothing is missed
+            std::vector<std::uint64_t> batch;
+            {
+                std::lock_guard g(mu);
+                batch.swap(handoff);
+            }
+            for (auto off : batch) {
+                EXPECT_EQ(*static_cast<unsigned char*>(h->to_ptr(off)), 0x5A);
+                h->deallocate(off);
+            }
+            if (batch.empty() && finished) break;
+        }
+    });
+    std::mt19937 rng(3);
+    for (int i = 0; i < 20000; ++i) {
+        std::uint64_t off = 0;
+        try {
+            off = h->allocate(1 + rng() % 6000);
+        } catch (const OutOfMemory&) {
+            std::this_thread::yield();
+            continue;
+        }
+        *static_cast<unsigned char*>(h->to_ptr(off)) = 0x5A;
+        std::lock_guard g(mu);
+        handoff.push_back(off);
+    }
+    done = true;
+    consumer.join();
+    h->flush_thread_caches();
+    h->check_invariants();
+    EXPECT_TRUE(h->all_freed());
 }

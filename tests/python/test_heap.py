@@ -6,6 +6,7 @@ import gc
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import stat
 import threading
 import time
@@ -80,6 +81,8 @@ def test_zero_byte_and_bad_sizes_are_refused() -> None:
             heap.allocate(True)
         with pytest.raises(ValueError):
             heap.shared_block("x", 0)
+        with pytest.raises(MemoryError, match="cannot allocate"):
+            heap.allocate(1 << 50)
         assert heap.stats()["allocations"] == 0
 
 
@@ -302,7 +305,7 @@ def test_killed_owner_name_is_replaced_at_next_create(
     ready = spawn.Event()
     p = spawn.Process(target=W.create_and_get_killed, args=(name, ready))
     p.start()
-    assert ready.wait(30)
+    assert ready.wait(30), f"child did not get ready (exit code {p.exitcode})"
     p.kill()
     join_all([p])
     assert os.path.exists(f"/dev/shm/{name}")  # stale, left by the dead owner
@@ -383,7 +386,7 @@ def test_blocks_of_a_sigkilled_process_are_reclaimed(
         ready = spawn.Event()
         p = spawn.Process(target=W.hold_blocks_until_killed, args=(name, 50, 20000, ready))
         p.start()
-        assert ready.wait(30)
+        assert ready.wait(30), f"child did not get ready (exit code {p.exitcode})"
         held = heap.stats()
         assert held["allocations"] >= before["allocations"] + 50
         p.kill()
@@ -416,7 +419,7 @@ def test_processes_killed_at_random_inside_alloc_free_loops_never_wedge_the_heap
             ready = spawn.Event()
             p = spawn.Process(target=W.hammer_allocator, args=(name, ready))
             p.start()
-            assert ready.wait(30)
+            assert ready.wait(30), f"child did not get ready (exit code {p.exitcode})"
             time.sleep(0.05 + 0.03 * i)
             p.kill()
             join_all([p])
@@ -438,6 +441,60 @@ def test_multi_process_alloc_free_fuzz(name: str, spawn: mp.context.SpawnContext
         assert all(p.exitcode == 0 for p in ps)
         heap._check_invariants()
         assert heap.stats()["allocations"] == 0
+
+
+def test_thread_caches_of_a_sigkilled_process_are_reclaimed(
+    name: str, spawn: mp.context.SpawnContext
+) -> None:
+    with shmipc.Heap.create(name, size=4 * MiB) as heap:
+        before = heap.stats()
+        ready = spawn.Event()
+        p = spawn.Process(target=W.cache_then_hold, args=(name, ready))
+        p.start()
+        assert ready.wait(30), f"child did not get ready (exit code {p.exitcode})"
+        assert heap.stats()["cached"] > before["cached"]
+        p.kill()
+        join_all([p])
+        after = heap.stats()
+        assert after["cached"] == before["cached"]
+        assert after["allocations"] == before["allocations"]
+        assert after["free"] == before["free"]
+        heap._check_invariants()
+
+
+def test_multi_process_fuzz_on_a_growing_heap(name: str, spawn: mp.context.SpawnContext) -> None:
+    with shmipc.Heap.create(name, size=MiB, max_size=24 * MiB) as heap:
+        q = spawn.Queue()
+        ps = [spawn.Process(target=W.fuzz, args=(name, None, seed, 4000, q)) for seed in range(3)]
+        for p in ps:
+            p.start()
+        errors = [q.get(timeout=120) for _ in ps]
+        join_all(ps)
+        assert errors == [0, 0, 0]
+        assert heap.stats()["segments"] > 1  # the workers grew it concurrently
+        heap._check_invariants()
+        assert heap.stats()["allocations"] == 0
+
+
+def test_waiting_for_a_shared_block_is_interruptible_by_ctrl_c(
+    name: str, spawn: mp.context.SpawnContext
+) -> None:
+    with shmipc.Heap.create(name, size=MiB) as heap:
+        in_init = spawn.Event()
+        creator = spawn.Process(target=W.slow_creator, args=(name, in_init))
+        creator.start()
+        assert in_init.wait(30)
+        q = spawn.Queue()
+        waiter = spawn.Process(target=W.interruptible_waiter, args=(name, q))
+        waiter.start()
+        assert q.get(timeout=30) == "waiting"
+        time.sleep(0.5)  # inside the wait
+        os.kill(waiter.pid, signal.SIGINT)  # type: ignore[arg-type]
+        assert q.get(timeout=10) == "interrupted"
+        creator.kill()
+        join_all([creator, waiter])
+        heap.stats()  # reaps the creator: its half-made block is dropped
+        assert heap._named() == []
 
 
 # --- growth -----------------------------------------------------------------------------------
@@ -567,3 +624,19 @@ def test_adopting_an_offset_that_is_not_a_live_block_is_refused() -> None:
         with pytest.raises(ValueError):
             heap._adopt(blk.offset, 10000)  # larger than the block
         blk.release()
+
+
+def test_fork_child_releasing_an_inherited_block_does_not_free_it(name: str) -> None:
+    fork = mp.get_context("fork")
+    with shmipc.Heap.create(name, size=MiB) as heap:
+        blk = heap.allocate(100)
+        memoryview(blk)[:4] = b"mine"
+        q = fork.Queue()
+        p = fork.Process(target=W.fork_child_releases_inherited, args=(blk, q))
+        p.start()
+        assert q.get(timeout=30) == "released"
+        join_all([p])
+        assert heap.stats()["allocations"] == 1
+        assert bytes(memoryview(blk)[:4]) == b"mine"
+        blk.release()
+        assert heap.stats()["allocations"] == 0

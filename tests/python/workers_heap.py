@@ -140,3 +140,41 @@ def fork_child_uses_inherited(heap: shmipc.Heap, q: Any) -> None:
     b = heap.allocate(100)
     q.put(heap.stats()["clients"])
     b.release()
+
+
+def fork_child_releases_inherited(blk: shmipc.Block, q: Any) -> None:
+    blk.release()  # inherited from the parent: must not free the parent's block
+    q.put("released")
+
+
+def slow_creator(name: str, in_init: Any) -> None:
+    heap = shmipc.Heap.attach(name)
+
+    def init(blk: shmipc.Block) -> None:
+        in_init.set()
+        time.sleep(60)
+
+    heap.shared_block("slow", 8, init)
+
+
+def interruptible_waiter(name: str, q: Any) -> None:
+    heap = shmipc.Heap.attach(name)
+    q.put("waiting")
+    try:
+        heap.shared_block("slow", 8, timeout=60)
+        q.put("returned")
+    except KeyboardInterrupt:
+        q.put("interrupted")
+
+
+def cache_then_hold(name: str, ready: Any) -> None:
+    """Fills its thread caches (freed small blocks) and holds big ones, then waits for SIGKILL."""
+    heap = shmipc.Heap.attach(name)
+    small = [heap.allocate(64 * (1 + i % 8)) for i in range(200)]
+    for b in small:
+        b.release()  # parked in this process's caches
+    held = [heap.allocate(30000) for _ in range(20)]
+    assert heap.stats()["cached"] > 0
+    ready.set()
+    time.sleep(120)
+    del held
