@@ -279,7 +279,7 @@ def _rebuild(heap: Heap, name: str, capacity: int, spin: float) -> Channel:
 
 
 def list_channels(heap: Heap) -> dict[str, dict[str, object]]:
-    """``{name: {"capacity", "queued", "sender_alive", "receiver_alive", "closed"}}`` for every
+    """``{name: {"capacity", "queued", "sender_alive", "receiver_alive"}}`` for every
     channel of ``heap`` (``heap.channels()``)."""
     out: dict[str, dict[str, object]] = _core.list_channels(heap)
     return out

@@ -430,7 +430,6 @@ void bind_channel(py::module_& m) {
             d["queued"] = c.queued;
             d["sender_alive"] = c.sender_alive;
             d["receiver_alive"] = c.receiver_alive;
-            d["closed"] = c.closed;
             out[py::str(c.name)] = d;
         }
         return out;

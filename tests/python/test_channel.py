@@ -331,6 +331,8 @@ def test_heap_channels_reports_every_channel(heap: shmipc.Heap) -> None:
     tx.send(b"a")
     heap.channel("two", capacity=3)
     info = heap.channels()
+    assert set(info) == {"one", "two"}
+    assert set(info["one"]) == {"capacity", "queued", "sender_alive", "receiver_alive"}
     assert info["one"]["capacity"] == 8 and info["one"]["queued"] == 1
     assert info["one"]["sender_alive"] is True and info["one"]["receiver_alive"] is False
     assert info["two"]["queued"] == 0 and info["two"]["sender_alive"] is False
