@@ -173,6 +173,7 @@ struct Heap::Impl {
     unsigned fork_generation = 0;
     bool thread_cache = true;
     bool inherited = false; // a fork child's copy of its parent's handle
+    std::atomic<std::uint64_t> slow_allocations{0}; // locked allocations (periodic reaping)
     UniqueFd lock_fd; // our own open file description (client lock)
     std::uint64_t client_slot_locked = ~0ULL;
     std::array<std::atomic<std::byte*>, kMaxSegments> bases{};
@@ -879,8 +880,12 @@ std::uint64_t Heap::allocate_owned(std::size_t n, std::size_t align, std::uint16
         }
     }
 
+    // Now and then (every 1024 locked allocations of this handle) look for dead clients, so
+    // their blocks come back even if nobody calls stats() or runs out of memory.
+    if ((impl_->slow_allocations++ & 1023) == 1023) reap_dead_clients();
     HeapOps ops{*this, ctl_, *impl_};
     std::uint64_t a = std::max<std::uint64_t>(align, kHeapUnit);
+    bool growth_blocked = false; // max_size allows it, but the heap's name is gone
     for (bool reclaimed = false;;) {
         {
             Locked lk(ctl_, [&] { ops.recover(); });
@@ -893,8 +898,12 @@ std::uint64_t Heap::allocate_owned(std::size_t n, std::size_t align, std::uint16
             std::uint64_t header = first_header_at(sizeof(SegmentHeader));
             std::uint64_t need = round_up(header + (units + a / kHeapUnit) * kHeapUnit +
                                               kHeapUnit, page_size());
-            if (!anonymous() && count < kMaxSegments && total + need <= ctl_->max_size &&
-                primary_name_is_ours()) {
+            bool may_grow = !anonymous() && count < kMaxSegments && total + need <= ctl_->max_size;
+            if (may_grow && !primary_name_is_ours()) {
+                may_grow = false;
+                growth_blocked = true;
+            }
+            if (may_grow) {
                 std::uint64_t want = std::max<std::uint64_t>(need, ctl_->segs[0].size);
                 want = std::min<std::uint64_t>(want, ctl_->max_size - total);
                 want = std::min<std::uint64_t>(want, kSegmentOffsetMask);
@@ -938,7 +947,8 @@ std::uint64_t Heap::allocate_owned(std::size_t n, std::size_t align, std::uint16
                           human(s.free) + " free, largest free block " + human(s.largest_free) +
                           ", heap size " + human(s.size) + " of max_size " +
                           human(ctl_->max_size) +
-                          (s.cached ? ", " + human(s.cached) + " in per-thread caches" : ""));
+                          (s.cached ? ", " + human(s.cached) + " in per-thread caches" : "") +
+                          (growth_blocked ? " (cannot grow: the heap's name was removed)" : ""));
     }
 }
 

@@ -121,10 +121,12 @@ struct HeapControl; // in the primary segment (heap.cpp)
 class ThreadCache;   // per thread and handle (heap.cpp)
 struct HeapOps;      // chain operations (heap.cpp)
 
-// One process's handle on a heap. Not copyable; thread-safe (allocate/deallocate/to_ptr from
-// any thread). Closing (destroying) it flushes its caches and frees its client slot; blocks it
-// still owns are NOT freed by a clean close (a close is not a death: use deallocate), except
-// that an owner closing a non-persistent named heap removes the names.
+// One process's handle on a heap (a "client"). Not copyable; thread-safe (allocate,
+// deallocate, to_ptr, transfer from any thread). Destroying it is treated like the death of the
+// client: every block it still owns (its caches included) goes back to the heap and its slot is
+// recycled; transfer() blocks that must outlive it (to kOwnerHeld or another client) first.
+// The owner of a non-persistent named heap also removes the names (primary and extensions).
+// No other thread of the process may use the handle while it is destroyed.
 class Heap {
   public:
     // Named heaps grow (up to max_size) by extension segments NAME.1, NAME.2, ... created by

@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 import pytest
-import workers_heap as W
 
 import shmipc
 
+import workers_heap as W
 from conftest import join_all
 
 MiB = 1 << 20
@@ -640,3 +640,32 @@ def test_fork_child_releasing_an_inherited_block_does_not_free_it(name: str) -> 
         assert bytes(memoryview(blk)[:4]) == b"mine"
         blk.release()
         assert heap.stats()["allocations"] == 0
+
+
+def test_attached_process_keeps_working_after_the_owner_closes(name: str) -> None:
+    owner = shmipc.Heap.create(name, size=MiB, max_size=4 * MiB)
+    other = shmipc.Heap.attach(name)
+    owner.close()
+    assert not os.path.exists(f"/dev/shm/{name}")
+    blk = other.allocate(1000)
+    memoryview(blk)[:2] = b"ok"
+    blk.release()
+    with pytest.raises(MemoryError, match="name was removed"):
+        other.allocate(2 * MiB)  # no growth without a name: nobody would remove NAME.1
+    other._check_invariants()
+    other.close()
+
+
+def test_filling_every_block_completely_never_touches_allocator_metadata() -> None:
+    with shmipc.Heap.anonymous(4 * MiB) as heap:
+        blocks = [heap.allocate(n) for n in (1, 15, 16, 48, 63, 64, 65, 1000, 4096, 4097, 70000)]
+        blocks += [heap.allocate(7, align=a) for a in (128, 1024, 4096)]
+        for b in blocks:
+            memoryview(b)[:] = b"\xff" * b.nbytes  # every byte a Block exposes
+        heap._check_invariants()
+        for b in blocks:
+            assert bytes(b) == b"\xff" * b.nbytes
+            b.release()
+        heap._flush_caches()
+        heap._check_invariants()
+        assert heap._all_freed()
