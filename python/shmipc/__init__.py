@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import _core
 from ._buffer import Buffer, recv, recv_array, send, send_array
+from ._channel import Channel
 from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
 from ._dict import SharedDict
 from ._heap import Block, Heap
@@ -20,6 +21,7 @@ __all__ = [
     "Heap",
     "Block",
     "SharedDict",
+    "Channel",
     "send",
     "recv",
     "send_array",

@@ -425,13 +425,15 @@ std::optional<BlockRef> block_ref(py::handle obj) {
     return BlockRef{b->owner, b->offset, static_cast<std::size_t>(b->nbytes), b->owned};
 }
 
-std::uint64_t detach_block(py::handle blk) {
+std::uint64_t detach_block(py::handle blk) { return detach_block(blk, false); }
+
+std::uint64_t detach_block(py::handle blk, bool allow_exports) {
     if (!is_block(blk.ptr())) throw std::invalid_argument("not a shmipc.Block");
     auto* b = reinterpret_cast<BlockObject*>(blk.ptr());
     if (b->released) throw std::invalid_argument("Block is released");
     if (!b->owned) throw std::invalid_argument("a shared block cannot be moved");
     if (!b->heap->heap) throw Closed("Heap is closed");
-    if (b->exports > 0)
+    if (b->exports > 0 && !allow_exports)
         throw BufferBusy("cannot move a Block while " + std::to_string(b->exports) +
                          " view(s) of it exist");
     b->released = true;

@@ -33,5 +33,10 @@ std::optional<BlockRef> block_ref(py::handle obj);
 // e.g. into a channel) and returns its offset. BufferError while views of it exist; ValueError
 // if it is released or not owned.
 std::uint64_t detach_block(py::handle blk);
+// Same, but with allow_exports=true it also moves a Block whose views still exist (the caller,
+// the channel's send_array, makes the sender's array read-only: the memory is the receiver's
+// now). The views stay valid memory; their release later is harmless. [added by the channel
+// module]
+std::uint64_t detach_block(py::handle blk, bool allow_exports);
 
 } // namespace shmipc::bindings

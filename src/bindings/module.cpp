@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
     shmipc::bindings::bind_dict(m);
     shmipc::bindings::bind_stream(m);
     shmipc::bindings::bind_value(m);
+    shmipc::bindings::bind_channel(m);
 }
