@@ -8,6 +8,7 @@ from __future__ import annotations
 from . import _core
 from ._buffer import Buffer, recv, recv_array, send, send_array
 from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
+from ._queue import MessageQueue
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,7 @@ __all__ = [
     "recv",
     "send_array",
     "recv_array",
+    "MessageQueue",
     "unlink",
     "ShmipcError",
     "CorruptSegmentError",

@@ -9,6 +9,7 @@ namespace py = pybind11;
 void bind_errors(py::module_& m);
 void bind_buffer(py::module_& m);
 void bind_segment(py::module_& m);
+void bind_queue(py::module_& m);
 
 // Blocking calls release the GIL with this guard; the engine calls back into the interrupt
 // hook (which takes the GIL for PyErr_CheckSignals) between wait slices.

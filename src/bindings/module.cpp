@@ -5,4 +5,5 @@ PYBIND11_MODULE(_core, m) {
     shmipc::bindings::bind_errors(m);
     shmipc::bindings::bind_buffer(m);
     shmipc::bindings::bind_segment(m);
+    shmipc::bindings::bind_queue(m);
 }
