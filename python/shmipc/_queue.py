@@ -16,6 +16,10 @@ _loads = pickle.loads
 _PROTOCOL = 5
 
 
+def _closed() -> ValueError:
+    return ValueError("MessageQueue is closed")
+
+
 class MessageQueue:
     """A bounded queue of messages shared by any number of producer and consumer processes.
 
@@ -84,25 +88,40 @@ class MessageQueue:
         ``queue.Full`` if there is no room in time, ``ValueError`` if the pickle is larger
         than ``max_message_size``.
         """
-        self._handle().put_bytes(_dumps(obj, _PROTOCOL), block, timeout)
+        q = self._q
+        if q is None:
+            raise _closed()
+        q.put_bytes(_dumps(obj, _PROTOCOL), block, timeout)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Removes and returns the next object; waits if ``block`` (at most ``timeout``
         seconds), else ``queue.Empty``."""
-        return _loads(self._handle().get_bytes(block, timeout))
+        q = self._q
+        if q is None:
+            raise _closed()
+        return _loads(q.get_bytes(block, timeout))
 
     def put_nowait(self, obj: Any) -> None:
         """``put(obj, block=False)``."""
-        self._handle().put_bytes(_dumps(obj, _PROTOCOL), False, None)
+        q = self._q
+        if q is None:
+            raise _closed()
+        q.put_bytes(_dumps(obj, _PROTOCOL), False, None)
 
     def get_nowait(self) -> Any:
         """``get(block=False)``."""
-        return _loads(self._handle().get_bytes(False, None))
+        q = self._q
+        if q is None:
+            raise _closed()
+        return _loads(q.get_bytes(False, None))
 
     # ---- raw bytes -------------------------------------------------------------------------
     def put_bytes(self, data: Any, block: bool = True, timeout: float | None = None) -> None:
         """Puts the bytes of any buffer-protocol object (one copy, no pickle)."""
-        self._handle().put_bytes(data, block, timeout)
+        q = self._q
+        if q is None:
+            raise _closed()
+        q.put_bytes(data, block, timeout)
 
     def get_bytes(self, block: bool = True, timeout: float | None = None) -> bytes:
         """Removes and returns the next message as ``bytes``."""
@@ -199,5 +218,5 @@ class MessageQueue:
     def _handle(self) -> _core.MessageQueue:
         q = self._q
         if q is None:
-            raise ValueError("MessageQueue is closed")
+            raise _closed()
         return q

@@ -3,6 +3,8 @@
 // slices (Ctrl-C, timeout) and retries.
 #include "bindings.hpp"
 
+#include <pybind11/stl.h>
+
 #include "ipc_core/deadline.hpp"
 #include "ipc_core/errors.hpp"
 #include "ipc_core/message_queue.hpp"
@@ -27,9 +29,16 @@ struct QueueHandle {
     }
 };
 
-[[noreturn]] void raise_queue(const char* which) {
-    static py::object mod = py::module_::import("queue");
-    PyErr_SetNone(mod.attr(which).ptr());
+// queue.Full / queue.Empty. The classes are looked up once and deliberately leaked: a static
+// py::object would be released after the interpreter is finalized (a crash at exit).
+[[noreturn]] void raise_full() {
+    static PyObject* cls = py::object(py::module_::import("queue").attr("Full")).release().ptr();
+    PyErr_SetNone(cls);
+    throw py::error_already_set();
+}
+[[noreturn]] void raise_empty() {
+    static PyObject* cls = py::object(py::module_::import("queue").attr("Empty")).release().ptr();
+    PyErr_SetNone(cls);
     throw py::error_already_set();
 }
 
@@ -61,13 +70,13 @@ bool make_bytes(void* ctx, const std::byte* data, std::size_t n) {
     return c->out != nullptr;
 }
 
-void put_bytes(const QueueHandle& h, const py::handle& data, bool block, std::optional<double> timeout) {
+void put_bytes(const QueueHandle& h, const py::object& data, bool block, std::optional<double> timeout) {
     auto q = h.get();
     Bytes b(data);
     auto n = static_cast<std::size_t>(b.view.len);
     if (q->try_put(b.view.buf, n)) return;
     Deadline dl = make_deadline(block, timeout);
-    if (!block) raise_queue("Full");
+    if (!block) raise_full();
     for (;;) {
         MessageQueue::WaitResult r;
         {
@@ -75,7 +84,7 @@ void put_bytes(const QueueHandle& h, const py::handle& data, bool block, std::op
             r = q->wait_put_ready(dl);
         }
         if (q->try_put(b.view.buf, n)) return;
-        if (r == MessageQueue::WaitResult::Timeout || dl.expired()) raise_queue("Full");
+        if (r == MessageQueue::WaitResult::Timeout || dl.expired()) raise_full();
     }
 }
 
@@ -89,7 +98,7 @@ py::object get_bytes(const QueueHandle& h, bool block, std::optional<double> tim
     };
     if (take()) return py::reinterpret_steal<py::object>(ctx.out);
     Deadline dl = make_deadline(block, timeout);
-    if (!block) raise_queue("Empty");
+    if (!block) raise_empty();
     for (;;) {
         MessageQueue::WaitResult r;
         {
@@ -100,7 +109,7 @@ py::object get_bytes(const QueueHandle& h, bool block, std::optional<double> tim
             q->recover(&make_bytes, &ctx); // a last look for a dead consumer's message
             if (ctx.out) return py::reinterpret_steal<py::object>(ctx.out);
             if (take()) return py::reinterpret_steal<py::object>(ctx.out);
-            raise_queue("Empty");
+            raise_empty();
         }
         if (take()) return py::reinterpret_steal<py::object>(ctx.out);
     }
