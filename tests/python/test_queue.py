@@ -390,31 +390,41 @@ def test_sigkill_torture_no_hang_no_loss_no_duplicate(name: str, spawn: Any,
     rng = random.Random(0xC0FFEE)
     kills_wanted = 60
     n_prod, n_cons = 3, 3
-    max_gens = 256
-    progress = spawn.Array("q", max_gens, lock=False)  # committed puts per producer generation
-    stop = spawn.Event()
+    max_workers = 256
+    progress = spawn.RawArray("q", max_workers)  # committed puts per producer generation
+    ready = spawn.RawArray("b", max_workers)  # worker number -> attached and running
+    stop = spawn.RawArray("b", 1)
     consumer_kills = 0
     logs: list[str] = []
+    workers = 0
+
+    def wait_ready(w: int) -> None:
+        deadline = time.monotonic() + 60
+        while not ready[w]:
+            assert time.monotonic() < deadline, "worker never started"
+            time.sleep(0.005)
 
     with shmipc.MessageQueue.create(name, maxsize=32, max_message_size=2048) as q:
         gen = 0
 
-        def start_producer() -> Any:
-            nonlocal gen
-            ready = spawn.Event()
+        def start_producer() -> tuple[Any, int]:
+            nonlocal gen, workers
             p = spawn.Process(target=wq.torture_producer,
-                              args=(name, gen, progress, ready, stop, rng.choice([16, 600, 2000])))
+                              args=(name, gen, progress, ready, workers, stop,
+                                    rng.choice([16, 600, 2000])))
             gen += 1
+            workers += 1
             p.start()
-            return p, ready
+            return p, workers - 1
 
-        def start_consumer() -> Any:
+        def start_consumer() -> tuple[Any, int]:
+            nonlocal workers
             log = str(tmp_path / f"cons{len(logs)}.bin")
             logs.append(log)
-            ready = spawn.Event()
-            p = spawn.Process(target=wq.torture_consumer, args=(name, log, ready, stop))
+            p = spawn.Process(target=wq.torture_consumer, args=(name, log, ready, workers, stop))
+            workers += 1
             p.start()
-            return p, ready
+            return p, workers - 1
 
         prods = [start_producer() for _ in range(n_prod)]
         cons = [start_consumer() for _ in range(n_cons)]
@@ -423,8 +433,8 @@ def test_sigkill_torture_no_hang_no_loss_no_duplicate(name: str, spawn: Any,
             kill_consumer = k % 2 == 1
             pool = cons if kill_consumer else prods
             idx = rng.randrange(len(pool))
-            victim, ready = pool[idx]
-            assert ready.wait(60), "worker never started"
+            victim, w = pool[idx]
+            wait_ready(w)
             time.sleep(rng.uniform(0.0, 0.03))
             victim.kill()
             victim.join(10)
@@ -435,10 +445,10 @@ def test_sigkill_torture_no_hang_no_loss_no_duplicate(name: str, spawn: Any,
             else:
                 pool[idx] = start_producer()
             everyone.append(pool[idx][0])
-        for _, ready in prods + cons:
-            assert ready.wait(60)
+        for _, w in prods + cons:
+            wait_ready(w)
         time.sleep(0.3)
-        stop.set()
+        stop[0] = 1
         join_all(everyone, timeout=120)
         # Drain what is left (also any message a killed consumer had claimed).
         rest: list[bytes] = []
@@ -464,4 +474,6 @@ def test_sigkill_torture_no_hang_no_loss_no_duplicate(name: str, spawn: Any,
     # Nothing is received that was not put (an uncommitted one may arrive: put was underway).
     for g, s in counts:
         assert s <= progress[g], f"message {(g, s)} beyond what producer {g} attempted"
+    print(f"torture: {gen} producers, {len(logs)} consumers, {consumer_kills} consumer kills, "
+          f"{len(committed)} committed, {len(counts)} received, {len(lost)} lost")
     assert len(committed) > 1000, "the torture moved too few messages to mean anything"

@@ -55,17 +55,22 @@ def crash_at(name: str, point: int, action: str, payload: bytes) -> None:
 # ---- SIGKILL torture ------------------------------------------------------------------------
 
 
-def torture_producer(name: str, gen: int, progress: Any, ready: Any, stop: Any,
+# Victims share only lock-free memory with the test (RawArray): a process SIGKILLed while
+# holding the lock of a multiprocessing.Event would hang everybody else, which is exactly the
+# failure the queue must not have.
+
+
+def torture_producer(name: str, gen: int, progress: Any, ready: Any, worker: int, stop: Any,
                      payload_size: int) -> None:
-    """Puts (gen, seq) records padded to payload_size until stopped (or killed).
+    """Puts (gen, seq) records padded to payload_size until stop[0] (or killed).
 
     progress[gen] = number of puts that returned, i.e. committed messages 0..progress-1.
     """
     pad = b"p" * max(0, payload_size - RECORD.size)
     with shmipc.MessageQueue.attach(name) as q:
-        ready.set()
+        ready[worker] = 1
         seq = 0
-        while not stop.is_set():
+        while not stop[0]:
             try:
                 q.put_bytes(RECORD.pack(gen, seq) + pad, timeout=0.2)
             except queue.Full:
@@ -74,13 +79,13 @@ def torture_producer(name: str, gen: int, progress: Any, ready: Any, stop: Any,
             progress[gen] = seq
 
 
-def torture_consumer(name: str, log_path: str, ready: Any, stop: Any) -> None:
+def torture_consumer(name: str, log_path: str, ready: Any, worker: int, stop: Any) -> None:
     """Gets messages until stopped (or killed), appending each record to log_path right after
     get returns (one write(2) per message)."""
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with shmipc.MessageQueue.attach(name) as q:
-        ready.set()
-        while not stop.is_set():
+        ready[worker] = 1
+        while not stop[0]:
             try:
                 msg = q.get_bytes(timeout=0.2)
             except queue.Empty:
