@@ -398,10 +398,12 @@ def test_sigkill_torture_no_hang_no_loss_no_duplicate(name: str, spawn: Any,
     logs: list[str] = []
     workers = 0
 
-    def wait_ready(w: int) -> None:
-        deadline = time.monotonic() + 60
+    def wait_ready(p: Any, w: int) -> None:
+        # Generous: starting a spawn child is slow on a loaded 2-core machine.
+        deadline = time.monotonic() + 180
         while not ready[w]:
-            assert time.monotonic() < deadline, "worker never started"
+            assert p.exitcode is None, f"worker {w} died before starting: {p.exitcode}"
+            assert time.monotonic() < deadline, f"worker {w} never started"
             time.sleep(0.005)
 
     with shmipc.MessageQueue.create(name, maxsize=32, max_message_size=2048) as q:
@@ -434,7 +436,7 @@ def test_sigkill_torture_no_hang_no_loss_no_duplicate(name: str, spawn: Any,
             pool = cons if kill_consumer else prods
             idx = rng.randrange(len(pool))
             victim, w = pool[idx]
-            wait_ready(w)
+            wait_ready(victim, w)
             time.sleep(rng.uniform(0.0, 0.03))
             victim.kill()
             victim.join(10)
@@ -445,8 +447,8 @@ def test_sigkill_torture_no_hang_no_loss_no_duplicate(name: str, spawn: Any,
             else:
                 pool[idx] = start_producer()
             everyone.append(pool[idx][0])
-        for _, w in prods + cons:
-            wait_ready(w)
+        for p, w in prods + cons:
+            wait_ready(p, w)
         time.sleep(0.3)
         stop[0] = 1
         join_all(everyone, timeout=120)
