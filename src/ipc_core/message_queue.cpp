@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <mutex>
 #include <pthread.h>
+#include <sched.h>
 #include <stdexcept>
 #include <system_error>
 #include <unistd.h>
@@ -50,6 +51,28 @@ static_assert(lap_diff(0, (std::uint64_t{1} << 48) - 1) == 1, "laps wrap");
 constexpr std::size_t kControlOffset = sizeof(SegmentHeader);
 constexpr std::size_t kSlotsOffset = kControlOffset + ((sizeof(QueueControl) + 63) / 64) * 64;
 constexpr std::chrono::milliseconds kScanInterval{20}; // how often a waiting consumer repairs
+// Before sleeping on the futex a waiter spins (cheap while the peer runs on the other core),
+// then yields the CPU a few times (cheap when processes outnumber cores: the peer may be the
+// one waiting for our core). Waking a sleeper costs the peer a syscall and us 20-60 us here.
+constexpr int kSpins = 2000;
+constexpr auto kYieldPhase = std::chrono::microseconds(200);
+
+// Spin, then yield, until ready() or the yield phase ends; true if ready.
+template <class Ready> bool spin_then_yield(Ready&& ready, const Deadline& dl) {
+    for (int i = 0; i < kSpins; ++i) {
+        if (ready()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    if (dl.remaining() <= std::chrono::nanoseconds{0}) return ready();
+    auto end = Clock::now() + kYieldPhase;
+    do {
+        if (ready()) return true;
+        ::sched_yield();
+    } while (Clock::now() < end);
+    return ready();
+}
 
 std::size_t stride_for(std::size_t max_message_size) {
     return round_up(sizeof(QueueSlot) + max_message_size, 64);
@@ -380,25 +403,30 @@ struct MessageQueue::Impl {
     // ---- waiting --------------------------------------------------------------------------
     WaitResult wait_put_ready(const Deadline& dl) {
         ensure_registered();
+        if (spin_then_yield([&] { return put_ready(); }, dl)) return WaitResult::Ready;
         bool ok = wait_until(
             ctl->not_full, [&] { return put_ready(); },
             [&]() -> std::chrono::nanoseconds {
                 check_interrupt();
                 return dl.slice();
-            });
+            },
+            0);
         return ok ? WaitResult::Ready : WaitResult::Timeout;
     }
 
     WaitResult wait_get_ready(const Deadline& dl) {
         ensure_registered();
+        auto ready = [&] { return orphan_seen.load(std::memory_order_relaxed) || get_ready(); };
+        if (spin_then_yield(ready, dl)) return WaitResult::Ready;
         bool ok = wait_until(
-            ctl->not_empty, [&] { return orphan_seen.load(std::memory_order_relaxed) || get_ready(); },
+            ctl->not_empty, ready,
             [&]() -> std::chrono::nanoseconds {
                 check_interrupt();
                 if (scan_due()) scan(nullptr, nullptr);
                 if (orphan_seen.load(std::memory_order_relaxed)) return std::chrono::nanoseconds{0};
                 return dl.slice();
-            });
+            },
+            0);
         return ok ? WaitResult::Ready : WaitResult::Timeout;
     }
 };
