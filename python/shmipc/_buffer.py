@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
+import struct
 import sys
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -14,8 +16,8 @@ from ._multiprocessing import register_fd_reducer
 
 __all__ = ["Buffer", "send", "recv", "send_array", "recv_array", "Meta"]
 
-Meta = Union[bytes, dict[str, Any], None]
-SocketLike = Union[socket.socket, int]
+Meta = bytes | dict[str, Any] | None
+SocketLike = socket.socket | int
 
 _META_BYTES = b"B"
 _META_JSON = b"J"
@@ -103,12 +105,12 @@ class Buffer(_core.Buffer):
         shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
             raise ValueError(f"negative dimension in shape {shape}")
-        count = int(np.prod(shape, dtype=np.int64))
-        need = count * dt.itemsize
+        need = math.prod(shape) * dt.itemsize
         if need > self.nbytes:
-            raise ValueError(f"shape {shape} of {dt} needs {need} bytes; the buffer has {self.nbytes}")
-        flat = np.frombuffer(self, dtype=dt, count=count)
-        return flat.reshape(shape, order=order)  # type: ignore[no-any-return]
+            raise ValueError(
+                f"shape {shape} of {dt} needs {need} bytes; the buffer has {self.nbytes}"
+            )
+        return self._view(dt, shape, order == "F", 0, True)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -132,8 +134,15 @@ class Buffer(_core.Buffer):
         return int(self.nbytes)
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else ("sealed" if self.sealed else
-                 ("moved" if self.moved else ("read-only" if self.readonly else "writable")))
+        state = (
+            "closed"
+            if self.closed
+            else (
+                "sealed"
+                if self.sealed
+                else ("moved" if self.moved else ("read-only" if self.readonly else "writable"))
+            )
+        )
         return f"<shmipc.Buffer nbytes={self.nbytes} {state}>"
 
     def __reduce_ex__(self, protocol: Any) -> Any:
@@ -159,15 +168,13 @@ register_fd_reducer(Buffer)
 
 
 def _sockfd(sock: SocketLike) -> int:
-    if isinstance(sock, int) and not isinstance(sock, bool):
-        return sock
     if isinstance(sock, socket.socket):
-        if sock.family != socket.AF_UNIX:
-            raise ValueError("fd passing needs an AF_UNIX socket")
         fd = sock.fileno()
         if fd < 0:
             raise ValueError("socket is closed")
         return fd
+    if isinstance(sock, int) and not isinstance(sock, bool):
+        return sock
     if hasattr(sock, "fileno"):
         return int(sock.fileno())
     raise TypeError(f"expected a socket.socket or an int fd, not {type(sock).__name__}")
@@ -202,28 +209,48 @@ def recv(sock: SocketLike, timeout: float | None = None) -> Buffer:
 
 # ---------------------------------------------------------------------------------------------
 # arrays
+#
+# Array descriptor on the wire (little endian): flags u8 (bit0 Fortran order, bit1 structured
+# dtype), ndim u8, offset u64, shape int64[ndim], then the dtype: its .str (e.g. "<f8",
+# "<M8[D]") or, for structured dtypes, the JSON of numpy's descr.
+
+_DESC_HEAD = struct.Struct("<BBQ")
+_F_FORTRAN = 1
+_F_STRUCTURED = 2
+_dtype_cache: dict[bytes, np.dtype[Any]] = {}
 
 
-def _buffer_behind(arr: np.ndarray) -> tuple[Buffer | None, list[Any]]:
-    """The shmipc Buffer an array views (through ndarray bases and memoryviews), and the chain."""
-    chain: list[Any] = []
-    obj: Any = arr
-    while True:
-        chain.append(obj)
-        if isinstance(obj, _core.Buffer):
-            return obj, chain  # type: ignore[return-value]
-        if isinstance(obj, np.ndarray):
-            if obj.base is None:
-                return None, chain
-            obj = obj.base
-        elif isinstance(obj, memoryview):
-            obj = obj.obj
-        else:
-            return None, chain
+def _encode_desc(a: np.ndarray, offset: int, fortran: bool) -> bytes:
+    dt = a.dtype
+    flags = _F_FORTRAN if fortran else 0
+    if dt.fields is not None or dt.subdtype is not None:
+        flags |= _F_STRUCTURED
+        dstr = json.dumps(np.lib.format.dtype_to_descr(dt)).encode()
+    else:
+        dstr = dt.str.encode()
+    return _DESC_HEAD.pack(flags, a.ndim, offset) + struct.pack(f"<{a.ndim}q", *a.shape) + dstr
 
 
-def _descr(dtype: np.dtype[Any]) -> Any:
-    return np.lib.format.dtype_to_descr(dtype)
+def _decode_desc(desc: bytes) -> tuple[np.dtype[Any], tuple[int, ...], int, bool]:
+    try:
+        flags, ndim, offset = _DESC_HEAD.unpack_from(desc)
+        shape = struct.unpack_from(f"<{ndim}q", desc, _DESC_HEAD.size)
+        raw = desc[_DESC_HEAD.size + 8 * ndim :]
+        dtype = _dtype_cache.get(raw)
+        if dtype is None:
+            if flags & _F_STRUCTURED:
+                dtype = np.lib.format.descr_to_dtype(_tuplify(json.loads(raw)))
+            else:
+                dtype = np.dtype(raw.decode("ascii"))
+            if len(_dtype_cache) < 256:
+                _dtype_cache[raw] = dtype
+    except (struct.error, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError) as e:
+        raise _core_corrupt(f"bad array descriptor: {e}") from None
+    if dtype.hasobject:
+        raise _core_corrupt("object dtype in array descriptor")
+    if any(d < 0 for d in shape):
+        raise _core_corrupt("negative dimension in array descriptor")
+    return dtype, shape, offset, bool(flags & _F_FORTRAN)
 
 
 def _tuplify(descr: Any) -> Any:
@@ -231,6 +258,34 @@ def _tuplify(descr: Any) -> Any:
     if isinstance(descr, list):
         return [tuple(_tuplify(x) if isinstance(x, list) else x for x in f) for f in descr]
     return descr
+
+
+def _buffer_behind(arr: np.ndarray) -> tuple[_core.Buffer | None, list[Any]]:
+    """The shmipc Buffer an array views (through ndarray bases, our views and memoryviews)."""
+    chain: list[Any] = []
+    obj: Any = arr
+    while True:
+        chain.append(obj)
+        if isinstance(obj, _core.Buffer):
+            return obj, chain
+        if isinstance(obj, np.ndarray):
+            obj = obj.base
+        elif isinstance(obj, _core.BufferView):
+            obj = obj.buffer
+        elif isinstance(obj, memoryview):
+            obj = obj.obj
+        else:
+            return None, chain
+
+
+def _base_of(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.base
+    if isinstance(obj, _core.BufferView):
+        return obj.buffer
+    if isinstance(obj, memoryview):
+        return obj.obj
+    return None
 
 
 def _others_hold(chain: list[Any]) -> bool:
@@ -245,50 +300,47 @@ def _others_hold(chain: list[Any]) -> bool:
     return False
 
 
-def _base_of(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.base
-    if isinstance(obj, memoryview):
-        return obj.obj
-    return None
+def _writable_link(o: Any) -> bool:
+    return (isinstance(o, _core.BufferView) and o.writable) or (
+        isinstance(o, memoryview) and not o.readonly
+    )
 
 
 def send_array(sock: SocketLike, arr: Any, meta: Meta = None) -> None:
     """Sends an ndarray with its dtype and shape.
 
     Zero copy if ``arr`` views a shmipc Buffer (the buffer is moved: this process's views
-    become read-only); otherwise one copy into a pooled buffer.
+    become read-only); otherwise one copy into a pooled buffer. Non-contiguous arrays are sent
+    contiguous; object dtypes raise TypeError.
     """
-    a = np.asarray(arr)
+    a = arr if isinstance(arr, np.ndarray) else np.asarray(arr)
     if a.dtype.hasobject:
         raise TypeError("arrays of object dtype cannot be sent through shared memory")
     fd = _sockfd(sock)
+    fortran = a.ndim > 1 and a.flags.f_contiguous and not a.flags.c_contiguous
     buf, chain = _buffer_behind(a)
-    fortran = bool(a.flags.f_contiguous and not a.flags.c_contiguous and a.ndim > 1)
-    zero_copy = buf is not None and (a.flags.c_contiguous or a.flags.f_contiguous) and a.nbytes > 0
-    if zero_copy:
-        assert buf is not None
-        offset = a.__array_interface__["data"][0] - buf._address
+    if buf is not None and a.nbytes > 0 and (a.flags.c_contiguous or a.flags.f_contiguous):
         # Writable views held by this array's own chain are ours to make read-only; any other
         # writable view would keep writing into memory the receiver now owns.
         others = _others_hold(chain)
-        own = sum(1 for o in chain if isinstance(o, memoryview) and not o.readonly)
+        own = sum(1 for o in chain if _writable_link(o))
         if others or buf._writable_exports > own:
             raise BufferError(
                 "cannot send: other writable views of this array's shmipc.Buffer exist in this "
                 "process (delete them, or send a copy)"
             )
-        desc = _encode_desc(a, offset, fortran)
-        _core.send_buffer(fd, buf, _encode_meta(meta), desc, own)
+        offset = a.__array_interface__["data"][0] - buf._address
+        _core.send_buffer(fd, buf, _encode_meta(meta), _encode_desc(a, offset, fortran), own)
         for o in chain:
             if isinstance(o, np.ndarray):
                 o.flags.writeable = False
+            elif isinstance(o, _core.BufferView):
+                o._downgrade()
         return
-    nbytes = a.nbytes
-    tmp = Buffer(nbytes, _zero=False)
+    tmp = Buffer(a.nbytes, _zero=False)
     try:
-        if nbytes:
-            dst = tmp.as_array(a.dtype, a.shape, order="F" if fortran else "C")
+        if a.nbytes:
+            dst = tmp._view(a.dtype, a.shape, fortran, 0, True)
             np.copyto(dst, a, casting="no")
             del dst
         _core.send_buffer(fd, tmp, _encode_meta(meta), _encode_desc(a, 0, fortran), 0)
@@ -296,42 +348,21 @@ def send_array(sock: SocketLike, arr: Any, meta: Meta = None) -> None:
         tmp.close()
 
 
-def _encode_desc(a: np.ndarray, offset: int, fortran: bool) -> bytes:
-    d = {"descr": _descr(a.dtype), "shape": list(a.shape), "fortran": fortran, "offset": offset}
-    return json.dumps(d, separators=(",", ":")).encode()
-
-
 def recv_array(sock: SocketLike, timeout: float | None = None) -> np.ndarray:
-    """Receives an array sent by send_array: an ndarray view onto the received memory."""
+    """Receives an array sent by send_array: an ndarray view onto the received memory.
+
+    The view keeps the memory alive; it returns to this process's pool when the array (and
+    every view of it) is garbage-collected.
+    """
     pending, meta_raw, desc = _core.recv_buffer(_sockfd(sock), timeout)
     buf = _adopt(pending, meta_raw)
     try:
-        return _array_view(buf, desc)
+        if not desc:
+            raise _core_corrupt("received a plain buffer; use recv()")
+        dtype, shape, offset, fortran = _decode_desc(desc)
+        if offset + math.prod(shape) * dtype.itemsize > buf.nbytes:
+            raise _core_corrupt("array descriptor does not fit the received buffer")
+        return buf._view(dtype, shape, fortran, offset, True)
     except BaseException:
         buf.close()
         raise
-
-
-def _array_view(buf: Buffer, desc: bytes) -> np.ndarray:
-    """The ndarray a descriptor describes, viewing ``buf`` (which it keeps alive)."""
-    if not desc:
-        raise _core_corrupt("received a plain buffer; use recv()")
-    try:
-        d = json.loads(desc)
-        dtype = np.lib.format.descr_to_dtype(_tuplify(d["descr"]))
-        shape = tuple(int(s) for s in d["shape"])
-        offset = int(d["offset"])
-        fortran = bool(d["fortran"])
-    except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise _core_corrupt(f"bad array descriptor: {e}") from None
-    if dtype.hasobject:
-        raise _core_corrupt("object dtype in array descriptor")
-    if any(s < 0 for s in shape):
-        raise _core_corrupt("negative dimension in array descriptor")
-    count = int(np.prod(shape, dtype=np.int64))
-    if offset < 0 or offset + count * dtype.itemsize > buf.nbytes:
-        raise _core_corrupt("array descriptor does not fit the received buffer")
-    if count == 0:
-        return np.empty(shape, dtype=dtype)
-    flat = np.frombuffer(buf, dtype=np.uint8, count=count * dtype.itemsize, offset=offset)
-    return flat.view(dtype).reshape(shape, order="F" if fortran else "C")  # type: ignore[no-any-return]

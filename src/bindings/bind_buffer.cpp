@@ -6,6 +6,7 @@
 #include "ipc_core/fd_passing.hpp"
 
 #include <optional>
+#include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
 namespace shmipc::bindings {
@@ -19,6 +20,23 @@ struct PendingBuffer {
 };
 
 Buffer& get(py::handle self) { return *self.cast<Buffer*>(); }
+
+// The base object of every ndarray shmipc makes over a Buffer: it holds one counted export
+// and keeps the Buffer alive, but exposes no buffer interface of its own, so nothing can write
+// through it once it is downgraded to read-only (after a send).
+struct BufferView {
+    py::object owner; // the Buffer
+    Buffer* buffer;
+    bool writable;
+    BufferView(py::object o, Buffer* b, bool w) : owner(std::move(o)), buffer(b), writable(w) {}
+    BufferView(const BufferView&) = delete;
+    BufferView& operator=(const BufferView&) = delete;
+    ~BufferView() { buffer->release_export(writable); }
+    void downgrade() {
+        if (writable) buffer->downgrade_export();
+        writable = false;
+    }
+};
 
 std::byte g_empty{}; // data pointer for zero-length views
 
@@ -64,6 +82,10 @@ void buffer_releasebuffer(PyObject* obj, Py_buffer* view) {
 
 void bind_buffer(py::module_& m) {
     py::class_<PendingBuffer>(m, "PendingBuffer");
+    py::class_<BufferView>(m, "BufferView")
+        .def_readonly("writable", &BufferView::writable)
+        .def_property_readonly("buffer", [](const BufferView& v) { return v.owner; })
+        .def("_downgrade", &BufferView::downgrade);
 
     py::class_<Buffer, std::unique_ptr<Buffer>>(
         m, "Buffer", py::custom_type_setup([](PyHeapTypeObject* ht) {
@@ -91,6 +113,42 @@ void bind_buffer(py::module_& m) {
                                [](const Buffer& b) {
                                    return reinterpret_cast<std::uintptr_t>(b.nbytes() ? b.data() : nullptr);
                                })
+        .def(
+            "_view",
+            [](py::object self, py::dtype dtype, std::vector<py::ssize_t> shape, bool fortran,
+               std::size_t offset, bool writable) {
+                Buffer& b = get(self);
+                auto itemsize = static_cast<std::size_t>(dtype.itemsize());
+                std::size_t count = 1;
+                for (auto d : shape) {
+                    if (d < 0) throw std::invalid_argument("negative dimension");
+                    if (d && count > SIZE_MAX / static_cast<std::size_t>(d))
+                        throw std::invalid_argument("shape too large");
+                    count *= static_cast<std::size_t>(d);
+                }
+                if (itemsize && count > SIZE_MAX / itemsize) throw std::invalid_argument("shape too large");
+                if (offset > b.nbytes() || count * itemsize > b.nbytes() - offset)
+                    throw std::invalid_argument("array of " + std::to_string(count * itemsize) +
+                                                " bytes at offset " + std::to_string(offset) +
+                                                " does not fit a buffer of " + std::to_string(b.nbytes()));
+                writable = writable && !b.readonly();
+                b.acquire_export(writable);
+                auto* view = new BufferView(self, &b, writable);
+                py::object holder = py::cast(view, py::return_value_policy::take_ownership);
+                std::vector<py::ssize_t> strides(shape.size());
+                py::ssize_t stride = static_cast<py::ssize_t>(itemsize);
+                for (std::size_t k = 0; k < shape.size(); ++k) {
+                    std::size_t i = fortran ? k : shape.size() - 1 - k;
+                    strides[i] = stride;
+                    stride *= std::max<py::ssize_t>(shape[i], 1);
+                }
+                void* ptr = b.nbytes() ? static_cast<void*>(b.data() + offset) : static_cast<void*>(&g_empty);
+                py::array arr(dtype, shape, strides, ptr, holder);
+                if (!writable)
+                    py::detail::array_proxy(arr.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+                return arr;
+            },
+            py::arg("dtype"), py::arg("shape"), py::arg("fortran"), py::arg("offset"), py::arg("writable"))
         .def("fileno", &Buffer::fileno)
         .def("seal", &Buffer::seal)
         .def("_close", &Buffer::close);

@@ -12,8 +12,10 @@ namespace {
 
 PyObject* py_error(const char* name) {
     // Defined in python/shmipc/_errors.py (multiple inheritance is simpler in Python).
-    static py::object mod = py::module_::import("shmipc._errors");
-    return mod.attr(name).ptr();
+    // Deliberately leaked: a static py::object would be released after the interpreter is
+    // finalized (a crash at exit).
+    static PyObject* mod = py::module_::import("shmipc._errors").release().ptr();
+    return py::handle(mod).attr(name).ptr();
 }
 
 void interrupt_hook() {

@@ -141,6 +141,7 @@ std::unique_ptr<Buffer> Buffer::create(std::size_t nbytes, bool zero) {
     }
     b->seg_ = std::move(seg);
     b->nbytes_ = nbytes;
+    b->writable_ = true;
     return b;
 }
 
@@ -159,6 +160,7 @@ std::unique_ptr<Buffer> Buffer::adopt(UniqueFd fd, std::size_t nbytes, std::size
     b->seg_ = std::move(seg);
     b->nbytes_ = nbytes;
     b->sealed_ = write_sealed;
+    b->writable_ = !write_sealed;
     return b;
 }
 
@@ -172,6 +174,7 @@ std::unique_ptr<Buffer> Buffer::share(UniqueFd fd, std::size_t nbytes) {
     b->seg_ = MemorySegment::map_fd(std::move(fd), static_cast<std::size_t>(st.st_size), !write_sealed);
     b->nbytes_ = nbytes;
     b->sealed_ = write_sealed;
+    b->writable_ = !write_sealed;
     return b;
 }
 
@@ -204,6 +207,10 @@ void Buffer::acquire_export(bool writable) {
     if (writable) ++writable_exports_;
 }
 
+void Buffer::downgrade_export() noexcept {
+    if (writable_exports_) --writable_exports_;
+}
+
 void Buffer::release_export(bool writable) noexcept {
     if (exports_) --exports_;
     if (writable && writable_exports_) --writable_exports_;
@@ -229,7 +236,10 @@ int Buffer::prepare_send(std::size_t allowed_writable_exports) const {
 void Buffer::mark_sent() {
     if (sealed_) return;
     moved_ = true;
-    seg_.protect(false);
+    writable_ = false;
+    // The MMU enforces it too when that is cheap and no writable view is left that could
+    // still write (a write through one would be a SIGSEGV instead of a Python error).
+    if (writable_exports_ == 0 && seg_.size() <= kHardwareProtectLimit) seg_.protect(false);
 }
 
 void Buffer::seal() {
@@ -247,6 +257,7 @@ void Buffer::seal() {
         if (p == MAP_FAILED) throw_errno("mmap(MAP_FIXED)");
         seg_.protect(false);
     }
+    writable_ = false; // from here on, even if the seal below is refused
     if (::fcntl(seg_.fd(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
         if (errno == EBUSY) {
             // Someone else still maps it writable: at least forbid any new writable mapping.

@@ -17,6 +17,8 @@
 
 namespace shmipc {
 
+inline constexpr std::size_t kHardwareProtectLimit = std::size_t{4} << 20; // bytes
+
 class Buffer {
   public:
     // A fresh buffer of nbytes (zero-filled if `zero`), taken from the pool when it can be.
@@ -34,7 +36,10 @@ class Buffer {
 
     [[nodiscard]] std::byte* data() const;
     [[nodiscard]] std::size_t nbytes() const noexcept { return nbytes_; }
-    [[nodiscard]] bool readonly() const noexcept { return !seg_.writable(); }
+    // Logical state: the owner of the bytes may write. The MMU protection follows it for
+    // mappings up to kHardwareProtectLimit; above that, changing page protections costs
+    // O(pages) per hand-off, so read-only-ness is enforced by the views shmipc hands out.
+    [[nodiscard]] bool readonly() const noexcept { return !writable_; }
     [[nodiscard]] bool sealed() const noexcept { return sealed_; }
     [[nodiscard]] bool moved() const noexcept { return moved_; }
     [[nodiscard]] bool closed() const noexcept { return closed_; }
@@ -46,6 +51,8 @@ class Buffer {
     // read-only buffer, Closed after close().
     void acquire_export(bool writable);
     void release_export(bool writable) noexcept;
+    // A writable export becomes read-only (its holder will no longer write).
+    void downgrade_export() noexcept;
 
     // Marks closed; the mapping goes (back to the pool) once the last export is released.
     void close() noexcept;
@@ -66,6 +73,7 @@ class Buffer {
 
     MemorySegment seg_;
     std::size_t nbytes_ = 0;
+    bool writable_ = true;
     std::size_t exports_ = 0;
     std::size_t writable_exports_ = 0;
     bool sealed_ = false;

@@ -15,6 +15,8 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysinfo.h>
+#include <algorithm>
 #include <unistd.h>
 
 namespace shmipc {
@@ -34,8 +36,42 @@ const char* kind_name(std::uint32_t kind) noexcept {
     return "unknown";
 }
 
+namespace {
+// Bytes the kernel could still give to shared memory: the filesystem's free space, and for
+// memfds (whose internal mount has no size limit) the memory available to allocate.
+std::uint64_t available_for(int fd) {
+    std::uint64_t avail = UINT64_MAX;
+    struct statvfs sv {};
+    if (::fstatvfs(fd, &sv) == 0 && sv.f_blocks != 0)
+        avail = static_cast<std::uint64_t>(sv.f_bavail) * sv.f_frsize;
+    struct sysinfo si {};
+    if (::sysinfo(&si) == 0) {
+        std::uint64_t mem = (static_cast<std::uint64_t>(si.freeram) + si.bufferram + si.freeswap) * si.mem_unit;
+        // freeram undercounts reclaimable cache; MemAvailable is better when readable.
+        if (FILE* f = std::fopen("/proc/meminfo", "re")) {
+            char line[256];
+            while (std::fgets(line, sizeof line, f)) {
+                unsigned long long kb = 0;
+                if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+                    mem = kb * 1024ULL + static_cast<std::uint64_t>(si.freeswap) * si.mem_unit;
+                    break;
+                }
+            }
+            std::fclose(f);
+        }
+        avail = std::min(avail, mem);
+    }
+    return avail;
+}
+} // namespace
+
 void reserve_space(int fd, std::size_t size) {
     if (size == 0) return;
+    // Refuse up front what cannot fit: fallocate would otherwise eat all memory before failing.
+    std::uint64_t avail = available_for(fd);
+    if (size > avail)
+        throw OutOfMemory("cannot reserve " + std::to_string(size) + " bytes of shared memory: only " +
+                          std::to_string(avail) + " bytes are available");
     int err = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
     if (err == 0) return;
     if (err == ENOSPC || err == ENOMEM || err == EFBIG) {

@@ -19,7 +19,14 @@ def fresh_name(prefix: str = "t") -> str:
 
 
 def _shm_entries() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith(("shmipc-test-", ".shmipc-tmp-"))}
+    """Entries this test process is responsible for: fresh names carry our pid (other test
+    runs may work in parallel), temporaries of ours carry it too."""
+    pid = f"-{os.getpid()}-"
+    return {
+        n
+        for n in os.listdir("/dev/shm")
+        if (n.startswith("shmipc-test-") and pid in n) or n.startswith(f".shmipc-tmp{pid}")
+    }
 
 
 def _open_fds() -> set[int]:
