@@ -113,10 +113,13 @@ def run(kind: str, n: int, n_prod: int, n_cons: int) -> float:
     start = ctx.Event()
     done = ctx.Queue()
     per = n // n_prod
-    prods = [ctx.Process(target=producer, args=(kind, handle, per, n_cons, start))
-             for _ in range(n_prod)]
-    cons = [ctx.Process(target=consumer, args=(kind, handle, n_prod, start, done))
-            for _ in range(n_cons)]
+    prods = [
+        ctx.Process(target=producer, args=(kind, handle, per, n_cons, start)) for _ in range(n_prod)
+    ]
+    cons = [
+        ctx.Process(target=consumer, args=(kind, handle, n_prod, start, done))
+        for _ in range(n_cons)
+    ]
     for p in prods + cons:
         p.start()
     time.sleep(1.0 + 0.3 * (n_prod + n_cons))  # let every child import and wait at the start
@@ -140,9 +143,11 @@ def main() -> None:
     kinds = ["mp.Queue", "shmipc", "shmipc bytes"]
     if faster_fifo is not None:
         kinds.insert(1, "faster-fifo")
-    print(f"# bench_queue: {n} small objects {ITEM!r} per run, one run each; "
-          f"{platform.machine()} {os.cpu_count()} cpus, Linux {platform.release()}, "
-          f"Python {sys.version.split()[0]}")
+    print(
+        f"# bench_queue: {n} small objects {ITEM!r} per run, one run each; "
+        f"{platform.machine()} {os.cpu_count()} cpus, Linux {platform.release()}, "
+        f"Python {sys.version.split()[0]}"
+    )
     print(f"{'setup':8} {'queue':14} {'msgs/s':>12} {'vs mp.Queue':>12}")
     results: dict[tuple[str, str], float] = {}
     for n_prod, n_cons in ((1, 1), (4, 4)):

@@ -62,8 +62,11 @@ class MessageQueue:
         ``persistent=False`` the name is removed when this handle is closed or its process
         exits; with ``persistent=True`` it stays until ``shmipc.unlink(name)``.
         """
-        for arg, value in (("maxsize", maxsize), ("max_message_size", max_message_size),
-                           ("mode", mode)):
+        for arg, value in (
+            ("maxsize", maxsize),
+            ("max_message_size", max_message_size),
+            ("mode", mode),
+        ):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{arg} must be an int, not {type(value).__name__}")
         if maxsize < 1:
@@ -72,8 +75,9 @@ class MessageQueue:
             raise ValueError(f"max_message_size must be >= 1, got {max_message_size}")
         if mode < 0 or mode > 0o7777:
             raise ValueError(f"mode must be permission bits (e.g. 0o600), got {mode:#o}")
-        return cls(_core.MessageQueue.create(name, maxsize, max_message_size, mode,
-                                             bool(persistent)))
+        return cls(
+            _core.MessageQueue.create(name, maxsize, max_message_size, mode, bool(persistent))
+        )
 
     @classmethod
     def attach(cls, name: str) -> MessageQueue:
@@ -128,15 +132,15 @@ class MessageQueue:
         result: bytes = self._handle().get_bytes(block, timeout)
         return result
 
-    def put_many_bytes(self, items: Any, block: bool = True,
-                       timeout: float | None = None) -> None:
+    def put_many_bytes(self, items: Any, block: bool = True, timeout: float | None = None) -> None:
         """Puts each item of ``items`` in order (each one may wait, with the same timeout)."""
         h = self._handle()
         for data in items:
             h.put_bytes(data, block, timeout)
 
-    def get_many_bytes(self, max_messages: int, block: bool = True,
-                       timeout: float | None = None) -> list[bytes]:
+    def get_many_bytes(
+        self, max_messages: int, block: bool = True, timeout: float | None = None
+    ) -> list[bytes]:
         """Returns 1..``max_messages`` messages: waits (per ``block``/``timeout``) for the
         first, then takes whatever else is there without waiting."""
         if max_messages < 1:
@@ -200,8 +204,12 @@ class MessageQueue:
         self._handle()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
@@ -212,8 +220,10 @@ class MessageQueue:
     def __repr__(self) -> str:
         if self._q is None:
             return f"<shmipc.MessageQueue {self._name!r} closed>"
-        return (f"<shmipc.MessageQueue {self._name!r} qsize={self._q.qsize()} "
-                f"maxsize={self._q.maxsize} max_message_size={self._q.max_message_size}>")
+        return (
+            f"<shmipc.MessageQueue {self._name!r} qsize={self._q.qsize()} "
+            f"maxsize={self._q.maxsize} max_message_size={self._q.max_message_size}>"
+        )
 
     def _handle(self) -> _core.MessageQueue:
         q = self._q

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import workers_queue as wq
-from conftest import join_all
 
 import shmipc
+
+import workers_queue as wq
+from conftest import join_all
 
 # ---- single-process semantics --------------------------------------------------------------
 
@@ -205,8 +206,18 @@ def test_close_is_idempotent_and_a_closed_queue_raises_value_error(name: str) ->
     q.close()
     q.close()
     assert q.closed
-    for call in (lambda: q.put(1), q.get, q.qsize, lambda: q.put_bytes(b""), q.get_bytes,
-                 q.get_nowait, q.empty, q.full, lambda: q.maxsize, lambda: pickle.dumps(q)):
+    for call in (
+        lambda: q.put(1),
+        q.get,
+        q.qsize,
+        lambda: q.put_bytes(b""),
+        q.get_bytes,
+        q.get_nowait,
+        q.empty,
+        q.full,
+        lambda: q.maxsize,
+        lambda: pickle.dumps(q),
+    ):
         with pytest.raises(ValueError, match="closed"):
             call()
     assert "closed" in repr(q)
@@ -356,8 +367,12 @@ def test_exactly_once_with_4_producers_4_consumers_and_50000_messages(
 @pytest.mark.parametrize(
     ("point", "action"),
     [(1, "put"), (2, "put"), (3, "get"), (4, "get")],
-    ids=["producer-after-claim", "producer-half-written", "consumer-after-claim",
-         "consumer-after-copy"],
+    ids=[
+        "producer-after-claim",
+        "producer-half-written",
+        "consumer-after-claim",
+        "consumer-after-copy",
+    ],
 )
 def test_a_process_killed_inside_put_or_get_blocks_nobody_and_loses_no_committed_message(
     name: str, spawn: Any, point: int, action: str
@@ -384,8 +399,9 @@ def test_a_process_killed_inside_put_or_get_blocks_nobody_and_loses_no_committed
         assert [q.get_bytes(timeout=5) for _ in range(4)] == [bytes([i]) for i in range(4)]
 
 
-def test_sigkill_torture_no_hang_no_loss_no_duplicate(name: str, spawn: Any,
-                                                      tmp_path: Path) -> None:
+def test_sigkill_torture_no_hang_no_loss_no_duplicate(
+    name: str, spawn: Any, tmp_path: Path
+) -> None:
     """At least 50 SIGKILLs of producers and consumers at random moments."""
     rng = random.Random(0xC0FFEE)
     kills_wanted = 60
@@ -411,9 +427,10 @@ def test_sigkill_torture_no_hang_no_loss_no_duplicate(name: str, spawn: Any,
 
         def start_producer() -> tuple[Any, int]:
             nonlocal gen, workers
-            p = spawn.Process(target=wq.torture_producer,
-                              args=(name, gen, progress, ready, workers, stop,
-                                    rng.choice([16, 600, 2000])))
+            p = spawn.Process(
+                target=wq.torture_producer,
+                args=(name, gen, progress, ready, workers, stop, rng.choice([16, 600, 2000])),
+            )
             gen += 1
             workers += 1
             p.start()
@@ -476,6 +493,8 @@ def test_sigkill_torture_no_hang_no_loss_no_duplicate(name: str, spawn: Any,
     # Nothing is received that was not put (an uncommitted one may arrive: put was underway).
     for g, s in counts:
         assert s <= progress[g], f"message {(g, s)} beyond what producer {g} attempted"
-    print(f"torture: {gen} producers, {len(logs)} consumers, {consumer_kills} consumer kills, "
-          f"{len(committed)} committed, {len(counts)} received, {len(lost)} lost")
+    print(
+        f"torture: {gen} producers, {len(logs)} consumers, {consumer_kills} consumer kills, "
+        f"{len(committed)} committed, {len(counts)} received, {len(lost)} lost"
+    )
     assert len(committed) > 1000, "the torture moved too few messages to mean anything"

@@ -60,8 +60,9 @@ def crash_at(name: str, point: int, action: str, payload: bytes) -> None:
 # failure the queue must not have.
 
 
-def torture_producer(name: str, gen: int, progress: Any, ready: Any, worker: int, stop: Any,
-                     payload_size: int) -> None:
+def torture_producer(
+    name: str, gen: int, progress: Any, ready: Any, worker: int, stop: Any, payload_size: int
+) -> None:
     """Puts (gen, seq) records padded to payload_size until stop[0] (or killed).
 
     progress[gen] = number of puts that returned, i.e. committed messages 0..progress-1.
