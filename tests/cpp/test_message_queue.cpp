@@ -245,3 +245,33 @@ TEST(MessageQueue, a_forked_child_gets_its_own_client_and_never_removes_the_pare
     EXPECT_EQ(::access(("/dev/shm/" + name).c_str(), F_OK), 0);
     EXPECT_EQ(get_str(q, 1), "from child");
 }
+
+TEST(MessageQueue, a_handle_that_recycles_a_dead_clients_index_repairs_its_claims_first) {
+    std::string name = fresh("recycle");
+    auto q = MessageQueue::create(name, 4, 64, 0600, false);
+    int pipefd[2];
+    ASSERT_EQ(::pipe(pipefd), 0);
+    int status = in_child([&] {
+        ::close(pipefd[0]);
+        auto c = MessageQueue::attach(name);
+        std::uint32_t idx = c.client_index();
+        (void)!::write(pipefd[1], &idx, sizeof idx);
+        MessageQueue::set_crash_point(1, 1); // dies holding WRITING(lap 0, idx) at the head
+        (void)put_str(c, "never seen");
+    });
+    ::close(pipefd[1]);
+    std::uint32_t dead = 0;
+    ASSERT_EQ(::read(pipefd[0], &dead, sizeof dead), ssize_t(sizeof dead));
+    ::close(pipefd[0]);
+    ASSERT_TRUE(killed(status));
+    // Attach until a handle gets the dead client's index (registration probes round-robin).
+    MessageQueue recycled;
+    for (std::uint32_t i = 0; i <= kQueueMaxClients && !recycled.is_open(); ++i) {
+        auto h = MessageQueue::attach(name);
+        if (h.client_index() == dead) recycled = std::move(h);
+    }
+    ASSERT_TRUE(recycled.is_open());
+    // The dead claim now names a live client; without the repair the head would be stuck.
+    ASSERT_TRUE(put_str(q, "after"));
+    EXPECT_EQ(get_str(q, 2), "after");
+}

@@ -327,6 +327,21 @@ def test_a_queue_passed_to_a_spawned_child_travels_by_name(name: str, spawn: Any
         assert tag == "child" and pid == p.pid
 
 
+def test_a_fork_child_uses_its_inherited_queue_and_never_removes_the_name(name: str) -> None:
+    import multiprocessing as mp
+
+    with shmipc.MessageQueue.create(name, maxsize=4, max_message_size=128) as q:
+        p = mp.get_context("fork").Process(target=wq.put_from_inherited, args=(q,))
+        p.start()
+        join_all([p])
+        assert p.exitcode == 0
+        assert os.path.exists(f"/dev/shm/{name}")
+        tag, pid = q.get(timeout=10)
+        assert tag == "forked" and pid == p.pid
+        q.put("still mine")
+        assert q.get(timeout=10) == "still mine"
+
+
 def test_exactly_once_with_4_producers_4_consumers_and_50000_messages(
     name: str, spawn: Any, tmp_path: Path
 ) -> None:

@@ -101,3 +101,9 @@ def create_and_wait(name: str, ready: Any) -> None:
     ready.set()
     time.sleep(120)
     q.close()
+
+
+def put_from_inherited(q: shmipc.MessageQueue) -> None:
+    """fork child: uses the handle it inherited, then closes it (must not remove the name)."""
+    q.put(("forked", os.getpid()))
+    q.close()
