@@ -59,6 +59,9 @@ struct Bytes {
     Bytes& operator=(const Bytes&) = delete;
 };
 
+// Bytes from which put_bytes copies into the queue with the GIL released.
+constexpr std::size_t kCopyWithoutGil = std::size_t{1} << 20;
+
 struct GetCtx {
     PyObject* out = nullptr;
 };
@@ -74,7 +77,15 @@ void put_bytes(const QueueHandle& h, const py::object& data, bool block, std::op
     auto q = h.get();
     Bytes b(data);
     auto n = static_cast<std::size_t>(b.view.len);
-    if (q->try_put(b.view.buf, n)) return;
+    bool done;
+    if (n >= kCopyWithoutGil) {
+        // A large copy must not stall the other threads; the exported buffer stays valid.
+        py::gil_scoped_release nogil;
+        done = q->try_put(b.view.buf, n);
+    } else {
+        done = q->try_put(b.view.buf, n);
+    }
+    if (done) return;
     Deadline dl = make_deadline(block, timeout);
     if (!block) raise_full();
     for (;;) {
@@ -83,7 +94,13 @@ void put_bytes(const QueueHandle& h, const py::object& data, bool block, std::op
             py::gil_scoped_release nogil;
             r = q->wait_put_ready(dl);
         }
-        if (q->try_put(b.view.buf, n)) return;
+        if (n >= kCopyWithoutGil) {
+            py::gil_scoped_release nogil;
+            done = q->try_put(b.view.buf, n);
+        } else {
+            done = q->try_put(b.view.buf, n);
+        }
+        if (done) return;
         if (r == MessageQueue::WaitResult::Timeout || dl.expired()) raise_full();
     }
 }
