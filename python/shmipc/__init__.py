@@ -13,6 +13,7 @@ from ._dict import SharedDict
 from ._heap import Block, Heap
 from ._stream import chgrp, chmod, open_stream, stream_info
 from ._value import SharedValue, Subscription
+from ._queue import MessageQueue
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "recv",
     "send_array",
     "recv_array",
+    "MessageQueue",
     "unlink",
     "ShmipcError",
     "CorruptSegmentError",

@@ -14,6 +14,7 @@ void bind_dict(py::module_& m);
 void bind_stream(py::module_& m);
 void bind_value(py::module_& m);
 void bind_channel(py::module_& m);
+void bind_queue(py::module_& m);
 
 // Blocking calls release the GIL with this guard; the engine calls back into the interrupt
 // hook (which takes the GIL for PyErr_CheckSignals) between wait slices.

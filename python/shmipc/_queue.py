@@ -1,0 +1,232 @@
+"""Multi-producer multi-consumer message queues in named shared memory (API.md section 5)."""
+
+from __future__ import annotations
+
+import pickle
+import queue
+from types import TracebackType
+from typing import Any
+
+from . import _core
+
+__all__ = ["MessageQueue"]
+
+_dumps = pickle.dumps
+_loads = pickle.loads
+_PROTOCOL = 5
+
+
+def _closed() -> ValueError:
+    return ValueError("MessageQueue is closed")
+
+
+class MessageQueue:
+    """A bounded queue of messages shared by any number of producer and consumer processes.
+
+    Messages are Python objects (pickled with protocol 5, like ``multiprocessing.Queue``) or raw
+    bytes (``put_bytes``/``get_bytes``), each at most ``max_message_size`` bytes. It lives in
+    ``/dev/shm/<name>``; other processes open it with :meth:`attach` (or receive it as an
+    argument: it travels by name).
+
+    Crash safety: a producer or consumer killed at any moment (SIGKILL included) never blocks
+    the others, and no committed message is lost or duplicated. A message a producer was still
+    writing when it died is discarded; a message a consumer had claimed but not yet returned
+    goes to another consumer.
+
+    Blocking calls release the GIL, obey Ctrl-C, and raise ``queue.Full``/``queue.Empty`` on
+    timeout, as ``queue.Queue`` does.
+    """
+
+    __slots__ = ("_q", "_name", "__weakref__")
+
+    def __init__(self, _handle: _core.MessageQueue) -> None:
+        self._q: _core.MessageQueue | None = _handle
+        self._name: str = _handle.name
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        maxsize: int = 1024,
+        max_message_size: int = 1 << 16,
+        mode: int = 0o600,
+        persistent: bool = False,
+    ) -> MessageQueue:
+        """Creates the queue ``name`` with room for ``maxsize`` messages of at most
+        ``max_message_size`` bytes each.
+
+        Reserves ``maxsize * round_up(max_message_size + 16, 64)`` bytes of shared memory now
+        (``MemoryError`` if ``/dev/shm`` cannot hold them). ``FileExistsError`` if a live queue
+        (or other object) has that name; a stale one whose owner died is replaced. With
+        ``persistent=False`` the name is removed when this handle is closed or its process
+        exits; with ``persistent=True`` it stays until ``shmipc.unlink(name)``.
+        """
+        for arg, value in (
+            ("maxsize", maxsize),
+            ("max_message_size", max_message_size),
+            ("mode", mode),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{arg} must be an int, not {type(value).__name__}")
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        if max_message_size < 1:
+            raise ValueError(f"max_message_size must be >= 1, got {max_message_size}")
+        if mode < 0 or mode > 0o7777:
+            raise ValueError(f"mode must be permission bits (e.g. 0o600), got {mode:#o}")
+        return cls(
+            _core.MessageQueue.create(name, maxsize, max_message_size, mode, bool(persistent))
+        )
+
+    @classmethod
+    def attach(cls, name: str) -> MessageQueue:
+        """Opens the existing queue ``name`` (``FileNotFoundError`` if there is none,
+        ``CorruptSegmentError`` if the name is not a valid shmipc queue)."""
+        return cls(_core.MessageQueue.attach(name))
+
+    # ---- objects ---------------------------------------------------------------------------
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Puts a pickled ``obj``; waits for room if ``block`` (at most ``timeout`` seconds).
+
+        ``queue.Full`` if there is no room in time, ``ValueError`` if the pickle is larger
+        than ``max_message_size``.
+        """
+        q = self._q
+        if q is None:
+            raise _closed()
+        q.put_bytes(_dumps(obj, _PROTOCOL), block, timeout)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Removes and returns the next object; waits if ``block`` (at most ``timeout``
+        seconds), else ``queue.Empty``."""
+        q = self._q
+        if q is None:
+            raise _closed()
+        return _loads(q.get_bytes(block, timeout))
+
+    def put_nowait(self, obj: Any) -> None:
+        """``put(obj, block=False)``."""
+        q = self._q
+        if q is None:
+            raise _closed()
+        q.put_bytes(_dumps(obj, _PROTOCOL), False, None)
+
+    def get_nowait(self) -> Any:
+        """``get(block=False)``."""
+        q = self._q
+        if q is None:
+            raise _closed()
+        return _loads(q.get_bytes(False, None))
+
+    # ---- raw bytes -------------------------------------------------------------------------
+    def put_bytes(self, data: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Puts the bytes of any buffer-protocol object (one copy, no pickle)."""
+        q = self._q
+        if q is None:
+            raise _closed()
+        q.put_bytes(data, block, timeout)
+
+    def get_bytes(self, block: bool = True, timeout: float | None = None) -> bytes:
+        """Removes and returns the next message as ``bytes``."""
+        result: bytes = self._handle().get_bytes(block, timeout)
+        return result
+
+    def put_many_bytes(self, items: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Puts each item of ``items`` in order (each one may wait, with the same timeout)."""
+        h = self._handle()
+        for data in items:
+            h.put_bytes(data, block, timeout)
+
+    def get_many_bytes(
+        self, max_messages: int, block: bool = True, timeout: float | None = None
+    ) -> list[bytes]:
+        """Returns 1..``max_messages`` messages: waits (per ``block``/``timeout``) for the
+        first, then takes whatever else is there without waiting."""
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be >= 1, got {max_messages}")
+        h = self._handle()
+        out = [h.get_bytes(block, timeout)]
+        try:
+            while len(out) < max_messages:
+                out.append(h.get_bytes(False, None))
+        except queue.Empty:
+            pass
+        return out
+
+    # ---- state -----------------------------------------------------------------------------
+    def qsize(self) -> int:
+        """Messages in the queue now (approximate while others put and get)."""
+        n: int = self._handle().qsize()
+        return n
+
+    def empty(self) -> bool:
+        """``qsize() == 0`` (approximate, as for ``queue.Queue``)."""
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        """``qsize() >= maxsize`` (approximate, as for ``queue.Queue``)."""
+        h = self._handle()
+        return bool(h.qsize() >= h.maxsize)
+
+    @property
+    def maxsize(self) -> int:
+        """Capacity in messages."""
+        n: int = self._handle().maxsize
+        return n
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest message in bytes (for ``put``, the size of the pickle)."""
+        n: int = self._handle().max_message_size
+        return n
+
+    @property
+    def name(self) -> str:
+        """The shared-memory name, with its leading ``/``."""
+        return self._name
+
+    # ---- lifetime --------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._q is None
+
+    def close(self) -> None:
+        """Detaches (idempotent). The creator of a non-persistent queue also removes its name;
+        other processes keep working on their mapping. Calls still waiting in other threads
+        finish first."""
+        q, self._q = self._q, None
+        if q is not None:
+            q.close()
+
+    def __enter__(self) -> MessageQueue:
+        self._handle()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # Travels by name (multiprocessing with any start method, plain pickle too).
+        self._handle()
+        return (type(self).attach, (self._name,))
+
+    def __repr__(self) -> str:
+        if self._q is None:
+            return f"<shmipc.MessageQueue {self._name!r} closed>"
+        return (
+            f"<shmipc.MessageQueue {self._name!r} qsize={self._q.qsize()} "
+            f"maxsize={self._q.maxsize} max_message_size={self._q.max_message_size}>"
+        )
+
+    def _handle(self) -> _core.MessageQueue:
+        q = self._q
+        if q is None:
+            raise _closed()
+        return q
