@@ -66,7 +66,8 @@ def queue_producer(name: str, committed: Any, *, conn: Any) -> None:
     i = 0
     while True:
         q.put_bytes(struct.pack("<q", i))
-        committed.value = i + 1  # every put that returned is committed
+        i += 1
+        committed.value = i  # every put that returned is committed
 
 
 def queue_consumer(name: str, taken: Any, ntaken: Any, *, conn: Any) -> None:
