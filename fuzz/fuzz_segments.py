@@ -39,7 +39,7 @@ def _template(kind: str) -> bytes:
     return data
 
 
-KINDS = ["heap", "value"]
+KINDS = ["heap", "value", "queue"]
 TEMPLATES = {k: _template(k) for k in KINDS}
 
 
