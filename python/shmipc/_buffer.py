@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import struct
 import sys
@@ -231,21 +232,33 @@ def _encode_desc(a: np.ndarray, offset: int, fortran: bool) -> bytes:
     return _DESC_HEAD.pack(flags, a.ndim, offset) + struct.pack(f"<{a.ndim}q", *a.shape) + dstr
 
 
+# What dtype.str looks like: byte order, kind, item size, optional datetime unit.
+_SIMPLE_DTYPE = re.compile(r"[<>|=][a-zA-Z]\d{1,9}(\[[0-9a-zA-Z]{1,8}\])?")
+
+
 def _decode_desc(desc: bytes) -> tuple[np.dtype[Any], tuple[int, ...], int, bool]:
     try:
         flags, ndim, offset = _DESC_HEAD.unpack_from(desc)
         shape = struct.unpack_from(f"<{ndim}q", desc, _DESC_HEAD.size)
         raw = desc[_DESC_HEAD.size + 8 * ndim :]
-        dtype = _dtype_cache.get(raw)
-        if dtype is None:
+    except struct.error as e:
+        raise _core_corrupt(f"bad array descriptor: {e}") from None
+    dtype = _dtype_cache.get(raw)
+    if dtype is None:
+        # The peer is not trusted: only well-formed descriptions reach numpy, and whatever
+        # numpy's parsers raise on them is a corrupt message, not a crash of the receiver.
+        try:
             if flags & _F_STRUCTURED:
                 dtype = np.lib.format.descr_to_dtype(_tuplify(json.loads(raw)))
             else:
-                dtype = np.dtype(raw.decode("ascii"))
-            if len(_dtype_cache) < 256:
-                _dtype_cache[raw] = dtype
-    except (struct.error, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError) as e:
-        raise _core_corrupt(f"bad array descriptor: {e}") from None
+                text = raw.decode("ascii")
+                if not _SIMPLE_DTYPE.fullmatch(text):
+                    raise ValueError(f"not a dtype: {text!r}")
+                dtype = np.dtype(text)
+        except Exception as e:  # noqa: BLE001 - numpy may raise SyntaxError, TypeError, ...
+            raise _core_corrupt(f"bad array descriptor: {type(e).__name__}: {e}") from None
+        if len(_dtype_cache) < 256:
+            _dtype_cache[raw] = dtype
     if dtype.hasobject:
         raise _core_corrupt("object dtype in array descriptor")
     if any(d < 0 for d in shape):

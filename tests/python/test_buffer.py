@@ -335,6 +335,22 @@ def test_recv_array_of_a_plain_buffer_and_bad_descriptors_are_corrupt(
             shmipc.recv_array(b, timeout=5)
 
 
+@pytest.mark.parametrize(
+    "dtype_text",
+    [b"99\x199)9", b"i4,)", b"(", b"<f8,<f8", b"O", b"\xff\xfe", b"<M8[" + b"9" * 40 + b"]"],
+)
+def test_an_array_descriptor_numpy_cannot_parse_is_corrupt_not_a_crash(
+    dtype_text: bytes, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    # Found by fuzz/fuzz_fd_messages.py: numpy's comma-string parser raised SyntaxError.
+    a, b = pair
+    good = shmipc.Buffer(64)
+    desc = struct.pack("<BBQq", 0, 1, 0, 1) + dtype_text
+    socket.send_fds(a, [_header(64, desc_len=len(desc)) + desc], [good.fileno()])
+    with pytest.raises(CorruptSegmentError):
+        shmipc.recv_array(b, timeout=5)
+
+
 def test_ctrl_c_interrupts_a_blocking_recv_in_this_process(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
