@@ -8,12 +8,12 @@ from __future__ import annotations
 from . import _core
 from ._buffer import Buffer, recv, recv_array, send, send_array
 from ._channel import Channel
-from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
 from ._dict import SharedDict
+from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
 from ._heap import Block, Heap
+from ._queue import MessageQueue
 from ._stream import chgrp, chmod, open_stream, stream_info
 from ._value import SharedValue, Subscription
-from ._queue import MessageQueue
 
 __version__ = "0.1.0"
 

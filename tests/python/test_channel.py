@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import workers_channel as w
 
 import shmipc
 
+import workers_channel as w
 from conftest import join_all
 
 

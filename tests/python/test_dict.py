@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import workers_dict as W
 
 import shmipc
 
+import workers_dict as W
 from conftest import join_all
 
 
