@@ -42,7 +42,7 @@ def rate(loop: Callable[[int], None], n: int, reps: int) -> float:
 
 def set_loop(d: MutableMapping[str, Any], value: Any) -> Callable[[int], None]:
     def run(n: int) -> None:
-        for i in range(n):
+        for _ in range(n):
             d["key"] = value
 
     return run
@@ -114,7 +114,9 @@ def main() -> None:
         mgr = manager.dict()
         plain: dict[str, Any] = {}
         big = np.random.default_rng(0).random(128 * 1024)  # 1 MiB of float64
-        cases: list[tuple[str, Callable[[MutableMapping[str, Any]], Callable[[int], None]], int]] = [
+        cases: list[
+            tuple[str, Callable[[MutableMapping[str, Any]], Callable[[int], None]], int]
+        ] = [
             ("set int", lambda d: set_loop(d, 12345), n_small),
             ("get int", lambda d: get_loop(d, 12345), n_small),
             ("set 100 B bytes", lambda d: set_loop(d, b"x" * 100), n_small),
@@ -133,8 +135,13 @@ def main() -> None:
             r_plain = rate(make(plain), n, reps)
             ratios.append(r_shm / r_mgr)
             rows.append(
-                [label, f"{r_shm:,.0f}", f"{r_mgr:,.0f}", fmt_ratio(r_shm / r_mgr),
-                 f"{r_plain:,.0f}"]
+                [
+                    label,
+                    f"{r_shm:,.0f}",
+                    f"{r_mgr:,.0f}",
+                    fmt_ratio(r_shm / r_mgr),
+                    f"{r_plain:,.0f}",
+                ]
             )
         print(table(["operation", "shmipc", "Manager", "shmipc/Manager", "dict (private)"], rows))
         agg = two_processes(name, n_small)

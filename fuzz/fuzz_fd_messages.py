@@ -20,7 +20,8 @@ import atheris
 
 import shmipc
 
-atheris.instrument_all()  # coverage feedback from the Python layer (the C++ core is not instrumented)
+# coverage feedback from the Python layer (the C++ core is not instrumented)
+atheris.instrument_all()
 
 EXPECTED = (shmipc.CorruptSegmentError, EOFError, TimeoutError, BufferError, ValueError, OSError)
 SOCK_TYPES = [socket.SOCK_STREAM, socket.SOCK_SEQPACKET, socket.SOCK_DGRAM]
@@ -62,10 +63,14 @@ def one_input(data: bytes) -> None:
     body = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 512))
     if with_header:
         nbytes = fdp.ConsumeIntInRange(0, 1 << 14)
-        meta_len = fdp.ConsumeIntInRange(0, min(len(body), 200)) if fdp.ConsumeBool() else (
-            fdp.ConsumeIntInRange(0, 1 << 32 - 1))
-        desc_len = max(0, len(body) - meta_len) if fdp.ConsumeBool() else fdp.ConsumeIntInRange(
-            0, 1 << 20)
+        meta_len = (
+            fdp.ConsumeIntInRange(0, min(len(body), 200))
+            if fdp.ConsumeBool()
+            else (fdp.ConsumeIntInRange(0, 1 << 32 - 1))
+        )
+        desc_len = (
+            max(0, len(body) - meta_len) if fdp.ConsumeBool() else fdp.ConsumeIntInRange(0, 1 << 20)
+        )
         payload = HEADER.pack(MAGIC, 1, 0, nbytes, meta_len, desc_len, 0) + body
     else:
         payload = body or b"\0"
