@@ -91,3 +91,45 @@ def test_bench_runs_and_prints_ratios() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "array round trip" in r.stdout and "x" in r.stdout
+
+
+def _create_and_die(kind: str, name: str) -> None:
+    """Creates a non-persistent object, then dies without cleaning up (like a SIGKILL)."""
+    code = {
+        "heap": f"shmipc.Heap.create({name!r}, size=1 << 20)",
+        "value": f"shmipc.SharedValue.create({name!r}, size=64)",
+        "queue": f"shmipc.MessageQueue.create({name!r}, maxsize=4, max_message_size=64)",
+        "stream": f"shmipc.open_stream({name!r}, 'w+b', owner=True)",
+    }[kind]
+    script = f"import os, shmipc\nobj = {code}\nos.kill(os.getpid(), 9)"
+    r = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert r.returncode == -9
+
+
+@pytest.mark.parametrize("kind", ["heap", "value", "queue", "stream"])
+def test_ls_tells_live_objects_from_stale_ones_and_rm_stale_removes_only_the_stale(
+    kind: str, name: str
+) -> None:
+    live = name + "-live"
+    objs = {
+        "heap": lambda: shmipc.Heap.create(live, size=1 << 20),
+        "value": lambda: shmipc.SharedValue.create(live, size=64),
+        "queue": lambda: shmipc.MessageQueue.create(live, maxsize=4, max_message_size=64),
+        "stream": lambda: shmipc.open_stream(live, "w+b", owner=True),
+    }
+    mine = objs[kind]()
+    try:
+        _create_and_die(kind, name)
+        listing = {o["name"]: o for o in json.loads(run("ls", "--json").stdout)}
+        assert listing[name]["state"] == "stale" and listing[name]["kind"] == kind
+        assert listing[live]["state"] == "alive" and listing[live]["kind"] == kind
+        if kind != "stream":
+            assert listing[live]["owner_pid"] == os.getpid()
+        assert listing[live]["mode"] == 0o600
+        r = run("rm", "--stale")
+        assert r.returncode == 0 and name in r.stdout
+        assert not os.path.exists(f"/dev/shm/{name}")
+        assert os.path.exists(f"/dev/shm/{live}")
+    finally:
+        mine.close()
+    assert not os.path.exists(f"/dev/shm/{live}")
