@@ -50,12 +50,11 @@ template <class T> class offset_ptr {
     offset_ptr(const offset_ptr<U>& o) noexcept { // NOLINT
         set(o.get());
     }
-    // void* -> T* and Base* -> Derived*: explicit, as static_cast of the raw pointers.
-    template <class U,
-              std::enable_if_t<!std::is_convertible_v<U*, T*> &&
-                                   std::is_void_v<std::remove_cv_t<U>> &&
-                                   (std::is_const_v<T> || !std::is_const_v<U>),
-                               int> = 0>
+    // void* -> T* and Base* -> Derived*: explicit, as static_cast of the raw pointers (libc++'s
+    // node containers static_cast a node-base pointer to a node pointer).
+    template <class U>
+        requires(!std::is_convertible_v<U*, T*> &&
+                 requires(U* u) { static_cast<T*>(u); })
     explicit offset_ptr(const offset_ptr<U>& o) noexcept {
         set(static_cast<T*>(o.get()));
     }
@@ -138,7 +137,13 @@ template <class T> class offset_ptr {
         return a.get() == b.get();
     }
     friend bool operator==(const offset_ptr& a, std::nullptr_t) noexcept { return !a; }
-    friend bool operator==(const offset_ptr& a, const T* b) noexcept { return a.get() == b; }
+    // A template, so that a literal 0 (libc++'s list compares a node pointer with `0`) is not
+    // also a candidate as a `const T*` and picks the nullptr_t overload unambiguously.
+    template <class P>
+        requires std::is_pointer_v<P> && std::is_convertible_v<P, const volatile T*>
+    friend bool operator==(const offset_ptr& a, P b) noexcept {
+        return a.get() == b;
+    }
     template <class U>
     friend std::strong_ordering operator<=>(const offset_ptr& a, const offset_ptr<U>& b) noexcept {
         return std::compare_three_way{}(a.get(), b.get());
