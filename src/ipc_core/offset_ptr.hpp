@@ -42,7 +42,8 @@ template <class T> class offset_ptr {
 
     // --- construction (every one encodes relative to `this`) ---------------------------------
     offset_ptr() noexcept = default; // null
-    offset_ptr(std::nullptr_t) noexcept {}
+    // Also the construction from nullptr and from a literal 0 (no separate nullptr_t overload:
+    // it would make `cond ? 0 : p`, in libc++'s deque, ambiguous).
     offset_ptr(T* p) noexcept { set(p); } // NOLINT: implicit, like a raw pointer
     offset_ptr(const offset_ptr& o) noexcept { set(o.get()); }
     // T* -> const T*, Derived* -> Base*, T* -> void*: implicit when the raw pointers are.

@@ -17,6 +17,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <deque>
+#include <forward_list>
 #include <functional>
 #include <list>
 #include <map>
@@ -25,6 +27,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -184,6 +187,53 @@ TEST(LibcxxContainers, map_set_list_and_unordered_map_read_through_a_second_mapp
     EXPECT_EQ(l2.back(), 0);
     EXPECT_TRUE(in_view(&*u2.find(9)));
     EXPECT_EQ(u2.at(9), -9);
+    ::munmap(view, size);
+}
+
+TEST(LibcxxContainers, deque_multimap_forward_list_and_unordered_set_read_through_a_second_mapping_stay_in_it) {
+    using Deque = std::deque<int, allocator<int>>;
+    using Multi = std::multimap<int, int, std::less<int>, allocator<std::pair<const int, int>>>;
+    using Fwd = std::forward_list<int, allocator<int>>;
+    using USet = std::unordered_set<int, std::hash<int>, std::equal_to<int>, allocator<int>>;
+    auto h = Heap::anonymous(opts(1 << 20));
+    HeapRegistration reg(*h);
+    auto& d = named<Deque>(*h, "d", Deque::allocator_type(*h));
+    auto& mm = named<Multi>(*h, "mm", Multi::allocator_type(*h));
+    auto& f = named<Fwd>(*h, "f", Fwd::allocator_type(*h));
+    auto& us = named<USet>(*h, "us", USet::allocator_type(*h));
+    for (int i = 0; i < 1000; ++i) { // several deque blocks, rehashes of the set
+        d.push_back(i);
+        d.push_front(-i);
+        mm.emplace(i % 10, i);
+        f.push_front(i);
+        us.insert(i);
+    }
+    std::size_t size = h->primary_size();
+    auto* view = static_cast<std::byte*>(::mmap(nullptr, size, PROT_READ, MAP_SHARED, h->fd(), 0));
+    ASSERT_NE(view, MAP_FAILED);
+    auto moved = [&](const void* p) {
+        return view + (static_cast<const std::byte*>(p) - h->base());
+    };
+    auto in_view = [&](const void* p) {
+        return static_cast<const std::byte*>(p) >= view &&
+               static_cast<const std::byte*>(p) < view + size;
+    };
+    const auto& d2 = *reinterpret_cast<const Deque*>(moved(&d));
+    const auto& mm2 = *reinterpret_cast<const Multi*>(moved(&mm));
+    const auto& f2 = *reinterpret_cast<const Fwd*>(moved(&f));
+    const auto& us2 = *reinterpret_cast<const USet*>(moved(&us));
+    EXPECT_TRUE(in_view(&d2[0]));
+    EXPECT_TRUE(in_view(&d2[1500]));
+    EXPECT_EQ(d2.front(), -999);
+    EXPECT_EQ(d2[1500], 500); // -999..-1, 0 (front), 0 (back), 1..999
+    EXPECT_EQ(d2.back(), 999);
+    EXPECT_TRUE(in_view(&*mm2.find(3)));
+    EXPECT_EQ(mm2.count(3), 100u);
+    EXPECT_TRUE(in_view(&f2.front()));
+    EXPECT_EQ(f2.front(), 999);
+    EXPECT_TRUE(in_view(&*us2.find(777)));
+    EXPECT_EQ(us2.count(777), 1u);
+    EXPECT_EQ(us2.count(1000), 0u);
     ::munmap(view, size);
 }
 
