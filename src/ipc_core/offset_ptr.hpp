@@ -14,8 +14,10 @@
 // pointer: NullablePointer (default/nullptr construction, ==, explicit bool), a contiguous
 // random access iterator for object types, pointer_traits (element_type, rebind, pointer_to),
 // implicit conversion to offset_ptr<const T> / offset_ptr<void> / offset_ptr<const void> and
-// static_cast back from a void pointer. Copies re-encode the distance (that is why the copy
-// constructor is not trivial), so copying one from shared memory to the stack works.
+// static_cast back from a void pointer or from a base class pointer (libc++'s node containers
+// cast a node-base pointer to a node pointer). Copies re-encode the distance (that is why the
+// copy constructor is not trivial), so copying one from shared memory to the stack works; it
+// is also why libc++'s std::basic_string, which needs a trivially copyable pointer, cannot use it.
 #pragma once
 
 #include <compare>
