@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <string>
+#include <system_error>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>

@@ -14,8 +14,10 @@
 // pointer: NullablePointer (default/nullptr construction, ==, explicit bool), a contiguous
 // random access iterator for object types, pointer_traits (element_type, rebind, pointer_to),
 // implicit conversion to offset_ptr<const T> / offset_ptr<void> / offset_ptr<const void> and
-// static_cast back from a void pointer. Copies re-encode the distance (that is why the copy
-// constructor is not trivial), so copying one from shared memory to the stack works.
+// static_cast back from a void pointer or from a base class pointer (libc++'s node containers
+// cast a node-base pointer to a node pointer). Copies re-encode the distance (that is why the
+// copy constructor is not trivial), so copying one from shared memory to the stack works; it
+// is also why libc++'s std::basic_string, which needs a trivially copyable pointer, cannot use it.
 #pragma once
 
 #include <compare>
@@ -42,7 +44,8 @@ template <class T> class offset_ptr {
 
     // --- construction (every one encodes relative to `this`) ---------------------------------
     offset_ptr() noexcept = default; // null
-    offset_ptr(std::nullptr_t) noexcept {}
+    // Also the construction from nullptr and from a literal 0 (no separate nullptr_t overload:
+    // it would make `cond ? 0 : p`, in libc++'s deque, ambiguous).
     offset_ptr(T* p) noexcept { set(p); } // NOLINT: implicit, like a raw pointer
     offset_ptr(const offset_ptr& o) noexcept { set(o.get()); }
     // T* -> const T*, Derived* -> Base*, T* -> void*: implicit when the raw pointers are.
@@ -50,12 +53,11 @@ template <class T> class offset_ptr {
     offset_ptr(const offset_ptr<U>& o) noexcept { // NOLINT
         set(o.get());
     }
-    // void* -> T* and Base* -> Derived*: explicit, as static_cast of the raw pointers.
-    template <class U,
-              std::enable_if_t<!std::is_convertible_v<U*, T*> &&
-                                   std::is_void_v<std::remove_cv_t<U>> &&
-                                   (std::is_const_v<T> || !std::is_const_v<U>),
-                               int> = 0>
+    // void* -> T* and Base* -> Derived*: explicit, as static_cast of the raw pointers (libc++'s
+    // node containers static_cast a node-base pointer to a node pointer).
+    template <class U>
+        requires(!std::is_convertible_v<U*, T*> &&
+                 requires(U* u) { static_cast<T*>(u); })
     explicit offset_ptr(const offset_ptr<U>& o) noexcept {
         set(static_cast<T*>(o.get()));
     }
@@ -138,7 +140,13 @@ template <class T> class offset_ptr {
         return a.get() == b.get();
     }
     friend bool operator==(const offset_ptr& a, std::nullptr_t) noexcept { return !a; }
-    friend bool operator==(const offset_ptr& a, const T* b) noexcept { return a.get() == b; }
+    // A template, so that a literal 0 (libc++'s list compares a node pointer with `0`) is not
+    // also a candidate as a `const T*` and picks the nullptr_t overload unambiguously.
+    template <class P>
+        requires std::is_pointer_v<P> && std::is_convertible_v<P, const volatile T*>
+    friend bool operator==(const offset_ptr& a, P b) noexcept {
+        return a.get() == b;
+    }
     template <class U>
     friend std::strong_ordering operator<=>(const offset_ptr& a, const offset_ptr<U>& b) noexcept {
         return std::compare_three_way{}(a.get(), b.get());

@@ -30,6 +30,14 @@
 //    put one in a heap. Use shmipc::flat_map / shmipc::flat_set (sorted shmipc::vector, the
 //    std::map / std::set interface for lookup, insertion, erasure and ordered iteration).
 //
+// What works with libc++ (clang++ -stdlib=libc++, checked with libc++ 16 by
+// tests/cpp/libcxx/test_libcxx_containers.cpp): libc++ links nodes with the allocator's pointer,
+// so std::map, std::multimap, std::set, std::list, std::forward_list, std::deque,
+// std::unordered_map / unordered_set and std::vector are address independent. NOT
+// std::basic_string (shmipc::string does not compile): libc++ keeps the string's pointer in a
+// union it copies whole, which needs a trivially copyable pointer, and a self-relative one
+// cannot be. Use shmipc::vector<char> for string data there.
+//
 // Errors: a heap that is full throws shmipc::heap_bad_alloc (a std::bad_alloc whose what() says
 // how much was asked and what is free); the heap and the container stay usable.
 #pragma once
