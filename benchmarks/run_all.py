@@ -124,6 +124,13 @@ def main() -> int:
         "Every table compares shmipc with its peers **in the same run** of the same script. The\n"
         "VM is shared and noisy: ratios are more stable than absolute times.\n"
     )
+    notes = sorted(p.name for p in HERE.glob("RESULTS_*.md"))
+    if notes:
+        head += (
+            "\nWrite-ups with more runs and how each row is measured: "
+            + ", ".join(f"`benchmarks/{n}`" for n in notes)
+            + ". The C++ one-way ring latency is `bench_ring_latency` in the C++ build.\n"
+        )
     body = "\n".join(sections)
     (HERE / "RESULTS.md").write_text(head + "\n" + body)
     plots = "".join(f"![{p.stem}](img/{p.name})\n\n" for p in images)
