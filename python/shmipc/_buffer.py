@@ -60,6 +60,29 @@ def _core_corrupt(msg: str) -> Exception:
     return CorruptSegmentError(msg)
 
 
+def array_spec(
+    nbytes: int, dtype: Any, shape: Any, order: str, what: str
+) -> tuple[np.dtype[Any], tuple[int, ...]]:
+    """Checks that an array of `dtype`/`shape` fits `nbytes` of shared memory (the whole
+    `what` when shape is None); returns the dtype and shape as numpy wants them."""
+    dt = np.dtype(dtype)
+    if dt.hasobject:
+        raise TypeError("object dtypes cannot live in shared memory")
+    if order not in ("C", "F"):
+        raise ValueError("order must be 'C' or 'F'")
+    if shape is None:
+        if dt.itemsize == 0 or nbytes % dt.itemsize:
+            raise ValueError(f"{what} of {nbytes} bytes is not a whole number of {dt}")
+        shape = (nbytes // dt.itemsize,)
+    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    need = math.prod(shape) * dt.itemsize
+    if need > nbytes:
+        raise ValueError(f"shape {shape} of {dt} needs {need} bytes; the {what} has {nbytes}")
+    return dt, shape
+
+
 class Buffer(_core.Buffer):
     """A block of shared memory backed by a memfd.
 
@@ -94,23 +117,7 @@ class Buffer(_core.Buffer):
     def as_array(self, dtype: Any = np.uint8, shape: Any = None, order: str = "C") -> np.ndarray:
         """An ndarray view onto the buffer (zero copy); it keeps the buffer's memory alive."""
         self._check_open()
-        dt = np.dtype(dtype)
-        if dt.hasobject:
-            raise TypeError("object dtypes cannot live in shared memory")
-        if order not in ("C", "F"):
-            raise ValueError("order must be 'C' or 'F'")
-        if shape is None:
-            if dt.itemsize == 0 or self.nbytes % dt.itemsize:
-                raise ValueError(f"buffer of {self.nbytes} bytes is not a whole number of {dt}")
-            shape = (self.nbytes // dt.itemsize,)
-        shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
-        if any(s < 0 for s in shape):
-            raise ValueError(f"negative dimension in shape {shape}")
-        need = math.prod(shape) * dt.itemsize
-        if need > self.nbytes:
-            raise ValueError(
-                f"shape {shape} of {dt} needs {need} bytes; the buffer has {self.nbytes}"
-            )
+        dt, shape = array_spec(self.nbytes, dtype, shape, order, "buffer")
         return self._view(dt, shape, order == "F", 0, True)
 
     def _check_open(self) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _core
+from ._buffer import array_spec
 
 if TYPE_CHECKING:
     from ._channel import Channel  # type: ignore[import-not-found,import-untyped,unused-ignore]
@@ -34,23 +35,10 @@ def _block_as_array(
 ) -> np.ndarray:
     if blk.released:
         raise ValueError("Block is released")
-    dt = np.dtype(dtype)
-    if dt.hasobject:
-        raise TypeError("object dtypes cannot live in shared memory")
-    if order not in ("C", "F"):
-        raise ValueError("order must be 'C' or 'F'")
-    if shape is None:
-        if dt.itemsize == 0 or blk.nbytes % dt.itemsize:
-            raise ValueError(f"block of {blk.nbytes} bytes is not a whole number of {dt}")
-        shape = (blk.nbytes // dt.itemsize,)
-    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
-    if any(s < 0 for s in shape):
-        raise ValueError(f"negative dimension in shape {shape}")
+    dt, shape = array_spec(blk.nbytes, dtype, shape, order, "block")
     need = math.prod(shape) * dt.itemsize
-    if need > blk.nbytes:
-        raise ValueError(f"shape {shape} of {dt} needs {need} bytes; the block has {blk.nbytes}")
     flat = np.frombuffer(blk, dtype=np.uint8, count=need)
-    return flat.view(dt).reshape(shape, order=order)  # type: ignore[no-any-return]
+    return flat.view(dt).reshape(shape, order="F" if order == "F" else "C")
 
 
 _core._set_block_helpers(_block_as_array)

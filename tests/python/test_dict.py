@@ -7,7 +7,7 @@ import pickle
 import random
 import signal
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import numpy as np
@@ -17,31 +17,6 @@ import shmipc
 
 import workers_dict as W
 from conftest import join_all
-
-
-@pytest.fixture(autouse=True)
-def no_shm_leaks() -> Iterator[None]:
-    """Overrides conftest's: only names made by this process count (and are removed), so tests
-    of other engineers running at the same time on this machine are neither blamed nor broken."""
-    mine = f"-{os.getpid()}-"
-
-    def entries() -> set[str]:
-        return {
-            n
-            for n in os.listdir("/dev/shm")
-            if n.startswith(("shmipc-test-", ".shmipc-tmp-")) and mine in n
-        }
-
-    before = entries()
-    yield
-    after = entries() - before
-    for e in after:
-        try:
-            os.unlink(os.path.join("/dev/shm", e))
-        except FileNotFoundError:
-            pass
-    assert not after, f"test left {sorted(after)} in /dev/shm"
-
 
 ARRAYS = [
     np.arange(12, dtype=np.float32).reshape(3, 4),
