@@ -20,7 +20,7 @@ import shmipc
 from shmipc import CorruptSegmentError, ShmipcError
 
 import workers_buffer as workers
-from conftest import join_all
+from testutil import join_all
 
 SOCK_TYPES = [socket.SOCK_STREAM, socket.SOCK_SEQPACKET, socket.SOCK_DGRAM]
 

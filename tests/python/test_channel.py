@@ -17,7 +17,7 @@ import pytest
 import shmipc
 
 import workers_channel as w
-from conftest import join_all
+from testutil import join_all
 
 
 @pytest.fixture

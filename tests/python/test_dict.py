@@ -16,7 +16,7 @@ import pytest
 import shmipc
 
 import workers_dict as W
-from conftest import join_all
+from testutil import join_all
 
 ARRAYS = [
     np.arange(12, dtype=np.float32).reshape(3, 4),

@@ -17,7 +17,7 @@ import pytest
 import shmipc
 
 import workers_heap as W
-from conftest import join_all
+from testutil import join_all
 
 MiB = 1 << 20
 

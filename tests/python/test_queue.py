@@ -19,7 +19,7 @@ import pytest
 import shmipc
 
 import workers_queue as wq
-from conftest import join_all
+from testutil import join_all
 
 # ---- single-process semantics --------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import shmipc
 from shmipc import open_stream
 
 import workers_values as w
-from conftest import join_all
+from testutil import join_all
 
 
 def _fd_count() -> int:

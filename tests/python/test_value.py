@@ -20,7 +20,7 @@ import shmipc
 from shmipc import CorruptSegmentError, SharedValue
 
 import workers_values as w
-from conftest import join_all
+from testutil import join_all
 
 # ---- single-process semantics ----------------------------------------------------------------
 
