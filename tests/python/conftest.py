@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -35,6 +36,16 @@ def name() -> Iterator[str]:
     for e in leftover:
         os.unlink(os.path.join("/dev/shm", e))
     assert not leftover, f"test left {leftover} in /dev/shm"
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_raises_keyboard_interrupt() -> Iterator[None]:
+    """Tests send SIGINT and expect KeyboardInterrupt. A runner started in the background (or
+    by a CI service) may have SIGINT ignored, which Python and every child it spawns would
+    inherit; install Python's own handler for the test (spawned children then get it too)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(autouse=True)
