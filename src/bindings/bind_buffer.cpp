@@ -166,7 +166,7 @@ void bind_buffer(py::module_& m) {
             } hold{b};
             std::string m_ = meta, d_ = desc;
             {
-                py::gil_scoped_release nogil;
+                GilRelease nogil;
                 send_fd_message(sock, fd, b.nbytes(), m_, d_);
             }
             b.mark_sent();
@@ -179,7 +179,7 @@ void bind_buffer(py::module_& m) {
         [](int sock, std::optional<double> timeout) {
             FdMessage msg;
             {
-                py::gil_scoped_release nogil;
+                GilRelease nogil;
                 msg = recv_fd_message(sock, Deadline(timeout));
             }
             PendingBuffer p{Buffer::adopt(std::move(msg.fd), msg.nbytes, msg.file_size, msg.write_sealed)};

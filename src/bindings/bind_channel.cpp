@@ -63,7 +63,7 @@ struct ChannelCore {
     void close() {
         if (!ch) return;
         if (heap_open()) {
-            py::gil_scoped_release nogil; // may wait for a thread inside the handle to leave
+            GilRelease nogil; // may wait for a thread inside the handle to leave
             ch->close();
         } else {
             ch->abandon(); // the heap (and its lock fd) is gone: nothing left to release
@@ -90,7 +90,7 @@ ChannelMessage recv_message(ChannelCore& self, std::optional<double> timeout) {
     Channel& ch = self.get();
     if (auto m = ch.try_recv()) return std::move(*m);
     Deadline d = deadline_of(timeout);
-    py::gil_scoped_release nogil;
+    GilRelease nogil;
     return ch.recv(d);
 }
 
@@ -105,7 +105,7 @@ void send_block_impl(ChannelCore& s, py::handle blk, const std::string& md,
     // untouched. Then the send cannot wait (only this handle sends).
     if (!ch.ready_to_send()) {
         Deadline d = deadline_of(timeout);
-        py::gil_scoped_release nogil;
+        GilRelease nogil;
         ch.wait_writable(d);
     }
     const std::uint64_t off = detach_block(blk, allow_exports);
@@ -113,7 +113,7 @@ void send_block_impl(ChannelCore& s, py::handle blk, const std::string& md,
         if (!ch.try_send_block(off, ref->nbytes, kind, md)) {
             // Another thread of this handle got in between: wait our turn.
             Deadline d = deadline_of(timeout);
-            py::gil_scoped_release nogil;
+            GilRelease nogil;
             ch.send_block(off, ref->nbytes, kind, md, d);
         }
     } catch (...) {
@@ -130,7 +130,7 @@ void send_bytes_impl(ChannelCore& s, const void* data, std::size_t n, const std:
     const RecordKind kind = md.empty() ? RecordKind::Block : RecordKind::Array;
     if (n <= kCopyWithoutGil && ch.try_send_bytes(data, n, kind, md)) return;
     Deadline d = deadline_of(timeout);
-    py::gil_scoped_release nogil;
+    GilRelease nogil;
     ch.send_bytes(data, n, kind, md, d);
 }
 
@@ -236,7 +236,7 @@ PyObject* ch_recv_bytes(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
         Deadline d = deadline_of(timeout);
         for (;;) {
             if (ch.try_recv_many(1, sink) > 0) return out;
-            py::gil_scoped_release nogil;
+            GilRelease nogil;
             ch.wait_readable(d); // throws Timeout / EndOfStream / PeerDied
         }
     } catch (...) {
@@ -286,7 +286,7 @@ void bind_channel(py::module_& m) {
                  auto core = std::make_unique<ChannelCore>();
                  core->heap = std::move(heap);
                  {
-                     py::gil_scoped_release nogil; // may wait for a concurrent creator
+                     GilRelease nogil; // may wait for a concurrent creator
                      core->ch = Channel::open(h, name, capacity);
                  }
                  return core;
@@ -356,7 +356,7 @@ void bind_channel(py::module_& m) {
                      msgs.emplace_back(views.back()->data(), views.back()->size());
                  }
                  Deadline d = deadline_of(timeout);
-                 py::gil_scoped_release nogil;
+                 GilRelease nogil;
                  return ch.send_many(msgs, d);
              },
              py::arg("items"), py::arg("timeout") = py::none())
@@ -390,7 +390,7 @@ void bind_channel(py::module_& m) {
                  Deadline d = deadline_of(timeout);
                  for (;;) {
                      if (ch.try_recv_many(max, sink) > 0) return out;
-                     py::gil_scoped_release nogil;
+                     GilRelease nogil;
                      ch.wait_readable(d); // throws Timeout / EndOfStream / PeerDied
                  }
              },
@@ -401,7 +401,7 @@ void bind_channel(py::module_& m) {
                  if (ch.queued() > 0 || ch.stream_ended()) return true;
                  if (timeout && *timeout <= 0) return false;
                  Deadline d = deadline_of(timeout);
-                 py::gil_scoped_release nogil;
+                 GilRelease nogil;
                  return ch.poll(d);
              },
              py::arg("timeout") = 0.0)

@@ -49,7 +49,7 @@ struct PyDict {
     SharedDict::Guard lock() {
         SharedDict& d = get();
         if (auto g = d.try_lock()) return g;
-        py::gil_scoped_release nogil;
+        GilRelease nogil;
         return d.lock(timeout);
     }
 };
@@ -192,7 +192,7 @@ SharedDict::Entry encode(SharedDict& d, std::string_view key, py::handle value) 
         std::byte* dst = e.value() + hv.size();
         const void* src = data->view.buf;
         if (dn >= kReleaseGilCopy) {
-            py::gil_scoped_release nogil; // `data` keeps the buffer exported meanwhile
+            GilRelease nogil; // `data` keeps the buffer exported meanwhile
             std::memcpy(dst, src, dn);
         } else {
             std::memcpy(dst, src, dn);
@@ -240,7 +240,7 @@ void bind_dict(py::module_& m) {
                                                 " bytes, got " + std::to_string(name.size()));
                 auto d = std::make_unique<PyDict>();
                 {
-                    py::gil_scoped_release nogil; // may wait for a concurrent creator
+                    GilRelease nogil; // may wait for a concurrent creator
                     d->dict.emplace(h, name, 10.0);
                 }
                 d->heap = std::move(heap);

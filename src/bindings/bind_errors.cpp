@@ -5,6 +5,7 @@
 #include "ipc_core/errors.hpp"
 
 #include <system_error>
+#include <unistd.h>
 
 namespace shmipc::bindings {
 
@@ -19,11 +20,17 @@ PyObject* py_error(const char* name) {
 }
 
 void interrupt_hook() {
+    park_if_finalizing();
     py::gil_scoped_acquire gil;
     if (PyErr_CheckSignals() != 0) throw py::error_already_set();
 }
 
 } // namespace
+
+void park_if_finalizing() noexcept {
+    if (!interpreter_finalizing()) return;
+    for (;;) ::pause(); // the process is exiting; exit() ends this thread
+}
 
 void bind_errors(py::module_& m) {
     set_interrupt_hook(&interrupt_hook);

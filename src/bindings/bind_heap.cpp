@@ -466,7 +466,7 @@ void bind_heap(py::module_& m) {
                         std::size_t max_size, unsigned mode, bool persistent, int fd,
                         bool thread_cache) {
                 auto ph = std::make_unique<PyHeap>();
-                py::gil_scoped_release nogil;
+                GilRelease nogil;
                 HeapOptions o;
                 o.size = size;
                 o.max_size = max_size;
@@ -497,7 +497,7 @@ void bind_heap(py::module_& m) {
                      throw BufferBusy("cannot close the heap while " + std::to_string(h.exports) +
                                       " view(s) of its Blocks exist");
                  std::unique_ptr<Heap> hp = std::move(h.heap);
-                 py::gil_scoped_release nogil;
+                 GilRelease nogil;
                  hp.reset();
              })
         .def("_name", [](PyHeap& h) { return h.get().name(); })
@@ -510,7 +510,7 @@ void bind_heap(py::module_& m) {
                  Heap& hp = h.get();
                  HeapStats s;
                  {
-                     py::gil_scoped_release nogil;
+                     GilRelease nogil;
                      s = hp.stats();
                  }
                  return stats_dict(s);
@@ -518,7 +518,7 @@ void bind_heap(py::module_& m) {
         .def("_check_invariants",
              [](PyHeap& h) {
                  Heap& hp = h.get();
-                 py::gil_scoped_release nogil;
+                 GilRelease nogil;
                  hp.check_invariants();
              })
         .def("_flush_caches",
@@ -530,13 +530,13 @@ void bind_heap(py::module_& m) {
         .def("_reap",
              [](PyHeap& h) {
                  Heap& hp = h.get();
-                 py::gil_scoped_release nogil;
+                 GilRelease nogil;
                  return hp.reap_dead_clients();
              })
         .def("_all_freed",
              [](PyHeap& h) {
                  Heap& hp = h.get();
-                 py::gil_scoped_release nogil;
+                 GilRelease nogil;
                  return hp.all_freed();
              })
         .def("_lock_for_crash_test",
@@ -569,11 +569,12 @@ void bind_heap(py::module_& m) {
                  Heap& hp = heap_of(self);
                  std::pair<std::uint64_t, bool> r;
                  {
-                     py::gil_scoped_release nogil;
+                     GilRelease nogil;
                      r = hp.find_or_create_named(
                          name, static_cast<std::size_t>(nbytes),
                          [&](void* p) {
                              if (init.is_none()) return;
+                             park_if_finalizing();
                              py::gil_scoped_acquire gil;
                              py::object blk = make_block(self, hp.to_offset(p),
                                                          static_cast<std::size_t>(nbytes), false);

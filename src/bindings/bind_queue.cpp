@@ -80,7 +80,7 @@ void put_bytes(const QueueHandle& h, const py::object& data, bool block, std::op
     bool done;
     if (n >= kCopyWithoutGil) {
         // A large copy must not stall the other threads; the exported buffer stays valid.
-        py::gil_scoped_release nogil;
+        GilRelease nogil;
         done = q->try_put(b.view.buf, n);
     } else {
         done = q->try_put(b.view.buf, n);
@@ -91,11 +91,11 @@ void put_bytes(const QueueHandle& h, const py::object& data, bool block, std::op
     for (;;) {
         MessageQueue::WaitResult r;
         {
-            py::gil_scoped_release nogil;
+            GilRelease nogil;
             r = q->wait_put_ready(dl);
         }
         if (n >= kCopyWithoutGil) {
-            py::gil_scoped_release nogil;
+            GilRelease nogil;
             done = q->try_put(b.view.buf, n);
         } else {
             done = q->try_put(b.view.buf, n);
@@ -119,7 +119,7 @@ py::object get_bytes(const QueueHandle& h, bool block, std::optional<double> tim
     for (;;) {
         MessageQueue::WaitResult r;
         {
-            py::gil_scoped_release nogil;
+            GilRelease nogil;
             r = q->wait_get_ready(dl);
         }
         if (r == MessageQueue::WaitResult::Timeout || dl.expired()) {

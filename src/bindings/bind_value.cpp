@@ -72,8 +72,9 @@ py::tuple read_raw(const ValueHandle& h) {
     if (v->capacity() <= kHoldGilBelow) {
         s = v->read(alloc);
     } else {
-        py::gil_scoped_release nogil;
+        GilRelease nogil;
         s = v->read([&](const ValueSnapshot& snap) {
+            park_if_finalizing();
             py::gil_scoped_acquire gil;
             payload = py::object(); // drop a payload of a lost race while we hold the GIL
             return alloc(snap);
@@ -117,7 +118,7 @@ void bind_value(py::module_& m) {
                 std::span<const std::byte> ms{reinterpret_cast<const std::byte*>(mv.data()), mv.size()};
                 auto ds = as_span(info);
                 if (v->capacity() <= kHoldGilBelow) return v->write(type, ms, ds);
-                py::gil_scoped_release nogil;
+                GilRelease nogil;
                 return v->write(type, ms, ds);
             },
             py::arg("type"), py::arg("meta"), py::arg("data"))
@@ -127,7 +128,7 @@ void bind_value(py::module_& m) {
             [](const ValueHandle& h, std::uint64_t since, std::optional<double> timeout, int spin) {
                 auto v = h.get();
                 Deadline d(timeout);
-                py::gil_scoped_release nogil;
+                GilRelease nogil;
                 return v->wait(since, d, spin);
             },
             py::arg("since"), py::arg("timeout") = py::none(),
@@ -145,7 +146,7 @@ void bind_value(py::module_& m) {
                 py::buffer_info info = data.request();
                 std::string_view mv = meta;
                 std::span<const std::byte> ms{reinterpret_cast<const std::byte*>(mv.data()), mv.size()};
-                py::gil_scoped_release nogil;
+                GilRelease nogil;
                 v->write_and_stall_for_test(type, ms, as_span(info), stall_at);
             },
             py::arg("type"), py::arg("meta"), py::arg("data"), py::arg("stall_at"));
