@@ -17,11 +17,12 @@ int main() {
             double best = 1e9;
             for (int r = 0; r < 5; ++r) {
                 auto t0 = std::chrono::steady_clock::now();
-                for (int i = 0; i < kN; ++i) h->deallocate(h->allocate(size));
-                double ns = std::chrono::duration<double, std::nano>(
-                                std::chrono::steady_clock::now() - t0)
-                                .count() /
-                            kN;
+                for (int i = 0; i < kN; ++i)
+                    h->deallocate(h->allocate(size));
+                double ns =
+                    std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0)
+                        .count() /
+                    kN;
                 best = ns < best ? ns : best;
             }
             std::printf("%-9s %6zu B: %6.1f ns per allocate+deallocate (best of 5)\n",

@@ -35,9 +35,10 @@ std::uint64_t now_ns() {
     return std::uint64_t(ts.tv_sec) * 1'000'000'000ull + std::uint64_t(ts.tv_nsec);
 }
 
-void* shared(std::size_t n) {
-    void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) std::abort();
+void *shared(std::size_t n) {
+    void *p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        std::abort();
     return p;
 }
 
@@ -47,24 +48,27 @@ inline void cpu_relax() {
 #endif
 }
 
-void push_spin(SpscProducer& p, const RingRecord& r) {
-    while (!p.try_push(r)) cpu_relax();
+void push_spin(SpscProducer &p, const RingRecord &r) {
+    while (!p.try_push(r))
+        cpu_relax();
 }
-RingRecord pop_spin(SpscConsumer& c) {
+RingRecord pop_spin(SpscConsumer &c) {
     RingRecord r{};
-    while (!c.try_pop(r)) cpu_relax();
+    while (!c.try_pop(r))
+        cpu_relax();
     return r;
 }
 
 double ping_pong(std::uint64_t iters) {
     const std::size_t bytes = spsc_ring_bytes(64);
-    auto* a = spsc_ring_init(shared(bytes), 64);
-    auto* b = spsc_ring_init(shared(bytes), 64);
+    auto *a = spsc_ring_init(shared(bytes), 64);
+    auto *b = spsc_ring_init(shared(bytes), 64);
     pid_t pid = ::fork();
     if (pid == 0) {
         SpscConsumer in(a);
         SpscProducer out(b);
-        for (std::uint64_t i = 0; i < iters + 1000; ++i) push_spin(out, pop_spin(in));
+        for (std::uint64_t i = 0; i < iters + 1000; ++i)
+            push_spin(out, pop_spin(in));
         ::_exit(0);
     }
     SpscProducer out(a);
@@ -89,8 +93,8 @@ struct Stamped {
 
 Stamped timestamped(std::uint64_t iters) {
     const std::size_t bytes = spsc_ring_bytes(64);
-    auto* ring = spsc_ring_init(shared(bytes), 64);
-    auto* lat = static_cast<std::uint64_t*>(shared(iters * sizeof(std::uint64_t)));
+    auto *ring = spsc_ring_init(shared(bytes), 64);
+    auto *lat = static_cast<std::uint64_t *>(shared(iters * sizeof(std::uint64_t)));
     pid_t pid = ::fork();
     if (pid == 0) {
         SpscConsumer in(ring);
@@ -105,8 +109,10 @@ Stamped timestamped(std::uint64_t iters) {
         push_spin(out, RingRecord{now_ns(), 0, 0, 0});
         // Wait until the consumer took it (the ring is empty again), then a little more so the
         // consumer is back to polling an empty ring when the next record lands.
-        while (ring->tail.load(std::memory_order_acquire) != i + 1) cpu_relax();
-        for (int k = 0; k < 50; ++k) cpu_relax();
+        while (ring->tail.load(std::memory_order_acquire) != i + 1)
+            cpu_relax();
+        for (int k = 0; k < 50; ++k)
+            cpu_relax();
     }
     ::waitpid(pid, nullptr, 0);
     std::vector<std::uint64_t> v(lat, lat + iters);
@@ -144,9 +150,11 @@ double channel_ping_pong(std::uint64_t iters) {
         tx->send_block(off, 64, RecordKind::Block, {}, Deadline(30.0));
         heap->deallocate(rx->recv(Deadline(30.0)).offset);
     };
-    for (int i = 0; i < 1000; ++i) hop();
+    for (int i = 0; i < 1000; ++i)
+        hop();
     auto t0 = std::chrono::steady_clock::now();
-    for (std::uint64_t i = 0; i < iters; ++i) hop();
+    for (std::uint64_t i = 0; i < iters; ++i)
+        hop();
     auto dt = std::chrono::steady_clock::now() - t0;
     ::waitpid(pid, nullptr, 0);
     return std::chrono::duration<double, std::nano>(dt).count() / double(iters) / 2.0;
@@ -154,7 +162,7 @@ double channel_ping_pong(std::uint64_t iters) {
 
 } // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char **argv) {
     const std::uint64_t iters = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 200'000;
     const double pp = ping_pong(iters);
     const Stamped st = timestamped(iters / 4);

@@ -19,30 +19,33 @@ struct PendingBuffer {
     std::unique_ptr<Buffer> buffer;
 };
 
-Buffer& get(py::handle self) { return *self.cast<Buffer*>(); }
+Buffer &get(py::handle self) {
+    return *self.cast<Buffer *>();
+}
 
 // The base object of every ndarray shmipc makes over a Buffer: it holds one counted export
 // and keeps the Buffer alive, but exposes no buffer interface of its own, so nothing can write
 // through it once it is downgraded to read-only (after a send).
 struct BufferView {
     py::object owner; // the Buffer
-    Buffer* buffer;
+    Buffer *buffer;
     bool writable;
-    BufferView(py::object o, Buffer* b, bool w) : owner(std::move(o)), buffer(b), writable(w) {}
-    BufferView(const BufferView&) = delete;
-    BufferView& operator=(const BufferView&) = delete;
+    BufferView(py::object o, Buffer *b, bool w) : owner(std::move(o)), buffer(b), writable(w) {}
+    BufferView(const BufferView &) = delete;
+    BufferView &operator=(const BufferView &) = delete;
     ~BufferView() { buffer->release_export(writable); }
     void downgrade() {
-        if (writable) buffer->downgrade_export();
+        if (writable)
+            buffer->downgrade_export();
         writable = false;
     }
 };
 
 std::byte g_empty{}; // data pointer for zero-length views
 
-int buffer_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
+int buffer_getbuffer(PyObject *obj, Py_buffer *view, int flags) {
     try {
-        Buffer& b = get(obj);
+        Buffer &b = get(obj);
         bool writable = (flags & PyBUF_WRITABLE) == PyBUF_WRITABLE;
         b.acquire_export(writable);
         // A read-only request on a writable buffer still yields a writable view if the consumer
@@ -52,26 +55,26 @@ int buffer_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
             b.release_export(false);
             b.acquire_export(true);
         }
-        void* data = b.nbytes() ? static_cast<void*>(b.data()) : static_cast<void*>(&g_empty);
+        void *data = b.nbytes() ? static_cast<void *>(b.data()) : static_cast<void *>(&g_empty);
         if (PyBuffer_FillInfo(view, obj, data, static_cast<Py_ssize_t>(b.nbytes()),
                               give_writable ? 0 : 1, flags) != 0) {
             b.release_export(give_writable);
             return -1;
         }
-        view->internal = reinterpret_cast<void*>(static_cast<std::uintptr_t>(give_writable));
+        view->internal = reinterpret_cast<void *>(static_cast<std::uintptr_t>(give_writable));
         return 0;
-    } catch (const BufferBusy& e) {
+    } catch (const BufferBusy &e) {
         PyErr_SetString(PyExc_BufferError, e.what());
-    } catch (const Closed& e) {
+    } catch (const Closed &e) {
         PyErr_SetString(PyExc_ValueError, e.what());
-    } catch (const std::exception& e) {
+    } catch (const std::exception &e) {
         PyErr_SetString(PyExc_BufferError, e.what());
     }
     view->obj = nullptr;
     return -1;
 }
 
-void buffer_releasebuffer(PyObject* obj, Py_buffer* view) {
+void buffer_releasebuffer(PyObject *obj, Py_buffer *view) {
     try {
         get(obj).release_export(reinterpret_cast<std::uintptr_t>(view->internal) != 0);
     } catch (...) {
@@ -80,26 +83,28 @@ void buffer_releasebuffer(PyObject* obj, Py_buffer* view) {
 
 } // namespace
 
-void bind_buffer(py::module_& m) {
+void bind_buffer(py::module_ &m) {
     py::class_<PendingBuffer>(m, "PendingBuffer");
     py::class_<BufferView>(m, "BufferView")
         .def_readonly("writable", &BufferView::writable)
-        .def_property_readonly("buffer", [](const BufferView& v) { return v.owner; })
+        .def_property_readonly("buffer", [](const BufferView &v) { return v.owner; })
         .def("_downgrade", &BufferView::downgrade);
 
     py::class_<Buffer, std::unique_ptr<Buffer>>(
-        m, "Buffer", py::custom_type_setup([](PyHeapTypeObject* ht) {
+        m, "Buffer", py::custom_type_setup([](PyHeapTypeObject *ht) {
             ht->as_buffer.bf_getbuffer = buffer_getbuffer;
             ht->as_buffer.bf_releasebuffer = buffer_releasebuffer;
             ht->ht_type.tp_as_buffer = &ht->as_buffer;
         }))
         .def(py::init([](std::int64_t nbytes, bool zero) {
-                 if (nbytes < 0) throw std::invalid_argument("nbytes must be >= 0");
+                 if (nbytes < 0)
+                     throw std::invalid_argument("nbytes must be >= 0");
                  return Buffer::create(static_cast<std::size_t>(nbytes), zero);
              }),
              py::arg("nbytes"), py::arg("zero") = true)
-        .def(py::init([](PendingBuffer& p) {
-            if (!p.buffer) throw std::invalid_argument("pending buffer already adopted");
+        .def(py::init([](PendingBuffer &p) {
+            if (!p.buffer)
+                throw std::invalid_argument("pending buffer already adopted");
             return std::move(p.buffer);
         }))
         .def_property_readonly("nbytes", &Buffer::nbytes)
@@ -110,30 +115,34 @@ void bind_buffer(py::module_& m) {
         .def_property_readonly("_exports", &Buffer::exports)
         .def_property_readonly("_writable_exports", &Buffer::writable_exports)
         .def_property_readonly("_address",
-                               [](const Buffer& b) {
-                                   return reinterpret_cast<std::uintptr_t>(b.nbytes() ? b.data() : nullptr);
+                               [](const Buffer &b) {
+                                   return reinterpret_cast<std::uintptr_t>(b.nbytes() ? b.data()
+                                                                                      : nullptr);
                                })
         .def(
             "_view",
             [](py::object self, py::dtype dtype, std::vector<py::ssize_t> shape, bool fortran,
                std::size_t offset, bool writable) {
-                Buffer& b = get(self);
+                Buffer &b = get(self);
                 auto itemsize = static_cast<std::size_t>(dtype.itemsize());
                 std::size_t count = 1;
                 for (auto d : shape) {
-                    if (d < 0) throw std::invalid_argument("negative dimension");
+                    if (d < 0)
+                        throw std::invalid_argument("negative dimension");
                     if (d && count > SIZE_MAX / static_cast<std::size_t>(d))
                         throw std::invalid_argument("shape too large");
                     count *= static_cast<std::size_t>(d);
                 }
-                if (itemsize && count > SIZE_MAX / itemsize) throw std::invalid_argument("shape too large");
+                if (itemsize && count > SIZE_MAX / itemsize)
+                    throw std::invalid_argument("shape too large");
                 if (offset > b.nbytes() || count * itemsize > b.nbytes() - offset)
                     throw std::invalid_argument("array of " + std::to_string(count * itemsize) +
                                                 " bytes at offset " + std::to_string(offset) +
-                                                " does not fit a buffer of " + std::to_string(b.nbytes()));
+                                                " does not fit a buffer of " +
+                                                std::to_string(b.nbytes()));
                 writable = writable && !b.readonly();
                 b.acquire_export(writable);
-                auto* view = new BufferView(self, &b, writable);
+                auto *view = new BufferView(self, &b, writable);
                 py::object holder = py::cast(view, py::return_value_policy::take_ownership);
                 std::vector<py::ssize_t> strides(shape.size());
                 py::ssize_t stride = static_cast<py::ssize_t>(itemsize);
@@ -142,26 +151,29 @@ void bind_buffer(py::module_& m) {
                     strides[i] = stride;
                     stride *= std::max<py::ssize_t>(shape[i], 1);
                 }
-                void* ptr = b.nbytes() ? static_cast<void*>(b.data() + offset) : static_cast<void*>(&g_empty);
+                void *ptr = b.nbytes() ? static_cast<void *>(b.data() + offset)
+                                       : static_cast<void *>(&g_empty);
                 py::array arr(dtype, shape, strides, ptr, holder);
                 if (!writable)
-                    py::detail::array_proxy(arr.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+                    py::detail::array_proxy(arr.ptr())->flags &=
+                        ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
                 return arr;
             },
-            py::arg("dtype"), py::arg("shape"), py::arg("fortran"), py::arg("offset"), py::arg("writable"))
+            py::arg("dtype"), py::arg("shape"), py::arg("fortran"), py::arg("offset"),
+            py::arg("writable"))
         .def("fileno", &Buffer::fileno)
         .def("seal", &Buffer::seal)
         .def("_close", &Buffer::close);
 
     m.def(
         "send_buffer",
-        [](int sock, Buffer& b, py::bytes meta, py::bytes desc, std::size_t allowed_writable) {
+        [](int sock, Buffer &b, py::bytes meta, py::bytes desc, std::size_t allowed_writable) {
             int fd = b.prepare_send(allowed_writable);
             // Hold a read-only export while the GIL is released so a concurrent close() cannot
             // unmap or recycle the buffer under us.
             b.acquire_export(false);
             struct Hold {
-                Buffer& b;
+                Buffer &b;
                 ~Hold() { b.release_export(false); }
             } hold{b};
             std::string m_ = meta, d_ = desc;
@@ -182,7 +194,8 @@ void bind_buffer(py::module_& m) {
                 GilRelease nogil;
                 msg = recv_fd_message(sock, Deadline(timeout));
             }
-            PendingBuffer p{Buffer::adopt(std::move(msg.fd), msg.nbytes, msg.file_size, msg.write_sealed)};
+            PendingBuffer p{
+                Buffer::adopt(std::move(msg.fd), msg.nbytes, msg.file_size, msg.write_sealed)};
             return py::make_tuple(std::move(p), py::bytes(msg.meta), py::bytes(msg.desc));
         },
         py::arg("sock"), py::arg("timeout") = py::none());

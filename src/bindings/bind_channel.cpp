@@ -30,12 +30,13 @@ constexpr std::size_t kCopyWithoutGil = 64 * 1024;
 class BufferView {
   public:
     explicit BufferView(py::handle obj) {
-        if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_SIMPLE) != 0) throw py::error_already_set();
+        if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_SIMPLE) != 0)
+            throw py::error_already_set();
     }
     ~BufferView() { PyBuffer_Release(&view_); }
-    BufferView(const BufferView&) = delete;
-    BufferView& operator=(const BufferView&) = delete;
-    [[nodiscard]] const void* data() const { return view_.buf; }
+    BufferView(const BufferView &) = delete;
+    BufferView &operator=(const BufferView &) = delete;
+    [[nodiscard]] const void *data() const { return view_.buf; }
     [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(view_.len); }
 
   private:
@@ -43,12 +44,13 @@ class BufferView {
 };
 
 struct ChannelCore {
-    py::object heap;                // the Python heap: kept alive by the channel
+    py::object heap; // the Python heap: kept alive by the channel
     std::unique_ptr<Channel> ch;
 
     // The engine channel, after checking that both it and its heap are open.
-    Channel& get() {
-        if (!ch) throw Closed("Channel is closed");
+    Channel &get() {
+        if (!ch)
+            throw Closed("Channel is closed");
         (void)heap_of(heap); // Closed "Heap is closed" if the heap went first
         return *ch;
     }
@@ -61,7 +63,8 @@ struct ChannelCore {
         }
     }
     void close() {
-        if (!ch) return;
+        if (!ch)
+            return;
         if (heap_open()) {
             GilRelease nogil; // may wait for a thread inside the handle to leave
             ch->close();
@@ -71,32 +74,36 @@ struct ChannelCore {
         ch.reset();
     }
     ~ChannelCore() {
-        if (ch && !heap_open()) ch->abandon();
+        if (ch && !heap_open())
+            ch->abandon();
     }
 };
 
-Deadline deadline_of(std::optional<double> timeout) { return Deadline(timeout); }
+Deadline deadline_of(std::optional<double> timeout) {
+    return Deadline(timeout);
+}
 
-std::string meta_of(const std::optional<py::bytes>& meta) {
+std::string meta_of(const std::optional<py::bytes> &meta) {
     return meta ? std::string(*meta) : std::string();
 }
 
-py::object message_block(ChannelCore& self, const ChannelMessage& m) {
+py::object message_block(ChannelCore &self, const ChannelMessage &m) {
     return make_block(self.heap, m.offset, static_cast<std::size_t>(m.length), /*owned=*/true);
 }
 
 // recv with the GIL held when a record is there, released while waiting.
-ChannelMessage recv_message(ChannelCore& self, std::optional<double> timeout) {
-    Channel& ch = self.get();
-    if (auto m = ch.try_recv()) return std::move(*m);
+ChannelMessage recv_message(ChannelCore &self, std::optional<double> timeout) {
+    Channel &ch = self.get();
+    if (auto m = ch.try_recv())
+        return std::move(*m);
     Deadline d = deadline_of(timeout);
     GilRelease nogil;
     return ch.recv(d);
 }
 
-void send_block_impl(ChannelCore& s, py::handle blk, const std::string& md,
+void send_block_impl(ChannelCore &s, py::handle blk, const std::string &md,
                      std::optional<double> timeout, bool allow_exports) {
-    Channel& ch = s.get();
+    Channel &ch = s.get();
     auto ref = block_ref(blk);
     if (!ref || ref->heap != s.heap.ptr())
         throw std::invalid_argument("not a live Block of this channel's heap");
@@ -124,11 +131,12 @@ void send_block_impl(ChannelCore& s, py::handle blk, const std::string& md,
     }
 }
 
-void send_bytes_impl(ChannelCore& s, const void* data, std::size_t n, const std::string& md,
+void send_bytes_impl(ChannelCore &s, const void *data, std::size_t n, const std::string &md,
                      std::optional<double> timeout) {
-    Channel& ch = s.get();
+    Channel &ch = s.get();
     const RecordKind kind = md.empty() ? RecordKind::Block : RecordKind::Array;
-    if (n <= kCopyWithoutGil && ch.try_send_bytes(data, n, kind, md)) return;
+    if (n <= kCopyWithoutGil && ch.try_send_bytes(data, n, kind, md))
+        return;
     Deadline d = deadline_of(timeout);
     GilRelease nogil;
     ch.send_bytes(data, n, kind, md, d);
@@ -136,16 +144,17 @@ void send_bytes_impl(ChannelCore& s, const void* data, std::size_t n, const std:
 
 // --- METH_FASTCALL methods: the per-message hot paths skip pybind11's generic dispatch -----
 
-PyTypeObject* g_core_type = nullptr;
-PyObject* g_send_fallback = nullptr; // Channel._send_slow(self, obj, timeout), set by Python
+PyTypeObject *g_core_type = nullptr;
+PyObject *g_send_fallback = nullptr; // Channel._send_slow(self, obj, timeout), set by Python
 
-ChannelCore* core_of(PyObject* self) {
-    auto* inst = reinterpret_cast<py::detail::instance*>(self);
-    if (inst->simple_layout) return static_cast<ChannelCore*>(inst->simple_value_holder[0]);
-    return py::handle(self).cast<ChannelCore*>();
+ChannelCore *core_of(PyObject *self) {
+    auto *inst = reinterpret_cast<py::detail::instance *>(self);
+    if (inst->simple_layout)
+        return static_cast<ChannelCore *>(inst->simple_value_holder[0]);
+    return py::handle(self).cast<ChannelCore *>();
 }
 
-PyObject* translate_current() {
+PyObject *translate_current() {
     try {
         py::detail::try_translate_exceptions();
     } catch (...) {
@@ -155,24 +164,27 @@ PyObject* translate_current() {
 }
 
 // Parses (x, timeout=None) / (timeout=None); returns false with an exception set.
-bool parse_args(const char* fname, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
-                int npos, PyObject** first, std::optional<double>& timeout) {
-    PyObject* t = nullptr;
+bool parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                int npos, PyObject **first, std::optional<double> &timeout) {
+    PyObject *t = nullptr;
     if (nargs > npos + 1) {
         PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments", fname, npos + 1);
         return false;
     }
-    if (npos == 1) *first = nargs > 0 ? args[0] : nullptr;
-    if (nargs > npos) t = args[npos];
+    if (npos == 1)
+        *first = nargs > 0 ? args[0] : nullptr;
+    if (nargs > npos)
+        t = args[npos];
     if (kwnames) {
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); ++i) {
-            PyObject* k = PyTuple_GET_ITEM(kwnames, i);
+            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
             if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0 && !t) {
                 t = args[nargs + i];
             } else if (npos == 1 && PyUnicode_CompareWithASCIIString(k, "obj") == 0 && !*first) {
                 *first = args[nargs + i];
             } else {
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname, k);
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname,
+                             k);
                 return false;
             }
         }
@@ -183,18 +195,20 @@ bool parse_args(const char* fname, PyObject* const* args, Py_ssize_t nargs, PyOb
     }
     if (t && t != Py_None) {
         const double v = PyFloat_AsDouble(t);
-        if (v == -1.0 && PyErr_Occurred()) return false;
+        if (v == -1.0 && PyErr_Occurred())
+            return false;
         timeout = v;
     }
     return true;
 }
 
-PyObject* ch_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
-    PyObject* obj = nullptr;
+PyObject *ch_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *obj = nullptr;
     std::optional<double> timeout;
-    if (!parse_args("send", args, nargs, kwnames, 1, &obj, timeout)) return nullptr;
+    if (!parse_args("send", args, nargs, kwnames, 1, &obj, timeout))
+        return nullptr;
     try {
-        ChannelCore& s = *core_of(self);
+        ChannelCore &s = *core_of(self);
         if (auto ref = block_ref(obj); ref && ref->heap == s.heap.ptr()) {
             send_block_impl(s, obj, {}, timeout, false);
             Py_RETURN_NONE;
@@ -202,16 +216,18 @@ PyObject* ch_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObj
         Py_buffer view;
         if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) != 0) {
             // Not a contiguous buffer (a strided ndarray...): the Python layer handles it.
-            if (!g_send_fallback) return nullptr;
+            if (!g_send_fallback)
+                return nullptr;
             PyErr_Clear();
-            PyObject* t = timeout ? PyFloat_FromDouble(*timeout) : Py_NewRef(Py_None);
-            if (!t) return nullptr;
-            PyObject* r = PyObject_CallFunctionObjArgs(g_send_fallback, self, obj, t, nullptr);
+            PyObject *t = timeout ? PyFloat_FromDouble(*timeout) : Py_NewRef(Py_None);
+            if (!t)
+                return nullptr;
+            PyObject *r = PyObject_CallFunctionObjArgs(g_send_fallback, self, obj, t, nullptr);
             Py_DECREF(t);
             return r;
         }
         struct Release {
-            Py_buffer* v;
+            Py_buffer *v;
             ~Release() { PyBuffer_Release(v); }
         } release{&view};
         send_bytes_impl(s, view.buf, static_cast<std::size_t>(view.len), {}, timeout);
@@ -221,21 +237,25 @@ PyObject* ch_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObj
     }
 }
 
-PyObject* ch_recv_bytes(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
-                        PyObject* kwnames) {
+PyObject *ch_recv_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames) {
     std::optional<double> timeout;
-    if (!parse_args("recv_bytes", args, nargs, kwnames, 0, nullptr, timeout)) return nullptr;
+    if (!parse_args("recv_bytes", args, nargs, kwnames, 0, nullptr, timeout))
+        return nullptr;
     try {
-        ChannelCore& s = *core_of(self);
-        Channel& ch = s.get();
-        PyObject* out = nullptr;
-        auto sink = [&](const void* p, std::size_t n) {
-            out = PyBytes_FromStringAndSize(static_cast<const char*>(p), static_cast<Py_ssize_t>(n));
-            if (!out) throw py::error_already_set();
+        ChannelCore &s = *core_of(self);
+        Channel &ch = s.get();
+        PyObject *out = nullptr;
+        auto sink = [&](const void *p, std::size_t n) {
+            out =
+                PyBytes_FromStringAndSize(static_cast<const char *>(p), static_cast<Py_ssize_t>(n));
+            if (!out)
+                throw py::error_already_set();
         };
         Deadline d = deadline_of(timeout);
         for (;;) {
-            if (ch.try_recv_many(1, sink) > 0) return out;
+            if (ch.try_recv_many(1, sink) > 0)
+                return out;
             GilRelease nogil;
             ch.wait_readable(d); // throws Timeout / EndOfStream / PeerDied
         }
@@ -244,11 +264,12 @@ PyObject* ch_recv_bytes(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
     }
 }
 
-PyObject* ch_recv(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+PyObject *ch_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     std::optional<double> timeout;
-    if (!parse_args("recv", args, nargs, kwnames, 0, nullptr, timeout)) return nullptr;
+    if (!parse_args("recv", args, nargs, kwnames, 0, nullptr, timeout))
+        return nullptr;
     try {
-        ChannelCore& s = *core_of(self);
+        ChannelCore &s = *core_of(self);
         return message_block(s, recv_message(s, timeout)).release().ptr();
     } catch (...) {
         return translate_current();
@@ -278,138 +299,154 @@ PyMethodDef g_fast_methods[] = {
 
 } // namespace
 
-void bind_channel(py::module_& m) {
+void bind_channel(py::module_ &m) {
     py::class_<ChannelCore> cls(m, "ChannelCore");
-    cls
-        .def(py::init([](py::object heap, const std::string& name, std::uint64_t capacity) {
-                 Heap& h = heap_of(heap);
-                 auto core = std::make_unique<ChannelCore>();
-                 core->heap = std::move(heap);
-                 {
-                     GilRelease nogil; // may wait for a concurrent creator
-                     core->ch = Channel::open(h, name, capacity);
-                 }
-                 return core;
-             }),
-             py::arg("heap"), py::arg("name"), py::arg("capacity"))
-        .def_property_readonly("closed", [](ChannelCore& s) { return !s.ch || !s.heap_open(); })
-        .def_property_readonly("_heap", [](ChannelCore& s) { return s.heap; })
-        .def("_name", [](ChannelCore& s) { return s.get().name(); })
-        .def("_capacity", [](ChannelCore& s) { return s.get().capacity(); })
-        .def("_queued", [](ChannelCore& s) { return s.get().queued(); })
+    cls.def(py::init([](py::object heap, const std::string &name, std::uint64_t capacity) {
+                Heap &h = heap_of(heap);
+                auto core = std::make_unique<ChannelCore>();
+                core->heap = std::move(heap);
+                {
+                    GilRelease nogil; // may wait for a concurrent creator
+                    core->ch = Channel::open(h, name, capacity);
+                }
+                return core;
+            }),
+            py::arg("heap"), py::arg("name"), py::arg("capacity"))
+        .def_property_readonly("closed", [](ChannelCore &s) { return !s.ch || !s.heap_open(); })
+        .def_property_readonly("_heap", [](ChannelCore &s) { return s.heap; })
+        .def("_name", [](ChannelCore &s) { return s.get().name(); })
+        .def("_capacity", [](ChannelCore &s) { return s.get().capacity(); })
+        .def("_queued", [](ChannelCore &s) { return s.get().queued(); })
         .def("_role",
-             [](ChannelCore& s) -> py::object {
+             [](ChannelCore &s) -> py::object {
                  switch (s.get().role()) {
-                 case ChannelRole::Sender: return py::str("sender");
-                 case ChannelRole::Receiver: return py::str("receiver");
-                 default: return py::none();
+                 case ChannelRole::Sender:
+                     return py::str("sender");
+                 case ChannelRole::Receiver:
+                     return py::str("receiver");
+                 default:
+                     return py::none();
                  }
              })
-        .def("_stream_ended", [](ChannelCore& s) { return s.get().stream_ended(); })
+        .def("_stream_ended", [](ChannelCore &s) { return s.get().stream_ended(); })
         .def("_alive",
-             [](ChannelCore& s, bool sender) {
-                 return s.get().endpoint_alive(sender ? ChannelRole::Sender : ChannelRole::Receiver);
+             [](ChannelCore &s, bool sender) {
+                 return s.get().endpoint_alive(sender ? ChannelRole::Sender
+                                                      : ChannelRole::Receiver);
              })
         .def("_get_spin",
-             [](ChannelCore& s) { return std::chrono::duration<double>(s.get().spin()).count(); })
+             [](ChannelCore &s) { return std::chrono::duration<double>(s.get().spin()).count(); })
         .def("_set_spin",
-             [](ChannelCore& s, double seconds) {
+             [](ChannelCore &s, double seconds) {
                  if (!(seconds >= 0) || seconds > 10)
                      throw std::invalid_argument("spin must be between 0 and 10 seconds");
                  s.get().set_spin(std::chrono::duration_cast<std::chrono::nanoseconds>(
                      std::chrono::duration<double>(seconds)));
              })
-        .def("_send_block",
-             [](ChannelCore& s, py::handle blk, std::optional<py::bytes> meta,
-                std::optional<double> timeout, bool allow_exports) {
-                 send_block_impl(s, blk, meta_of(meta), timeout, allow_exports);
-             },
-             py::arg("blk"), py::arg("meta") = py::none(), py::arg("timeout") = py::none(),
-             py::arg("allow_exports") = false)
-        .def("_send_bytes",
-             [](ChannelCore& s, py::handle obj, std::optional<py::bytes> meta,
-                std::optional<double> timeout) {
-                 BufferView v(obj);
-                 send_bytes_impl(s, v.data(), v.size(), meta_of(meta), timeout);
-             },
-             py::arg("obj"), py::arg("meta") = py::none(), py::arg("timeout") = py::none())
-        .def("_send_many",
-             [](ChannelCore& s, py::object items_in, std::optional<double> timeout) {
-                 Channel& ch = s.get();
-                 // A list or tuple (PySequence_Fast makes one of anything iterable).
-                 py::object items = py::reinterpret_steal<py::object>(
-                     PySequence_Fast(items_in.ptr(), "send_many() needs an iterable of buffers"));
-                 if (!items) throw py::error_already_set();
-                 std::vector<std::unique_ptr<BufferView>> views;
-                 std::vector<std::pair<const void*, std::size_t>> msgs;
-                 const std::size_t n = static_cast<std::size_t>(PySequence_Fast_GET_SIZE(items.ptr()));
-                 views.reserve(n);
-                 msgs.reserve(n);
-                 for (std::size_t i = 0; i < n; ++i) {
-                     PyObject* o = PySequence_Fast_GET_ITEM(items.ptr(), i);
-                     if (PyBytes_CheckExact(o)) { // the common case, without a buffer export
-                         msgs.emplace_back(PyBytes_AS_STRING(o),
-                                           static_cast<std::size_t>(PyBytes_GET_SIZE(o)));
-                         continue;
-                     }
-                     views.push_back(std::make_unique<BufferView>(o));
-                     msgs.emplace_back(views.back()->data(), views.back()->size());
-                 }
-                 Deadline d = deadline_of(timeout);
-                 GilRelease nogil;
-                 return ch.send_many(msgs, d);
-             },
-             py::arg("items"), py::arg("timeout") = py::none())
-        .def("_recv",
-             [](ChannelCore& s, std::optional<double> timeout) {
-                 return message_block(s, recv_message(s, timeout));
-             },
-             py::arg("timeout") = py::none())
-        .def("_recv_message",
-             [](ChannelCore& s, std::optional<double> timeout) {
-                 ChannelMessage m = recv_message(s, timeout);
-                 py::object meta = m.kind == RecordKind::Array ? py::object(py::bytes(m.meta))
-                                                               : py::object(py::none());
-                 return py::make_tuple(message_block(s, m), meta);
-             },
-             py::arg("timeout") = py::none())
-        .def("_recv_many",
-             [](ChannelCore& s, std::size_t max, std::optional<double> timeout) {
-                 Channel& ch = s.get();
-                 py::list out;
-                 auto sink = [&](const void* p, std::size_t n) {
-                     PyObject* b = PyBytes_FromStringAndSize(static_cast<const char*>(p),
-                                                             static_cast<Py_ssize_t>(n));
-                     if (!b || PyList_Append(out.ptr(), b) != 0) {
-                         Py_XDECREF(b);
-                         throw py::error_already_set();
-                     }
-                     Py_DECREF(b);
-                 };
-                 if (max == 0) return out;
-                 Deadline d = deadline_of(timeout);
-                 for (;;) {
-                     if (ch.try_recv_many(max, sink) > 0) return out;
-                     GilRelease nogil;
-                     ch.wait_readable(d); // throws Timeout / EndOfStream / PeerDied
-                 }
-             },
-             py::arg("max"), py::arg("timeout") = py::none())
-        .def("_poll",
-             [](ChannelCore& s, std::optional<double> timeout) {
-                 Channel& ch = s.get();
-                 if (ch.queued() > 0 || ch.stream_ended()) return true;
-                 if (timeout && *timeout <= 0) return false;
-                 Deadline d = deadline_of(timeout);
-                 GilRelease nogil;
-                 return ch.poll(d);
-             },
-             py::arg("timeout") = 0.0)
-        .def("_release", [](ChannelCore& s) { s.get().release(); })
-        .def("_close", [](ChannelCore& s) { s.close(); });
-    g_core_type = reinterpret_cast<PyTypeObject*>(cls.ptr());
-    for (PyMethodDef& def : g_fast_methods) {
-        PyObject* descr = PyDescr_NewMethod(g_core_type, &def);
+        .def(
+            "_send_block",
+            [](ChannelCore &s, py::handle blk, std::optional<py::bytes> meta,
+               std::optional<double> timeout, bool allow_exports) {
+                send_block_impl(s, blk, meta_of(meta), timeout, allow_exports);
+            },
+            py::arg("blk"), py::arg("meta") = py::none(), py::arg("timeout") = py::none(),
+            py::arg("allow_exports") = false)
+        .def(
+            "_send_bytes",
+            [](ChannelCore &s, py::handle obj, std::optional<py::bytes> meta,
+               std::optional<double> timeout) {
+                BufferView v(obj);
+                send_bytes_impl(s, v.data(), v.size(), meta_of(meta), timeout);
+            },
+            py::arg("obj"), py::arg("meta") = py::none(), py::arg("timeout") = py::none())
+        .def(
+            "_send_many",
+            [](ChannelCore &s, py::object items_in, std::optional<double> timeout) {
+                Channel &ch = s.get();
+                // A list or tuple (PySequence_Fast makes one of anything iterable).
+                py::object items = py::reinterpret_steal<py::object>(
+                    PySequence_Fast(items_in.ptr(), "send_many() needs an iterable of buffers"));
+                if (!items)
+                    throw py::error_already_set();
+                std::vector<std::unique_ptr<BufferView>> views;
+                std::vector<std::pair<const void *, std::size_t>> msgs;
+                const std::size_t n =
+                    static_cast<std::size_t>(PySequence_Fast_GET_SIZE(items.ptr()));
+                views.reserve(n);
+                msgs.reserve(n);
+                for (std::size_t i = 0; i < n; ++i) {
+                    PyObject *o = PySequence_Fast_GET_ITEM(items.ptr(), i);
+                    if (PyBytes_CheckExact(o)) { // the common case, without a buffer export
+                        msgs.emplace_back(PyBytes_AS_STRING(o),
+                                          static_cast<std::size_t>(PyBytes_GET_SIZE(o)));
+                        continue;
+                    }
+                    views.push_back(std::make_unique<BufferView>(o));
+                    msgs.emplace_back(views.back()->data(), views.back()->size());
+                }
+                Deadline d = deadline_of(timeout);
+                GilRelease nogil;
+                return ch.send_many(msgs, d);
+            },
+            py::arg("items"), py::arg("timeout") = py::none())
+        .def(
+            "_recv",
+            [](ChannelCore &s, std::optional<double> timeout) {
+                return message_block(s, recv_message(s, timeout));
+            },
+            py::arg("timeout") = py::none())
+        .def(
+            "_recv_message",
+            [](ChannelCore &s, std::optional<double> timeout) {
+                ChannelMessage m = recv_message(s, timeout);
+                py::object meta = m.kind == RecordKind::Array ? py::object(py::bytes(m.meta))
+                                                              : py::object(py::none());
+                return py::make_tuple(message_block(s, m), meta);
+            },
+            py::arg("timeout") = py::none())
+        .def(
+            "_recv_many",
+            [](ChannelCore &s, std::size_t max, std::optional<double> timeout) {
+                Channel &ch = s.get();
+                py::list out;
+                auto sink = [&](const void *p, std::size_t n) {
+                    PyObject *b = PyBytes_FromStringAndSize(static_cast<const char *>(p),
+                                                            static_cast<Py_ssize_t>(n));
+                    if (!b || PyList_Append(out.ptr(), b) != 0) {
+                        Py_XDECREF(b);
+                        throw py::error_already_set();
+                    }
+                    Py_DECREF(b);
+                };
+                if (max == 0)
+                    return out;
+                Deadline d = deadline_of(timeout);
+                for (;;) {
+                    if (ch.try_recv_many(max, sink) > 0)
+                        return out;
+                    GilRelease nogil;
+                    ch.wait_readable(d); // throws Timeout / EndOfStream / PeerDied
+                }
+            },
+            py::arg("max"), py::arg("timeout") = py::none())
+        .def(
+            "_poll",
+            [](ChannelCore &s, std::optional<double> timeout) {
+                Channel &ch = s.get();
+                if (ch.queued() > 0 || ch.stream_ended())
+                    return true;
+                if (timeout && *timeout <= 0)
+                    return false;
+                Deadline d = deadline_of(timeout);
+                GilRelease nogil;
+                return ch.poll(d);
+            },
+            py::arg("timeout") = 0.0)
+        .def("_release", [](ChannelCore &s) { s.get().release(); })
+        .def("_close", [](ChannelCore &s) { s.close(); });
+    g_core_type = reinterpret_cast<PyTypeObject *>(cls.ptr());
+    for (PyMethodDef &def : g_fast_methods) {
+        PyObject *descr = PyDescr_NewMethod(g_core_type, &def);
         if (!descr || PyObject_SetAttrString(cls.ptr(), def.ml_name, descr) != 0) {
             Py_XDECREF(descr);
             throw py::error_already_set();
@@ -422,9 +459,9 @@ void bind_channel(py::module_& m) {
     });
 
     m.def("list_channels", [](py::object heap) {
-        Heap& h = heap_of(heap);
+        Heap &h = heap_of(heap);
         py::dict out;
-        for (const ChannelInfo& c : Channel::list(h)) {
+        for (const ChannelInfo &c : Channel::list(h)) {
             py::dict d;
             d["capacity"] = c.capacity;
             d["queued"] = c.queued;

@@ -11,56 +11,61 @@ namespace shmipc::bindings {
 
 namespace {
 
-PyObject* py_error(const char* name) {
+PyObject *py_error(const char *name) {
     // Defined in python/shmipc/_errors.py (multiple inheritance is simpler in Python).
     // Deliberately leaked: a static py::object would be released after the interpreter is
     // finalized (a crash at exit).
-    static PyObject* mod = py::module_::import("shmipc._errors").release().ptr();
+    static PyObject *mod = py::module_::import("shmipc._errors").release().ptr();
     return py::handle(mod).attr(name).ptr();
 }
 
 void interrupt_hook() {
     park_if_finalizing();
     py::gil_scoped_acquire gil;
-    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    if (PyErr_CheckSignals() != 0)
+        throw py::error_already_set();
 }
 
 } // namespace
 
 void park_if_finalizing() noexcept {
-    if (!interpreter_finalizing()) return;
-    for (;;) ::pause(); // the process is exiting; exit() ends this thread
+    if (!interpreter_finalizing())
+        return;
+    for (;;)
+        ::pause(); // the process is exiting; exit() ends this thread
 }
 
-void bind_errors(py::module_& m) {
+void bind_errors(py::module_ &m) {
     set_interrupt_hook(&interrupt_hook);
     py::register_exception_translator([](std::exception_ptr p) {
         try {
-            if (p) std::rethrow_exception(p);
-        } catch (const CorruptSegment& e) {
+            if (p)
+                std::rethrow_exception(p);
+        } catch (const CorruptSegment &e) {
             PyErr_SetString(py_error("CorruptSegmentError"), e.what());
-        } catch (const PeerDied& e) {
+        } catch (const PeerDied &e) {
             PyErr_SetString(py_error("PeerDiedError"), e.what());
-        } catch (const ChannelBusy& e) {
+        } catch (const ChannelBusy &e) {
             PyErr_SetString(py_error("ChannelBusyError"), e.what());
-        } catch (const Error& e) {
+        } catch (const Error &e) {
             PyErr_SetString(py_error("ShmipcError"), e.what());
-        } catch (const Timeout& e) {
+        } catch (const Timeout &e) {
             PyErr_SetString(PyExc_TimeoutError, e.what());
-        } catch (const EndOfStream& e) {
+        } catch (const EndOfStream &e) {
             PyErr_SetString(PyExc_EOFError, e.what());
-        } catch (const OutOfMemory& e) {
+        } catch (const OutOfMemory &e) {
             PyErr_SetString(PyExc_MemoryError, e.what());
-        } catch (const BufferBusy& e) {
+        } catch (const BufferBusy &e) {
             PyErr_SetString(PyExc_BufferError, e.what());
-        } catch (const Closed& e) {
+        } catch (const Closed &e) {
             PyErr_SetString(PyExc_ValueError, e.what());
-        } catch (const std::system_error& e) {
+        } catch (const std::system_error &e) {
             // OSError(errno, msg) picks the subclass (FileExistsError, ...) from errno.
             py::object exc = py::reinterpret_steal<py::object>(
                 PyObject_CallFunction(PyExc_OSError, "is", e.code().value(), e.what()));
-            if (exc) PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
-        } catch (const std::invalid_argument& e) {
+            if (exc)
+                PyErr_SetObject(reinterpret_cast<PyObject *>(Py_TYPE(exc.ptr())), exc.ptr());
+        } catch (const std::invalid_argument &e) {
             PyErr_SetString(PyExc_ValueError, e.what());
         }
     });

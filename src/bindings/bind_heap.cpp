@@ -20,48 +20,52 @@ namespace {
 struct PyHeap {
     std::unique_ptr<Heap> heap;
     Py_ssize_t exports = 0; // live buffer views of its Blocks: close() refuses while > 0
-    Heap& get() {
-        if (!heap) throw Closed("Heap is closed");
+    Heap &get() {
+        if (!heap)
+            throw Closed("Heap is closed");
         return *heap;
     }
 };
 
 struct BlockObject {
-    PyObject_HEAD
-    PyObject* owner;       // the Python heap (strong reference)
-    PyHeap* heap;          // valid while `owner` is referenced
-    std::uint64_t offset;  // payload offset
+    PyObject_HEAD PyObject *owner; // the Python heap (strong reference)
+    PyHeap *heap;                  // valid while `owner` is referenced
+    std::uint64_t offset;          // payload offset
     Py_ssize_t nbytes;
-    char* ptr;
+    char *ptr;
     Py_ssize_t exports;
     bool released;
-    bool owned;            // release()/GC frees the memory
-    unsigned generation;   // process_generation() at creation: a fork child never frees
-                           // the blocks it inherited (they are its parent's)
+    bool owned;          // release()/GC frees the memory
+    unsigned generation; // process_generation() at creation: a fork child never frees
+                         // the blocks it inherited (they are its parent's)
 };
 
-PyTypeObject* g_block_base = nullptr;  // _core.Block
-PyTypeObject* g_block_type = nullptr;  // what allocate() makes (shmipc.Block once registered)
-PyTypeObject* g_heap_type = nullptr;   // _core.HeapCore
+PyTypeObject *g_block_base = nullptr; // _core.Block
+PyTypeObject *g_block_type = nullptr; // what allocate() makes (shmipc.Block once registered)
+PyTypeObject *g_heap_type = nullptr;  // _core.HeapCore
 
-PyHeap* pyheap_of(PyObject* self) {
-    if (!g_heap_type || !PyObject_TypeCheck(self, g_heap_type)) return nullptr;
-    auto* inst = reinterpret_cast<py::detail::instance*>(self);
-    if (inst->simple_layout) return static_cast<PyHeap*>(inst->simple_value_holder[0]);
-    return py::handle(self).cast<PyHeap*>();
+PyHeap *pyheap_of(PyObject *self) {
+    if (!g_heap_type || !PyObject_TypeCheck(self, g_heap_type))
+        return nullptr;
+    auto *inst = reinterpret_cast<py::detail::instance *>(self);
+    if (inst->simple_layout)
+        return static_cast<PyHeap *>(inst->simple_value_holder[0]);
+    return py::handle(self).cast<PyHeap *>();
 }
 
-bool is_block(PyObject* o) { return g_block_base && PyObject_TypeCheck(o, g_block_base); }
+bool is_block(PyObject *o) {
+    return g_block_base && PyObject_TypeCheck(o, g_block_base);
+}
 
 // Dead Block objects kept for reuse (like CPython's float freelist): saves an allocation and
 // a free per block on the hot path. Only for the exact base type (no subclass state).
 constexpr int kBlockFreelistMax = 256;
-PyObject* g_block_freelist[kBlockFreelistMax];
+PyObject *g_block_freelist[kBlockFreelistMax];
 int g_block_freelist_len = 0;
-PyObject* g_as_array_helper = nullptr; // shmipc._heap._block_as_array
+PyObject *g_as_array_helper = nullptr; // shmipc._heap._block_as_array
 
-PyObject* new_block(PyObject* owner, PyHeap* ph, std::uint64_t off, Py_ssize_t n, bool owned) {
-    PyObject* o;
+PyObject *new_block(PyObject *owner, PyHeap *ph, std::uint64_t off, Py_ssize_t n, bool owned) {
+    PyObject *o;
     if (g_block_type == g_block_base && g_block_freelist_len > 0) {
         o = g_block_freelist[--g_block_freelist_len];
         // GIL held: the freelist is only touched with it. Re-initialise the header.
@@ -69,14 +73,15 @@ PyObject* new_block(PyObject* owner, PyHeap* ph, std::uint64_t off, Py_ssize_t n
     } else {
         o = g_block_type->tp_alloc(g_block_type, 0);
     }
-    if (!o) return nullptr;
-    auto* b = reinterpret_cast<BlockObject*>(o);
+    if (!o)
+        return nullptr;
+    auto *b = reinterpret_cast<BlockObject *>(o);
     Py_INCREF(owner);
     b->owner = owner;
     b->heap = ph;
     b->offset = off;
     b->nbytes = n;
-    b->ptr = static_cast<char*>(ph->heap->to_ptr(off));
+    b->ptr = static_cast<char *>(ph->heap->to_ptr(off));
     b->exports = 0;
     b->released = false;
     b->owned = owned;
@@ -85,7 +90,7 @@ PyObject* new_block(PyObject* owner, PyHeap* ph, std::uint64_t off, Py_ssize_t n
 }
 
 // Translates the C++ exception being handled into a Python one (the module's translators).
-PyObject* translate() {
+PyObject *translate() {
     try {
         py::detail::try_translate_exceptions();
     } catch (...) {
@@ -95,10 +100,10 @@ PyObject* translate() {
 }
 
 // heap.allocate(nbytes, align=64) -> Block
-PyObject* heap_allocate(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
-                        PyObject* kwnames) {
-    PyObject* nbytes_o = nargs > 0 ? args[0] : nullptr;
-    PyObject* align_o = nargs > 1 ? args[1] : nullptr;
+PyObject *heap_allocate(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames) {
+    PyObject *nbytes_o = nargs > 0 ? args[0] : nullptr;
+    PyObject *align_o = nargs > 1 ? args[1] : nullptr;
     if (nargs > 2) {
         PyErr_SetString(PyExc_TypeError, "allocate() takes at most 2 positional arguments");
         return nullptr;
@@ -106,14 +111,15 @@ PyObject* heap_allocate(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
     if (kwnames) {
         Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
         for (Py_ssize_t i = 0; i < nk; ++i) {
-            PyObject* k = PyTuple_GET_ITEM(kwnames, i);
-            PyObject* v = args[nargs + i];
+            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+            PyObject *v = args[nargs + i];
             if (PyUnicode_CompareWithASCIIString(k, "nbytes") == 0 && !nbytes_o)
                 nbytes_o = v;
             else if (PyUnicode_CompareWithASCIIString(k, "align") == 0 && !align_o)
                 align_o = v;
             else {
-                PyErr_Format(PyExc_TypeError, "allocate() got an unexpected keyword argument %R", k);
+                PyErr_Format(PyExc_TypeError, "allocate() got an unexpected keyword argument %R",
+                             k);
                 return nullptr;
             }
         }
@@ -128,9 +134,11 @@ PyObject* heap_allocate(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
         return nullptr;
     }
     Py_ssize_t n = PyLong_AsSsize_t(nbytes_o);
-    if (n == -1 && PyErr_Occurred()) return nullptr;
+    if (n == -1 && PyErr_Occurred())
+        return nullptr;
     Py_ssize_t align = align_o ? PyLong_AsSsize_t(align_o) : 64;
-    if (align == -1 && PyErr_Occurred()) return nullptr;
+    if (align == -1 && PyErr_Occurred())
+        return nullptr;
     if (n <= 0) {
         PyErr_Format(PyExc_ValueError, "a Block needs nbytes >= 1, got %zd", n);
         return nullptr;
@@ -139,7 +147,7 @@ PyObject* heap_allocate(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
         PyErr_Format(PyExc_ValueError, "align must be a power of two, got %zd", align);
         return nullptr;
     }
-    PyHeap* ph = pyheap_of(self);
+    PyHeap *ph = pyheap_of(self);
     if (!ph) {
         PyErr_SetString(PyExc_TypeError, "allocate() needs a shmipc.Heap");
         return nullptr;
@@ -154,7 +162,7 @@ PyObject* heap_allocate(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
     } catch (...) {
         return translate();
     }
-    PyObject* b = new_block(self, ph, off, n, true);
+    PyObject *b = new_block(self, ph, off, n, true);
     if (!b) {
         try {
             ph->heap->deallocate(off);
@@ -174,9 +182,10 @@ PyMethodDef g_allocate_def = {
 
 // --- Block -----------------------------------------------------------------------------
 
-int block_release_memory(BlockObject* b) {
+int block_release_memory(BlockObject *b) {
     // Returns -1 with an exception set on failure.
-    if (b->released) return 0;
+    if (b->released)
+        return 0;
     if (b->exports > 0) {
         PyErr_Format(PyExc_BufferError,
                      "cannot release a Block while %zd view(s) of it (memoryview, ndarray) exist",
@@ -195,8 +204,8 @@ int block_release_memory(BlockObject* b) {
     return 0;
 }
 
-void block_dealloc(PyObject* self) {
-    auto* b = reinterpret_cast<BlockObject*>(self);
+void block_dealloc(PyObject *self) {
+    auto *b = reinterpret_cast<BlockObject *>(self);
     if (!b->released && b->owned && b->heap && b->heap->heap &&
         b->generation == process_generation()) {
         try {
@@ -213,40 +222,42 @@ void block_dealloc(PyObject* self) {
     Py_TYPE(self)->tp_free(self);
 }
 
-PyObject* block_as_array(PyObject* self, PyObject* args, PyObject* kwargs) {
+PyObject *block_as_array(PyObject *self, PyObject *args, PyObject *kwargs) {
     if (!g_as_array_helper) {
         PyErr_SetString(PyExc_RuntimeError, "shmipc._heap is not imported");
         return nullptr;
     }
     // as_array(dtype=uint8, shape=None, order="C"): implemented in Python (NumPy).
-    PyObject* full = PyTuple_New(PyTuple_GET_SIZE(args) + 1);
-    if (!full) return nullptr;
+    PyObject *full = PyTuple_New(PyTuple_GET_SIZE(args) + 1);
+    if (!full)
+        return nullptr;
     Py_INCREF(self);
     PyTuple_SET_ITEM(full, 0, self);
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args); ++i) {
-        PyObject* a = PyTuple_GET_ITEM(args, i);
+        PyObject *a = PyTuple_GET_ITEM(args, i);
         Py_INCREF(a);
         PyTuple_SET_ITEM(full, i + 1, a);
     }
-    PyObject* r = PyObject_Call(g_as_array_helper, full, kwargs);
+    PyObject *r = PyObject_Call(g_as_array_helper, full, kwargs);
     Py_DECREF(full);
     return r;
 }
 
-PyObject* block_reduce_ex(PyObject*, PyObject*) {
+PyObject *block_reduce_ex(PyObject *, PyObject *) {
     PyErr_SetString(PyExc_TypeError,
                     "a shmipc.Block cannot be pickled: send it through a heap channel "
                     "(heap.channel(name).send(blk)) or share a heap.shared_block() by name");
     return nullptr;
 }
 
-PyObject* block_release(PyObject* self, PyObject*) {
-    if (block_release_memory(reinterpret_cast<BlockObject*>(self)) != 0) return nullptr;
+PyObject *block_release(PyObject *self, PyObject *) {
+    if (block_release_memory(reinterpret_cast<BlockObject *>(self)) != 0)
+        return nullptr;
     Py_RETURN_NONE;
 }
 
-PyObject* block_enter(PyObject* self, PyObject*) {
-    auto* b = reinterpret_cast<BlockObject*>(self);
+PyObject *block_enter(PyObject *self, PyObject *) {
+    auto *b = reinterpret_cast<BlockObject *>(self);
     if (b->released) {
         PyErr_SetString(PyExc_ValueError, "Block is released");
         return nullptr;
@@ -255,13 +266,14 @@ PyObject* block_enter(PyObject* self, PyObject*) {
     return self;
 }
 
-PyObject* block_exit(PyObject* self, PyObject* const*, Py_ssize_t) {
-    if (block_release_memory(reinterpret_cast<BlockObject*>(self)) != 0) return nullptr;
+PyObject *block_exit(PyObject *self, PyObject *const *, Py_ssize_t) {
+    if (block_release_memory(reinterpret_cast<BlockObject *>(self)) != 0)
+        return nullptr;
     Py_RETURN_FALSE;
 }
 
-int block_getbuffer(PyObject* self, Py_buffer* view, int flags) {
-    auto* b = reinterpret_cast<BlockObject*>(self);
+int block_getbuffer(PyObject *self, Py_buffer *view, int flags) {
+    auto *b = reinterpret_cast<BlockObject *>(self);
     if (b->released) {
         PyErr_SetString(PyExc_ValueError, "Block is released");
         view->obj = nullptr;
@@ -272,46 +284,49 @@ int block_getbuffer(PyObject* self, Py_buffer* view, int flags) {
         view->obj = nullptr;
         return -1;
     }
-    if (PyBuffer_FillInfo(view, self, b->ptr, b->nbytes, 0, flags) != 0) return -1;
+    if (PyBuffer_FillInfo(view, self, b->ptr, b->nbytes, 0, flags) != 0)
+        return -1;
     ++b->exports;
     ++b->heap->exports;
     return 0;
 }
 
-void block_releasebuffer(PyObject* self, Py_buffer*) {
-    auto* b = reinterpret_cast<BlockObject*>(self);
+void block_releasebuffer(PyObject *self, Py_buffer *) {
+    auto *b = reinterpret_cast<BlockObject *>(self);
     --b->exports;
     --b->heap->exports;
 }
 
-PyObject* block_get_nbytes(PyObject* self, void*) {
-    return PyLong_FromSsize_t(reinterpret_cast<BlockObject*>(self)->nbytes);
+PyObject *block_get_nbytes(PyObject *self, void *) {
+    return PyLong_FromSsize_t(reinterpret_cast<BlockObject *>(self)->nbytes);
 }
-PyObject* block_get_offset(PyObject* self, void*) {
-    return PyLong_FromUnsignedLongLong(reinterpret_cast<BlockObject*>(self)->offset);
+PyObject *block_get_offset(PyObject *self, void *) {
+    return PyLong_FromUnsignedLongLong(reinterpret_cast<BlockObject *>(self)->offset);
 }
-PyObject* block_get_released(PyObject* self, void*) {
-    return PyBool_FromLong(reinterpret_cast<BlockObject*>(self)->released);
+PyObject *block_get_released(PyObject *self, void *) {
+    return PyBool_FromLong(reinterpret_cast<BlockObject *>(self)->released);
 }
-PyObject* block_get_heap(PyObject* self, void*) {
-    auto* b = reinterpret_cast<BlockObject*>(self);
+PyObject *block_get_heap(PyObject *self, void *) {
+    auto *b = reinterpret_cast<BlockObject *>(self);
     Py_INCREF(b->owner);
     return b->owner;
 }
-PyObject* block_get_exports(PyObject* self, void*) {
-    return PyLong_FromSsize_t(reinterpret_cast<BlockObject*>(self)->exports);
+PyObject *block_get_exports(PyObject *self, void *) {
+    return PyLong_FromSsize_t(reinterpret_cast<BlockObject *>(self)->exports);
 }
-PyObject* block_get_address(PyObject* self, void*) {
-    auto* b = reinterpret_cast<BlockObject*>(self);
+PyObject *block_get_address(PyObject *self, void *) {
+    auto *b = reinterpret_cast<BlockObject *>(self);
     return PyLong_FromVoidPtr(b->released ? nullptr : b->ptr);
 }
 
-Py_ssize_t block_length(PyObject* self) { return reinterpret_cast<BlockObject*>(self)->nbytes; }
+Py_ssize_t block_length(PyObject *self) {
+    return reinterpret_cast<BlockObject *>(self)->nbytes;
+}
 
-PyObject* block_detach(PyObject* self, PyObject*) {
+PyObject *block_detach(PyObject *self, PyObject *) {
     try {
         return PyLong_FromUnsignedLongLong(detach_block(self));
-    } catch (py::error_already_set& e) {
+    } catch (py::error_already_set &e) {
         e.restore();
         return nullptr;
     } catch (...) {
@@ -319,13 +334,13 @@ PyObject* block_detach(PyObject* self, PyObject*) {
     }
 }
 
-PyObject* block_new(PyTypeObject*, PyObject*, PyObject*) {
+PyObject *block_new(PyTypeObject *, PyObject *, PyObject *) {
     PyErr_SetString(PyExc_TypeError, "Blocks come from Heap.allocate() or Heap.shared_block()");
     return nullptr;
 }
 
-PyObject* block_repr(PyObject* self) {
-    auto* b = reinterpret_cast<BlockObject*>(self);
+PyObject *block_repr(PyObject *self) {
+    auto *b = reinterpret_cast<BlockObject *>(self);
     return PyUnicode_FromFormat("<shmipc.Block offset=%llu nbytes=%zd%s>",
                                 static_cast<unsigned long long>(b->offset), b->nbytes,
                                 b->released ? " released" : "");
@@ -363,7 +378,7 @@ PySequenceMethods g_block_seq = {};
 PyTypeObject g_block_type_obj = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
 void init_block_type() {
-    auto& t = g_block_type_obj;
+    auto &t = g_block_type_obj;
     t.tp_name = "shmipc.Block";
     t.tp_basicsize = sizeof(BlockObject);
     t.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE;
@@ -384,7 +399,7 @@ void init_block_type() {
     t.tp_repr = block_repr;
 }
 
-py::dict stats_dict(const HeapStats& s) {
+py::dict stats_dict(const HeapStats &s) {
     py::dict d;
     d["size"] = s.size;
     d["used"] = s.used;
@@ -399,40 +414,51 @@ py::dict stats_dict(const HeapStats& s) {
 
 } // namespace
 
-Heap& heap_of(py::handle py_heap) {
-    PyHeap* ph = pyheap_of(py_heap.ptr());
-    if (!ph) throw std::invalid_argument("not a shmipc.Heap");
+Heap &heap_of(py::handle py_heap) {
+    PyHeap *ph = pyheap_of(py_heap.ptr());
+    if (!ph)
+        throw std::invalid_argument("not a shmipc.Heap");
     return ph->get();
 }
 
 py::object make_block(py::handle py_heap, std::uint64_t offset, std::size_t nbytes, bool owned) {
-    PyHeap* ph = pyheap_of(py_heap.ptr());
-    if (!ph) throw std::invalid_argument("not a shmipc.Heap");
+    PyHeap *ph = pyheap_of(py_heap.ptr());
+    if (!ph)
+        throw std::invalid_argument("not a shmipc.Heap");
     // Only a live block of this heap, and only its payload: a view can never cover allocator
     // metadata (invalid_argument otherwise).
     if (ph->get().block_capacity(offset) < nbytes)
-        throw std::invalid_argument("block at offset " + std::to_string(offset) + " is smaller than " +
-                                    std::to_string(nbytes) + " bytes");
-    PyObject* o = new_block(py_heap.ptr(), ph, offset, static_cast<Py_ssize_t>(nbytes), owned);
-    if (!o) throw py::error_already_set();
+        throw std::invalid_argument("block at offset " + std::to_string(offset) +
+                                    " is smaller than " + std::to_string(nbytes) + " bytes");
+    PyObject *o = new_block(py_heap.ptr(), ph, offset, static_cast<Py_ssize_t>(nbytes), owned);
+    if (!o)
+        throw py::error_already_set();
     return py::reinterpret_steal<py::object>(o);
 }
 
 std::optional<BlockRef> block_ref(py::handle obj) {
-    if (!is_block(obj.ptr())) return std::nullopt;
-    auto* b = reinterpret_cast<BlockObject*>(obj.ptr());
-    if (b->released || !b->heap->heap) return std::nullopt;
+    if (!is_block(obj.ptr()))
+        return std::nullopt;
+    auto *b = reinterpret_cast<BlockObject *>(obj.ptr());
+    if (b->released || !b->heap->heap)
+        return std::nullopt;
     return BlockRef{b->owner, b->offset, static_cast<std::size_t>(b->nbytes), b->owned};
 }
 
-std::uint64_t detach_block(py::handle blk) { return detach_block(blk, false); }
+std::uint64_t detach_block(py::handle blk) {
+    return detach_block(blk, false);
+}
 
 std::uint64_t detach_block(py::handle blk, bool allow_exports) {
-    if (!is_block(blk.ptr())) throw std::invalid_argument("not a shmipc.Block");
-    auto* b = reinterpret_cast<BlockObject*>(blk.ptr());
-    if (b->released) throw std::invalid_argument("Block is released");
-    if (!b->owned) throw std::invalid_argument("a shared block cannot be moved");
-    if (!b->heap->heap) throw Closed("Heap is closed");
+    if (!is_block(blk.ptr()))
+        throw std::invalid_argument("not a shmipc.Block");
+    auto *b = reinterpret_cast<BlockObject *>(blk.ptr());
+    if (b->released)
+        throw std::invalid_argument("Block is released");
+    if (!b->owned)
+        throw std::invalid_argument("a shared block cannot be moved");
+    if (!b->heap->heap)
+        throw Closed("Heap is closed");
     if (b->exports > 0 && !allow_exports)
         throw BufferBusy("cannot move a Block while " + std::to_string(b->exports) +
                          " view(s) of it exist");
@@ -440,11 +466,12 @@ std::uint64_t detach_block(py::handle blk, bool allow_exports) {
     return b->offset;
 }
 
-void bind_heap(py::module_& m) {
+void bind_heap(py::module_ &m) {
     init_block_type();
-    if (PyType_Ready(&g_block_type_obj) < 0) throw py::error_already_set();
+    if (PyType_Ready(&g_block_type_obj) < 0)
+        throw py::error_already_set();
     Py_INCREF(&g_block_type_obj);
-    m.add_object("Block", reinterpret_cast<PyObject*>(&g_block_type_obj));
+    m.add_object("Block", reinterpret_cast<PyObject *>(&g_block_type_obj));
     g_block_base = &g_block_type_obj;
     g_block_type = &g_block_type_obj;
 
@@ -454,15 +481,15 @@ void bind_heap(py::module_& m) {
     });
     m.def("_set_block_type", [](py::object t) {
         if (!PyType_Check(t.ptr()) ||
-            !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(t.ptr()), g_block_base) ||
-            reinterpret_cast<PyTypeObject*>(t.ptr())->tp_basicsize != sizeof(BlockObject))
+            !PyType_IsSubtype(reinterpret_cast<PyTypeObject *>(t.ptr()), g_block_base) ||
+            reinterpret_cast<PyTypeObject *>(t.ptr())->tp_basicsize != sizeof(BlockObject))
             throw std::invalid_argument("not a slot-less subclass of _core.Block");
         t.inc_ref(); // kept for the life of the process
-        g_block_type = reinterpret_cast<PyTypeObject*>(t.ptr());
+        g_block_type = reinterpret_cast<PyTypeObject *>(t.ptr());
     });
 
     py::class_<PyHeap> cls(m, "HeapCore");
-    cls.def(py::init([](const std::string& how, const std::string& name, std::size_t size,
+    cls.def(py::init([](const std::string &how, const std::string &name, std::size_t size,
                         std::size_t max_size, unsigned mode, bool persistent, int fd,
                         bool thread_cache) {
                 auto ph = std::make_unique<PyHeap>();
@@ -488,11 +515,12 @@ void bind_heap(py::module_& m) {
             py::arg("how"), py::arg("name") = "", py::arg("size") = 0, py::arg("max_size") = 0,
             py::arg("mode") = 0600, py::arg("persistent") = false, py::arg("fd") = -1,
             py::arg("thread_cache") = true)
-        .def_property_readonly("closed", [](const PyHeap& h) { return !h.heap; })
-        .def_property_readonly("_exports", [](const PyHeap& h) { return h.exports; })
+        .def_property_readonly("closed", [](const PyHeap &h) { return !h.heap; })
+        .def_property_readonly("_exports", [](const PyHeap &h) { return h.exports; })
         .def("_close",
-             [](PyHeap& h) {
-                 if (!h.heap) return;
+             [](PyHeap &h) {
+                 if (!h.heap)
+                     return;
                  if (h.exports > 0)
                      throw BufferBusy("cannot close the heap while " + std::to_string(h.exports) +
                                       " view(s) of its Blocks exist");
@@ -500,14 +528,14 @@ void bind_heap(py::module_& m) {
                  GilRelease nogil;
                  hp.reset();
              })
-        .def("_name", [](PyHeap& h) { return h.get().name(); })
-        .def("_anonymous", [](PyHeap& h) { return h.get().anonymous(); })
-        .def("_fileno", [](PyHeap& h) { return h.get().fd(); })
-        .def("_max_size", [](PyHeap& h) { return h.get().max_size(); })
-        .def("_client_id", [](PyHeap& h) { return h.get().client_id(); })
+        .def("_name", [](PyHeap &h) { return h.get().name(); })
+        .def("_anonymous", [](PyHeap &h) { return h.get().anonymous(); })
+        .def("_fileno", [](PyHeap &h) { return h.get().fd(); })
+        .def("_max_size", [](PyHeap &h) { return h.get().max_size(); })
+        .def("_client_id", [](PyHeap &h) { return h.get().client_id(); })
         .def("_stats",
-             [](PyHeap& h) {
-                 Heap& hp = h.get();
+             [](PyHeap &h) {
+                 Heap &hp = h.get();
                  HeapStats s;
                  {
                      GilRelease nogil;
@@ -516,83 +544,86 @@ void bind_heap(py::module_& m) {
                  return stats_dict(s);
              })
         .def("_check_invariants",
-             [](PyHeap& h) {
-                 Heap& hp = h.get();
+             [](PyHeap &h) {
+                 Heap &hp = h.get();
                  GilRelease nogil;
                  hp.check_invariants();
              })
         .def("_flush_caches",
-             [](PyHeap& h) {
+             [](PyHeap &h) {
                  // Every thread's cache: Python threads only allocate/free with the GIL held,
                  // and we keep it, so none of them is inside the allocator now.
                  h.get().flush_thread_caches(true);
              })
         .def("_reap",
-             [](PyHeap& h) {
-                 Heap& hp = h.get();
+             [](PyHeap &h) {
+                 Heap &hp = h.get();
                  GilRelease nogil;
                  return hp.reap_dead_clients();
              })
         .def("_all_freed",
-             [](PyHeap& h) {
-                 Heap& hp = h.get();
+             [](PyHeap &h) {
+                 Heap &hp = h.get();
                  GilRelease nogil;
                  return hp.all_freed();
              })
         .def("_lock_for_crash_test",
-             [](PyHeap& h) {
+             [](PyHeap &h) {
                  // Test hook: takes the heap's robust lock and never gives it back, so a test
                  // can SIGKILL a process "inside the allocator". HeapControl::mutex is at byte
                  // 64 of the control block (static_assert in heap.cpp).
-                 auto* mu = reinterpret_cast<pthread_mutex_t*>(h.get().base() +
-                                                               sizeof(SegmentHeader) + 64);
+                 auto *mu = reinterpret_cast<pthread_mutex_t *>(h.get().base() +
+                                                                sizeof(SegmentHeader) + 64);
                  ::pthread_mutex_lock(mu);
              })
-        .def("_adopt",
-             [](py::object self, std::uint64_t offset, std::size_t nbytes) {
-                 return make_block(self, offset, nbytes, true);
-             })
-        .def("_named",
-             [](PyHeap& h, std::uint32_t kind) {
-                 py::list out;
-                 for (auto& e : h.get().list_named(kind))
-                     out.append(py::make_tuple(e.name, e.kind, e.offset, e.nbytes));
-                 return out;
-             },
-             py::arg("kind") = 0)
-        .def("_shared_block",
-             [](py::object self, const std::string& name, std::int64_t nbytes, py::object init,
-                std::optional<double> timeout) {
-                 if (nbytes <= 0)
-                     throw std::invalid_argument("a shared block needs nbytes >= 1, got " +
-                                                 std::to_string(nbytes));
-                 Heap& hp = heap_of(self);
-                 std::pair<std::uint64_t, bool> r;
-                 {
-                     GilRelease nogil;
-                     r = hp.find_or_create_named(
-                         name, static_cast<std::size_t>(nbytes),
-                         [&](void* p) {
-                             if (init.is_none()) return;
-                             park_if_finalizing();
-                             py::gil_scoped_acquire gil;
-                             py::object blk = make_block(self, hp.to_offset(p),
-                                                         static_cast<std::size_t>(nbytes), false);
-                             init(blk);
-                         },
-                         kNamedBlock, timeout);
-                 }
-                 return make_block(self, r.first, static_cast<std::size_t>(nbytes), false);
-             },
-             py::arg("name"), py::arg("nbytes"), py::arg("init") = py::none(),
-             py::arg("timeout") = 10.0);
+        .def("_adopt", [](py::object self, std::uint64_t offset,
+                          std::size_t nbytes) { return make_block(self, offset, nbytes, true); })
+        .def(
+            "_named",
+            [](PyHeap &h, std::uint32_t kind) {
+                py::list out;
+                for (auto &e : h.get().list_named(kind))
+                    out.append(py::make_tuple(e.name, e.kind, e.offset, e.nbytes));
+                return out;
+            },
+            py::arg("kind") = 0)
+        .def(
+            "_shared_block",
+            [](py::object self, const std::string &name, std::int64_t nbytes, py::object init,
+               std::optional<double> timeout) {
+                if (nbytes <= 0)
+                    throw std::invalid_argument("a shared block needs nbytes >= 1, got " +
+                                                std::to_string(nbytes));
+                Heap &hp = heap_of(self);
+                std::pair<std::uint64_t, bool> r;
+                {
+                    GilRelease nogil;
+                    r = hp.find_or_create_named(
+                        name, static_cast<std::size_t>(nbytes),
+                        [&](void *p) {
+                            if (init.is_none())
+                                return;
+                            park_if_finalizing();
+                            py::gil_scoped_acquire gil;
+                            py::object blk = make_block(self, hp.to_offset(p),
+                                                        static_cast<std::size_t>(nbytes), false);
+                            init(blk);
+                        },
+                        kNamedBlock, timeout);
+                }
+                return make_block(self, r.first, static_cast<std::size_t>(nbytes), false);
+            },
+            py::arg("name"), py::arg("nbytes"), py::arg("init") = py::none(),
+            py::arg("timeout") = 10.0);
 
-    g_heap_type = reinterpret_cast<PyTypeObject*>(cls.ptr());
-    PyObject* descr = PyDescr_NewMethod(g_heap_type, &g_allocate_def);
-    if (!descr) throw py::error_already_set();
+    g_heap_type = reinterpret_cast<PyTypeObject *>(cls.ptr());
+    PyObject *descr = PyDescr_NewMethod(g_heap_type, &g_allocate_def);
+    if (!descr)
+        throw py::error_already_set();
     int rc = PyObject_SetAttrString(cls.ptr(), "allocate", descr);
     Py_DECREF(descr);
-    if (rc != 0) throw py::error_already_set();
+    if (rc != 0)
+        throw py::error_already_set();
 
     m.attr("HEAP_NAMED_BLOCK") = kNamedBlock;
     m.attr("HEAP_NAMED_CHANNEL") = kNamedChannel;

@@ -12,7 +12,7 @@ namespace shmipc::bindings {
 
 // The C++ heap behind a Python shmipc.Heap (a _core.HeapCore). Throws Closed ("Heap is
 // closed") after close(), std::invalid_argument if `py_heap` is not a heap.
-Heap& heap_of(py::handle py_heap);
+Heap &heap_of(py::handle py_heap);
 
 // A new Block of `py_heap` over an allocated payload of >= nbytes. `owned`: release()/GC frees
 // it (the block must be owned by this process's client: transfer() it first if it came from a
@@ -21,10 +21,10 @@ py::object make_block(py::handle py_heap, std::uint64_t offset, std::size_t nbyt
                       bool owned = true);
 
 struct BlockRef {
-    PyObject* heap;        // borrowed: the Python heap the block belongs to
-    std::uint64_t offset;  // payload offset in the heap
+    PyObject *heap;       // borrowed: the Python heap the block belongs to
+    std::uint64_t offset; // payload offset in the heap
     std::size_t nbytes;
-    bool owned;            // release() would free it
+    bool owned; // release() would free it
 };
 // If `obj` is a live (not released) Block: where it is. nullopt for any other object.
 std::optional<BlockRef> block_ref(py::handle obj);

@@ -24,7 +24,8 @@ struct QueueHandle {
     std::shared_ptr<MessageQueue> q;
 
     std::shared_ptr<MessageQueue> get() const {
-        if (!q) throw Closed("MessageQueue is closed");
+        if (!q)
+            throw Closed("MessageQueue is closed");
         return q;
     }
 };
@@ -32,48 +33,53 @@ struct QueueHandle {
 // queue.Full / queue.Empty. The classes are looked up once and deliberately leaked: a static
 // py::object would be released after the interpreter is finalized (a crash at exit).
 [[noreturn]] void raise_full() {
-    static PyObject* cls = py::object(py::module_::import("queue").attr("Full")).release().ptr();
+    static PyObject *cls = py::object(py::module_::import("queue").attr("Full")).release().ptr();
     PyErr_SetNone(cls);
     throw py::error_already_set();
 }
 [[noreturn]] void raise_empty() {
-    static PyObject* cls = py::object(py::module_::import("queue").attr("Empty")).release().ptr();
+    static PyObject *cls = py::object(py::module_::import("queue").attr("Empty")).release().ptr();
     PyErr_SetNone(cls);
     throw py::error_already_set();
 }
 
 // queue.Queue semantics: block=False ignores timeout; a negative timeout is a ValueError.
 Deadline make_deadline(bool block, std::optional<double> timeout) {
-    if (!block) return Deadline(0.0);
-    if (timeout && !(*timeout >= 0)) throw std::invalid_argument("'timeout' must be a non-negative number");
+    if (!block)
+        return Deadline(0.0);
+    if (timeout && !(*timeout >= 0))
+        throw std::invalid_argument("'timeout' must be a non-negative number");
     return Deadline(timeout);
 }
 
 struct Bytes {
     Py_buffer view{};
-    explicit Bytes(const py::handle& obj) {
-        if (PyObject_GetBuffer(obj.ptr(), &view, PyBUF_SIMPLE) != 0) throw py::error_already_set();
+    explicit Bytes(const py::handle &obj) {
+        if (PyObject_GetBuffer(obj.ptr(), &view, PyBUF_SIMPLE) != 0)
+            throw py::error_already_set();
     }
     ~Bytes() { PyBuffer_Release(&view); }
-    Bytes(const Bytes&) = delete;
-    Bytes& operator=(const Bytes&) = delete;
+    Bytes(const Bytes &) = delete;
+    Bytes &operator=(const Bytes &) = delete;
 };
 
 // Bytes from which put_bytes copies into the queue with the GIL released.
 constexpr std::size_t kCopyWithoutGil = std::size_t{1} << 20;
 
 struct GetCtx {
-    PyObject* out = nullptr;
+    PyObject *out = nullptr;
 };
 
 // Runs with the GIL held (try_get is only called with it).
-bool make_bytes(void* ctx, const std::byte* data, std::size_t n) {
-    auto* c = static_cast<GetCtx*>(ctx);
-    c->out = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(data), static_cast<Py_ssize_t>(n));
+bool make_bytes(void *ctx, const std::byte *data, std::size_t n) {
+    auto *c = static_cast<GetCtx *>(ctx);
+    c->out =
+        PyBytes_FromStringAndSize(reinterpret_cast<const char *>(data), static_cast<Py_ssize_t>(n));
     return c->out != nullptr;
 }
 
-void put_bytes(const QueueHandle& h, const py::object& data, bool block, std::optional<double> timeout) {
+void put_bytes(const QueueHandle &h, const py::object &data, bool block,
+               std::optional<double> timeout) {
     auto q = h.get();
     Bytes b(data);
     auto n = static_cast<std::size_t>(b.view.len);
@@ -85,9 +91,11 @@ void put_bytes(const QueueHandle& h, const py::object& data, bool block, std::op
     } else {
         done = q->try_put(b.view.buf, n);
     }
-    if (done) return;
+    if (done)
+        return;
     Deadline dl = make_deadline(block, timeout);
-    if (!block) raise_full();
+    if (!block)
+        raise_full();
     for (;;) {
         MessageQueue::WaitResult r;
         {
@@ -100,22 +108,27 @@ void put_bytes(const QueueHandle& h, const py::object& data, bool block, std::op
         } else {
             done = q->try_put(b.view.buf, n);
         }
-        if (done) return;
-        if (r == MessageQueue::WaitResult::Timeout || dl.expired()) raise_full();
+        if (done)
+            return;
+        if (r == MessageQueue::WaitResult::Timeout || dl.expired())
+            raise_full();
     }
 }
 
-py::object get_bytes(const QueueHandle& h, bool block, std::optional<double> timeout) {
+py::object get_bytes(const QueueHandle &h, bool block, std::optional<double> timeout) {
     auto q = h.get();
     GetCtx ctx;
     auto take = [&]() -> bool {
         bool got = q->try_get(&make_bytes, &ctx);
-        if (got && !ctx.out) throw py::error_already_set(); // MemoryError; message kept
+        if (got && !ctx.out)
+            throw py::error_already_set(); // MemoryError; message kept
         return got;
     };
-    if (take()) return py::reinterpret_steal<py::object>(ctx.out);
+    if (take())
+        return py::reinterpret_steal<py::object>(ctx.out);
     Deadline dl = make_deadline(block, timeout);
-    if (!block) raise_empty();
+    if (!block)
+        raise_empty();
     for (;;) {
         MessageQueue::WaitResult r;
         {
@@ -124,21 +137,24 @@ py::object get_bytes(const QueueHandle& h, bool block, std::optional<double> tim
         }
         if (r == MessageQueue::WaitResult::Timeout || dl.expired()) {
             q->recover(&make_bytes, &ctx); // a last look for a dead consumer's message
-            if (ctx.out) return py::reinterpret_steal<py::object>(ctx.out);
-            if (take()) return py::reinterpret_steal<py::object>(ctx.out);
+            if (ctx.out)
+                return py::reinterpret_steal<py::object>(ctx.out);
+            if (take())
+                return py::reinterpret_steal<py::object>(ctx.out);
             raise_empty();
         }
-        if (take()) return py::reinterpret_steal<py::object>(ctx.out);
+        if (take())
+            return py::reinterpret_steal<py::object>(ctx.out);
     }
 }
 
 } // namespace
 
-void bind_queue(py::module_& m) {
+void bind_queue(py::module_ &m) {
     py::class_<QueueHandle>(m, "MessageQueue")
         .def_static(
             "create",
-            [](const std::string& name, std::size_t maxsize, std::size_t max_message_size,
+            [](const std::string &name, std::size_t maxsize, std::size_t max_message_size,
                unsigned mode, bool persistent) {
                 return QueueHandle{std::make_shared<MessageQueue>(
                     MessageQueue::create(name, maxsize, max_message_size, mode, persistent))};
@@ -147,28 +163,28 @@ void bind_queue(py::module_& m) {
             py::arg("persistent"))
         .def_static(
             "attach",
-            [](const std::string& name) {
+            [](const std::string &name) {
                 return QueueHandle{std::make_shared<MessageQueue>(MessageQueue::attach(name))};
             },
             py::arg("name"))
         .def("put_bytes", &put_bytes, py::arg("data"), py::arg("block") = true,
              py::arg("timeout") = py::none())
         .def("get_bytes", &get_bytes, py::arg("block") = true, py::arg("timeout") = py::none())
-        .def("qsize", [](const QueueHandle& h) { return h.get()->size(); })
-        .def_property_readonly("maxsize", [](const QueueHandle& h) { return h.get()->capacity(); })
+        .def("qsize", [](const QueueHandle &h) { return h.get()->size(); })
+        .def_property_readonly("maxsize", [](const QueueHandle &h) { return h.get()->capacity(); })
         .def_property_readonly("max_message_size",
-                               [](const QueueHandle& h) { return h.get()->max_message_size(); })
-        .def_property_readonly("name", [](const QueueHandle& h) { return h.get()->name(); })
-        .def_property_readonly("owner", [](const QueueHandle& h) { return h.get()->owner(); })
+                               [](const QueueHandle &h) { return h.get()->max_message_size(); })
+        .def_property_readonly("name", [](const QueueHandle &h) { return h.get()->name(); })
+        .def_property_readonly("owner", [](const QueueHandle &h) { return h.get()->owner(); })
         .def_property_readonly("client_index",
-                               [](const QueueHandle& h) { return h.get()->client_index(); })
+                               [](const QueueHandle &h) { return h.get()->client_index(); })
         .def("recover",
-             [](const QueueHandle& h) {
+             [](const QueueHandle &h) {
                  // Repairs half-written messages of dead producers (no delivery here).
                  return h.get()->recover();
              })
-        .def_property_readonly("closed", [](const QueueHandle& h) { return !h.q; })
-        .def("close", [](QueueHandle& h) { h.q.reset(); });
+        .def_property_readonly("closed", [](const QueueHandle &h) { return !h.q; })
+        .def("close", [](QueueHandle &h) { h.q.reset(); });
 
     m.def("_queue_set_crash_point", &MessageQueue::set_crash_point, py::arg("point"),
           py::arg("countdown"));

@@ -9,15 +9,15 @@
 
 namespace shmipc::bindings {
 
-void bind_segment(py::module_& m) {
+void bind_segment(py::module_ &m) {
     m.def("normalize_name", &normalize_shm_name, py::arg("name"));
     m.def("unlink", &unlink_named, py::arg("name"));
     m.def("page_size", &page_size);
     m.def(
         "list_objects",
-        [](const std::string& dir) {
+        [](const std::string &dir) {
             py::list out;
-            for (const auto& o : list_objects(dir)) {
+            for (const auto &o : list_objects(dir)) {
                 py::dict d;
                 d["name"] = o.name;
                 d["kind"] = o.kind;

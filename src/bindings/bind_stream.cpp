@@ -6,18 +6,19 @@
 
 namespace shmipc::bindings {
 
-void bind_stream(py::module_& m) {
+void bind_stream(py::module_ &m) {
     m.def(
         "stream_create",
-        [](const std::string& name, std::uint32_t mode, bool persistent, bool append) {
+        [](const std::string &name, std::uint32_t mode, bool persistent, bool append) {
             return create_stream(name, static_cast<mode_t>(mode), persistent, append).release();
         },
         py::arg("name"), py::arg("mode"), py::arg("persistent"), py::arg("append"),
         "Creates a stream exclusively; returns its fd (the caller owns it).");
     m.def(
         "stream_open",
-        [](const std::string& name, int access, bool truncate, bool append) {
-            if (access < 0 || access > 2) throw std::invalid_argument("bad stream access");
+        [](const std::string &name, int access, bool truncate, bool append) {
+            if (access < 0 || access > 2)
+                throw std::invalid_argument("bad stream access");
             GuestStream g = open_stream(name, static_cast<StreamAccess>(access), truncate, append);
             bool w = g.writable;
             return py::make_tuple(g.fd.release(), w);
@@ -27,7 +28,7 @@ void bind_stream(py::module_& m) {
     m.def("stream_release_name", &release_stream_name, py::arg("name"), py::arg("owner_fd"));
     m.def(
         "stream_info",
-        [](const std::string& name) {
+        [](const std::string &name) {
             StreamInfo i = stream_info(name);
             py::dict d;
             d["is_stream"] = i.is_stream;
@@ -38,10 +39,16 @@ void bind_stream(py::module_& m) {
         },
         py::arg("name"));
     m.def(
-        "chmod", [](const std::string& name, std::uint32_t mode) { chmod_named(name, static_cast<mode_t>(mode)); },
+        "chmod",
+        [](const std::string &name, std::uint32_t mode) {
+            chmod_named(name, static_cast<mode_t>(mode));
+        },
         py::arg("name"), py::arg("mode"));
     m.def(
-        "chgrp", [](const std::string& name, std::uint32_t gid) { chgrp_named(name, static_cast<gid_t>(gid)); },
+        "chgrp",
+        [](const std::string &name, std::uint32_t gid) {
+            chgrp_named(name, static_cast<gid_t>(gid));
+        },
         py::arg("name"), py::arg("gid"));
 }
 

@@ -32,11 +32,13 @@ class ValueHandle {
     explicit ValueHandle(std::unique_ptr<SharedValue> v) : v_(std::move(v)) {}
     std::shared_ptr<SharedValue> get() const {
         auto v = v_;
-        if (!v) throw Closed("SharedValue is closed");
+        if (!v)
+            throw Closed("SharedValue is closed");
         return v;
     }
     void close() {
-        if (v_) v_->request_close();
+        if (v_)
+            v_->request_close();
         v_.reset();
     }
     bool closed() const { return !v_; }
@@ -45,26 +47,30 @@ class ValueHandle {
     std::shared_ptr<SharedValue> v_;
 };
 
-std::span<const std::byte> as_span(const py::buffer_info& info) {
-    return {static_cast<const std::byte*>(info.ptr), static_cast<std::size_t>(info.size * info.itemsize)};
+std::span<const std::byte> as_span(const py::buffer_info &info) {
+    return {static_cast<const std::byte *>(info.ptr),
+            static_cast<std::size_t>(info.size * info.itemsize)};
 }
 
 py::object make_payload(std::uint32_t type, std::size_t n) {
-    PyObject* o = type == kArrayTag ? PyByteArray_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n))
-                                    : PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n));
-    if (!o) throw py::error_already_set();
+    PyObject *o = type == kArrayTag
+                      ? PyByteArray_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n))
+                      : PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n));
+    if (!o)
+        throw py::error_already_set();
     return py::reinterpret_steal<py::object>(o);
 }
 
-std::byte* payload_ptr(const py::object& o) {
-    if (PyByteArray_Check(o.ptr())) return reinterpret_cast<std::byte*>(PyByteArray_AS_STRING(o.ptr()));
-    return reinterpret_cast<std::byte*>(PyBytes_AS_STRING(o.ptr()));
+std::byte *payload_ptr(const py::object &o) {
+    if (PyByteArray_Check(o.ptr()))
+        return reinterpret_cast<std::byte *>(PyByteArray_AS_STRING(o.ptr()));
+    return reinterpret_cast<std::byte *>(PyBytes_AS_STRING(o.ptr()));
 }
 
-py::tuple read_raw(const ValueHandle& h) {
+py::tuple read_raw(const ValueHandle &h) {
     auto v = h.get();
     py::object payload;
-    auto alloc = [&](const ValueSnapshot& s) {
+    auto alloc = [&](const ValueSnapshot &s) {
         payload = make_payload(s.type, static_cast<std::size_t>(s.nbytes));
         return payload_ptr(payload);
     };
@@ -73,7 +79,7 @@ py::tuple read_raw(const ValueHandle& h) {
         s = v->read(alloc);
     } else {
         GilRelease nogil;
-        s = v->read([&](const ValueSnapshot& snap) {
+        s = v->read([&](const ValueSnapshot &snap) {
             park_if_finalizing();
             py::gil_scoped_acquire gil;
             payload = py::object(); // drop a payload of a lost race while we hold the GIL
@@ -85,39 +91,44 @@ py::tuple read_raw(const ValueHandle& h) {
 
 } // namespace
 
-void bind_value(py::module_& m) {
+void bind_value(py::module_ &m) {
     py::class_<ValueHandle>(m, "SharedValue")
         .def_static(
             "create",
-            [](const std::string& name, std::int64_t size, std::uint32_t mode, bool persistent) {
-                if (size <= 0) throw std::invalid_argument("size must be > 0 bytes");
+            [](const std::string &name, std::int64_t size, std::uint32_t mode, bool persistent) {
+                if (size <= 0)
+                    throw std::invalid_argument("size must be > 0 bytes");
                 return ValueHandle(SharedValue::create(name, static_cast<std::size_t>(size),
                                                        static_cast<mode_t>(mode), persistent));
             },
             py::arg("name"), py::arg("size"), py::arg("mode") = 0600, py::arg("persistent") = false)
         .def_static(
-            "attach", [](const std::string& name) { return ValueHandle(SharedValue::attach(name)); },
+            "attach",
+            [](const std::string &name) { return ValueHandle(SharedValue::attach(name)); },
             py::arg("name"))
         .def("close", &ValueHandle::close)
         .def_property_readonly("closed", &ValueHandle::closed)
-        .def_property_readonly("name", [](const ValueHandle& h) { return h.get()->name(); })
-        .def_property_readonly("capacity", [](const ValueHandle& h) { return h.get()->capacity(); })
-        .def_property_readonly("owner", [](const ValueHandle& h) { return h.get()->owner(); })
-        .def_property_readonly("writable", [](const ValueHandle& h) { return h.get()->writable(); })
+        .def_property_readonly("name", [](const ValueHandle &h) { return h.get()->name(); })
+        .def_property_readonly("capacity", [](const ValueHandle &h) { return h.get()->capacity(); })
+        .def_property_readonly("owner", [](const ValueHandle &h) { return h.get()->owner(); })
+        .def_property_readonly("writable", [](const ValueHandle &h) { return h.get()->writable(); })
         .def_property_readonly("persistent",
-                               [](const ValueHandle& h) { return h.get()->persistent(); })
-        .def_property_readonly("version", [](const ValueHandle& h) { return h.get()->version(); })
+                               [](const ValueHandle &h) { return h.get()->persistent(); })
+        .def_property_readonly("version", [](const ValueHandle &h) { return h.get()->version(); })
         .def_property_readonly("writer_deaths",
-                               [](const ValueHandle& h) { return h.get()->writer_deaths(); })
+                               [](const ValueHandle &h) { return h.get()->writer_deaths(); })
         .def(
             "write",
-            [](const ValueHandle& h, std::uint32_t type, const py::bytes& meta, const py::buffer& data) {
+            [](const ValueHandle &h, std::uint32_t type, const py::bytes &meta,
+               const py::buffer &data) {
                 auto v = h.get();
                 py::buffer_info info = data.request();
                 std::string_view mv = meta;
-                std::span<const std::byte> ms{reinterpret_cast<const std::byte*>(mv.data()), mv.size()};
+                std::span<const std::byte> ms{reinterpret_cast<const std::byte *>(mv.data()),
+                                              mv.size()};
                 auto ds = as_span(info);
-                if (v->capacity() <= kHoldGilBelow) return v->write(type, ms, ds);
+                if (v->capacity() <= kHoldGilBelow)
+                    return v->write(type, ms, ds);
                 GilRelease nogil;
                 return v->write(type, ms, ds);
             },
@@ -125,7 +136,7 @@ void bind_value(py::module_& m) {
         .def("read", &read_raw)
         .def(
             "wait",
-            [](const ValueHandle& h, std::uint64_t since, std::optional<double> timeout, int spin) {
+            [](const ValueHandle &h, std::uint64_t since, std::optional<double> timeout, int spin) {
                 auto v = h.get();
                 Deadline d(timeout);
                 GilRelease nogil;
@@ -134,18 +145,19 @@ void bind_value(py::module_& m) {
             py::arg("since"), py::arg("timeout") = py::none(),
             py::arg("spin") = SharedValue::kDefaultWaitSpin)
         .def("_debug_state",
-             [](const ValueHandle& h) {
+             [](const ValueHandle &h) {
                  auto s = h.get()->debug_state();
                  return py::make_tuple(s.current, s.seq[0], s.seq[1]);
              })
         .def(
             "_write_and_hang",
-            [](const ValueHandle& h, std::uint32_t type, const py::bytes& meta,
-               const py::buffer& data, std::size_t stall_at) {
+            [](const ValueHandle &h, std::uint32_t type, const py::bytes &meta,
+               const py::buffer &data, std::size_t stall_at) {
                 auto v = h.get();
                 py::buffer_info info = data.request();
                 std::string_view mv = meta;
-                std::span<const std::byte> ms{reinterpret_cast<const std::byte*>(mv.data()), mv.size()};
+                std::span<const std::byte> ms{reinterpret_cast<const std::byte *>(mv.data()),
+                                              mv.size()};
                 GilRelease nogil;
                 v->write_and_stall_for_test(type, ms, as_span(info), stall_at);
             },

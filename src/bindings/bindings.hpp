@@ -6,15 +6,15 @@
 namespace shmipc::bindings {
 namespace py = pybind11;
 
-void bind_errors(py::module_& m);
-void bind_buffer(py::module_& m);
-void bind_segment(py::module_& m);
-void bind_heap(py::module_& m);
-void bind_dict(py::module_& m);
-void bind_stream(py::module_& m);
-void bind_value(py::module_& m);
-void bind_channel(py::module_& m);
-void bind_queue(py::module_& m);
+void bind_errors(py::module_ &m);
+void bind_buffer(py::module_ &m);
+void bind_segment(py::module_ &m);
+void bind_heap(py::module_ &m);
+void bind_dict(py::module_ &m);
+void bind_stream(py::module_ &m);
+void bind_value(py::module_ &m);
+void bind_channel(py::module_ &m);
+void bind_queue(py::module_ &m);
 
 // True while the interpreter shuts down. A thread other than the main one that takes the GIL
 // then is ended by CPython with pthread_exit; the forced unwinding through a noexcept
@@ -40,11 +40,11 @@ class GilRelease {
         park_if_finalizing();
         PyEval_RestoreThread(state_);
     }
-    GilRelease(const GilRelease&) = delete;
-    GilRelease& operator=(const GilRelease&) = delete;
+    GilRelease(const GilRelease &) = delete;
+    GilRelease &operator=(const GilRelease &) = delete;
 
   private:
-    PyThreadState* state_;
+    PyThreadState *state_;
 };
 using release_gil = py::call_guard<GilRelease>;
 

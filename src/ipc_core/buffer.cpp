@@ -25,9 +25,9 @@ struct PoolEntry {
 
 class Pool {
   public:
-    static Pool& instance() {
-        static Pool* p = [] {
-            auto* pool = new Pool(); // never destroyed: buffers may outlive static destruction
+    static Pool &instance() {
+        static Pool *p = [] {
+            auto *pool = new Pool(); // never destroyed: buffers may outlive static destruction
             ::pthread_atfork(nullptr, nullptr, [] { Pool::instance().forget_after_fork(); });
             return pool;
         }();
@@ -67,11 +67,13 @@ class Pool {
     void put(MemorySegment seg, bool reusable) noexcept {
         std::size_t size = seg.size();
         struct stat st {};
-        if (size == 0 || ::fstat(seg.fd(), &st) != 0) return; // seg unmapped by its destructor
+        if (size == 0 || ::fstat(seg.fd(), &st) != 0)
+            return;                    // seg unmapped by its destructor
         std::deque<PoolEntry> evicted; // unmapped outside the lock
         {
             std::lock_guard lk(mu_);
-            if (size > limit_) return;
+            if (size > limit_)
+                return;
             entries_.push_front(PoolEntry{std::move(seg), st.st_dev, st.st_ino, reusable});
             bytes_ += size;
             while (bytes_ > limit_ || entries_.size() > kMaxEntries) {
@@ -125,17 +127,25 @@ class Pool {
 
 } // namespace
 
-void set_pool_limit(std::size_t bytes) { Pool::instance().set_limit(bytes); }
-PoolStats pool_stats() { return Pool::instance().stats(); }
-void clear_pool() { Pool::instance().clear(); }
+void set_pool_limit(std::size_t bytes) {
+    Pool::instance().set_limit(bytes);
+}
+PoolStats pool_stats() {
+    return Pool::instance().stats();
+}
+void clear_pool() {
+    Pool::instance().clear();
+}
 
 std::unique_ptr<Buffer> Buffer::create(std::size_t nbytes, bool zero) {
     std::unique_ptr<Buffer> b(new Buffer());
     std::size_t mapped = round_up(nbytes, page_size());
     MemorySegment seg = mapped ? Pool::instance().take_for_new(mapped) : MemorySegment{};
     if (seg.data()) {
-        if (!seg.writable()) seg.protect(true);
-        if (zero) std::memset(seg.data(), 0, nbytes);
+        if (!seg.writable())
+            seg.protect(true);
+        if (zero)
+            std::memset(seg.data(), 0, nbytes);
     } else {
         seg = MemorySegment::anonymous(mapped, "shmipc-buffer");
     }
@@ -149,11 +159,13 @@ std::unique_ptr<Buffer> Buffer::adopt(UniqueFd fd, std::size_t nbytes, std::size
                                       bool write_sealed) {
     std::unique_ptr<Buffer> b(new Buffer());
     struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) throw_errno("fstat");
+    if (::fstat(fd.get(), &st) != 0)
+        throw_errno("fstat");
     MemorySegment seg = Pool::instance().take_by_file(st.st_dev, st.st_ino, file_size);
     if (seg.data()) {
         // Our old mapping of the same file: keep it (warm pages), drop the duplicate fd.
-        if (seg.writable() != !write_sealed) seg.protect(!write_sealed);
+        if (seg.writable() != !write_sealed)
+            seg.protect(!write_sealed);
     } else {
         seg = MemorySegment::map_fd(std::move(fd), file_size, !write_sealed);
     }
@@ -168,83 +180,105 @@ std::unique_ptr<Buffer> Buffer::share(UniqueFd fd, std::size_t nbytes) {
     int seals = ::fcntl(fd.get(), F_GET_SEALS);
     bool write_sealed = seals >= 0 && (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE));
     struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) throw_errno("fstat");
-    if (static_cast<std::size_t>(st.st_size) < nbytes) throw CorruptSegment("shared fd too small");
+    if (::fstat(fd.get(), &st) != 0)
+        throw_errno("fstat");
+    if (static_cast<std::size_t>(st.st_size) < nbytes)
+        throw CorruptSegment("shared fd too small");
     std::unique_ptr<Buffer> b(new Buffer());
-    b->seg_ = MemorySegment::map_fd(std::move(fd), static_cast<std::size_t>(st.st_size), !write_sealed);
+    b->seg_ =
+        MemorySegment::map_fd(std::move(fd), static_cast<std::size_t>(st.st_size), !write_sealed);
     b->nbytes_ = nbytes;
     b->sealed_ = write_sealed;
     b->writable_ = !write_sealed;
     return b;
 }
 
-Buffer::~Buffer() { give_back(); }
+Buffer::~Buffer() {
+    give_back();
+}
 
 void Buffer::give_back() noexcept {
-    if (released_) return;
+    if (released_)
+        return;
     released_ = true;
     // Sealed files can never be written again: no use for new buffers.
-    if (!sealed_ && seg_.data()) Pool::instance().put(std::move(seg_), !moved_);
+    if (!sealed_ && seg_.data())
+        Pool::instance().put(std::move(seg_), !moved_);
     seg_.reset();
 }
 
-std::byte* Buffer::data() const {
-    if (released_) throw Closed("Buffer is closed");
+std::byte *Buffer::data() const {
+    if (released_)
+        throw Closed("Buffer is closed");
     return seg_.data();
 }
 
 int Buffer::fileno() const {
-    if (closed_) throw Closed("Buffer is closed");
+    if (closed_)
+        throw Closed("Buffer is closed");
     return seg_.fd();
 }
 
 void Buffer::acquire_export(bool writable) {
-    if (closed_) throw Closed("Buffer is closed");
+    if (closed_)
+        throw Closed("Buffer is closed");
     if (writable && readonly())
         throw BufferBusy(moved_ ? "buffer was sent (moved): it is read-only in this process"
                                 : "buffer is read-only");
     ++exports_;
-    if (writable) ++writable_exports_;
+    if (writable)
+        ++writable_exports_;
 }
 
 void Buffer::downgrade_export() noexcept {
-    if (writable_exports_) --writable_exports_;
+    if (writable_exports_)
+        --writable_exports_;
 }
 
 void Buffer::release_export(bool writable) noexcept {
-    if (exports_) --exports_;
-    if (writable && writable_exports_) --writable_exports_;
-    if (closed_ && exports_ == 0) give_back();
+    if (exports_)
+        --exports_;
+    if (writable && writable_exports_)
+        --writable_exports_;
+    if (closed_ && exports_ == 0)
+        give_back();
 }
 
 void Buffer::close() noexcept {
     closed_ = true;
-    if (exports_ == 0) give_back();
+    if (exports_ == 0)
+        give_back();
 }
 
 int Buffer::prepare_send(std::size_t allowed_writable_exports) const {
-    if (closed_) throw Closed("Buffer is closed");
+    if (closed_)
+        throw Closed("Buffer is closed");
     if (moved_ && !sealed_)
         throw BufferBusy("buffer was already sent (moved); only a sealed buffer can be sent again");
     if (writable_exports_ > allowed_writable_exports)
-        throw BufferBusy("cannot send: " + std::to_string(writable_exports_ - allowed_writable_exports) +
-                         " writable view(s) of this buffer still exist in this process "
-                         "(release them, or send a sealed buffer)");
+        throw BufferBusy(
+            "cannot send: " + std::to_string(writable_exports_ - allowed_writable_exports) +
+            " writable view(s) of this buffer still exist in this process "
+            "(release them, or send a sealed buffer)");
     return seg_.fd();
 }
 
 void Buffer::mark_sent() {
-    if (sealed_) return;
+    if (sealed_)
+        return;
     moved_ = true;
     writable_ = false;
     // The MMU enforces it too when that is cheap and no writable view is left that could
     // still write (a write through one would be a SIGSEGV instead of a Python error).
-    if (writable_exports_ == 0 && seg_.size() <= kHardwareProtectLimit) seg_.protect(false);
+    if (writable_exports_ == 0 && seg_.size() <= kHardwareProtectLimit)
+        seg_.protect(false);
 }
 
 void Buffer::seal() {
-    if (closed_) throw Closed("Buffer is closed");
-    if (sealed_) return;
+    if (closed_)
+        throw Closed("Buffer is closed");
+    if (sealed_)
+        return;
     if (writable_exports_)
         throw BufferBusy("cannot seal: writable views of this buffer still exist");
     if (seg_.data()) {
@@ -252,16 +286,20 @@ void Buffer::seal() {
         // address range from a read-only descriptor (read-only views stay valid).
         std::string path = "/proc/self/fd/" + std::to_string(seg_.fd());
         UniqueFd ro(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-        if (!ro) throw_errno("open(/proc/self/fd)");
-        void* p = ::mmap(seg_.data(), seg_.size(), PROT_READ, MAP_SHARED | MAP_FIXED, ro.get(), 0);
-        if (p == MAP_FAILED) throw_errno("mmap(MAP_FIXED)");
+        if (!ro)
+            throw_errno("open(/proc/self/fd)");
+        void *p = ::mmap(seg_.data(), seg_.size(), PROT_READ, MAP_SHARED | MAP_FIXED, ro.get(), 0);
+        if (p == MAP_FAILED)
+            throw_errno("mmap(MAP_FIXED)");
         seg_.protect(false);
     }
     writable_ = false; // from here on, even if the seal below is refused
-    if (::fcntl(seg_.fd(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    if (::fcntl(seg_.fd(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) !=
+        0) {
         if (errno == EBUSY) {
             // Someone else still maps it writable: at least forbid any new writable mapping.
-            if (::fcntl(seg_.fd(), F_ADD_SEALS, F_SEAL_FUTURE_WRITE) != 0) throw_errno("F_ADD_SEALS");
+            if (::fcntl(seg_.fd(), F_ADD_SEALS, F_SEAL_FUTURE_WRITE) != 0)
+                throw_errno("F_ADD_SEALS");
             throw BufferBusy("cannot seal fully: another process still maps this buffer writable "
                              "(new writable mappings are now refused)");
         }

@@ -31,10 +31,10 @@ class Buffer {
     static std::unique_ptr<Buffer> share(UniqueFd fd, std::size_t nbytes);
 
     ~Buffer();
-    Buffer(const Buffer&) = delete;
-    Buffer& operator=(const Buffer&) = delete;
+    Buffer(const Buffer &) = delete;
+    Buffer &operator=(const Buffer &) = delete;
 
-    [[nodiscard]] std::byte* data() const;
+    [[nodiscard]] std::byte *data() const;
     [[nodiscard]] std::size_t nbytes() const noexcept { return nbytes_; }
     // Logical state: the owner of the bytes may write. The MMU protection follows it for
     // mappings up to kHardwareProtectLimit; above that, changing page protections costs

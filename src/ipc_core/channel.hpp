@@ -58,14 +58,14 @@ enum class RecordKind : std::uint32_t {
 };
 
 struct alignas(kCacheLine) ChannelControl {
-    std::uint64_t magic;                  // kChannelMagic
-    std::uint32_t layout_version;         // kChannelLayoutVersion
+    std::uint64_t magic;          // kChannelMagic
+    std::uint32_t layout_version; // kChannelLayoutVersion
     std::uint32_t reserved0;
-    std::atomic<std::uint64_t> sender;    // claim token of the live sender; 0 = none
-    std::atomic<std::uint64_t> receiver;  // claim token of the live receiver; 0 = none
-    std::uint64_t lock_index;             // liveness bytes: kUserLockBase + 2*lock_index + role
+    std::atomic<std::uint64_t> sender;   // claim token of the live sender; 0 = none
+    std::atomic<std::uint64_t> receiver; // claim token of the live receiver; 0 = none
+    std::uint64_t lock_index;            // liveness bytes: kUserLockBase + 2*lock_index + role
     std::uint64_t reserved1[3];
-    SpscRingControl ring;                 // followed by its slots
+    SpscRingControl ring; // followed by its slots
 };
 static_assert(std::is_standard_layout_v<ChannelControl>);
 static_assert(sizeof(ChannelControl) == kCacheLine + sizeof(SpscRingControl));
@@ -102,11 +102,10 @@ class Channel {
     // exist (an existing channel keeps the capacity it was created with). The heap must outlive
     // the channel. std::invalid_argument: bad name or capacity, or the name belongs to a
     // non-channel object; CorruptSegment: the object is not a valid channel.
-    static std::unique_ptr<Channel> open(Heap& heap, std::string_view name,
-                                         std::uint64_t capacity);
+    static std::unique_ptr<Channel> open(Heap &heap, std::string_view name, std::uint64_t capacity);
     ~Channel();
-    Channel(const Channel&) = delete;
-    Channel& operator=(const Channel&) = delete;
+    Channel(const Channel &) = delete;
+    Channel &operator=(const Channel &) = delete;
 
     // --- sender --------------------------------------------------------------------------------
     // Moves the block at `off` (owned by this heap client, `len` bytes meaningful) into the
@@ -115,29 +114,29 @@ class Channel {
     // ChannelBusy if another live sender exists; EndOfStream-like BrokenPipe (std::system_error
     // EPIPE) if the stream was ended; Closed after close().
     void send_block(std::uint64_t off, std::uint64_t len, RecordKind kind, std::string_view meta,
-                    const Deadline& deadline);
+                    const Deadline &deadline);
     // Same, but never waits: false if the ring is full or another thread is inside this handle
     // (the block stays the caller's). Never blocks on the handle's mutex, so it can be called
     // with the GIL held.
     [[nodiscard]] bool try_send_block(std::uint64_t off, std::uint64_t len, RecordKind kind,
                                       std::string_view meta);
     // Copies `n` bytes into a new block and sends it (one copy).
-    void send_bytes(const void* data, std::size_t n, RecordKind kind, std::string_view meta,
-                    const Deadline& deadline);
+    void send_bytes(const void *data, std::size_t n, RecordKind kind, std::string_view meta,
+                    const Deadline &deadline);
     // Never waits (false: full, or another thread is inside this handle); the copy is made only
     // when there is room.
-    [[nodiscard]] bool try_send_bytes(const void* data, std::size_t n, RecordKind kind,
+    [[nodiscard]] bool try_send_bytes(const void *data, std::size_t n, RecordKind kind,
                                       std::string_view meta);
     // Copies and sends each message in order with one wake-up per ring-full of records;
     // blocks while full. Returns how many were sent (all, unless the deadline passed after at
     // least one was sent: then the rest are not sent and the count says where it stopped).
-    std::size_t send_many(const std::vector<std::pair<const void*, std::size_t>>& msgs,
-                          const Deadline& deadline);
+    std::size_t send_many(const std::vector<std::pair<const void *, std::size_t>> &msgs,
+                          const Deadline &deadline);
     // Claims the sender role and says whether one record can be sent without waiting.
     [[nodiscard]] bool ready_to_send();
     // Claims the sender role and waits until one record can be sent (then a send with a zero
     // deadline succeeds: only this handle sends). Timeout, PeerDied, EPIPE as send_block.
-    void wait_writable(const Deadline& deadline);
+    void wait_writable(const Deadline &deadline);
     // End of stream (sender only; a no-op otherwise): the receiver drains, then EndOfStream.
     // Also releases the role. Idempotent.
     void close();
@@ -146,7 +145,7 @@ class Channel {
     // The next record; the block is now owned by this heap client (free it with
     // Heap::deallocate). Blocks while empty: Timeout, EndOfStream (sender closed and all was
     // received), PeerDied (the sender died and all it sent was received).
-    [[nodiscard]] ChannelMessage recv(const Deadline& deadline);
+    [[nodiscard]] ChannelMessage recv(const Deadline &deadline);
     // Never waits: nullopt if empty or another thread is inside this handle; EndOfStream at the
     // end of the stream.
     [[nodiscard]] std::optional<ChannelMessage> try_recv();
@@ -155,17 +154,17 @@ class Channel {
     // `sink(data, n)` is called for each message while its block is mapped; it may not call
     // back into this channel.
     template <class Sink>
-    std::size_t recv_many(std::size_t max, const Deadline& deadline, Sink&& sink) {
+    std::size_t recv_many(std::size_t max, const Deadline &deadline, Sink &&sink) {
         return recv_many_with(max, &deadline, std::forward<Sink>(sink));
     }
     // Never waits: 0 if empty or another thread is inside this handle; EndOfStream at the end.
-    template <class Sink>
-    std::size_t try_recv_many(std::size_t max, Sink&& sink) {
+    template <class Sink> std::size_t try_recv_many(std::size_t max, Sink &&sink) {
         return recv_many_with(max, nullptr, std::forward<Sink>(sink));
     }
-    std::size_t recv_many(std::vector<std::string>& out, std::size_t max, const Deadline& deadline) {
-        return recv_many(max, deadline, [&](const void* p, std::size_t n) {
-            out.emplace_back(static_cast<const char*>(p), n);
+    std::size_t recv_many(std::vector<std::string> &out, std::size_t max,
+                          const Deadline &deadline) {
+        return recv_many(max, deadline, [&](const void *p, std::size_t n) {
+            out.emplace_back(static_cast<const char *>(p), n);
         });
     }
     // Claims the receiver role and says whether recv would return at once (a record, or the end
@@ -173,10 +172,10 @@ class Channel {
     [[nodiscard]] bool ready_to_recv();
     // Claims the receiver role and waits until a record is there (then recv with a zero deadline
     // returns it). Timeout, EndOfStream, PeerDied as recv.
-    void wait_readable(const Deadline& deadline);
+    void wait_readable(const Deadline &deadline);
     // Waits until a record can be received (true) or the deadline passes (false). At end of
     // stream or with a dead sender it returns true (recv will then raise).
-    [[nodiscard]] bool poll(const Deadline& deadline);
+    [[nodiscard]] bool poll(const Deadline &deadline);
 
     // --- both ----------------------------------------------------------------------------------
     [[nodiscard]] std::uint64_t queued() const noexcept { return ctl_->ring.size_approx(); }
@@ -185,7 +184,7 @@ class Channel {
         return ctl_->ring.closed.load(std::memory_order_acquire) != 0;
     }
     [[nodiscard]] ChannelRole role() const noexcept { return role_; }
-    [[nodiscard]] const std::string& name() const noexcept { return name_; }
+    [[nodiscard]] const std::string &name() const noexcept { return name_; }
     [[nodiscard]] bool closed() const noexcept { return closed_; }
     // Releases the role without ending the stream (the handle may claim a role again).
     void release();
@@ -201,34 +200,34 @@ class Channel {
     [[nodiscard]] bool endpoint_alive(ChannelRole role) const;
 
     // Every channel of the heap with its state (heap.channels()).
-    static std::vector<ChannelInfo> list(Heap& heap);
+    static std::vector<ChannelInfo> list(Heap &heap);
 
   private:
-    using SinkFn = void (*)(void* ctx, const void* data, std::size_t n);
-    std::size_t recv_many_impl(std::size_t max, const Deadline* deadline, SinkFn fn, void* ctx);
+    using SinkFn = void (*)(void *ctx, const void *data, std::size_t n);
+    std::size_t recv_many_impl(std::size_t max, const Deadline *deadline, SinkFn fn, void *ctx);
     template <class Sink>
-    std::size_t recv_many_with(std::size_t max, const Deadline* deadline, Sink&& sink);
+    std::size_t recv_many_with(std::size_t max, const Deadline *deadline, Sink &&sink);
     void send_block_locked(std::uint64_t off, std::uint64_t len, RecordKind kind,
-                           std::string_view meta, const Deadline& deadline);
-    Channel(Heap& heap, std::string name, std::uint64_t offset, ChannelControl* ctl);
+                           std::string_view meta, const Deadline &deadline);
+    Channel(Heap &heap, std::string name, std::uint64_t offset, ChannelControl *ctl);
     void claim(ChannelRole role);
     void forget_role_after_fork() noexcept;
     void ensure_role(ChannelRole role);
     void check_open() const;
     [[noreturn]] void peer_died(ChannelRole peer);
     // Between-slices hook of a wait: interrupts, peer liveness, deadline.
-    std::chrono::nanoseconds between_slices(ChannelRole peer, const Deadline& deadline, bool first);
+    std::chrono::nanoseconds between_slices(ChannelRole peer, const Deadline &deadline, bool first);
     std::uint64_t stash_meta(std::string_view meta);
-    ChannelMessage take(const RingRecord& rec);
-    bool push_record(const RingRecord& rec, const Deadline& deadline);
-    bool wait_for_room(const Deadline& deadline); // false on timeout
+    ChannelMessage take(const RingRecord &rec);
+    bool push_record(const RingRecord &rec, const Deadline &deadline);
+    bool wait_for_room(const Deadline &deadline); // false on timeout
     void check_stream_open() const;
-    void wait_for_record(const Deadline& deadline);
+    void wait_for_record(const Deadline &deadline);
 
-    Heap& heap_;
+    Heap &heap_;
     std::string name_;
     std::uint64_t offset_ = 0; // of the control block in the heap
-    ChannelControl* ctl_ = nullptr;
+    ChannelControl *ctl_ = nullptr;
     ChannelRole role_ = ChannelRole::None;
     std::uint64_t token_ = 0;
     std::uint64_t fork_generation_ = 0; // of the claim: a forked child's copy has no role
@@ -237,16 +236,16 @@ class Channel {
     SpscConsumer consumer_;
     std::atomic<std::int64_t> spin_ns_{50'000};
     std::atomic<bool> closing_{false}; // close() asks a waiting thread of this handle to leave
-    std::mutex mu_; // serializes the calls of this handle (one ring side)
+    std::mutex mu_;                    // serializes the calls of this handle (one ring side)
 };
 
 template <class Sink>
-std::size_t Channel::recv_many_with(std::size_t max, const Deadline* deadline, Sink&& sink) {
+std::size_t Channel::recv_many_with(std::size_t max, const Deadline *deadline, Sink &&sink) {
     using S = std::remove_reference_t<Sink>;
     return recv_many_impl(
         max, deadline,
-        [](void* ctx, const void* data, std::size_t n) { (*static_cast<S*>(ctx))(data, n); },
-        static_cast<void*>(&sink));
+        [](void *ctx, const void *data, std::size_t n) { (*static_cast<S *>(ctx))(data, n); },
+        static_cast<void *>(&sink));
 }
 
 } // namespace shmipc

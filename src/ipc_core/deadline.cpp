@@ -7,18 +7,24 @@
 namespace shmipc {
 
 Deadline::Deadline(std::optional<double> timeout_seconds) {
-    if (!timeout_seconds) return;
+    if (!timeout_seconds)
+        return;
     double t = *timeout_seconds;
-    if (!(t > 0)) t = 0; // also catches NaN
+    if (!(t > 0))
+        t = 0; // also catches NaN
     // Cap at ~100 years so the conversion cannot overflow.
     t = std::min(t, 3.0e9);
-    end_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t));
+    end_ = Clock::now() +
+           std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t));
 }
 
-bool Deadline::expired() const noexcept { return end_ && Clock::now() >= *end_; }
+bool Deadline::expired() const noexcept {
+    return end_ && Clock::now() >= *end_;
+}
 
 std::chrono::nanoseconds Deadline::remaining() const noexcept {
-    if (!end_) return std::chrono::nanoseconds::max();
+    if (!end_)
+        return std::chrono::nanoseconds::max();
     auto r = *end_ - Clock::now();
     return r.count() > 0 ? std::chrono::duration_cast<std::chrono::nanoseconds>(r)
                          : std::chrono::nanoseconds{0};
@@ -32,10 +38,13 @@ namespace {
 std::atomic<InterruptHook> g_hook{nullptr};
 }
 
-void set_interrupt_hook(InterruptHook hook) noexcept { g_hook.store(hook); }
+void set_interrupt_hook(InterruptHook hook) noexcept {
+    g_hook.store(hook);
+}
 
 void check_interrupt() {
-    if (auto h = g_hook.load(std::memory_order_relaxed)) h();
+    if (auto h = g_hook.load(std::memory_order_relaxed))
+        h();
 }
 
 } // namespace shmipc

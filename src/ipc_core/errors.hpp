@@ -52,7 +52,7 @@ struct Closed : std::logic_error {
     using std::logic_error::logic_error;
 };
 
-[[noreturn]] void throw_errno(const char* call);
-[[noreturn]] void throw_errno(int err, const char* call);
+[[noreturn]] void throw_errno(const char *call);
+[[noreturn]] void throw_errno(int err, const char *call);
 
 } // namespace shmipc

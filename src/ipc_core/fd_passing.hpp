@@ -24,10 +24,10 @@ inline constexpr int kMaxFdsAccepted = 4; // room to see (and close) extra fds
 struct WireHeader {
     std::uint32_t magic;
     std::uint16_t version;
-    std::uint16_t flags;     // reserved, 0
-    std::uint64_t nbytes;    // bytes of the memfd the receiver may use
-    std::uint32_t meta_len;  // <= kMaxMetaBytes
-    std::uint32_t desc_len;  // <= kMaxDescBytes
+    std::uint16_t flags;    // reserved, 0
+    std::uint64_t nbytes;   // bytes of the memfd the receiver may use
+    std::uint32_t meta_len; // <= kMaxMetaBytes
+    std::uint32_t desc_len; // <= kMaxDescBytes
     std::uint64_t reserved;
 };
 static_assert(sizeof(WireHeader) == 32);
@@ -49,9 +49,9 @@ struct FdMessage {
 // CorruptSegment for garbage (wrong header, no fd, extra fds, MSG_CTRUNC, an fd that is not a
 // memfd sealed against shrinking, or smaller than announced). Every received fd is owned before
 // anything can fail, so none leaks.
-[[nodiscard]] FdMessage recv_fd_message(int sock, const Deadline& deadline);
+[[nodiscard]] FdMessage recv_fd_message(int sock, const Deadline &deadline);
 
 // Waits until the fd is readable (or writable); throws Timeout, runs check_interrupt().
-void wait_fd(int fd, bool for_write, const Deadline& deadline);
+void wait_fd(int fd, bool for_write, const Deadline &deadline);
 
 } // namespace shmipc

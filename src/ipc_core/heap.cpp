@@ -28,7 +28,8 @@ namespace {
 constexpr std::uint64_t kControlMagic = 0x314c5254434d5048ULL; // "HPMCTRL1"
 constexpr std::size_t kBins = 64;
 // Exact block sizes 1..65 units: every payload up to kCacheMaxBlock bytes.
-constexpr std::size_t kCacheClasses = (kCacheMaxBlock + kBlockHeaderSize + kHeapUnit - 1) / kHeapUnit;
+constexpr std::size_t kCacheClasses =
+    (kCacheMaxBlock + kBlockHeaderSize + kHeapUnit - 1) / kHeapUnit;
 constexpr std::uint64_t kMaxAlign = 4096; // mappings are only page aligned
 
 // BlockHeader::word: | size in units (36) | owner (16) | state (4) | magic (8) |
@@ -38,9 +39,15 @@ enum State : std::uint64_t { kFree = 1, kUsed = 2, kCached = 3 };
 constexpr std::uint64_t make_word(std::uint64_t units, std::uint16_t owner, State st) {
     return (units << 28) | (std::uint64_t{owner} << 12) | (std::uint64_t{st} << 8) | kWordMagic;
 }
-constexpr std::uint64_t w_units(std::uint64_t w) { return w >> 28; }
-constexpr std::uint16_t w_owner(std::uint64_t w) { return static_cast<std::uint16_t>(w >> 12); }
-constexpr std::uint64_t w_state(std::uint64_t w) { return (w >> 8) & 0xF; }
+constexpr std::uint64_t w_units(std::uint64_t w) {
+    return w >> 28;
+}
+constexpr std::uint16_t w_owner(std::uint64_t w) {
+    return static_cast<std::uint16_t>(w >> 12);
+}
+constexpr std::uint64_t w_state(std::uint64_t w) {
+    return (w >> 8) & 0xF;
+}
 constexpr bool w_valid(std::uint64_t w) {
     return (w & 0xFF) == kWordMagic && w_units(w) > 0 && w_state(w) >= kFree &&
            w_state(w) <= kCached;
@@ -90,34 +97,40 @@ struct NamedEntry {
 struct HeapControl {
     std::uint64_t magic;
     std::uint32_t layout_version;
-    std::uint32_t mode;        // permission bits of extensions
-    std::uint64_t max_size;    // bytes, all segments; == segs[0].size when the heap cannot grow
+    std::uint32_t mode;     // permission bits of extensions
+    std::uint64_t max_size; // bytes, all segments; == segs[0].size when the heap cannot grow
     std::uint32_t persistent;
     std::uint32_t anonymous;
     alignas(64) pthread_mutex_t mutex; // robust, process-shared; guards everything below
     alignas(64) std::atomic<std::uint32_t> segment_count; // SYNC POINT: release after segs[i]
     std::uint32_t pad0;
     SegmentInfo segs[kMaxSegments];
-    std::uint64_t bins[kBins];         // free lists: header offsets
-    FutexWord named_changed;           // bumped when a named entry becomes ready or vanishes
+    std::uint64_t bins[kBins]; // free lists: header offsets
+    FutexWord named_changed;   // bumped when a named entry becomes ready or vanishes
     alignas(64) ClientSlot clients[kMaxClients];
     NamedEntry named[kMaxNamed];
 };
 static_assert(std::is_standard_layout_v<HeapControl>);
 static_assert(offsetof(HeapControl, mutex) == 64);
-static_assert(sizeof(SegmentHeader) + sizeof(HeapControl) + 2 * 4096 <= kMinHeapSize); // tests simulate a death holding it
+static_assert(sizeof(SegmentHeader) + sizeof(HeapControl) + 2 * 4096 <=
+              kMinHeapSize); // tests simulate a death holding it
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
 namespace {
 
 std::size_t bin_of(std::uint64_t units) {
-    if (units < 32) return static_cast<std::size_t>(units);
+    if (units < 32)
+        return static_cast<std::size_t>(units);
     // 32.. : one bin per power of two
     return std::min<std::size_t>(kBins - 1, 32 + (std::bit_width(units) - 6));
 }
 
-std::uint64_t seg_of(std::uint64_t off) { return off >> kSegmentShift; }
-std::uint64_t local_of(std::uint64_t off) { return off & kSegmentOffsetMask; }
+std::uint64_t seg_of(std::uint64_t off) {
+    return off >> kSegmentShift;
+}
+std::uint64_t local_of(std::uint64_t off) {
+    return off & kSegmentOffsetMask;
+}
 std::uint64_t make_off(std::uint64_t seg, std::uint64_t local) {
     return (seg << kSegmentShift) | local;
 }
@@ -132,11 +145,13 @@ std::atomic<std::uint64_t> g_heap_serial{1};
 std::atomic<unsigned> g_fork_generation{0};
 std::once_flag g_atfork_once;
 
-std::string extension_name(const std::string& base, std::size_t i) {
+std::string extension_name(const std::string &base, std::size_t i) {
     return base + "." + std::to_string(i);
 }
 
-std::string human(std::uint64_t b) { return std::to_string(b) + " bytes"; }
+std::string human(std::uint64_t b) {
+    return std::to_string(b) + " bytes";
+}
 
 } // namespace
 
@@ -147,9 +162,9 @@ std::string human(std::uint64_t b) { return std::to_string(b) + " bytes"; }
 class ThreadCache {
   public:
     explicit ThreadCache(std::uint64_t s) : serial(s) {}
-    std::uint64_t serial;                // heap handle it belongs to (never reused)
-    std::atomic<bool> orphan{false};     // its thread exited: another thread may adopt it
-    std::atomic<bool> dead{false};       // its heap handle closed
+    std::uint64_t serial;            // heap handle it belongs to (never reused)
+    std::atomic<bool> orphan{false}; // its thread exited: another thread may adopt it
+    std::atomic<bool> dead{false};   // its heap handle closed
     std::array<std::vector<std::uint64_t>, kCacheClasses> lists; // header offsets
     static std::size_t capacity(std::size_t units) {
         return std::clamp<std::size_t>(32768 / (units * kHeapUnit), 4, 64);
@@ -159,10 +174,11 @@ class ThreadCache {
 namespace {
 struct TlsCaches {
     std::uint64_t last_serial = 0;
-    ThreadCache* last = nullptr;
+    ThreadCache *last = nullptr;
     std::vector<std::shared_ptr<ThreadCache>> all;
     ~TlsCaches() {
-        for (auto& c : all) c->orphan.store(true, std::memory_order_release);
+        for (auto &c : all)
+            c->orphan.store(true, std::memory_order_release);
     }
 };
 thread_local TlsCaches tls_caches;
@@ -172,31 +188,32 @@ struct Heap::Impl {
     std::uint64_t serial = 0;
     unsigned fork_generation = 0;
     bool thread_cache = true;
-    bool inherited = false; // a fork child's copy of its parent's handle
+    bool inherited = false;                         // a fork child's copy of its parent's handle
     std::atomic<std::uint64_t> slow_allocations{0}; // locked allocations (periodic reaping)
-    UniqueFd lock_fd; // our own open file description (client lock)
+    UniqueFd lock_fd;                               // our own open file description (client lock)
     std::uint64_t client_slot_locked = ~0ULL;
-    std::array<std::atomic<std::byte*>, kMaxSegments> bases{};
+    std::array<std::atomic<std::byte *>, kMaxSegments> bases{};
     std::array<std::uint64_t, kMaxSegments> sizes{};
     std::mutex map_mu;
     std::vector<MemorySegment> extensions; // index i-1 is segment i
     std::mutex caches_mu;
     std::vector<std::shared_ptr<ThreadCache>> caches;
 
-    ThreadCache* cache() {
-        if (tls_caches.last_serial == serial) return tls_caches.last;
-        for (auto& c : tls_caches.all)
+    ThreadCache *cache() {
+        if (tls_caches.last_serial == serial)
+            return tls_caches.last;
+        for (auto &c : tls_caches.all)
             if (c->serial == serial) {
                 tls_caches.last_serial = serial;
                 tls_caches.last = c.get();
                 return c.get();
             }
         std::erase_if(tls_caches.all,
-                      [](const auto& c) { return c->dead.load(std::memory_order_acquire); });
+                      [](const auto &c) { return c->dead.load(std::memory_order_acquire); });
         std::shared_ptr<ThreadCache> c;
         {
             std::lock_guard g(caches_mu);
-            for (auto& x : caches)
+            for (auto &x : caches)
                 if (x->orphan.exchange(false, std::memory_order_acq_rel)) {
                     c = x;
                     break;
@@ -221,7 +238,7 @@ namespace {
 
 class Locked {
   public:
-    template <class Recover> Locked(HeapControl* ctl, Recover&& recover) : ctl_(ctl) {
+    template <class Recover> Locked(HeapControl *ctl, Recover &&recover) : ctl_(ctl) {
         int r = ::pthread_mutex_lock(&ctl_->mutex);
         if (r == EOWNERDEAD) {
             // A process died inside the allocator: the chain is consistent by construction,
@@ -240,41 +257,43 @@ class Locked {
         }
     }
     ~Locked() { ::pthread_mutex_unlock(&ctl_->mutex); }
-    Locked(const Locked&) = delete;
-    Locked& operator=(const Locked&) = delete;
+    Locked(const Locked &) = delete;
+    Locked &operator=(const Locked &) = delete;
 
   private:
-    HeapControl* ctl_;
+    HeapControl *ctl_;
 };
 
 } // namespace
 
 // Everything that touches the chain lives in this helper so the Heap class stays readable.
 struct HeapOps {
-    Heap& h;
-    HeapControl* ctl;
-    Heap::Impl& im;
+    Heap &h;
+    HeapControl *ctl;
+    Heap::Impl &im;
 
-    BlockHeader* hdr(std::uint64_t off) { return static_cast<BlockHeader*>(h.to_ptr(off)); }
-    FreeLinks* links(std::uint64_t off) {
-        return static_cast<FreeLinks*>(h.to_ptr(off + kBlockHeaderSize));
+    BlockHeader *hdr(std::uint64_t off) { return static_cast<BlockHeader *>(h.to_ptr(off)); }
+    FreeLinks *links(std::uint64_t off) {
+        return static_cast<FreeLinks *>(h.to_ptr(off + kBlockHeaderSize));
     }
 
     void bin_insert(std::uint64_t off, std::uint64_t units) {
         auto b = bin_of(units);
-        FreeLinks* l = links(off);
+        FreeLinks *l = links(off);
         l->prev = 0;
         l->next = ctl->bins[b];
-        if (l->next) links(l->next)->prev = off;
+        if (l->next)
+            links(l->next)->prev = off;
         ctl->bins[b] = off;
     }
     void bin_remove(std::uint64_t off, std::uint64_t units) {
-        FreeLinks* l = links(off);
+        FreeLinks *l = links(off);
         if (l->prev)
             links(l->prev)->next = l->next;
         else
             ctl->bins[bin_of(units)] = l->next;
-        if (l->next) links(l->next)->prev = l->prev;
+        if (l->next)
+            links(l->next)->prev = l->prev;
     }
 
     // Header offset of the block after `off` of `units`, or 0 at the end of its arena.
@@ -286,7 +305,8 @@ struct HeapOps {
     // Units of padding in front of a free block at `off` so its payload is `align`-aligned.
     static std::uint64_t gap_units(std::uint64_t off, std::uint64_t align) {
         std::uint64_t p = local_of(off) + kBlockHeaderSize;
-        if (p % align == 0) return 0;
+        if (p % align == 0)
+            return 0;
         // the gap becomes a free block of its own: at least one unit
         return (round_up(p + kHeapUnit, align) - p) / kHeapUnit;
     }
@@ -297,8 +317,10 @@ struct HeapOps {
             for (std::uint64_t off = ctl->bins[b]; off; off = links(off)->next) {
                 std::uint64_t have = w_units(hdr(off)->word.load(std::memory_order_relaxed));
                 std::uint64_t gap = align > kHeapUnit ? gap_units(off, align) : 0;
-                if (have >= units + gap) return off;
-                if (b < 32 && align <= kHeapUnit) break; // exact-size bin: all or nothing
+                if (have >= units + gap)
+                    return off;
+                if (b < 32 && align <= kHeapUnit)
+                    break; // exact-size bin: all or nothing
             }
         }
         return 0;
@@ -307,7 +329,7 @@ struct HeapOps {
     // Turns free block `off` into a used block of `units` owned by `owner`; returns payload.
     std::uint64_t carve(std::uint64_t off, std::uint64_t units, std::uint64_t align,
                         std::uint16_t owner) {
-        BlockHeader* b = hdr(off);
+        BlockHeader *b = hdr(off);
         std::uint64_t have = w_units(b->word.load(std::memory_order_relaxed));
         bin_remove(off, have);
         std::uint64_t gap = align > kHeapUnit ? gap_units(off, align) : 0;
@@ -315,10 +337,11 @@ struct HeapOps {
             // Front padding stays free. Write the new header first, inside the free block
             // (invisible to a chain walk), then shrink the free block with one store.
             std::uint64_t rest = off + gap * kHeapUnit;
-            BlockHeader* r = hdr(rest);
+            BlockHeader *r = hdr(rest);
             r->prev_units = gap;
             r->word.store(make_word(have - gap, kOwnerNone, kFree), std::memory_order_relaxed);
-            if (auto n = next_of(off, have)) hdr(n)->prev_units = have - gap;
+            if (auto n = next_of(off, have))
+                hdr(n)->prev_units = have - gap;
             b->word.store(make_word(gap, kOwnerNone, kFree), std::memory_order_release);
             bin_insert(off, gap);
             off = rest;
@@ -327,10 +350,11 @@ struct HeapOps {
         }
         if (have > units) {
             std::uint64_t tail = off + units * kHeapUnit;
-            BlockHeader* t = hdr(tail);
+            BlockHeader *t = hdr(tail);
             t->prev_units = units;
             t->word.store(make_word(have - units, kOwnerNone, kFree), std::memory_order_relaxed);
-            if (auto n = next_of(off, have)) hdr(n)->prev_units = have - units;
+            if (auto n = next_of(off, have))
+                hdr(n)->prev_units = have - units;
             // One store publishes both the split and the allocation.
             b->word.store(make_word(units, owner, kUsed), std::memory_order_release);
             bin_insert(tail, have - units);
@@ -343,21 +367,23 @@ struct HeapOps {
     // Frees a block whose word was `w` (used or cached); coalesces with free neighbours.
     // Returns false if the word changed meanwhile (someone else freed or moved it).
     bool release(std::uint64_t off, std::uint64_t w) {
-        BlockHeader* b = hdr(off);
+        BlockHeader *b = hdr(off);
         std::uint64_t units = w_units(w);
         std::uint64_t merged = units;
         std::uint64_t n = next_of(off, units);
         std::uint64_t nw = n ? hdr(n)->word.load(std::memory_order_acquire) : 0;
         bool merge_next = n && w_state(nw) == kFree;
-        if (merge_next) merged += w_units(nw);
+        if (merge_next)
+            merged += w_units(nw);
         if (!b->word.compare_exchange_strong(w, make_word(merged, kOwnerNone, kFree),
                                              std::memory_order_acq_rel))
             return false;
-        if (merge_next) bin_remove(n, w_units(nw));
+        if (merge_next)
+            bin_remove(n, w_units(nw));
         std::uint64_t start = off;
         if (b->prev_units) {
             std::uint64_t p = off - b->prev_units * kHeapUnit;
-            BlockHeader* pb = hdr(p);
+            BlockHeader *pb = hdr(p);
             std::uint64_t pw = pb->word.load(std::memory_order_acquire);
             if (w_state(pw) == kFree) {
                 bin_remove(p, w_units(pw));
@@ -366,15 +392,16 @@ struct HeapOps {
                 start = p;
             }
         }
-        if (auto nn = next_of(start, merged)) hdr(nn)->prev_units = merged;
+        if (auto nn = next_of(start, merged))
+            hdr(nn)->prev_units = merged;
         bin_insert(start, merged);
         return true;
     }
 
-    template <class F> void walk(F&& f) {
+    template <class F> void walk(F &&f) {
         std::uint32_t count = ctl->segment_count.load(std::memory_order_acquire);
         for (std::uint32_t s = 0; s < count; ++s) {
-            const SegmentInfo& si = ctl->segs[s];
+            const SegmentInfo &si = ctl->segs[s];
             std::uint64_t off = make_off(s, si.arena_begin);
             std::uint64_t end = make_off(s, si.arena_end);
             while (off < end) {
@@ -394,16 +421,17 @@ struct HeapOps {
         std::fill(std::begin(ctl->bins), std::end(ctl->bins), 0);
         std::uint32_t count = ctl->segment_count.load(std::memory_order_acquire);
         for (std::uint32_t s = 0; s < count; ++s) {
-            const SegmentInfo& si = ctl->segs[s];
+            const SegmentInfo &si = ctl->segs[s];
             std::uint64_t off = make_off(s, si.arena_begin);
             std::uint64_t end = make_off(s, si.arena_end);
             std::uint64_t prev_units = 0, free_start = 0, free_units = 0;
             auto flush = [&] {
-                if (free_units) bin_insert(free_start, free_units);
+                if (free_units)
+                    bin_insert(free_start, free_units);
                 free_units = 0;
             };
             while (off < end) {
-                BlockHeader* b = hdr(off);
+                BlockHeader *b = hdr(off);
                 std::uint64_t w = b->word.load(std::memory_order_acquire);
                 if (!w_valid(w) || off + w_units(w) * kHeapUnit > end)
                     throw CorruptSegment("heap block chain broken at offset " +
@@ -413,8 +441,9 @@ struct HeapOps {
                 if (w_state(w) == kFree && free_units) {
                     // Adjacent free blocks (a free was cut short): one store merges them.
                     free_units += u;
-                    hdr(free_start)->word.store(make_word(free_units, kOwnerNone, kFree),
-                                                std::memory_order_release);
+                    hdr(free_start)
+                        ->word.store(make_word(free_units, kOwnerNone, kFree),
+                                     std::memory_order_release);
                     prev_units = free_units;
                     continue;
                 }
@@ -437,23 +466,28 @@ struct HeapOps {
         bool any = false;
         for (std::size_t i = 0; i < kMaxClients; ++i) {
             auto id = static_cast<std::uint16_t>(i + 1);
-            if (id == h.client_) continue;
-            if (ctl->clients[i].state.load(std::memory_order_acquire) == 0) continue;
+            if (id == h.client_)
+                continue;
+            if (ctl->clients[i].state.load(std::memory_order_acquire) == 0)
+                continue;
             if (!byte_is_locked(im.lock_fd.get(), kClientLockBase + static_cast<off_t>(i))) {
                 dead[id] = true;
                 any = true;
             }
         }
-        if (!any) return 0;
+        if (!any)
+            return 0;
         std::uint64_t bytes = free_owned_by(dead);
         for (std::size_t id = 1; id <= kMaxClients; ++id)
-            if (dead[id]) ctl->clients[id - 1].state.store(0, std::memory_order_release);
-        for (auto& e : ctl->named) {
-            if (e.state.load(std::memory_order_acquire) == kNamedInit &&
-                e.creator <= kMaxClients && dead[e.creator]) {
+            if (dead[id])
+                ctl->clients[id - 1].state.store(0, std::memory_order_release);
+        for (auto &e : ctl->named) {
+            if (e.state.load(std::memory_order_acquire) == kNamedInit && e.creator <= kMaxClients &&
+                dead[e.creator]) {
                 std::uint64_t ho = e.offset - kBlockHeaderSize;
                 std::uint64_t w = hdr(ho)->word.load(std::memory_order_acquire);
-                if (w_valid(w) && w_state(w) == kUsed) release(ho, w);
+                if (w_valid(w) && w_state(w) == kUsed)
+                    release(ho, w);
                 e.state.store(kNamedEmpty, std::memory_order_release);
                 notify_all(ctl->named_changed);
             }
@@ -468,7 +502,7 @@ struct HeapOps {
     }
 
     // Frees every block whose owner is in `dead` (a bitmap over client ids). Bytes freed.
-    std::uint64_t free_owned_by(const std::vector<bool>& dead) {
+    std::uint64_t free_owned_by(const std::vector<bool> &dead) {
         std::vector<std::pair<std::uint64_t, std::uint64_t>> victims;
         walk([&](std::uint64_t off, std::uint64_t w) {
             auto st = w_state(w);
@@ -477,12 +511,14 @@ struct HeapOps {
                 victims.emplace_back(off, w);
         });
         std::uint64_t bytes = 0;
-        for (auto& [off, w] : victims) {
+        for (auto &[off, w] : victims) {
             // Re-read: an earlier release may have merged this block into a neighbour (it
             // cannot: merges only absorb free blocks), or a live process took it meanwhile.
             std::uint64_t cur = hdr(off)->word.load(std::memory_order_acquire);
-            if (cur != w) continue;
-            if (release(off, w)) bytes += w_units(w) * kHeapUnit;
+            if (cur != w)
+                continue;
+            if (release(off, w))
+                bytes += w_units(w) * kHeapUnit;
         }
         return bytes;
     }
@@ -494,11 +530,13 @@ struct HeapOps {
 
 namespace {
 
-std::size_t control_end() { return sizeof(SegmentHeader) + sizeof(HeapControl); }
+std::size_t control_end() {
+    return sizeof(SegmentHeader) + sizeof(HeapControl);
+}
 
-void init_control(std::byte* data, std::size_t size, const HeapOptions& opt, bool anonymous) {
-    auto* ctl = new (data + sizeof(SegmentHeader)) HeapControl;
-    std::memset(static_cast<void*>(ctl), 0, sizeof(HeapControl));
+void init_control(std::byte *data, std::size_t size, const HeapOptions &opt, bool anonymous) {
+    auto *ctl = new (data + sizeof(SegmentHeader)) HeapControl;
+    std::memset(static_cast<void *>(ctl), 0, sizeof(HeapControl));
     ctl->magic = kControlMagic;
     ctl->layout_version = kHeapLayoutVersion;
     ctl->mode = static_cast<std::uint32_t>(opt.mode);
@@ -511,15 +549,16 @@ void init_control(std::byte* data, std::size_t size, const HeapOptions& opt, boo
     ::pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
     int r = ::pthread_mutex_init(&ctl->mutex, &a);
     ::pthread_mutexattr_destroy(&a);
-    if (r != 0) throw_errno(r, "pthread_mutex_init");
+    if (r != 0)
+        throw_errno(r, "pthread_mutex_init");
     std::uint64_t begin = first_header_at(control_end());
     std::uint64_t end = begin + (size - begin) / kHeapUnit * kHeapUnit;
     ctl->segs[0] = SegmentInfo{size, begin, end};
-    auto* b = reinterpret_cast<BlockHeader*>(data + begin);
+    auto *b = reinterpret_cast<BlockHeader *>(data + begin);
     b->prev_units = 0;
     b->word.store(make_word((end - begin) / kHeapUnit, kOwnerNone, kFree),
                   std::memory_order_relaxed);
-    auto* l = reinterpret_cast<FreeLinks*>(data + begin + kBlockHeaderSize);
+    auto *l = reinterpret_cast<FreeLinks *>(data + begin + kBlockHeaderSize);
     l->next = l->prev = 0;
     ctl->bins[bin_of((end - begin) / kHeapUnit)] = begin; // segment 0: offset == local
     ctl->segment_count.store(1, std::memory_order_release);
@@ -529,28 +568,35 @@ std::size_t checked_size(std::size_t size) {
     if (size < kMinHeapSize)
         throw std::invalid_argument("heap size must be at least " + std::to_string(kMinHeapSize) +
                                     " bytes");
-    if (size > kSegmentOffsetMask) throw std::invalid_argument("heap size must be < 1 TiB");
+    if (size > kSegmentOffsetMask)
+        throw std::invalid_argument("heap size must be < 1 TiB");
     return round_up(size, page_size());
 }
 
 // Validates the control block of a mapped primary segment before anything else uses it.
-HeapControl* validated_control(const MemorySegment& seg) {
+HeapControl *validated_control(const MemorySegment &seg) {
     if (seg.size() < first_header_at(control_end()) + kHeapUnit)
         throw CorruptSegment("heap segment too small (" + std::to_string(seg.size()) + " bytes)");
-    auto* ctl = reinterpret_cast<HeapControl*>(seg.data() + sizeof(SegmentHeader));
-    auto fail = [](const char* why) { throw CorruptSegment(std::string("not a shmipc heap: ") + why); };
-    if (ctl->magic != kControlMagic) fail("bad control magic");
-    if (ctl->layout_version != kHeapLayoutVersion) fail("layout version mismatch");
+    auto *ctl = reinterpret_cast<HeapControl *>(seg.data() + sizeof(SegmentHeader));
+    auto fail = [](const char *why) {
+        throw CorruptSegment(std::string("not a shmipc heap: ") + why);
+    };
+    if (ctl->magic != kControlMagic)
+        fail("bad control magic");
+    if (ctl->layout_version != kHeapLayoutVersion)
+        fail("layout version mismatch");
     std::uint32_t n = ctl->segment_count.load(std::memory_order_acquire);
-    if (n < 1 || n > kMaxSegments) fail("bad segment count");
-    const SegmentInfo& s0 = ctl->segs[0];
+    if (n < 1 || n > kMaxSegments)
+        fail("bad segment count");
+    const SegmentInfo &s0 = ctl->segs[0];
     if (s0.size != seg.size() || s0.arena_begin != first_header_at(control_end()) ||
         s0.arena_end > s0.size || s0.arena_end <= s0.arena_begin ||
         (s0.arena_end - s0.arena_begin) % kHeapUnit)
         fail("bad arena bounds");
-    if (ctl->max_size < s0.size) fail("bad max_size");
+    if (ctl->max_size < s0.size)
+        fail("bad max_size");
     for (std::uint32_t i = 1; i < n; ++i) {
-        const SegmentInfo& s = ctl->segs[i];
+        const SegmentInfo &s = ctl->segs[i];
         if (s.size > kSegmentOffsetMask || s.arena_end > s.size || s.arena_end <= s.arena_begin ||
             (s.arena_end - s.arena_begin) % kHeapUnit)
             fail("bad extension bounds");
@@ -558,13 +604,15 @@ HeapControl* validated_control(const MemorySegment& seg) {
     return ctl;
 }
 
-void remove_leftover_extensions(const std::string& base) {
+void remove_leftover_extensions(const std::string &base) {
     for (std::size_t i = 1; i < kMaxSegments; ++i) {
         std::string n = extension_name(base, i);
-        if (n.size() > kMaxNameLength + 1) break;
+        if (n.size() > kMaxNameLength + 1)
+            break;
         std::string path = shm_path(n);
         UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-        if (!fd) continue;
+        if (!fd)
+            continue;
         SegmentHeader h{};
         if (::pread(fd.get(), &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) &&
             h.magic == kSegmentMagic &&
@@ -576,7 +624,8 @@ void remove_leftover_extensions(const std::string& base) {
 UniqueFd reopen_own_description(int fd) {
     std::string p = "/proc/self/fd/" + std::to_string(fd);
     UniqueFd r(::open(p.c_str(), O_RDWR | O_CLOEXEC));
-    if (!r) throw_errno("open(/proc/self/fd)");
+    if (!r)
+        throw_errno("open(/proc/self/fd)");
     return r;
 }
 
@@ -593,7 +642,7 @@ static void setup_process_hooks() {
     });
 }
 
-std::unique_ptr<Heap> Heap::create(std::string_view name, const HeapOptions& opt) {
+std::unique_ptr<Heap> Heap::create(std::string_view name, const HeapOptions &opt) {
     setup_process_hooks();
     std::size_t size = checked_size(opt.size);
     std::string norm = normalize_shm_name(name);
@@ -603,7 +652,7 @@ std::unique_ptr<Heap> Heap::create(std::string_view name, const HeapOptions& opt
     h->impl_ = std::make_unique<Impl>();
     h->primary_ = MemorySegment::create_named(
         norm, size, opt.mode, SegmentKind::Heap, kHeapLayoutVersion, opt.persistent,
-        [&](std::byte* data) { init_control(data, size, opt, false); });
+        [&](std::byte *data) { init_control(data, size, opt, false); });
     // We just created the name: any extension named after it belongs to a dead predecessor.
     remove_leftover_extensions(norm);
     h->ctl_ = validated_control(h->primary_);
@@ -627,7 +676,7 @@ std::unique_ptr<Heap> Heap::attach(std::string_view name, bool thread_cache) {
     return h;
 }
 
-std::unique_ptr<Heap> Heap::anonymous(const HeapOptions& opt) {
+std::unique_ptr<Heap> Heap::anonymous(const HeapOptions &opt) {
     setup_process_hooks();
     std::size_t size = checked_size(opt.size);
     if (opt.max_size > size)
@@ -637,7 +686,7 @@ std::unique_ptr<Heap> Heap::anonymous(const HeapOptions& opt) {
     std::unique_ptr<Heap> h(new Heap);
     h->impl_ = std::make_unique<Impl>();
     h->primary_ = MemorySegment::anonymous(size, "shmipc-heap");
-    auto* sh = h->primary_.header();
+    auto *sh = h->primary_.header();
     *sh = SegmentHeader{};
     sh->kind = static_cast<std::uint32_t>(SegmentKind::Heap);
     sh->layout_version = kHeapLayoutVersion;
@@ -655,7 +704,8 @@ std::unique_ptr<Heap> Heap::anonymous(const HeapOptions& opt) {
 std::unique_ptr<Heap> Heap::from_fd(UniqueFd fd, bool thread_cache) {
     setup_process_hooks();
     struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) throw_errno("fstat");
+    if (::fstat(fd.get(), &st) != 0)
+        throw_errno("fstat");
     auto fsize = static_cast<std::size_t>(st.st_size);
     if (!S_ISREG(st.st_mode) || fsize < sizeof(SegmentHeader) + sizeof(HeapControl))
         throw CorruptSegment("fd is not a shmipc heap (too small or not a file)");
@@ -674,7 +724,8 @@ std::unique_ptr<Heap> Heap::from_fd(UniqueFd fd, bool thread_cache) {
 }
 
 Heap::~Heap() {
-    if (!impl_) return;
+    if (!impl_)
+        return;
     // A fork child closing its parent's handle must not remove the parent's names.
     if (impl_->fork_generation != g_fork_generation.load(std::memory_order_relaxed))
         primary_.disown();
@@ -698,14 +749,21 @@ Heap::~Heap() {
 bool Heap::primary_name_is_ours() const {
     // Growth adds names derived from the primary one; once the owner removed (or someone
     // replaced) that name, nobody would remove them, so we do not grow any more.
-    struct stat mine {}, named {};
-    if (::fstat(primary_.fd(), &mine) != 0) return false;
-    if (::stat(shm_path(primary_.name()).c_str(), &named) != 0) return false;
+    struct stat mine {
+    }, named{};
+    if (::fstat(primary_.fd(), &mine) != 0)
+        return false;
+    if (::stat(shm_path(primary_.name()).c_str(), &named) != 0)
+        return false;
     return mine.st_ino == named.st_ino && mine.st_dev == named.st_dev;
 }
 
-int Heap::lock_fd() const noexcept { return impl_->lock_fd.get(); }
-std::size_t Heap::max_size() const noexcept { return ctl_->max_size; }
+int Heap::lock_fd() const noexcept {
+    return impl_->lock_fd.get();
+}
+std::size_t Heap::max_size() const noexcept {
+    return ctl_->max_size;
+}
 
 // ------------------------------------------------------------------------------------------
 // Clients
@@ -719,13 +777,15 @@ void Heap::register_client() {
     impl_->sizes[0] = primary_.size();
     // Map the extensions that exist now (before their owner could remove the names).
     std::uint32_t n = ctl_->segment_count.load(std::memory_order_acquire);
-    for (std::uint32_t i = 1; i < n; ++i) (void)to_ptr(make_off(i, ctl_->segs[i].arena_begin));
+    for (std::uint32_t i = 1; i < n; ++i)
+        (void)to_ptr(make_off(i, ctl_->segs[i].arena_begin));
     reap_dead_clients();
     HeapOps ops{*this, ctl_, *impl_};
     Locked lk(ctl_, [&] { ops.recover(); });
     for (std::size_t i = 0; i < kMaxClients; ++i) {
-        ClientSlot& c = ctl_->clients[i];
-        if (c.state.load(std::memory_order_acquire) != 0) continue;
+        ClientSlot &c = ctl_->clients[i];
+        if (c.state.load(std::memory_order_acquire) != 0)
+            continue;
         if (!try_lock_byte(impl_->lock_fd.get(), kClientLockBase + static_cast<off_t>(i), true))
             continue;
         c.pid = static_cast<std::int32_t>(::getpid());
@@ -738,7 +798,8 @@ void Heap::register_client() {
 }
 
 void Heap::unregister_client() noexcept {
-    if (client_ == kOwnerNone) return;
+    if (client_ == kOwnerNone)
+        return;
     try {
         ensure_process();
         // A closing handle is treated like a dead one: its blocks (including its caches) go
@@ -755,8 +816,9 @@ void Heap::unregister_client() noexcept {
     } catch (...) {
     }
     std::lock_guard g(impl_->caches_mu);
-    for (auto& c : impl_->caches) {
-        for (auto& l : c->lists) l.clear();
+    for (auto &c : impl_->caches) {
+        for (auto &l : c->lists)
+            l.clear();
         c->dead.store(true, std::memory_order_release);
     }
     impl_->caches.clear();
@@ -764,14 +826,16 @@ void Heap::unregister_client() noexcept {
 }
 
 void Heap::ensure_process() {
-    if (impl_->fork_generation == g_fork_generation.load(std::memory_order_relaxed)) return;
+    if (impl_->fork_generation == g_fork_generation.load(std::memory_order_relaxed))
+        return;
     // We are a fork child using our parent's handle: the caches and the client slot are the
     // parent's. Drop the copies (without freeing: the blocks are the parent's) and become a
     // client of our own.
     {
         std::lock_guard g(impl_->caches_mu);
-        for (auto& c : impl_->caches) {
-            for (auto& l : c->lists) l.clear();
+        for (auto &c : impl_->caches) {
+            for (auto &l : c->lists)
+                l.clear();
             c->dead.store(true, std::memory_order_release);
         }
         impl_->caches.clear();
@@ -784,11 +848,15 @@ void Heap::ensure_process() {
 }
 
 bool Heap::client_alive(std::uint16_t id) const {
-    if (id == kOwnerHeld) return true;
-    if (id == kOwnerNone || id > kMaxClients) return false;
-    if (id == client_) return true;
-    const ClientSlot& c = ctl_->clients[id - 1];
-    if (c.state.load(std::memory_order_acquire) == 0) return false;
+    if (id == kOwnerHeld)
+        return true;
+    if (id == kOwnerNone || id > kMaxClients)
+        return false;
+    if (id == client_)
+        return true;
+    const ClientSlot &c = ctl_->clients[id - 1];
+    if (c.state.load(std::memory_order_acquire) == 0)
+        return false;
     return byte_is_locked(impl_->lock_fd.get(), kClientLockBase + id - 1);
 }
 
@@ -796,11 +864,14 @@ std::uint64_t Heap::reap_dead_clients() {
     // Unlocked pre-check: nothing to do in the common case (one fcntl per live client).
     bool any = false;
     for (std::size_t i = 0; i < kMaxClients && !any; ++i) {
-        if (i + 1 == client_) continue;
-        if (ctl_->clients[i].state.load(std::memory_order_acquire) == 0) continue;
+        if (i + 1 == client_)
+            continue;
+        if (ctl_->clients[i].state.load(std::memory_order_acquire) == 0)
+            continue;
         any = !byte_is_locked(impl_->lock_fd.get(), kClientLockBase + static_cast<off_t>(i));
     }
-    if (!any) return 0;
+    if (!any)
+        return 0;
     HeapOps ops{*this, ctl_, *impl_};
     Locked lk(ctl_, [&] { ops.recover(); });
     return ops.reap_dead_locked();
@@ -810,10 +881,11 @@ std::uint64_t Heap::reap_dead_clients() {
 // Addressing
 // ------------------------------------------------------------------------------------------
 
-void* Heap::to_ptr(std::uint64_t off) {
+void *Heap::to_ptr(std::uint64_t off) {
     std::uint64_t s = seg_of(off);
-    if (s >= kMaxSegments) throw std::invalid_argument("heap offset out of range");
-    std::byte* b = impl_->bases[s].load(std::memory_order_acquire);
+    if (s >= kMaxSegments)
+        throw std::invalid_argument("heap offset out of range");
+    std::byte *b = impl_->bases[s].load(std::memory_order_acquire);
     if (!b) {
         std::lock_guard g(impl_->map_mu);
         b = impl_->bases[s].load(std::memory_order_acquire);
@@ -821,10 +893,11 @@ void* Heap::to_ptr(std::uint64_t off) {
             if (s >= ctl_->segment_count.load(std::memory_order_acquire) || anonymous())
                 throw std::invalid_argument("heap offset out of range (no such segment)");
             std::uint64_t size = ctl_->segs[s].size;
-            MemorySegment seg = MemorySegment::attach_named(
-                extension_name(primary_.name(), s), SegmentKind::HeapExtension,
-                kHeapLayoutVersion, size);
-            if (seg.size() != size) throw CorruptSegment("heap extension has the wrong size");
+            MemorySegment seg =
+                MemorySegment::attach_named(extension_name(primary_.name(), s),
+                                            SegmentKind::HeapExtension, kHeapLayoutVersion, size);
+            if (seg.size() != size)
+                throw CorruptSegment("heap extension has the wrong size");
             b = seg.data();
             impl_->sizes[s] = size;
             impl_->extensions.resize(std::max<std::size_t>(impl_->extensions.size(), s));
@@ -834,14 +907,15 @@ void* Heap::to_ptr(std::uint64_t off) {
         }
     }
     std::uint64_t local = local_of(off);
-    if (local >= impl_->sizes[s]) throw std::invalid_argument("heap offset out of range");
+    if (local >= impl_->sizes[s])
+        throw std::invalid_argument("heap offset out of range");
     return b + local;
 }
 
-std::uint64_t Heap::to_offset(const void* p) const {
-    auto* c = static_cast<const std::byte*>(p);
+std::uint64_t Heap::to_offset(const void *p) const {
+    auto *c = static_cast<const std::byte *>(p);
     for (std::size_t s = 0; s < kMaxSegments; ++s) {
-        std::byte* b = impl_->bases[s].load(std::memory_order_acquire);
+        std::byte *b = impl_->bases[s].load(std::memory_order_acquire);
         if (b && c >= b && c < b + impl_->sizes[s])
             return make_off(s, static_cast<std::uint64_t>(c - b));
     }
@@ -857,23 +931,25 @@ std::uint64_t Heap::allocate(std::size_t n, std::size_t align) {
 }
 
 std::uint64_t Heap::allocate_owned(std::size_t n, std::size_t align, std::uint16_t owner) {
-    if (n == 0) throw std::invalid_argument("cannot allocate 0 bytes");
+    if (n == 0)
+        throw std::invalid_argument("cannot allocate 0 bytes");
     if (align == 0 || !std::has_single_bit(align) || align > kMaxAlign)
         throw std::invalid_argument("align must be a power of two <= " + std::to_string(kMaxAlign));
     ensure_process();
-    if (owner == kOwnerNone) owner = client_;
+    if (owner == kOwnerNone)
+        owner = client_;
     if (n > kSegmentOffsetMask / 2)
         throw OutOfMemory("cannot allocate " + human(n) + " from a shared heap (limit 512 GiB)");
     std::uint64_t units = (n + kBlockHeaderSize + kHeapUnit - 1) / kHeapUnit;
 
     // Fast path: an exact-size block from this thread's cache, no lock.
     if (impl_->thread_cache && align <= kHeapUnit && units <= kCacheClasses && owner == client_) {
-        ThreadCache* c = impl_->cache();
-        auto& l = c->lists[units - 1];
+        ThreadCache *c = impl_->cache();
+        auto &l = c->lists[units - 1];
         if (!l.empty()) {
             std::uint64_t off = l.back();
             l.pop_back();
-            auto* b = static_cast<BlockHeader*>(to_ptr(off));
+            auto *b = static_cast<BlockHeader *>(to_ptr(off));
             // Still ours (cached, owned by us): nobody else writes it. One store hands it out.
             b->word.store(make_word(units, owner, kUsed), std::memory_order_release);
             return off + kBlockHeaderSize;
@@ -882,7 +958,8 @@ std::uint64_t Heap::allocate_owned(std::size_t n, std::size_t align, std::uint16
 
     // Now and then (every 1024 locked allocations of this handle) look for dead clients, so
     // their blocks come back even if nobody calls stats() or runs out of memory.
-    if ((impl_->slow_allocations++ & 1023) == 1023) reap_dead_clients();
+    if ((impl_->slow_allocations++ & 1023) == 1023)
+        reap_dead_clients();
     HeapOps ops{*this, ctl_, *impl_};
     std::uint64_t a = std::max<std::uint64_t>(align, kHeapUnit);
     bool growth_blocked = false; // max_size allows it, but the heap's name is gone
@@ -890,14 +967,16 @@ std::uint64_t Heap::allocate_owned(std::size_t n, std::size_t align, std::uint16
         {
             Locked lk(ctl_, [&] { ops.recover(); });
             std::uint64_t off = ops.find_fit(units, a);
-            if (off) return ops.carve(off, units, a, owner);
+            if (off)
+                return ops.carve(off, units, a, owner);
             // Grow (named heaps, within max_size).
             std::uint32_t count = ctl_->segment_count.load(std::memory_order_acquire);
             std::uint64_t total = 0;
-            for (std::uint32_t i = 0; i < count; ++i) total += ctl_->segs[i].size;
+            for (std::uint32_t i = 0; i < count; ++i)
+                total += ctl_->segs[i].size;
             std::uint64_t header = first_header_at(sizeof(SegmentHeader));
-            std::uint64_t need = round_up(header + (units + a / kHeapUnit) * kHeapUnit +
-                                              kHeapUnit, page_size());
+            std::uint64_t need =
+                round_up(header + (units + a / kHeapUnit) * kHeapUnit + kHeapUnit, page_size());
             bool may_grow = !anonymous() && count < kMaxSegments && total + need <= ctl_->max_size;
             if (may_grow && !primary_name_is_ours()) {
                 may_grow = false;
@@ -912,8 +991,8 @@ std::uint64_t Heap::allocate_owned(std::size_t n, std::size_t align, std::uint16
                 std::string ext = extension_name(primary_.name(), count);
                 MemorySegment seg = MemorySegment::create_named(
                     ext, want, ctl_->mode, SegmentKind::HeapExtension, kHeapLayoutVersion,
-                    ctl_->persistent != 0, [&](std::byte* data) {
-                        auto* b = reinterpret_cast<BlockHeader*>(data + header);
+                    ctl_->persistent != 0, [&](std::byte *data) {
+                        auto *b = reinterpret_cast<BlockHeader *>(data + header);
                         b->prev_units = 0;
                         b->word.store(make_word((end - header) / kHeapUnit, kOwnerNone, kFree),
                                       std::memory_order_relaxed);
@@ -922,7 +1001,8 @@ std::uint64_t Heap::allocate_owned(std::size_t n, std::size_t align, std::uint16
                 {
                     std::lock_guard g(impl_->map_mu);
                     impl_->sizes[count] = want;
-                    impl_->extensions.resize(std::max<std::size_t>(impl_->extensions.size(), count));
+                    impl_->extensions.resize(
+                        std::max<std::size_t>(impl_->extensions.size(), count));
                     impl_->bases[count].store(seg.data(), std::memory_order_release);
                     impl_->extensions[count - 1] = std::move(seg);
                 }
@@ -945,8 +1025,7 @@ std::uint64_t Heap::allocate_owned(std::size_t n, std::size_t align, std::uint16
                           (align > kHeapUnit ? " (align " + std::to_string(align) + ")" : "") +
                           " from shared heap" + (anonymous() ? "" : " '" + name() + "'") + ": " +
                           human(s.free) + " free, largest free block " + human(s.largest_free) +
-                          ", heap size " + human(s.size) + " of max_size " +
-                          human(ctl_->max_size) +
+                          ", heap size " + human(s.size) + " of max_size " + human(ctl_->max_size) +
                           (s.cached ? ", " + human(s.cached) + " in per-thread caches" : "") +
                           (growth_blocked ? " (cannot grow: the heap's name was removed)" : ""));
     }
@@ -954,23 +1033,26 @@ std::uint64_t Heap::allocate_owned(std::size_t n, std::size_t align, std::uint16
 
 namespace {
 // Validates a payload offset and returns its header offset and current word.
-std::pair<std::uint64_t, std::uint64_t> live_block(Heap& h, HeapControl* ctl, std::uint64_t off) {
-    auto bad = [&](const char* why) {
+std::pair<std::uint64_t, std::uint64_t> live_block(Heap &h, HeapControl *ctl, std::uint64_t off) {
+    auto bad = [&](const char *why) {
         throw std::invalid_argument("offset " + std::to_string(off) +
                                     " is not a live block of this heap: " + why);
     };
     std::uint64_t s = seg_of(off);
-    if (s >= ctl->segment_count.load(std::memory_order_acquire)) bad("no such segment");
-    const SegmentInfo& si = ctl->segs[s];
+    if (s >= ctl->segment_count.load(std::memory_order_acquire))
+        bad("no such segment");
+    const SegmentInfo &si = ctl->segs[s];
     std::uint64_t local = local_of(off);
     if (local < si.arena_begin + kBlockHeaderSize || local >= si.arena_end ||
         (local - kBlockHeaderSize - si.arena_begin) % kHeapUnit != 0)
         bad("not a block start");
     std::uint64_t ho = off - kBlockHeaderSize;
-    std::uint64_t w = static_cast<BlockHeader*>(h.to_ptr(ho))->word.load(std::memory_order_acquire);
+    std::uint64_t w =
+        static_cast<BlockHeader *>(h.to_ptr(ho))->word.load(std::memory_order_acquire);
     if (!w_valid(w) || local - kBlockHeaderSize + w_units(w) * kHeapUnit > si.arena_end)
         bad("no block header");
-    if (w_state(w) != kUsed) bad(w_state(w) == kFree ? "already free" : "already freed (cached)");
+    if (w_state(w) != kUsed)
+        bad(w_state(w) == kFree ? "already free" : "already freed (cached)");
     return {ho, w};
 }
 } // namespace
@@ -981,10 +1063,10 @@ void Heap::deallocate(std::uint64_t off) {
         auto [ho, w] = live_block(*this, ctl_, off);
         std::uint64_t units = w_units(w);
         if (impl_->thread_cache && units <= kCacheClasses) {
-            ThreadCache* c = impl_->cache();
-            auto& l = c->lists[units - 1];
+            ThreadCache *c = impl_->cache();
+            auto &l = c->lists[units - 1];
             if (l.size() < ThreadCache::capacity(units)) {
-                auto* b = static_cast<BlockHeader*>(to_ptr(ho));
+                auto *b = static_cast<BlockHeader *>(to_ptr(ho));
                 // CAS: a concurrent double free (or a reaper) must not also get it.
                 if (!b->word.compare_exchange_strong(w, make_word(units, client_, kCached),
                                                      std::memory_order_acq_rel))
@@ -995,12 +1077,13 @@ void Heap::deallocate(std::uint64_t off) {
         }
         HeapOps ops{*this, ctl_, *impl_};
         Locked lk(ctl_, [&] { ops.recover(); });
-        if (ops.release(ho, w)) return;
+        if (ops.release(ho, w))
+            return;
     }
 }
 
 std::size_t Heap::block_capacity(std::uint64_t off) const {
-    auto [ho, w] = live_block(const_cast<Heap&>(*this), ctl_, off);
+    auto [ho, w] = live_block(const_cast<Heap &>(*this), ctl_, off);
     (void)ho;
     return w_units(w) * kHeapUnit - kBlockHeaderSize;
 }
@@ -1009,19 +1092,21 @@ void Heap::flush_thread_caches(bool all_threads) {
     ensure_process();
     // Only caches nobody can be using: the calling thread's and those of exited threads (an
     // orphan is adopted under caches_mu, which we hold). Live threads' caches stay theirs.
-    ThreadCache* mine = nullptr;
-    for (auto& c : tls_caches.all)
-        if (c->serial == impl_->serial) mine = c.get();
+    ThreadCache *mine = nullptr;
+    for (auto &c : tls_caches.all)
+        if (c->serial == impl_->serial)
+            mine = c.get();
     HeapOps ops{*this, ctl_, *impl_};
     std::lock_guard g(impl_->caches_mu);
     Locked lk(ctl_, [&] { ops.recover(); });
-    for (auto& c : impl_->caches) {
+    for (auto &c : impl_->caches) {
         if (!all_threads && c.get() != mine && !c->orphan.load(std::memory_order_acquire))
             continue;
-        for (auto& l : c->lists) {
+        for (auto &l : c->lists) {
             for (std::uint64_t ho : l) {
                 std::uint64_t w = ops.hdr(ho)->word.load(std::memory_order_acquire);
-                if (w_state(w) == kCached && w_owner(w) == client_) ops.release(ho, w);
+                if (w_state(w) == kCached && w_owner(w) == client_)
+                    ops.release(ho, w);
             }
             l.clear();
         }
@@ -1040,8 +1125,8 @@ void Heap::transfer(std::uint64_t off, std::uint16_t new_owner) {
         std::uint64_t nw = make_word(w_units(w), new_owner, kUsed);
         // SYNC POINT: acq_rel so the data written before a transfer is visible to whoever
         // observes the new owner.
-        if (static_cast<BlockHeader*>(to_ptr(ho))->word.compare_exchange_strong(
-                w, nw, std::memory_order_acq_rel))
+        if (static_cast<BlockHeader *>(to_ptr(ho))
+                ->word.compare_exchange_strong(w, nw, std::memory_order_acq_rel))
             return;
     }
 }
@@ -1050,13 +1135,15 @@ bool Heap::try_transfer(std::uint64_t off, std::uint16_t expected, std::uint16_t
     if (new_owner == kOwnerNone || (new_owner > kMaxClients && new_owner != kOwnerHeld))
         throw std::invalid_argument("bad owner " + std::to_string(new_owner));
     auto [ho, w] = live_block(*this, ctl_, off);
-    if (w_owner(w) != expected) return false;
-    return static_cast<BlockHeader*>(to_ptr(ho))->word.compare_exchange_strong(
-        w, make_word(w_units(w), new_owner, kUsed), std::memory_order_acq_rel);
+    if (w_owner(w) != expected)
+        return false;
+    return static_cast<BlockHeader *>(to_ptr(ho))
+        ->word.compare_exchange_strong(w, make_word(w_units(w), new_owner, kUsed),
+                                       std::memory_order_acq_rel);
 }
 
 std::uint16_t Heap::owner_of(std::uint64_t off) const {
-    return w_owner(live_block(const_cast<Heap&>(*this), ctl_, off).second);
+    return w_owner(live_block(const_cast<Heap &>(*this), ctl_, off).second);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1064,39 +1151,40 @@ std::uint16_t Heap::owner_of(std::uint64_t off) const {
 // ------------------------------------------------------------------------------------------
 
 namespace {
-bool name_is(const NamedEntry& e, std::string_view n) {
+bool name_is(const NamedEntry &e, std::string_view n) {
     return std::strncmp(e.name, n.data(), n.size()) == 0 && e.name[n.size()] == '\0';
 }
-NamedInfo info_of(const NamedEntry& e) {
+NamedInfo info_of(const NamedEntry &e) {
     return NamedInfo{std::string(e.name), e.kind, e.offset, e.nbytes};
 }
 } // namespace
 
-std::pair<std::uint64_t, bool> Heap::find_or_create_named(std::string_view name,
-                                                         std::size_t nbytes,
-                                                         const std::function<void(void*)>& init,
-                                                         std::uint32_t kind,
-                                                         std::optional<double> timeout_s) {
+std::pair<std::uint64_t, bool> Heap::find_or_create_named(std::string_view name, std::size_t nbytes,
+                                                          const std::function<void(void *)> &init,
+                                                          std::uint32_t kind,
+                                                          std::optional<double> timeout_s) {
     if (name.empty() || name.size() > kMaxNamedLength || name.find('\0') != name.npos)
         throw std::invalid_argument("a heap object name is 1.." + std::to_string(kMaxNamedLength) +
                                     " bytes without NUL");
-    if (nbytes == 0) throw std::invalid_argument("a named block needs nbytes >= 1");
+    if (nbytes == 0)
+        throw std::invalid_argument("a named block needs nbytes >= 1");
     ensure_process();
     Deadline deadline(timeout_s);
     HeapOps ops{*this, ctl_, *impl_};
     for (;;) {
         std::uint32_t seen = ctl_->named_changed.seq.load(std::memory_order_acquire);
-        NamedEntry* mine = nullptr;
+        NamedEntry *mine = nullptr;
         std::uint64_t off = 0;
         bool wait = false;
         {
             Locked lk(ctl_, [&] { ops.recover(); });
-            NamedEntry* found = nullptr;
-            NamedEntry* empty = nullptr;
-            for (auto& e : ctl_->named) {
+            NamedEntry *found = nullptr;
+            NamedEntry *empty = nullptr;
+            for (auto &e : ctl_->named) {
                 auto st = e.state.load(std::memory_order_acquire);
                 if (st == kNamedEmpty) {
-                    if (!empty) empty = &e;
+                    if (!empty)
+                        empty = &e;
                 } else if (name_is(e, name)) {
                     found = &e;
                 }
@@ -1106,10 +1194,9 @@ std::pair<std::uint64_t, bool> Heap::find_or_create_named(std::string_view name,
                     throw std::invalid_argument("heap object '" + std::string(name) +
                                                 "' exists with another kind");
                 if (found->nbytes < nbytes)
-                    throw std::invalid_argument(
-                        "heap object '" + std::string(name) + "' exists with " +
-                        std::to_string(found->nbytes) + " bytes, " + std::to_string(nbytes) +
-                        " asked");
+                    throw std::invalid_argument("heap object '" + std::string(name) +
+                                                "' exists with " + std::to_string(found->nbytes) +
+                                                " bytes, " + std::to_string(nbytes) + " asked");
                 return {found->offset, false};
             }
             if (found) {
@@ -1155,10 +1242,11 @@ std::pair<std::uint64_t, bool> Heap::find_or_create_named(std::string_view name,
             }
             continue;
         }
-        void* p = to_ptr(off);
+        void *p = to_ptr(off);
         std::memset(p, 0, nbytes);
         try {
-            if (init) init(p);
+            if (init)
+                init(p);
         } catch (...) {
             Locked lk(ctl_, [&] { ops.recover(); });
             std::uint64_t ho = off - kBlockHeaderSize;
@@ -1175,7 +1263,7 @@ std::pair<std::uint64_t, bool> Heap::find_or_create_named(std::string_view name,
 }
 
 std::optional<NamedInfo> Heap::find_named(std::string_view name) const {
-    for (auto& e : ctl_->named)
+    for (auto &e : ctl_->named)
         if (e.state.load(std::memory_order_acquire) == kNamedReady && name_is(e, name))
             return info_of(e);
     return std::nullopt;
@@ -1183,7 +1271,7 @@ std::optional<NamedInfo> Heap::find_named(std::string_view name) const {
 
 std::vector<NamedInfo> Heap::list_named(std::uint32_t kind) const {
     std::vector<NamedInfo> out;
-    for (auto& e : ctl_->named)
+    for (auto &e : ctl_->named)
         if (e.state.load(std::memory_order_acquire) == kNamedReady && (kind == 0 || e.kind == kind))
             out.push_back(info_of(e));
     return out;
@@ -1193,11 +1281,12 @@ bool Heap::remove_named(std::string_view name) {
     ensure_process();
     HeapOps ops{*this, ctl_, *impl_};
     Locked lk(ctl_, [&] { ops.recover(); });
-    for (auto& e : ctl_->named) {
+    for (auto &e : ctl_->named) {
         if (e.state.load(std::memory_order_acquire) == kNamedReady && name_is(e, name)) {
             std::uint64_t ho = e.offset - kBlockHeaderSize;
             std::uint64_t w = ops.hdr(ho)->word.load(std::memory_order_acquire);
-            if (w_valid(w) && w_state(w) == kUsed) ops.release(ho, w);
+            if (w_valid(w) && w_state(w) == kUsed)
+                ops.release(ho, w);
             e.state.store(kNamedEmpty, std::memory_order_release);
             notify_all(ctl_->named_changed);
             return true;
@@ -1218,7 +1307,8 @@ HeapStats Heap::stats() {
     HeapStats s;
     std::uint32_t count = ctl_->segment_count.load(std::memory_order_acquire);
     s.segments = count;
-    for (std::uint32_t i = 0; i < count; ++i) s.size += ctl_->segs[i].size;
+    for (std::uint32_t i = 0; i < count; ++i)
+        s.size += ctl_->segs[i].size;
     std::uint64_t largest = 0;
     ops.walk([&](std::uint64_t, std::uint64_t w) {
         std::uint64_t bytes = w_units(w) * kHeapUnit;
@@ -1237,7 +1327,8 @@ HeapStats Heap::stats() {
         }
     });
     s.largest_free = largest ? largest - kBlockHeaderSize : 0;
-    for (auto& c : ctl_->clients) s.clients += c.state.load(std::memory_order_relaxed) ? 1 : 0;
+    for (auto &c : ctl_->clients)
+        s.clients += c.state.load(std::memory_order_relaxed) ? 1 : 0;
     return s;
 }
 
@@ -1246,7 +1337,8 @@ std::uint64_t Heap::free_bytes() {
     Locked lk(ctl_, [&] { ops.recover(); });
     std::uint64_t f = 0;
     ops.walk([&](std::uint64_t, std::uint64_t w) {
-        if (w_state(w) == kFree) f += w_units(w) * kHeapUnit;
+        if (w_state(w) == kFree)
+            f += w_units(w) * kHeapUnit;
     });
     return f;
 }
@@ -1262,21 +1354,24 @@ bool Heap::all_freed() {
 void Heap::check_invariants() {
     HeapOps ops{*this, ctl_, *impl_};
     Locked lk(ctl_, [&] { ops.recover(); });
-    auto fail = [](const std::string& why) { throw CorruptSegment("heap invariant: " + why); };
+    auto fail = [](const std::string &why) { throw CorruptSegment("heap invariant: " + why); };
     std::uint64_t free_blocks = 0;
     std::uint32_t count = ctl_->segment_count.load(std::memory_order_acquire);
     for (std::uint32_t s = 0; s < count; ++s) {
-        const SegmentInfo& si = ctl_->segs[s];
+        const SegmentInfo &si = ctl_->segs[s];
         std::uint64_t off = make_off(s, si.arena_begin), end = make_off(s, si.arena_end);
         std::uint64_t prev = 0;
         bool prev_free = false;
         while (off < end) {
-            BlockHeader* b = ops.hdr(off);
+            BlockHeader *b = ops.hdr(off);
             std::uint64_t w = b->word.load(std::memory_order_acquire);
-            if (!w_valid(w)) fail("bad header at " + std::to_string(off));
-            if (b->prev_units != prev) fail("prev size wrong at " + std::to_string(off));
+            if (!w_valid(w))
+                fail("bad header at " + std::to_string(off));
+            if (b->prev_units != prev)
+                fail("prev size wrong at " + std::to_string(off));
             bool is_free = w_state(w) == kFree;
-            if (is_free && prev_free) fail("two adjacent free blocks at " + std::to_string(off));
+            if (is_free && prev_free)
+                fail("two adjacent free blocks at " + std::to_string(off));
             if (is_free) {
                 ++free_blocks;
                 bool listed = false;
@@ -1285,26 +1380,32 @@ void Heap::check_invariants() {
                         listed = true;
                         break;
                     }
-                if (!listed) fail("free block not in its bin at " + std::to_string(off));
+                if (!listed)
+                    fail("free block not in its bin at " + std::to_string(off));
             }
             prev_free = is_free;
             prev = w_units(w);
             off += w_units(w) * kHeapUnit;
         }
-        if (off != end) fail("chain overruns segment " + std::to_string(s));
+        if (off != end)
+            fail("chain overruns segment " + std::to_string(s));
     }
     std::uint64_t listed = 0;
     for (std::size_t b = 0; b < kBins; ++b) {
         std::uint64_t prev = 0;
         for (std::uint64_t x = ctl_->bins[b]; x; x = ops.links(x)->next) {
-            if (ops.links(x)->prev != prev) fail("bin back link wrong");
+            if (ops.links(x)->prev != prev)
+                fail("bin back link wrong");
             std::uint64_t w = ops.hdr(x)->word.load(std::memory_order_acquire);
-            if (w_state(w) != kFree || bin_of(w_units(w)) != b) fail("wrong block in bin");
+            if (w_state(w) != kFree || bin_of(w_units(w)) != b)
+                fail("wrong block in bin");
             prev = x;
-            if (++listed > free_blocks) fail("bin lists longer than the free blocks");
+            if (++listed > free_blocks)
+                fail("bin lists longer than the free blocks");
         }
     }
-    if (listed != free_blocks) fail("free blocks missing from bins");
+    if (listed != free_blocks)
+        fail("free blocks missing from bins");
 }
 
 } // namespace shmipc

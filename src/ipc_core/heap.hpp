@@ -62,23 +62,23 @@ namespace shmipc {
 // --- Constants of the layout (shared by every process; changing one bumps kHeapLayoutVersion)
 
 inline constexpr std::uint32_t kHeapLayoutVersion = 1;
-inline constexpr unsigned kSegmentShift = 40;                 // 1 TiB per segment at most
+inline constexpr unsigned kSegmentShift = 40; // 1 TiB per segment at most
 inline constexpr std::uint64_t kSegmentOffsetMask = (std::uint64_t{1} << kSegmentShift) - 1;
-inline constexpr std::size_t kMaxSegments = 64;               // primary + 63 extensions
-inline constexpr std::size_t kHeapUnit = 64;                  // block granularity, bytes
-inline constexpr std::size_t kBlockHeaderSize = 16;           // before every payload
-inline constexpr std::size_t kMaxClients = 1024;              // live handles at once
-inline constexpr std::size_t kMaxNamed = 256;                 // directory entries
-inline constexpr std::size_t kMaxNamedLength = 63;            // bytes of a directory name
-inline constexpr std::size_t kCacheMaxBlock = 4096;           // payload bytes: larger bypass caches
-inline constexpr std::size_t kMinHeapSize = 128 * 1024;       // bytes (the control block is ~93 KiB)
+inline constexpr std::size_t kMaxSegments = 64;         // primary + 63 extensions
+inline constexpr std::size_t kHeapUnit = 64;            // block granularity, bytes
+inline constexpr std::size_t kBlockHeaderSize = 16;     // before every payload
+inline constexpr std::size_t kMaxClients = 1024;        // live handles at once
+inline constexpr std::size_t kMaxNamed = 256;           // directory entries
+inline constexpr std::size_t kMaxNamedLength = 63;      // bytes of a directory name
+inline constexpr std::size_t kCacheMaxBlock = 4096;     // payload bytes: larger bypass caches
+inline constexpr std::size_t kMinHeapSize = 128 * 1024; // bytes (the control block is ~93 KiB)
 
 // Owners of an allocated block.
-inline constexpr std::uint16_t kOwnerNone = 0;                // free block
-inline constexpr std::uint16_t kOwnerHeld = 0xFFFF;           // held by a channel / named object
+inline constexpr std::uint16_t kOwnerNone = 0;      // free block
+inline constexpr std::uint16_t kOwnerHeld = 0xFFFF; // held by a channel / named object
 
 // OFD lock bytes on the primary segment's fds (see liveness.hpp).
-inline constexpr off_t kClientLockBase = kSlotLockBase;       // + client slot (0..kMaxClients-1)
+inline constexpr off_t kClientLockBase = kSlotLockBase; // + client slot (0..kMaxClients-1)
 // Free for users of the heap (channels: endpoint liveness locks), kUserLockSpan bytes.
 inline constexpr off_t kUserLockBase = kLockBase + (off_t{1} << 20);
 inline constexpr off_t kUserLockSpan = off_t{1} << 30;
@@ -88,11 +88,11 @@ inline constexpr std::uint32_t kNamedBlock = 1;   // heap.shared_block()
 inline constexpr std::uint32_t kNamedChannel = 2; // channels (owned by the channel module)
 
 struct HeapOptions {
-    std::size_t size = 64 << 20;          // bytes of the primary segment (rounded up to pages)
-    std::size_t max_size = 0;             // bytes in total; 0 or <= size: no growth
-    mode_t mode = 0600;                   // exact permission bits of every segment
-    bool persistent = false;              // name survives the owner (until unlink)
-    bool thread_cache = true;             // per-thread caches of small blocks
+    std::size_t size = 64 << 20; // bytes of the primary segment (rounded up to pages)
+    std::size_t max_size = 0;    // bytes in total; 0 or <= size: no growth
+    mode_t mode = 0600;          // exact permission bits of every segment
+    bool persistent = false;     // name survives the owner (until unlink)
+    bool thread_cache = true;    // per-thread caches of small blocks
 };
 
 struct HeapStats {
@@ -101,16 +101,16 @@ struct HeapStats {
     std::uint64_t free = 0;         // bytes in free blocks + per-thread caches
     std::uint64_t largest_free = 0; // largest payload one allocate() could get without growing
     std::uint64_t segments = 0;
-    std::uint64_t allocations = 0;  // live blocks held by users (cached ones excluded)
-    std::uint64_t cached = 0;       // bytes in per-thread caches (all clients)
-    std::uint64_t clients = 0;      // live client slots
+    std::uint64_t allocations = 0; // live blocks held by users (cached ones excluded)
+    std::uint64_t cached = 0;      // bytes in per-thread caches (all clients)
+    std::uint64_t clients = 0;     // live client slots
 };
 
 struct NamedInfo {
     std::string name;
     std::uint32_t kind = 0;
-    std::uint64_t offset = 0;       // payload offset
-    std::uint64_t nbytes = 0;       // as asked at creation
+    std::uint64_t offset = 0; // payload offset
+    std::uint64_t nbytes = 0; // as asked at creation
 };
 
 // Bumped in a child after fork(): lets callers (the Python binding) tell objects inherited from
@@ -118,8 +118,8 @@ struct NamedInfo {
 [[nodiscard]] unsigned process_generation() noexcept;
 
 struct HeapControl; // in the primary segment (heap.cpp)
-class ThreadCache;   // per thread and handle (heap.cpp)
-struct HeapOps;      // chain operations (heap.cpp)
+class ThreadCache;  // per thread and handle (heap.cpp)
+struct HeapOps;     // chain operations (heap.cpp)
 
 // One process's handle on a heap (a "client"). Not copyable; thread-safe (allocate,
 // deallocate, to_ptr, transfer from any thread). Destroying it is treated like the death of the
@@ -136,20 +136,20 @@ class Heap {
     // Creates a named heap (FileExistsError / std::system_error EEXIST if a live one exists; a
     // stale one whose owner died is replaced). Leftover extension segments of a dead previous
     // heap of that name are removed.
-    static std::unique_ptr<Heap> create(std::string_view name, const HeapOptions& opt);
+    static std::unique_ptr<Heap> create(std::string_view name, const HeapOptions &opt);
     // Attaches to a named heap: ENOENT if absent, CorruptSegment if it is not a valid heap.
     static std::unique_ptr<Heap> attach(std::string_view name, bool thread_cache = true);
     // A memfd-backed heap. Anonymous heaps cannot grow (max_size must be 0 or <= size):
     // another process could not map a memfd added later.
-    static std::unique_ptr<Heap> anonymous(const HeapOptions& opt);
+    static std::unique_ptr<Heap> anonymous(const HeapOptions &opt);
     // Attaches to an anonymous heap from a (duplicated) fd of its primary memfd; takes
     // ownership of `fd`. The fd is reopened through /proc/self/fd so this handle has its own
     // open file description (its own liveness lock).
     static std::unique_ptr<Heap> from_fd(UniqueFd fd, bool thread_cache = true);
 
     ~Heap();
-    Heap(const Heap&) = delete;
-    Heap& operator=(const Heap&) = delete;
+    Heap(const Heap &) = delete;
+    Heap &operator=(const Heap &) = delete;
 
     // --- allocation ---------------------------------------------------------------------
     // A block of at least n bytes (n >= 1), payload aligned to `align` (a power of two;
@@ -183,10 +183,10 @@ class Heap {
     // --- addressing ---------------------------------------------------------------------
     // Pointer in this process for a heap offset (maps a segment grown by another process on
     // first use). Throws std::invalid_argument for an offset outside every segment.
-    [[nodiscard]] void* to_ptr(std::uint64_t off);
+    [[nodiscard]] void *to_ptr(std::uint64_t off);
     // Offset of a pointer into one of this process's mappings (invalid_argument otherwise).
-    [[nodiscard]] std::uint64_t to_offset(const void* p) const;
-    [[nodiscard]] std::byte* base() const noexcept { return primary_.data(); }
+    [[nodiscard]] std::uint64_t to_offset(const void *p) const;
+    [[nodiscard]] std::byte *base() const noexcept { return primary_.data(); }
     // The primary segment's fd (memfd of an anonymous heap: what travels to children).
     [[nodiscard]] int fd() const noexcept { return primary_.fd(); }
     // This handle's own open file description of the primary segment, for OFD liveness locks
@@ -194,7 +194,7 @@ class Heap {
     // [kUserLockBase, kUserLockBase + kUserLockSpan)). Different for every handle, also after
     // fork() (the child re-registers as a new client on first use, with a new description).
     [[nodiscard]] int lock_fd() const noexcept;
-    [[nodiscard]] const std::string& name() const noexcept { return primary_.name(); }
+    [[nodiscard]] const std::string &name() const noexcept { return primary_.name(); }
     [[nodiscard]] bool anonymous() const noexcept { return primary_.name().empty(); }
     [[nodiscard]] bool owner() const noexcept { return primary_.owner(); }
     [[nodiscard]] std::size_t primary_size() const noexcept { return primary_.size(); }
@@ -206,9 +206,10 @@ class Heap {
     // (others wait, up to `timeout_s`; Timeout then). If the creator dies or `init` throws, the
     // entry is removed and the next caller creates it anew. Returns {offset, created}.
     // A name that exists with another kind or a smaller size: std::invalid_argument.
-    std::pair<std::uint64_t, bool> find_or_create_named(
-        std::string_view name, std::size_t nbytes, const std::function<void(void*)>& init,
-        std::uint32_t kind = kNamedBlock, std::optional<double> timeout_s = 10.0);
+    std::pair<std::uint64_t, bool> find_or_create_named(std::string_view name, std::size_t nbytes,
+                                                        const std::function<void(void *)> &init,
+                                                        std::uint32_t kind = kNamedBlock,
+                                                        std::optional<double> timeout_s = 10.0);
     // Offset of a ready named object, if any (any kind).
     [[nodiscard]] std::optional<NamedInfo> find_named(std::string_view name) const;
     // Every ready named object, optionally only of one kind (0: all).
@@ -243,7 +244,7 @@ class Heap {
     [[nodiscard]] bool primary_name_is_ours() const;
 
     MemorySegment primary_;
-    HeapControl* ctl_ = nullptr;
+    HeapControl *ctl_ = nullptr;
     std::uint16_t client_ = kOwnerNone;
     std::unique_ptr<Impl> impl_;
 };

@@ -21,15 +21,18 @@ struct flock make_lock(short type, off_t byte) {
 
 bool try_lock_byte(int fd, off_t byte, bool exclusive) {
     auto fl = make_lock(exclusive ? F_WRLCK : F_RDLCK, byte);
-    if (::fcntl(fd, F_OFD_SETLK, &fl) == 0) return true;
-    if (errno == EAGAIN || errno == EACCES) return false;
+    if (::fcntl(fd, F_OFD_SETLK, &fl) == 0)
+        return true;
+    if (errno == EAGAIN || errno == EACCES)
+        return false;
     throw_errno("fcntl(F_OFD_SETLK)");
 }
 
 void lock_byte_wait(int fd, off_t byte, bool exclusive) {
     auto fl = make_lock(exclusive ? F_WRLCK : F_RDLCK, byte);
     while (::fcntl(fd, F_OFD_SETLKW, &fl) != 0) {
-        if (errno != EINTR) throw_errno("fcntl(F_OFD_SETLKW)");
+        if (errno != EINTR)
+            throw_errno("fcntl(F_OFD_SETLKW)");
     }
 }
 
@@ -40,13 +43,15 @@ void unlock_byte(int fd, off_t byte) {
 
 bool byte_is_locked(int fd, off_t byte) {
     auto fl = make_lock(F_WRLCK, byte);
-    if (::fcntl(fd, F_OFD_GETLK, &fl) != 0) throw_errno("fcntl(F_OFD_GETLK)");
+    if (::fcntl(fd, F_OFD_GETLK, &fl) != 0)
+        throw_errno("fcntl(F_OFD_GETLK)");
     return fl.l_type != F_UNLCK;
 }
 
 pid_t byte_lock_owner(int fd, off_t byte) {
     auto fl = make_lock(F_WRLCK, byte);
-    if (::fcntl(fd, F_OFD_GETLK, &fl) != 0) return 0;
+    if (::fcntl(fd, F_OFD_GETLK, &fl) != 0)
+        return 0;
     return fl.l_type == F_UNLCK ? 0 : fl.l_pid;
 }
 

@@ -12,8 +12,8 @@
 namespace shmipc {
 
 inline constexpr off_t kLockBase = off_t{1} << 40;
-inline constexpr off_t kOwnerLockByte = kLockBase;           // creator of a named object
-inline constexpr off_t kSlotLockBase = kLockBase + 4096;      // per-endpoint / per-slot locks
+inline constexpr off_t kOwnerLockByte = kLockBase;       // creator of a named object
+inline constexpr off_t kSlotLockBase = kLockBase + 4096; // per-endpoint / per-slot locks
 
 // Takes a shared (read) or exclusive (write) lock on one byte without waiting.
 // Returns false if another open file description holds a conflicting lock.

@@ -4,6 +4,7 @@
 #include "ipc_core/liveness.hpp"
 #include "ipc_core/shm_name.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -12,12 +13,11 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <string>
-#include <system_error>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/sysinfo.h>
-#include <algorithm>
+#include <system_error>
 #include <unistd.h>
 
 namespace shmipc {
@@ -27,12 +27,16 @@ std::size_t page_size() noexcept {
     return ps;
 }
 
-const char* kind_name(std::uint32_t kind) noexcept {
+const char *kind_name(std::uint32_t kind) noexcept {
     switch (static_cast<SegmentKind>(kind)) {
-    case SegmentKind::Heap: return "heap";
-    case SegmentKind::HeapExtension: return "heap-segment";
-    case SegmentKind::SharedValue: return "value";
-    case SegmentKind::MessageQueue: return "queue";
+    case SegmentKind::Heap:
+        return "heap";
+    case SegmentKind::HeapExtension:
+        return "heap-segment";
+    case SegmentKind::SharedValue:
+        return "value";
+    case SegmentKind::MessageQueue:
+        return "queue";
     }
     return "unknown";
 }
@@ -47,9 +51,10 @@ std::uint64_t available_for(int fd) {
         avail = static_cast<std::uint64_t>(sv.f_bavail) * sv.f_frsize;
     struct sysinfo si {};
     if (::sysinfo(&si) == 0) {
-        std::uint64_t mem = (static_cast<std::uint64_t>(si.freeram) + si.bufferram + si.freeswap) * si.mem_unit;
+        std::uint64_t mem =
+            (static_cast<std::uint64_t>(si.freeram) + si.bufferram + si.freeswap) * si.mem_unit;
         // freeram undercounts reclaimable cache; MemAvailable is better when readable.
-        if (FILE* f = std::fopen("/proc/meminfo", "re")) {
+        if (FILE *f = std::fopen("/proc/meminfo", "re")) {
             char line[256];
             while (std::fgets(line, sizeof line, f)) {
                 unsigned long long kb = 0;
@@ -67,14 +72,17 @@ std::uint64_t available_for(int fd) {
 } // namespace
 
 void reserve_space(int fd, std::size_t size) {
-    if (size == 0) return;
+    if (size == 0)
+        return;
     // Refuse up front what cannot fit: fallocate would otherwise eat all memory before failing.
     std::uint64_t avail = available_for(fd);
     if (size > avail)
-        throw OutOfMemory("cannot reserve " + std::to_string(size) + " bytes of shared memory: only " +
-                          std::to_string(avail) + " bytes are available");
+        throw OutOfMemory("cannot reserve " + std::to_string(size) +
+                          " bytes of shared memory: only " + std::to_string(avail) +
+                          " bytes are available");
     int err = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
-    if (err == 0) return;
+    if (err == 0)
+        return;
     if (err == ENOSPC || err == ENOMEM || err == EFBIG) {
         struct statvfs sv {};
         std::string free_part;
@@ -83,24 +91,26 @@ void reserve_space(int fd, std::size_t size) {
                         " bytes free";
         else
             free_part = "free space unknown";
-        throw OutOfMemory("cannot reserve " + std::to_string(size) +
-                          " bytes of shared memory (" + free_part + " in its filesystem)");
+        throw OutOfMemory("cannot reserve " + std::to_string(size) + " bytes of shared memory (" +
+                          free_part + " in its filesystem)");
     }
     throw_errno(err, "posix_fallocate");
 }
 
 namespace {
 
-std::byte* map(int fd, std::size_t size, bool writable) {
-    if (size == 0) return nullptr;
+std::byte *map(int fd, std::size_t size, bool writable) {
+    if (size == 0)
+        return nullptr;
     int prot = PROT_READ | (writable ? PROT_WRITE : 0);
-    void* p = ::mmap(nullptr, size, prot, MAP_SHARED, fd, 0);
+    void *p = ::mmap(nullptr, size, prot, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {
         if (errno == ENOMEM)
-            throw OutOfMemory("cannot map " + std::to_string(size) + " bytes: address space exhausted");
+            throw OutOfMemory("cannot map " + std::to_string(size) +
+                              " bytes: address space exhausted");
         throw_errno("mmap");
     }
-    return static_cast<std::byte*>(p);
+    return static_cast<std::byte *>(p);
 }
 
 std::uint64_t unix_ns() {
@@ -120,34 +130,46 @@ std::string temp_name() {
 // The existing object at `path` is stale if it is not persistent and nobody holds its owner
 // lock. If so, we take that lock (so no other creator can also decide to remove it), check
 // the name still refers to the same file, and unlink it. Returns true if the name is now free.
-bool remove_if_stale(const std::string& path) {
+bool remove_if_stale(const std::string &path) {
     UniqueFd fd(::open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
-    if (!fd) return errno == ENOENT; // vanished meanwhile: free
+    if (!fd)
+        return errno == ENOENT; // vanished meanwhile: free
     struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) throw_errno("fstat");
-    if (!S_ISREG(st.st_mode)) return false;
+    if (::fstat(fd.get(), &st) != 0)
+        throw_errno("fstat");
+    if (!S_ISREG(st.st_mode))
+        return false;
     // Persistent objects are never stale; unreadable or foreign files are not ours to remove.
     if (static_cast<std::size_t>(st.st_size) >= sizeof(SegmentHeader)) {
         SegmentHeader h{};
-        if (::pread(fd.get(), &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) return false;
-        if (h.magic != kSegmentMagic) return false;
-        if (h.flags & kFlagPersistent) return false;
+        if (::pread(fd.get(), &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h))
+            return false;
+        if (h.magic != kSegmentMagic)
+            return false;
+        if (h.flags & kFlagPersistent)
+            return false;
     } else {
         return false;
     }
-    if (!try_lock_byte(fd.get(), kOwnerLockByte, true)) return false; // owner alive
+    if (!try_lock_byte(fd.get(), kOwnerLockByte, true))
+        return false; // owner alive
     struct stat now {};
-    if (::stat(path.c_str(), &now) != 0) return errno == ENOENT;
-    if (now.st_ino != st.st_ino || now.st_dev != st.st_dev) return false; // replaced: retry
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT) throw_errno("unlink");
+    if (::stat(path.c_str(), &now) != 0)
+        return errno == ENOENT;
+    if (now.st_ino != st.st_ino || now.st_dev != st.st_dev)
+        return false; // replaced: retry
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+        throw_errno("unlink");
     return true;
 }
 
 } // namespace
 
-MemorySegment::MemorySegment(MemorySegment&& o) noexcept { *this = std::move(o); }
+MemorySegment::MemorySegment(MemorySegment &&o) noexcept {
+    *this = std::move(o);
+}
 
-MemorySegment& MemorySegment::operator=(MemorySegment&& o) noexcept {
+MemorySegment &MemorySegment::operator=(MemorySegment &&o) noexcept {
     if (this != &o) {
         reset();
         fd_ = std::move(o.fd_);
@@ -163,10 +185,13 @@ MemorySegment& MemorySegment::operator=(MemorySegment&& o) noexcept {
     return *this;
 }
 
-MemorySegment::~MemorySegment() { reset(); }
+MemorySegment::~MemorySegment() {
+    reset();
+}
 
 void MemorySegment::reset() noexcept {
-    if (data_) ::munmap(data_, size_);
+    if (data_)
+        ::munmap(data_, size_);
     data_ = nullptr;
     if (owner_ && !persistent_ && !name_.empty()) {
         // Remove the name only if it still refers to our file (never someone else's).
@@ -181,7 +206,8 @@ void MemorySegment::reset() noexcept {
 }
 
 UniqueFd MemorySegment::release_fd() noexcept {
-    if (data_) ::munmap(data_, size_);
+    if (data_)
+        ::munmap(data_, size_);
     data_ = nullptr;
     size_ = 0;
     owner_ = false;
@@ -194,17 +220,20 @@ void MemorySegment::protect(bool writable) {
     writable_ = writable;
 }
 
-MemorySegment MemorySegment::anonymous(std::size_t size, const char* label) {
+MemorySegment MemorySegment::anonymous(std::size_t size, const char *label) {
     UniqueFd fd(::memfd_create(label, MFD_CLOEXEC | MFD_ALLOW_SEALING));
-    if (!fd) throw_errno("memfd_create");
+    if (!fd)
+        throw_errno("memfd_create");
     if (size && ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
         if (errno == ENOSPC || errno == ENOMEM || errno == EFBIG)
-            throw OutOfMemory("cannot create a shared buffer of " + std::to_string(size) + " bytes");
+            throw OutOfMemory("cannot create a shared buffer of " + std::to_string(size) +
+                              " bytes");
         throw_errno("ftruncate");
     }
     reserve_space(fd.get(), size);
     // Size is fixed from now on: a receiver can never be SIGBUSed by a shrink.
-    if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) throw_errno("F_ADD_SEALS");
+    if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0)
+        throw_errno("F_ADD_SEALS");
     MemorySegment s;
     s.data_ = map(fd.get(), size, true);
     s.fd_ = std::move(fd);
@@ -225,29 +254,36 @@ MemorySegment MemorySegment::map_fd(UniqueFd fd, std::size_t size, bool writable
 MemorySegment MemorySegment::create_named(std::string_view name, std::size_t size, mode_t mode,
                                           SegmentKind kind, std::uint32_t layout_version,
                                           bool persistent,
-                                          const std::function<void(std::byte*)>& init) {
+                                          const std::function<void(std::byte *)> &init) {
     std::string norm = normalize_shm_name(name);
-    if (size < sizeof(SegmentHeader)) throw std::invalid_argument("segment too small");
-    if (mode & ~07777u) throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
+    if (size < sizeof(SegmentHeader))
+        throw std::invalid_argument("segment too small");
+    if (mode & ~07777u)
+        throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
     std::string final_path = shm_path(norm);
     std::string tmp = temp_name();
 
     UniqueFd fd(::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
-    if (!fd) throw_errno("open(/dev/shm temporary)");
+    if (!fd)
+        throw_errno("open(/dev/shm temporary)");
     struct TmpGuard {
-        const std::string& p;
+        const std::string &p;
         bool armed = true;
         ~TmpGuard() {
-            if (armed) ::unlink(p.c_str());
+            if (armed)
+                ::unlink(p.c_str());
         }
     } guard{tmp};
 
     // Held for our whole life: tells everyone the owner is alive.
-    if (!try_lock_byte(fd.get(), kOwnerLockByte, true)) throw Error("cannot take owner lock");
-    if (::fchmod(fd.get(), mode) != 0) throw_errno("fchmod"); // exact, whatever the umask
+    if (!try_lock_byte(fd.get(), kOwnerLockByte, true))
+        throw Error("cannot take owner lock");
+    if (::fchmod(fd.get(), mode) != 0)
+        throw_errno("fchmod"); // exact, whatever the umask
     if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
         if (errno == ENOSPC || errno == EFBIG)
-            throw OutOfMemory("cannot create a shared segment of " + std::to_string(size) + " bytes");
+            throw OutOfMemory("cannot create a shared segment of " + std::to_string(size) +
+                              " bytes");
         throw_errno("ftruncate");
     }
     reserve_space(fd.get(), size);
@@ -256,7 +292,7 @@ MemorySegment MemorySegment::create_named(std::string_view name, std::size_t siz
     s.data_ = map(fd.get(), size, true);
     s.size_ = size;
     s.writable_ = true;
-    auto* h = s.header();
+    auto *h = s.header();
     h->magic = 0; // published complete, but keep readers honest if they race a stale file
     h->kind = static_cast<std::uint32_t>(kind);
     h->layout_version = layout_version;
@@ -264,7 +300,8 @@ MemorySegment MemorySegment::create_named(std::string_view name, std::size_t siz
     h->creator_pid = static_cast<std::int32_t>(::getpid());
     h->flags = persistent ? kFlagPersistent : 0;
     h->created_unix_ns = unix_ns();
-    if (init) init(s.data_);
+    if (init)
+        init(s.data_);
     std::atomic_thread_fence(std::memory_order_release);
     h->magic = kSegmentMagic;
 
@@ -272,14 +309,16 @@ MemorySegment MemorySegment::create_named(std::string_view name, std::size_t siz
     for (int attempt = 0;; ++attempt) {
         if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_NOREPLACE) == 0)
             break;
-        if (errno != EEXIST) throw_errno("renameat2");
+        if (errno != EEXIST)
+            throw_errno("renameat2");
         if (attempt > 100 || !remove_if_stale(final_path))
             throw std::system_error(EEXIST, std::system_category(),
                                     "shared-memory object '" + norm + "' exists");
     }
     guard.armed = false;
     struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) throw_errno("fstat");
+    if (::fstat(fd.get(), &st) != 0)
+        throw_errno("fstat");
     s.fd_ = std::move(fd);
     s.owner_ = true;
     s.persistent_ = persistent;
@@ -306,9 +345,12 @@ MemorySegment MemorySegment::attach_named(std::string_view name, SegmentKind kin
         throw_errno("open");
     }
     struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) throw_errno("fstat");
-    const std::string what = "'" + norm + "' is not a shmipc " + kind_name(static_cast<std::uint32_t>(kind));
-    if (!S_ISREG(st.st_mode)) throw CorruptSegment(what + ": not a regular file");
+    if (::fstat(fd.get(), &st) != 0)
+        throw_errno("fstat");
+    const std::string what =
+        "'" + norm + "' is not a shmipc " + kind_name(static_cast<std::uint32_t>(kind));
+    if (!S_ISREG(st.st_mode))
+        throw CorruptSegment(what + ": not a regular file");
     auto fsize = static_cast<std::size_t>(st.st_size);
     if (fsize < sizeof(SegmentHeader) || fsize < min_size)
         throw CorruptSegment(what + ": truncated (" + std::to_string(fsize) + " bytes)");
@@ -316,7 +358,8 @@ MemorySegment MemorySegment::attach_named(std::string_view name, SegmentKind kin
     SegmentHeader h{};
     if (::pread(fd.get(), &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h))
         throw CorruptSegment(what + ": unreadable header");
-    if (h.magic != kSegmentMagic) throw CorruptSegment(what + ": bad magic");
+    if (h.magic != kSegmentMagic)
+        throw CorruptSegment(what + ": bad magic");
     if (h.kind != static_cast<std::uint32_t>(kind))
         throw CorruptSegment("'" + norm + "' is a shmipc " + kind_name(h.kind) + ", not a " +
                              kind_name(static_cast<std::uint32_t>(kind)));
@@ -339,8 +382,10 @@ MemorySegment MemorySegment::attach_named(std::string_view name, SegmentKind kin
 
 bool unlink_named(std::string_view name) {
     std::string norm = normalize_shm_name(name);
-    if (::unlink(shm_path(norm).c_str()) == 0) return true;
-    if (errno == ENOENT) return false;
+    if (::unlink(shm_path(norm).c_str()) == 0)
+        return true;
+    if (errno == ENOENT)
+        return false;
     throw_errno("unlink");
 }
 

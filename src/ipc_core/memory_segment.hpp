@@ -37,19 +37,19 @@ enum class SegmentKind : std::uint32_t {
     SharedValue = 3,
     MessageQueue = 4,
 };
-[[nodiscard]] const char* kind_name(std::uint32_t kind) noexcept;
+[[nodiscard]] const char *kind_name(std::uint32_t kind) noexcept;
 
 class MemorySegment {
   public:
     MemorySegment() = default;
-    MemorySegment(MemorySegment&& o) noexcept;
-    MemorySegment& operator=(MemorySegment&& o) noexcept;
-    MemorySegment(const MemorySegment&) = delete;
-    MemorySegment& operator=(const MemorySegment&) = delete;
+    MemorySegment(MemorySegment &&o) noexcept;
+    MemorySegment &operator=(MemorySegment &&o) noexcept;
+    MemorySegment(const MemorySegment &) = delete;
+    MemorySegment &operator=(const MemorySegment &) = delete;
     ~MemorySegment();
 
     // memfd_create(MFD_CLOEXEC | MFD_ALLOW_SEALING), space reserved, sealed against resizing.
-    static MemorySegment anonymous(std::size_t size, const char* label = "shmipc");
+    static MemorySegment anonymous(std::size_t size, const char *label = "shmipc");
     // Maps an fd we already own (size checked by the caller).
     static MemorySegment map_fd(UniqueFd fd, std::size_t size, bool writable);
 
@@ -60,19 +60,19 @@ class MemorySegment {
     static MemorySegment create_named(std::string_view name, std::size_t size, mode_t mode,
                                       SegmentKind kind, std::uint32_t layout_version,
                                       bool persistent,
-                                      const std::function<void(std::byte*)>& init = {});
+                                      const std::function<void(std::byte *)> &init = {});
     // Opens and validates a named object (CorruptSegment if it is not `kind`, ENOENT if absent).
     static MemorySegment attach_named(std::string_view name, SegmentKind kind,
                                       std::uint32_t layout_version, std::size_t min_size);
 
-    [[nodiscard]] std::byte* data() const noexcept { return data_; }
+    [[nodiscard]] std::byte *data() const noexcept { return data_; }
     [[nodiscard]] std::size_t size() const noexcept { return size_; }
     [[nodiscard]] int fd() const noexcept { return fd_.get(); }
     [[nodiscard]] bool writable() const noexcept { return writable_; }
     [[nodiscard]] bool owner() const noexcept { return owner_; }
-    [[nodiscard]] const std::string& name() const noexcept { return name_; }
-    [[nodiscard]] SegmentHeader* header() const noexcept {
-        return reinterpret_cast<SegmentHeader*>(data_);
+    [[nodiscard]] const std::string &name() const noexcept { return name_; }
+    [[nodiscard]] SegmentHeader *header() const noexcept {
+        return reinterpret_cast<SegmentHeader *>(data_);
     }
 
     // mprotect the whole mapping.
@@ -86,12 +86,12 @@ class MemorySegment {
 
   private:
     UniqueFd fd_;
-    std::byte* data_ = nullptr;
+    std::byte *data_ = nullptr;
     std::size_t size_ = 0;
     bool writable_ = false;
-    bool owner_ = false;       // we created it and hold the owner lock
+    bool owner_ = false; // we created it and hold the owner lock
     bool persistent_ = false;
-    std::string name_;         // normalized, for named objects
+    std::string name_; // normalized, for named objects
     dev_t dev_ = 0;
     ino_t ino_ = 0;
 };

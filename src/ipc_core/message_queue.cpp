@@ -36,11 +36,15 @@ static_assert(kQueueMaxClients < kNoClient);
 constexpr std::uint64_t make_state(std::uint64_t lap, Phase ph, std::uint32_t client) noexcept {
     return (lap << kLapShift) | (std::uint64_t{client} << kClientShift) | ph;
 }
-constexpr Phase phase_of(std::uint64_t st) noexcept { return static_cast<Phase>(st & 3u); }
+constexpr Phase phase_of(std::uint64_t st) noexcept {
+    return static_cast<Phase>(st & 3u);
+}
 constexpr std::uint32_t client_of(std::uint64_t st) noexcept {
     return static_cast<std::uint32_t>(st >> kClientShift) & kClientMask;
 }
-constexpr std::uint64_t lap_of(std::uint64_t st) noexcept { return st >> kLapShift; }
+constexpr std::uint64_t lap_of(std::uint64_t st) noexcept {
+    return st >> kLapShift;
+}
 // Signed difference a - b of two 48-bit laps.
 constexpr std::int64_t lap_diff(std::uint64_t a, std::uint64_t b) noexcept {
     return static_cast<std::int64_t>((a - b) << kLapShift) >> kLapShift;
@@ -58,17 +62,20 @@ constexpr int kSpins = 2000;
 constexpr auto kYieldPhase = std::chrono::microseconds(200);
 
 // Spin, then yield, until ready() or the yield phase ends; true if ready.
-template <class Ready> bool spin_then_yield(Ready&& ready, const Deadline& dl) {
+template <class Ready> bool spin_then_yield(Ready &&ready, const Deadline &dl) {
     for (int i = 0; i < kSpins; ++i) {
-        if (ready()) return true;
+        if (ready())
+            return true;
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
 #endif
     }
-    if (dl.remaining() <= std::chrono::nanoseconds{0}) return ready();
+    if (dl.remaining() <= std::chrono::nanoseconds{0})
+        return ready();
     auto end = Clock::now() + kYieldPhase;
     do {
-        if (ready()) return true;
+        if (ready())
+            return true;
         ::sched_yield();
     } while (Clock::now() < end);
     return ready();
@@ -85,31 +92,38 @@ std::atomic<int> g_crash_countdown{0};
 inline void crash_point(int point) noexcept {
     if (g_crash_point.load(std::memory_order_relaxed) != point) [[likely]]
         return;
-    if (g_crash_countdown.fetch_sub(1, std::memory_order_relaxed) == 1) ::raise(SIGKILL);
+    if (g_crash_countdown.fetch_sub(1, std::memory_order_relaxed) == 1)
+        ::raise(SIGKILL);
 }
 
 // Wakes sleepers of `w` only if one announced itself: the fast path makes no syscall and no
 // write to a shared line.
-inline void wake(FutexWord& w) noexcept {
+inline void wake(FutexWord &w) noexcept {
     // SYNC POINT: pairs with the seq_cst `waiters` increment in wait_until (Dekker): either the
     // sleeper's re-check sees our state change, or we see its announcement.
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (w.waiters.load(std::memory_order_relaxed) != 0) notify_all(w);
+    if (w.waiters.load(std::memory_order_relaxed) != 0)
+        notify_all(w);
 }
 
 // ---- fork: a child must not share the parent's client lock ----------------------------------
 std::atomic<unsigned> g_fork_generation{0};
 std::mutex g_registry_mu;
-std::vector<MessageQueue::Impl*>& registry() {
-    static auto* r = new std::vector<MessageQueue::Impl*>(); // leaked: used by atfork handlers
+std::vector<MessageQueue::Impl *> &registry() {
+    static auto *r = new std::vector<MessageQueue::Impl *>(); // leaked: used by atfork handlers
     return *r;
 }
-void forget_client_after_fork(MessageQueue::Impl* q) noexcept;
-void atfork_prepare() { g_registry_mu.lock(); }
-void atfork_parent() { g_registry_mu.unlock(); }
+void forget_client_after_fork(MessageQueue::Impl *q) noexcept;
+void atfork_prepare() {
+    g_registry_mu.lock();
+}
+void atfork_parent() {
+    g_registry_mu.unlock();
+}
 void atfork_child() {
     g_fork_generation.fetch_add(1, std::memory_order_relaxed);
-    for (auto* q : registry()) forget_client_after_fork(q);
+    for (auto *q : registry())
+        forget_client_after_fork(q);
     g_registry_mu.unlock();
 }
 void install_atfork_once() {
@@ -121,8 +135,8 @@ void install_atfork_once() {
 
 struct MessageQueue::Impl {
     MemorySegment seg;
-    QueueControl* ctl = nullptr;
-    std::byte* slots = nullptr;
+    QueueControl *ctl = nullptr;
+    std::byte *slots = nullptr;
     std::uint64_t cap = 0;
     std::uint64_t max_msg = 0;
     std::uint64_t stride = 0;
@@ -142,17 +156,17 @@ struct MessageQueue::Impl {
     ~Impl() {
         {
             std::lock_guard lk(g_registry_mu);
-            auto& r = registry();
+            auto &r = registry();
             r.erase(std::remove(r.begin(), r.end(), this), r.end());
         }
         lock_fd.reset(); // drops the client lock
         seg.reset();
     }
 
-    QueueSlot* slot(std::uint64_t i) const noexcept {
-        return reinterpret_cast<QueueSlot*>(slots + i * stride);
+    QueueSlot *slot(std::uint64_t i) const noexcept {
+        return reinterpret_cast<QueueSlot *>(slots + i * stride);
     }
-    static std::byte* data(QueueSlot* s) noexcept { return reinterpret_cast<std::byte*>(s + 1); }
+    static std::byte *data(QueueSlot *s) noexcept { return reinterpret_cast<std::byte *>(s + 1); }
 
     // ---- clients --------------------------------------------------------------------------
     void ensure_registered() {
@@ -160,7 +174,8 @@ struct MessageQueue::Impl {
         if (registered_generation.load(std::memory_order_acquire) == gen) [[likely]]
             return;
         std::lock_guard lk(register_mu);
-        if (registered_generation.load(std::memory_order_relaxed) == gen) return;
+        if (registered_generation.load(std::memory_order_relaxed) == gen)
+            return;
         register_client();
         registered_generation.store(gen, std::memory_order_release);
     }
@@ -170,7 +185,8 @@ struct MessageQueue::Impl {
         std::snprintf(path, sizeof path, "/proc/self/fd/%d", seg.fd());
         // A fresh open file description, so our lock is ours alone (not shared by a fork).
         UniqueFd fd(::open(path, O_RDWR | O_CLOEXEC));
-        if (!fd) throw_errno("open(/proc/self/fd) for the queue's client lock");
+        if (!fd)
+            throw_errno("open(/proc/self/fd) for the queue's client lock");
         std::uint32_t n = ctl->max_clients;
         std::uint32_t start = ctl->client_hint.fetch_add(1, std::memory_order_relaxed) % n;
         std::uint32_t got = kNoClient;
@@ -193,9 +209,10 @@ struct MessageQueue::Impl {
     // index, which now looks alive: repair them before we make claims of our own.
     void repair_recycled_index() noexcept {
         for (std::uint64_t i = 0; i < cap; ++i) {
-            auto& state = slot(i)->state;
+            auto &state = slot(i)->state;
             std::uint64_t st = state.load(std::memory_order_acquire);
-            if (client_of(st) != me) continue;
+            if (client_of(st) != me)
+                continue;
             if (phase_of(st) == kWriting) {
                 if (state.compare_exchange_strong(st, make_state(lap_of(st) + 1, kEmpty, 0),
                                                   std::memory_order_acq_rel))
@@ -209,8 +226,10 @@ struct MessageQueue::Impl {
     }
 
     bool alive(std::uint32_t client) const {
-        if (client == me) return true; // another thread of this handle
-        if (client >= ctl->max_clients) return false;
+        if (client == me)
+            return true; // another thread of this handle
+        if (client >= ctl->max_clients)
+            return false;
         return byte_is_locked(lock_fd.get(), kClientLockBase + client);
     }
 
@@ -219,13 +238,13 @@ struct MessageQueue::Impl {
         wake(ctl->not_full);
     }
 
-    static void help_advance(std::atomic<std::uint64_t>& counter, std::uint64_t pos) noexcept {
+    static void help_advance(std::atomic<std::uint64_t> &counter, std::uint64_t pos) noexcept {
         counter.compare_exchange_strong(pos, pos + 1, std::memory_order_acq_rel,
                                         std::memory_order_relaxed);
     }
 
     // Discards a half-written message of a dead producer. true if we did.
-    bool discard(QueueSlot* s, std::uint64_t st) noexcept {
+    bool discard(QueueSlot *s, std::uint64_t st) noexcept {
         if (!s->state.compare_exchange_strong(st, make_state(lap_of(st) + 1, kEmpty, 0),
                                               std::memory_order_acq_rel))
             return false;
@@ -234,7 +253,7 @@ struct MessageQueue::Impl {
     }
 
     // ---- producer -------------------------------------------------------------------------
-    bool try_put(const void* src, std::size_t n) {
+    bool try_put(const void *src, std::size_t n) {
         if (n > max_msg)
             throw std::invalid_argument("message of " + std::to_string(n) +
                                         " bytes exceeds max_message_size (" +
@@ -243,7 +262,7 @@ struct MessageQueue::Impl {
         for (;;) {
             std::uint64_t pos = ctl->tail.load(std::memory_order_acquire);
             std::uint64_t lap = pos / cap;
-            QueueSlot* s = slot(pos % cap);
+            QueueSlot *s = slot(pos % cap);
             std::uint64_t st = s->state.load(std::memory_order_acquire);
             std::int64_t d = lap_diff(lap_of(st), lap);
             if (d == 0 && phase_of(st) == kEmpty) {
@@ -255,11 +274,13 @@ struct MessageQueue::Impl {
                     continue;
                 help_advance(ctl->tail, pos);
                 crash_point(1);
-                auto* dst = data(s);
+                auto *dst = data(s);
                 std::size_t half = n / 2;
-                if (half) std::memcpy(dst, src, half);
+                if (half)
+                    std::memcpy(dst, src, half);
                 crash_point(2);
-                if (n - half) std::memcpy(dst + half, static_cast<const std::byte*>(src) + half, n - half);
+                if (n - half)
+                    std::memcpy(dst + half, static_cast<const std::byte *>(src) + half, n - half);
                 s->length = static_cast<std::uint32_t>(n);
                 // SYNC POINT: release pairs with the consumer's acquire of FULL (publishes
                 // data and length).
@@ -272,7 +293,8 @@ struct MessageQueue::Impl {
                 continue;
             }
             // The slot still holds the previous lap's message: full, unless our tail was stale.
-            if (ctl->tail.load(std::memory_order_acquire) == pos) return false;
+            if (ctl->tail.load(std::memory_order_acquire) == pos)
+                return false;
         }
     }
 
@@ -284,7 +306,7 @@ struct MessageQueue::Impl {
 
     // ---- consumer -------------------------------------------------------------------------
     // Delivers the message of a slot we hold in READING(lap, me).
-    bool deliver(QueueSlot* s, std::uint64_t lap, Sink sink, void* ctx) {
+    bool deliver(QueueSlot *s, std::uint64_t lap, Sink sink, void *ctx) {
         std::uint32_t n = s->length;
         if (n > max_msg) {
             s->state.store(make_state(lap + 1, kEmpty, 0), std::memory_order_release);
@@ -307,12 +329,12 @@ struct MessageQueue::Impl {
         return true;
     }
 
-    bool try_get(Sink sink, void* ctx) {
+    bool try_get(Sink sink, void *ctx) {
         ensure_registered();
         for (;;) {
             std::uint64_t pos = ctl->head.load(std::memory_order_acquire);
             std::uint64_t lap = pos / cap;
-            QueueSlot* s = slot(pos % cap);
+            QueueSlot *s = slot(pos % cap);
             std::uint64_t st = s->state.load(std::memory_order_acquire);
             std::int64_t d = lap_diff(lap_of(st), lap);
             Phase ph = phase_of(st);
@@ -329,7 +351,8 @@ struct MessageQueue::Impl {
                 help_advance(ctl->head, pos);
                 continue;
             }
-            if (ctl->head.load(std::memory_order_acquire) != pos) continue; // stale head
+            if (ctl->head.load(std::memory_order_acquire) != pos)
+                continue; // stale head
             if (d == 0 && ph == kWriting && !alive(client_of(st))) {
                 discard(s, st);
                 continue;
@@ -338,8 +361,10 @@ struct MessageQueue::Impl {
             // left one behind.
             if (orphan_seen.load(std::memory_order_relaxed) || scan_due()) {
                 Repair r = scan(sink, ctx);
-                if (r.delivered) return true;
-                if (r.discarded) continue;
+                if (r.delivered)
+                    return true;
+                if (r.discarded)
+                    continue;
             }
             return false;
         }
@@ -359,28 +384,32 @@ struct MessageQueue::Impl {
     };
 
     bool scan_due() {
-        std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                               Clock::now().time_since_epoch())
-                               .count();
+        std::int64_t now =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+                .count();
         std::int64_t due = next_scan_ns.load(std::memory_order_relaxed);
-        if (now < due) return false;
+        if (now < due)
+            return false;
         return next_scan_ns.compare_exchange_strong(
             due, now + std::chrono::nanoseconds(kScanInterval).count(), std::memory_order_relaxed);
     }
 
     // Discards every half-written message of a dead producer; with a sink, takes over (at
     // most) one message whose consumer died and delivers it. Without one, notes that there is.
-    Repair scan(Sink sink, void* ctx) {
+    Repair scan(Sink sink, void *ctx) {
         Repair r;
         orphan_seen.store(false, std::memory_order_relaxed);
         for (std::uint64_t i = 0; i < cap; ++i) {
-            QueueSlot* s = slot(i);
+            QueueSlot *s = slot(i);
             std::uint64_t st = s->state.load(std::memory_order_acquire);
             Phase ph = phase_of(st);
-            if (ph != kWriting && ph != kReading) continue;
-            if (alive(client_of(st))) continue;
+            if (ph != kWriting && ph != kReading)
+                continue;
+            if (alive(client_of(st)))
+                continue;
             if (ph == kWriting) {
-                if (discard(s, st)) ++r.discarded;
+                if (discard(s, st))
+                    ++r.discarded;
                 continue;
             }
             if (!sink) {
@@ -393,7 +422,9 @@ struct MessageQueue::Impl {
                                                  std::memory_order_acquire)) {
                 deliver(s, lap_of(st), sink, ctx);
                 r.delivered = true;
-                orphan_seen.store(true, std::memory_order_relaxed); // there may be more: look again on the next call
+                orphan_seen.store(
+                    true,
+                    std::memory_order_relaxed); // there may be more: look again on the next call
                 return r;
             }
         }
@@ -401,9 +432,10 @@ struct MessageQueue::Impl {
     }
 
     // ---- waiting --------------------------------------------------------------------------
-    WaitResult wait_put_ready(const Deadline& dl) {
+    WaitResult wait_put_ready(const Deadline &dl) {
         ensure_registered();
-        if (spin_then_yield([&] { return put_ready(); }, dl)) return WaitResult::Ready;
+        if (spin_then_yield([&] { return put_ready(); }, dl))
+            return WaitResult::Ready;
         bool ok = wait_until(
             ctl->not_full, [&] { return put_ready(); },
             [&]() -> std::chrono::nanoseconds {
@@ -414,16 +446,19 @@ struct MessageQueue::Impl {
         return ok ? WaitResult::Ready : WaitResult::Timeout;
     }
 
-    WaitResult wait_get_ready(const Deadline& dl) {
+    WaitResult wait_get_ready(const Deadline &dl) {
         ensure_registered();
         auto ready = [&] { return orphan_seen.load(std::memory_order_relaxed) || get_ready(); };
-        if (spin_then_yield(ready, dl)) return WaitResult::Ready;
+        if (spin_then_yield(ready, dl))
+            return WaitResult::Ready;
         bool ok = wait_until(
             ctl->not_empty, ready,
             [&]() -> std::chrono::nanoseconds {
                 check_interrupt();
-                if (scan_due()) scan(nullptr, nullptr);
-                if (orphan_seen.load(std::memory_order_relaxed)) return std::chrono::nanoseconds{0};
+                if (scan_due())
+                    scan(nullptr, nullptr);
+                if (orphan_seen.load(std::memory_order_relaxed))
+                    return std::chrono::nanoseconds{0};
                 return dl.slice();
             },
             0);
@@ -432,12 +467,13 @@ struct MessageQueue::Impl {
 };
 
 namespace {
-void forget_client_after_fork(MessageQueue::Impl* q) noexcept {
+void forget_client_after_fork(MessageQueue::Impl *q) noexcept {
     // Only async-signal-safe work here: the child closes its copy of the parent's client lock
     // description (the parent keeps its lock) and re-registers on first use. A child never
     // removes the parent's name.
     int fd = q->lock_fd.release();
-    if (fd >= 0) ::close(fd);
+    if (fd >= 0)
+        ::close(fd);
     q->me = kNoClient;
     q->seg.disown();
 }
@@ -460,8 +496,8 @@ void check_sizes(std::size_t capacity, std::size_t max_message_size) {
 std::unique_ptr<MessageQueue::Impl> finish(MemorySegment seg) {
     install_atfork_once();
     auto impl = std::make_unique<MessageQueue::Impl>();
-    auto* base = seg.data();
-    impl->ctl = reinterpret_cast<QueueControl*>(base + kControlOffset);
+    auto *base = seg.data();
+    impl->ctl = reinterpret_cast<QueueControl *>(base + kControlOffset);
     impl->slots = base + kSlotsOffset;
     impl->cap = impl->ctl->capacity;
     impl->max_msg = impl->ctl->max_message_size;
@@ -479,18 +515,19 @@ MessageQueue MessageQueue::create(std::string_view name, std::size_t capacity,
     check_sizes(capacity, max_message_size);
     std::size_t stride = stride_for(max_message_size);
     std::size_t total = kSlotsOffset + capacity * stride;
-    auto seg = MemorySegment::create_named(
-        name, total, mode, SegmentKind::MessageQueue, kMessageQueueLayoutVersion, persistent,
-        [&](std::byte* base) {
-            // The file is zero-filled, which is already "every slot EMPTY for lap 0" and
-            // head == tail == 0: only the sizes need writing (no page of the slots is touched).
-            auto* ctl = new (base + kControlOffset) QueueControl{};
-            ctl->capacity = capacity;
-            ctl->max_message_size = max_message_size;
-            ctl->slot_stride = stride;
-            ctl->slots_offset = kSlotsOffset;
-            ctl->max_clients = kQueueMaxClients;
-        });
+    auto seg =
+        MemorySegment::create_named(name, total, mode, SegmentKind::MessageQueue,
+                                    kMessageQueueLayoutVersion, persistent, [&](std::byte *base) {
+                                        // The file is zero-filled, which is already "every slot
+                                        // EMPTY for lap 0" and head == tail == 0: only the sizes
+                                        // need writing (no page of the slots is touched).
+                                        auto *ctl = new (base + kControlOffset) QueueControl{};
+                                        ctl->capacity = capacity;
+                                        ctl->max_message_size = max_message_size;
+                                        ctl->slot_stride = stride;
+                                        ctl->slots_offset = kSlotsOffset;
+                                        ctl->max_clients = kQueueMaxClients;
+                                    });
     MessageQueue q;
     q.impl_ = finish(std::move(seg));
     return q;
@@ -502,14 +539,17 @@ MessageQueue MessageQueue::attach(std::string_view name) {
     if (!seg.writable())
         throw std::system_error(EACCES, std::system_category(),
                                 "message queue '" + seg.name() + "' is not writable by us");
-    const auto* ctl = reinterpret_cast<const QueueControl*>(seg.data() + kControlOffset);
+    const auto *ctl = reinterpret_cast<const QueueControl *>(seg.data() + kControlOffset);
     const std::string what = "'" + seg.name() + "' is not a valid message queue: ";
     std::uint64_t cap = ctl->capacity, max = ctl->max_message_size;
-    if (cap < 1 || cap > kQueueMaxCapacity) throw CorruptSegment(what + "bad capacity");
-    if (max < 1 || max > kQueueMaxMessageSize) throw CorruptSegment(what + "bad max_message_size");
+    if (cap < 1 || cap > kQueueMaxCapacity)
+        throw CorruptSegment(what + "bad capacity");
+    if (max < 1 || max > kQueueMaxMessageSize)
+        throw CorruptSegment(what + "bad max_message_size");
     if (ctl->slot_stride != stride_for(max) || ctl->slots_offset != kSlotsOffset)
         throw CorruptSegment(what + "bad slot layout");
-    if (ctl->max_clients != kQueueMaxClients) throw CorruptSegment(what + "bad client table");
+    if (ctl->max_clients != kQueueMaxClients)
+        throw CorruptSegment(what + "bad client table");
     if (seg.size() != kSlotsOffset + cap * ctl->slot_stride)
         throw CorruptSegment(what + "size does not match its slots");
     MessageQueue q;
@@ -518,39 +558,47 @@ MessageQueue MessageQueue::attach(std::string_view name) {
 }
 
 MessageQueue::MessageQueue() = default;
-MessageQueue::MessageQueue(MessageQueue&&) noexcept = default;
-MessageQueue& MessageQueue::operator=(MessageQueue&&) noexcept = default;
+MessageQueue::MessageQueue(MessageQueue &&) noexcept = default;
+MessageQueue &MessageQueue::operator=(MessageQueue &&) noexcept = default;
 MessageQueue::~MessageQueue() = default;
 
 namespace {
-MessageQueue::Impl& open_impl(const std::unique_ptr<MessageQueue::Impl>& p) {
-    if (!p) throw Closed("MessageQueue is closed");
+MessageQueue::Impl &open_impl(const std::unique_ptr<MessageQueue::Impl> &p) {
+    if (!p)
+        throw Closed("MessageQueue is closed");
     return *p;
 }
 } // namespace
 
-bool MessageQueue::try_put(const void* data, std::size_t n) { return open_impl(impl_).try_put(data, n); }
-bool MessageQueue::try_get(Sink sink, void* ctx) { return open_impl(impl_).try_get(sink, ctx); }
+bool MessageQueue::try_put(const void *data, std::size_t n) {
+    return open_impl(impl_).try_put(data, n);
+}
+bool MessageQueue::try_get(Sink sink, void *ctx) {
+    return open_impl(impl_).try_get(sink, ctx);
+}
 
-MessageQueue::WaitResult MessageQueue::wait_put_ready(const Deadline& deadline) {
+MessageQueue::WaitResult MessageQueue::wait_put_ready(const Deadline &deadline) {
     return open_impl(impl_).wait_put_ready(deadline);
 }
-MessageQueue::WaitResult MessageQueue::wait_get_ready(const Deadline& deadline) {
+MessageQueue::WaitResult MessageQueue::wait_get_ready(const Deadline &deadline) {
     return open_impl(impl_).wait_get_ready(deadline);
 }
 
-bool MessageQueue::put(const void* data, std::size_t n, const Deadline& deadline) {
-    auto& q = open_impl(impl_);
+bool MessageQueue::put(const void *data, std::size_t n, const Deadline &deadline) {
+    auto &q = open_impl(impl_);
     for (;;) {
-        if (q.try_put(data, n)) return true;
-        if (q.wait_put_ready(deadline) == WaitResult::Timeout) return q.try_put(data, n);
+        if (q.try_put(data, n))
+            return true;
+        if (q.wait_put_ready(deadline) == WaitResult::Timeout)
+            return q.try_put(data, n);
     }
 }
 
-bool MessageQueue::get(Sink sink, void* ctx, const Deadline& deadline) {
-    auto& q = open_impl(impl_);
+bool MessageQueue::get(Sink sink, void *ctx, const Deadline &deadline) {
+    auto &q = open_impl(impl_);
     for (;;) {
-        if (q.try_get(sink, ctx)) return true;
+        if (q.try_get(sink, ctx))
+            return true;
         if (q.wait_get_ready(deadline) == WaitResult::Timeout) {
             q.scan(sink, ctx); // a last look for a dead consumer's message before giving up
             return q.try_get(sink, ctx);
@@ -559,33 +607,45 @@ bool MessageQueue::get(Sink sink, void* ctx, const Deadline& deadline) {
 }
 
 std::size_t MessageQueue::size() const noexcept {
-    if (!impl_) return 0;
+    if (!impl_)
+        return 0;
     // head first: a tail read after it is never older, so tail - head is not inflated by a
     // race (it can be negative after discards: then 0).
     std::uint64_t head = impl_->ctl->head.load(std::memory_order_acquire);
     std::uint64_t tail = impl_->ctl->tail.load(std::memory_order_acquire);
     auto d = static_cast<std::int64_t>(tail - head);
-    if (d <= 0) return 0;
+    if (d <= 0)
+        return 0;
     return std::min<std::size_t>(static_cast<std::size_t>(d), impl_->cap);
 }
 
-std::size_t MessageQueue::capacity() const noexcept { return impl_ ? impl_->cap : 0; }
-std::size_t MessageQueue::max_message_size() const noexcept { return impl_ ? impl_->max_msg : 0; }
-const std::string& MessageQueue::name() const noexcept {
+std::size_t MessageQueue::capacity() const noexcept {
+    return impl_ ? impl_->cap : 0;
+}
+std::size_t MessageQueue::max_message_size() const noexcept {
+    return impl_ ? impl_->max_msg : 0;
+}
+const std::string &MessageQueue::name() const noexcept {
     static const std::string empty;
     return impl_ ? impl_->seg.name() : empty;
 }
-bool MessageQueue::owner() const noexcept { return impl_ && impl_->seg.owner(); }
-std::uint32_t MessageQueue::client_index() const noexcept { return impl_ ? impl_->me : kNoClient; }
+bool MessageQueue::owner() const noexcept {
+    return impl_ && impl_->seg.owner();
+}
+std::uint32_t MessageQueue::client_index() const noexcept {
+    return impl_ ? impl_->me : kNoClient;
+}
 
-std::size_t MessageQueue::recover(Sink sink, void* ctx) {
-    auto& q = open_impl(impl_);
+std::size_t MessageQueue::recover(Sink sink, void *ctx) {
+    auto &q = open_impl(impl_);
     q.ensure_registered();
     auto r = q.scan(sink, ctx);
     return r.discarded + (r.delivered ? 1 : 0);
 }
 
-void MessageQueue::close() noexcept { impl_.reset(); }
+void MessageQueue::close() noexcept {
+    impl_.reset();
+}
 
 void MessageQueue::set_crash_point(int point, int countdown) noexcept {
     g_crash_countdown.store(countdown, std::memory_order_relaxed);

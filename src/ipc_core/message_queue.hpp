@@ -44,8 +44,8 @@
 namespace shmipc {
 
 inline constexpr std::uint32_t kMessageQueueLayoutVersion = 1;
-inline constexpr std::uint32_t kQueueMaxClients = 4096;         // attached handles at a time
-inline constexpr off_t kClientLockBase = kSlotLockBase;         // + client index
+inline constexpr std::uint32_t kQueueMaxClients = 4096; // attached handles at a time
+inline constexpr off_t kClientLockBase = kSlotLockBase; // + client index
 inline constexpr std::size_t kQueueMaxCapacity = std::size_t{1} << 24;
 inline constexpr std::size_t kQueueMaxMessageSize = std::size_t{1} << 30;
 
@@ -82,7 +82,7 @@ class MessageQueue {
   public:
     // Receives a message while its slot is claimed. Returns false if it could not take it (the
     // message then goes back to the queue for another consumer).
-    using Sink = bool (*)(void* ctx, const std::byte* data, std::size_t n);
+    using Sink = bool (*)(void *ctx, const std::byte *data, std::size_t n);
 
     enum class WaitResult { Ready, Timeout };
 
@@ -94,38 +94,38 @@ class MessageQueue {
     static MessageQueue attach(std::string_view name);
 
     MessageQueue();
-    MessageQueue(MessageQueue&&) noexcept;
-    MessageQueue& operator=(MessageQueue&&) noexcept;
+    MessageQueue(MessageQueue &&) noexcept;
+    MessageQueue &operator=(MessageQueue &&) noexcept;
     ~MessageQueue();
 
     // Non-blocking. false: the queue is full. invalid_argument if n > max_message_size.
-    [[nodiscard]] bool try_put(const void* data, std::size_t n);
+    [[nodiscard]] bool try_put(const void *data, std::size_t n);
     // Non-blocking. false: the queue is empty (no committed message can be claimed now).
     // `sink` runs while the slot is claimed; it must not block.
-    [[nodiscard]] bool try_get(Sink sink, void* ctx);
+    [[nodiscard]] bool try_get(Sink sink, void *ctx);
 
     // Block until a put (get) may succeed, the deadline passes, or check_interrupt() throws.
     // Ready is a hint: the caller retries try_put/try_get and waits again if it lost a race.
     // Waiting consumers also repair claims of dead clients (see above).
-    WaitResult wait_put_ready(const Deadline& deadline);
-    WaitResult wait_get_ready(const Deadline& deadline);
+    WaitResult wait_put_ready(const Deadline &deadline);
+    WaitResult wait_get_ready(const Deadline &deadline);
 
     // Blocking convenience: false on timeout.
-    bool put(const void* data, std::size_t n, const Deadline& deadline);
-    bool get(Sink sink, void* ctx, const Deadline& deadline);
+    bool put(const void *data, std::size_t n, const Deadline &deadline);
+    bool get(Sink sink, void *ctx, const Deadline &deadline);
 
     // Messages committed and not yet claimed (approximate while others run), 0..capacity.
     [[nodiscard]] std::size_t size() const noexcept;
     [[nodiscard]] std::size_t capacity() const noexcept;
     [[nodiscard]] std::size_t max_message_size() const noexcept;
-    [[nodiscard]] const std::string& name() const noexcept;
+    [[nodiscard]] const std::string &name() const noexcept;
     [[nodiscard]] bool owner() const noexcept;
     [[nodiscard]] std::uint32_t client_index() const noexcept;
     [[nodiscard]] bool is_open() const noexcept { return impl_ != nullptr; }
 
     // Repairs claims of dead clients now: discards half-written messages; if `sink` is given,
     // delivers (at most) one message whose consumer died. Returns the number of repairs.
-    std::size_t recover(Sink sink = nullptr, void* ctx = nullptr);
+    std::size_t recover(Sink sink = nullptr, void *ctx = nullptr);
 
     // Releases the client lock, unmaps; the owner of a non-persistent queue removes the name.
     void close() noexcept;

@@ -46,71 +46,72 @@ template <class T> class offset_ptr {
     offset_ptr() noexcept = default; // null
     // Also the construction from nullptr and from a literal 0 (no separate nullptr_t overload:
     // it would make `cond ? 0 : p`, in libc++'s deque, ambiguous).
-    offset_ptr(T* p) noexcept { set(p); } // NOLINT: implicit, like a raw pointer
-    offset_ptr(const offset_ptr& o) noexcept { set(o.get()); }
+    offset_ptr(T *p) noexcept { set(p); } // NOLINT: implicit, like a raw pointer
+    offset_ptr(const offset_ptr &o) noexcept { set(o.get()); }
     // T* -> const T*, Derived* -> Base*, T* -> void*: implicit when the raw pointers are.
-    template <class U, std::enable_if_t<std::is_convertible_v<U*, T*>, int> = 0>
-    offset_ptr(const offset_ptr<U>& o) noexcept { // NOLINT
+    template <class U, std::enable_if_t<std::is_convertible_v<U *, T *>, int> = 0>
+    offset_ptr(const offset_ptr<U> &o) noexcept { // NOLINT
         set(o.get());
     }
     // void* -> T* and Base* -> Derived*: explicit, as static_cast of the raw pointers (libc++'s
     // node containers static_cast a node-base pointer to a node pointer).
     template <class U>
-        requires(!std::is_convertible_v<U*, T*> &&
-                 requires(U* u) { static_cast<T*>(u); })
-    explicit offset_ptr(const offset_ptr<U>& o) noexcept {
-        set(static_cast<T*>(o.get()));
+    requires(!std::is_convertible_v<U *, T *> && requires(U * u) {
+        static_cast<T *>(u);
+    }) explicit offset_ptr(const offset_ptr<U> &o) noexcept {
+        set(static_cast<T *>(o.get()));
     }
-    offset_ptr& operator=(const offset_ptr& o) noexcept {
+    offset_ptr &operator=(const offset_ptr &o) noexcept {
         set(o.get());
         return *this;
     }
-    offset_ptr& operator=(T* p) noexcept {
+    offset_ptr &operator=(T *p) noexcept {
         set(p);
         return *this;
     }
-    offset_ptr& operator=(std::nullptr_t) noexcept {
+    offset_ptr &operator=(std::nullptr_t) noexcept {
         diff_ = kNull;
         return *this;
     }
 
     // --- access ------------------------------------------------------------------------------
-    [[nodiscard]] T* get() const noexcept {
-        if (diff_ == kNull) return nullptr;
+    [[nodiscard]] T *get() const noexcept {
+        if (diff_ == kNull)
+            return nullptr;
         // Integer arithmetic on purpose: the target need not be in the same C++ object.
-        return reinterpret_cast<T*>(reinterpret_cast<std::uintptr_t>(this) +
-                                    static_cast<std::uintptr_t>(diff_));
+        return reinterpret_cast<T *>(reinterpret_cast<std::uintptr_t>(this) +
+                                     static_cast<std::uintptr_t>(diff_));
     }
     explicit operator bool() const noexcept { return diff_ != kNull; }
     // libstdc++ 12's basic_string returns its `pointer` as a `C*` (data(), c_str()), so the
     // conversion to a raw pointer has to be implicit, as it is for Boost.Interprocess's.
-    operator T*() const noexcept { return get(); } // NOLINT
-    T* operator->() const noexcept { return get(); }
+    operator T *() const noexcept { return get(); } // NOLINT
+    T *operator->() const noexcept { return get(); }
     template <class U = T, std::enable_if_t<!std::is_void_v<U>, int> = 0>
-    U& operator*() const noexcept {
+    U &operator*() const noexcept {
         return *get();
     }
     template <class U = T, std::enable_if_t<!std::is_void_v<U>, int> = 0>
-    U& operator[](difference_type i) const noexcept {
+    U &operator[](difference_type i) const noexcept {
         return get()[i];
     }
     // pointer_traits<offset_ptr<T>>::pointer_to (used by basic_string for its local buffer).
     template <class U = T, std::enable_if_t<!std::is_void_v<U>, int> = 0>
-    static offset_ptr pointer_to(U& r) noexcept {
+    static offset_ptr pointer_to(U &r) noexcept {
         return offset_ptr(std::addressof(r));
     }
 
     // --- random access iterator -----------------------------------------------------------------
-    offset_ptr& operator+=(difference_type n) noexcept {
+    offset_ptr &operator+=(difference_type n) noexcept {
         set(get() + n);
         return *this;
     }
-    offset_ptr& operator-=(difference_type n) noexcept {
+    offset_ptr &operator-=(difference_type n) noexcept {
         set(get() - n);
         return *this;
     }
-    offset_ptr& operator++() noexcept { return *this += 1; }
-    offset_ptr& operator--() noexcept { return *this -= 1; }
+    offset_ptr &operator++() noexcept { return *this += 1; }
+    offset_ptr &operator--() noexcept { return *this -= 1; }
     offset_ptr operator++(int) noexcept {
         offset_ptr t(*this);
         ++*this;
@@ -121,46 +122,44 @@ template <class T> class offset_ptr {
         --*this;
         return t;
     }
-    friend offset_ptr operator+(const offset_ptr& p, difference_type n) noexcept {
+    friend offset_ptr operator+(const offset_ptr &p, difference_type n) noexcept {
         return offset_ptr(p.get() + n);
     }
-    friend offset_ptr operator+(difference_type n, const offset_ptr& p) noexcept {
+    friend offset_ptr operator+(difference_type n, const offset_ptr &p) noexcept {
         return offset_ptr(p.get() + n);
     }
-    friend offset_ptr operator-(const offset_ptr& p, difference_type n) noexcept {
+    friend offset_ptr operator-(const offset_ptr &p, difference_type n) noexcept {
         return offset_ptr(p.get() - n);
     }
-    friend difference_type operator-(const offset_ptr& a, const offset_ptr& b) noexcept {
+    friend difference_type operator-(const offset_ptr &a, const offset_ptr &b) noexcept {
         return a.get() - b.get();
     }
 
     // --- comparisons (by target, so pointers at different places compare correctly) ------------
     template <class U>
-    friend bool operator==(const offset_ptr& a, const offset_ptr<U>& b) noexcept {
+    friend bool operator==(const offset_ptr &a, const offset_ptr<U> &b) noexcept {
         return a.get() == b.get();
     }
-    friend bool operator==(const offset_ptr& a, std::nullptr_t) noexcept { return !a; }
+    friend bool operator==(const offset_ptr &a, std::nullptr_t) noexcept { return !a; }
     // A template, so that a literal 0 (libc++'s list compares a node pointer with `0`) is not
     // also a candidate as a `const T*` and picks the nullptr_t overload unambiguously.
     template <class P>
-        requires std::is_pointer_v<P> && std::is_convertible_v<P, const volatile T*>
-    friend bool operator==(const offset_ptr& a, P b) noexcept {
-        return a.get() == b;
-    }
+    requires std::is_pointer_v<P> && std::is_convertible_v<P, const volatile T *>
+    friend bool operator==(const offset_ptr &a, P b) noexcept { return a.get() == b; }
     template <class U>
-    friend std::strong_ordering operator<=>(const offset_ptr& a, const offset_ptr<U>& b) noexcept {
+    friend std::strong_ordering operator<=>(const offset_ptr &a, const offset_ptr<U> &b) noexcept {
         return std::compare_three_way{}(a.get(), b.get());
     }
 
-    friend void swap(offset_ptr& a, offset_ptr& b) noexcept {
-        T* pa = a.get();
+    friend void swap(offset_ptr &a, offset_ptr &b) noexcept {
+        T *pa = a.get();
         a = b.get();
         b = pa;
     }
 
   private:
     static constexpr std::ptrdiff_t kNull = 1;
-    void set(T* p) noexcept {
+    void set(T *p) noexcept {
         diff_ = p ? static_cast<std::ptrdiff_t>(reinterpret_cast<std::uintptr_t>(p) -
                                                 reinterpret_cast<std::uintptr_t>(this))
                   : kNull;
@@ -177,14 +176,14 @@ template <class T> struct std::pointer_traits<shmipc::offset_ptr<T>> {
     using difference_type = std::ptrdiff_t;
     template <class U> using rebind = shmipc::offset_ptr<U>;
     template <class U = T, std::enable_if_t<!std::is_void_v<U>, int> = 0>
-    static pointer pointer_to(U& r) noexcept {
+    static pointer pointer_to(U &r) noexcept {
         return pointer(std::addressof(r));
     }
-    static T* to_address(const pointer& p) noexcept { return p.get(); }
+    static T *to_address(const pointer &p) noexcept { return p.get(); }
 };
 
 namespace shmipc {
-static_assert(sizeof(offset_ptr<int>) == sizeof(void*));
+static_assert(sizeof(offset_ptr<int>) == sizeof(void *));
 static_assert(std::is_standard_layout_v<offset_ptr<int>>);
 static_assert(std::contiguous_iterator<offset_ptr<int>>);
 } // namespace shmipc

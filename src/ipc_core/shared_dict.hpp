@@ -61,21 +61,21 @@ class SharedDict {
     // The dict `name` of `heap`, created empty on first use (named object of kind kNamedDict:
     // std::invalid_argument if the name is used by another kind of object). Waits up to
     // `timeout_s` for a concurrent creator (Timeout).
-    SharedDict(Heap& heap, std::string_view name, std::optional<double> timeout_s = 10.0);
+    SharedDict(Heap &heap, std::string_view name, std::optional<double> timeout_s = 10.0);
 
     // The dict's lock, held. Move-only; unlocks on destruction.
     class Guard {
       public:
         Guard() = default;
-        Guard(Guard&& o) noexcept : mutex_(o.mutex_) { o.mutex_ = nullptr; }
-        Guard& operator=(Guard&& o) noexcept;
+        Guard(Guard &&o) noexcept : mutex_(o.mutex_) { o.mutex_ = nullptr; }
+        Guard &operator=(Guard &&o) noexcept;
         ~Guard();
         explicit operator bool() const noexcept { return mutex_ != nullptr; }
 
       private:
         friend class SharedDict;
-        explicit Guard(void* m) : mutex_(m) {}
-        void* mutex_ = nullptr; // pthread_mutex_t in the heap
+        explicit Guard(void *m) : mutex_(m) {}
+        void *mutex_ = nullptr; // pthread_mutex_t in the heap
     };
     // Takes the lock if it is free now (an empty Guard otherwise). Recovers after a dead holder.
     [[nodiscard]] Guard try_lock();
@@ -88,56 +88,56 @@ class SharedDict {
     class Entry {
       public:
         Entry() = default;
-        Entry(Entry&& o) noexcept;
-        Entry& operator=(Entry&& o) noexcept;
+        Entry(Entry &&o) noexcept;
+        Entry &operator=(Entry &&o) noexcept;
         ~Entry(); // frees an entry never published
-        [[nodiscard]] std::byte* value() const noexcept { return value_; }
+        [[nodiscard]] std::byte *value() const noexcept { return value_; }
 
       private:
         friend class SharedDict;
-        Heap* heap_ = nullptr;
-        std::uint64_t off_ = 0;   // payload offset; 0 once published or moved from
+        Heap *heap_ = nullptr;
+        std::uint64_t off_ = 0; // payload offset; 0 once published or moved from
         std::uint64_t hash_ = 0;
-        std::byte* value_ = nullptr;
+        std::byte *value_ = nullptr;
     };
     // Allocates an entry for `key` with a value of `value_size` bytes and type tag `tag`
     // (1..255, the caller's encoding). OutOfMemory if the heap is full. No lock needed.
     [[nodiscard]] Entry make_entry(std::string_view key, std::uint8_t tag, std::size_t value_size);
 
     // What every reader gets, under the lock: the tag and the value bytes (valid until unlock).
-    using ValueFn = void (*)(void* ctx, std::uint8_t tag, const std::byte* data, std::size_t n);
-    using ItemFn = void (*)(void* ctx, std::string_view key, std::uint8_t tag,
-                            const std::byte* data, std::size_t n);
+    using ValueFn = void (*)(void *ctx, std::uint8_t tag, const std::byte *data, std::size_t n);
+    using ItemFn = void (*)(void *ctx, std::string_view key, std::uint8_t tag,
+                            const std::byte *data, std::size_t n);
 
     // --- operations (each needs the lock held by `g`) ----------------------------------------
     // Calls fn with the value of `key`; false if absent.
-    bool get(const Guard& g, std::string_view key, ValueFn fn, void* ctx);
-    [[nodiscard]] bool contains(const Guard& g, std::string_view key);
+    bool get(const Guard &g, std::string_view key, ValueFn fn, void *ctx);
+    [[nodiscard]] bool contains(const Guard &g, std::string_view key);
     // Publishes `e` under its key, replacing any value. With only_if_absent, an existing key is
     // left alone (fn gets its value; `e` is freed) and false is returned. OutOfMemory if the
     // table cannot grow (nothing changed then).
-    bool publish(const Guard& g, Entry&& e, bool only_if_absent = false, ValueFn fn = nullptr,
-                 void* ctx = nullptr);
+    bool publish(const Guard &g, Entry &&e, bool only_if_absent = false, ValueFn fn = nullptr,
+                 void *ctx = nullptr);
     // Removes `key` (fn, if given, gets the value first); false if absent.
-    bool erase(const Guard& g, std::string_view key, ValueFn fn = nullptr, void* ctx = nullptr);
-    [[nodiscard]] std::size_t size(const Guard& g) const;
+    bool erase(const Guard &g, std::string_view key, ValueFn fn = nullptr, void *ctx = nullptr);
+    [[nodiscard]] std::size_t size(const Guard &g) const;
     // Every entry, in table order.
-    void for_each(const Guard& g, ItemFn fn, void* ctx);
-    void clear(const Guard& g);
+    void for_each(const Guard &g, ItemFn fn, void *ctx);
+    void clear(const Guard &g);
 
     // --- introspection (tests) -------------------------------------------------------------
     [[nodiscard]] std::uint64_t control_offset() const noexcept { return ctl_off_; }
-    [[nodiscard]] std::size_t capacity(const Guard& g) const; // slots of the table
+    [[nodiscard]] std::size_t capacity(const Guard &g) const; // slots of the table
     // Walks the table: every slot is empty, a tombstone or a valid entry of the right hash and
     // count/tombstones match. Throws CorruptSegment otherwise.
-    void check_invariants(const Guard& g);
-    [[nodiscard]] Heap& heap() const noexcept { return *heap_; }
+    void check_invariants(const Guard &g);
+    [[nodiscard]] Heap &heap() const noexcept { return *heap_; }
 
   private:
     friend struct DictOps;
-    Heap* heap_;
+    Heap *heap_;
     std::uint64_t ctl_off_;
-    DictControl* ctl_;
+    DictControl *ctl_;
 };
 
 // The hash every process uses for keys (stable across processes and builds).
@@ -145,7 +145,7 @@ std::uint64_t dict_hash(std::string_view key) noexcept;
 
 // Tests only: called (when set) at each step of an update where a crash is interesting, with the
 // step's name ("entry_retired", "entry_published", ...), so a test child can SIGKILL itself there.
-using DictStepHook = void (*)(const char* step);
+using DictStepHook = void (*)(const char *step);
 void set_dict_step_hook(DictStepHook hook) noexcept;
 
 } // namespace shmipc

@@ -6,7 +6,8 @@ namespace shmipc {
 
 std::string normalize_shm_name(std::string_view name) {
     std::string_view body = name;
-    if (!body.empty() && body.front() == '/') body.remove_prefix(1);
+    if (!body.empty() && body.front() == '/')
+        body.remove_prefix(1);
     if (body.empty() || body.size() > kMaxNameLength)
         throw std::invalid_argument("invalid shared-memory name '" + std::string(name) +
                                     "': must be 1..200 characters after an optional '/'");

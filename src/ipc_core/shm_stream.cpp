@@ -31,37 +31,49 @@ std::string temp_path() {
 }
 
 // Value of a user xattr of an fd, "" if absent; `supported` is false if the filesystem has none.
-std::string get_xattr(int fd, const char* key, bool* supported = nullptr) {
+std::string get_xattr(int fd, const char *key, bool *supported = nullptr) {
     char buf[64];
     ssize_t n = ::fgetxattr(fd, key, buf, sizeof buf);
-    if (supported) *supported = !(n < 0 && (errno == ENOTSUP || errno == EOPNOTSUPP));
+    if (supported)
+        *supported = !(n < 0 && (errno == ENOTSUP || errno == EOPNOTSUPP));
     return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
 }
 
 // Is the stream at `path` stale (ours, not persistent, owner dead)? If so, remove it while
 // holding its owner lock, so two creators racing for the name cannot both decide to remove
 // (same reasoning as remove_if_stale in memory_segment.cpp). True if the name is now free.
-bool remove_stale_stream(const std::string& path) {
+bool remove_stale_stream(const std::string &path) {
     UniqueFd fd(::open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
-    if (!fd) return errno == ENOENT;
+    if (!fd)
+        return errno == ENOENT;
     struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) throw_errno("fstat");
-    if (!S_ISREG(st.st_mode)) return false;
-    if (get_xattr(fd.get(), kKindXattr) != kStreamKind) return false; // not ours to remove
-    if (get_xattr(fd.get(), kPersistentXattr) == "1") return false;   // never stale
-    if (!try_lock_byte(fd.get(), kOwnerLockByte, true)) return false; // owner alive
+    if (::fstat(fd.get(), &st) != 0)
+        throw_errno("fstat");
+    if (!S_ISREG(st.st_mode))
+        return false;
+    if (get_xattr(fd.get(), kKindXattr) != kStreamKind)
+        return false; // not ours to remove
+    if (get_xattr(fd.get(), kPersistentXattr) == "1")
+        return false; // never stale
+    if (!try_lock_byte(fd.get(), kOwnerLockByte, true))
+        return false; // owner alive
     struct stat now {};
-    if (::stat(path.c_str(), &now) != 0) return errno == ENOENT;
-    if (now.st_ino != st.st_ino || now.st_dev != st.st_dev) return false;
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT) throw_errno("unlink");
+    if (::stat(path.c_str(), &now) != 0)
+        return errno == ENOENT;
+    if (now.st_ino != st.st_ino || now.st_dev != st.st_dev)
+        return false;
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+        throw_errno("unlink");
     return true;
 }
 
-void set_xattr(int fd, const char* key, std::string_view value) {
-    if (::fsetxattr(fd, key, value.data(), value.size(), 0) == 0) return;
+void set_xattr(int fd, const char *key, std::string_view value) {
+    if (::fsetxattr(fd, key, value.data(), value.size(), 0) == 0)
+        return;
     // A filesystem without user xattrs still gets working streams; only stale replacement and
     // listing (which need the marks) are unavailable there.
-    if (errno == ENOTSUP || errno == EOPNOTSUPP) return;
+    if (errno == ENOTSUP || errno == EOPNOTSUPP)
+        return;
     throw_errno("fsetxattr");
 }
 
@@ -69,30 +81,38 @@ void set_xattr(int fd, const char* key, std::string_view value) {
 
 UniqueFd create_stream(std::string_view name, mode_t mode, bool persistent, bool append) {
     const std::string norm = normalize_shm_name(name);
-    if (mode & ~07777u) throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
+    if (mode & ~07777u)
+        throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
     const std::string final_path = shm_path(norm);
     const std::string tmp = temp_path();
     // Built under a temporary name and published with one rename, so nobody ever opens a
     // stream without its owner lock and marks.
     UniqueFd fd(::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
-    if (!fd) throw_errno("open(/dev/shm temporary)");
+    if (!fd)
+        throw_errno("open(/dev/shm temporary)");
     struct TmpGuard {
-        const std::string& p;
+        const std::string &p;
         bool armed = true;
         ~TmpGuard() {
-            if (armed) ::unlink(p.c_str());
+            if (armed)
+                ::unlink(p.c_str());
         }
     } guard{tmp};
     // Held for the owner's whole life (the fd's open file description).
-    if (!try_lock_byte(fd.get(), kOwnerLockByte, true)) throw Error("cannot take owner lock");
+    if (!try_lock_byte(fd.get(), kOwnerLockByte, true))
+        throw Error("cannot take owner lock");
     set_xattr(fd.get(), kKindXattr, kStreamKind);
-    if (persistent) set_xattr(fd.get(), kPersistentXattr, "1");
-    if (::fchmod(fd.get(), mode) != 0) throw_errno("fchmod"); // exact, whatever the umask
-    if (append && ::fcntl(fd.get(), F_SETFL, O_APPEND) != 0) throw_errno("fcntl(O_APPEND)");
+    if (persistent)
+        set_xattr(fd.get(), kPersistentXattr, "1");
+    if (::fchmod(fd.get(), mode) != 0)
+        throw_errno("fchmod"); // exact, whatever the umask
+    if (append && ::fcntl(fd.get(), F_SETFL, O_APPEND) != 0)
+        throw_errno("fcntl(O_APPEND)");
     for (int attempt = 0;; ++attempt) {
         if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_NOREPLACE) == 0)
             break;
-        if (errno != EEXIST) throw_errno("renameat2");
+        if (errno != EEXIST)
+            throw_errno("renameat2");
         if (attempt > 100 || !remove_stale_stream(final_path))
             throw std::system_error(EEXIST, std::system_category(),
                                     "shared-memory object '" + norm + "' exists");
@@ -123,12 +143,14 @@ GuestStream open_stream(std::string_view name, StreamAccess access, bool truncat
         throw_errno("open");
     }
     struct stat st {};
-    if (::fstat(g.fd.get(), &st) != 0) throw_errno("fstat");
+    if (::fstat(g.fd.get(), &st) != 0)
+        throw_errno("fstat");
     if (!S_ISREG(st.st_mode))
         throw std::system_error(EINVAL, std::system_category(),
                                 "'" + std::string(name) + "' is not a regular shared-memory file");
     // Back to blocking mode for the user's reads and writes.
-    if (::fcntl(g.fd.get(), F_SETFL, append ? O_APPEND : 0) != 0) throw_errno("fcntl(F_SETFL)");
+    if (::fcntl(g.fd.get(), F_SETFL, append ? O_APPEND : 0) != 0)
+        throw_errno("fcntl(F_SETFL)");
     return g;
 }
 
@@ -137,8 +159,10 @@ bool release_stream_name(std::string_view name, int owner_fd) noexcept {
         const std::string path = shm_path(normalize_shm_name(name));
         struct stat mine {};
         struct stat now {};
-        if (::fstat(owner_fd, &mine) != 0 || ::stat(path.c_str(), &now) != 0) return false;
-        if (mine.st_ino != now.st_ino || mine.st_dev != now.st_dev) return false;
+        if (::fstat(owner_fd, &mine) != 0 || ::stat(path.c_str(), &now) != 0)
+            return false;
+        if (mine.st_ino != now.st_ino || mine.st_dev != now.st_dev)
+            return false;
         return ::unlink(path.c_str()) == 0;
     } catch (...) {
         return false;
@@ -148,10 +172,12 @@ bool release_stream_name(std::string_view name, int owner_fd) noexcept {
 StreamInfo stream_info(std::string_view name) {
     const std::string path = shm_path(normalize_shm_name(name));
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
-    if (!fd) throw_errno("open");
+    if (!fd)
+        throw_errno("open");
     StreamInfo info;
     struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) throw_errno("fstat");
+    if (::fstat(fd.get(), &st) != 0)
+        throw_errno("fstat");
     info.size = static_cast<std::uint64_t>(st.st_size);
     info.is_stream = get_xattr(fd.get(), kKindXattr) == kStreamKind;
     info.persistent = get_xattr(fd.get(), kPersistentXattr) == "1";
@@ -160,9 +186,11 @@ StreamInfo stream_info(std::string_view name) {
 }
 
 void chmod_named(std::string_view name, mode_t mode) {
-    if (mode & ~07777u) throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
+    if (mode & ~07777u)
+        throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
     const std::string path = shm_path(normalize_shm_name(name));
-    if (::fchmodat(AT_FDCWD, path.c_str(), mode, AT_SYMLINK_NOFOLLOW) != 0) throw_errno("chmod");
+    if (::fchmodat(AT_FDCWD, path.c_str(), mode, AT_SYMLINK_NOFOLLOW) != 0)
+        throw_errno("chmod");
 }
 
 void chgrp_named(std::string_view name, gid_t gid) {

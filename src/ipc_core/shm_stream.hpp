@@ -16,8 +16,8 @@
 
 namespace shmipc {
 
-inline constexpr const char* kKindXattr = "user.shmipc.kind";
-inline constexpr const char* kPersistentXattr = "user.shmipc.persistent";
+inline constexpr const char *kKindXattr = "user.shmipc.kind";
+inline constexpr const char *kPersistentXattr = "user.shmipc.persistent";
 inline constexpr std::string_view kStreamKind = "stream";
 
 // Creates an empty stream exclusively and returns its O_RDWR fd, owner lock held, with exactly
@@ -46,7 +46,7 @@ struct GuestStream {
 bool release_stream_name(std::string_view name, int owner_fd) noexcept;
 
 struct StreamInfo {
-    bool is_stream = false;   // carries user.shmipc.kind=stream
+    bool is_stream = false; // carries user.shmipc.kind=stream
     bool persistent = false;
     bool owner_alive = false; // someone holds the owner lock
     std::uint64_t size = 0;

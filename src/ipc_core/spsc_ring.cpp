@@ -25,10 +25,10 @@ std::size_t spsc_ring_bytes(std::uint64_t capacity) {
     return sizeof(SpscRingControl) + std::bit_ceil(capacity) * sizeof(RingRecord);
 }
 
-SpscRingControl* spsc_ring_init(void* mem, std::uint64_t capacity) {
+SpscRingControl *spsc_ring_init(void *mem, std::uint64_t capacity) {
     const std::size_t bytes = spsc_ring_bytes(capacity);
     std::memset(mem, 0, bytes);
-    auto* r = new (mem) SpscRingControl{};
+    auto *r = new (mem) SpscRingControl{};
     r->magic = kRingMagic;
     r->layout_version = kRingLayoutVersion;
     r->capacity = static_cast<std::uint32_t>(capacity);
@@ -36,10 +36,12 @@ SpscRingControl* spsc_ring_init(void* mem, std::uint64_t capacity) {
     return r;
 }
 
-SpscRingControl* spsc_ring_validate(void* mem, std::size_t avail) {
-    if (avail < sizeof(SpscRingControl)) throw CorruptSegment("channel ring is truncated");
-    auto* r = static_cast<SpscRingControl*>(mem);
-    if (r->magic != kRingMagic) throw CorruptSegment("channel ring has a wrong magic number");
+SpscRingControl *spsc_ring_validate(void *mem, std::size_t avail) {
+    if (avail < sizeof(SpscRingControl))
+        throw CorruptSegment("channel ring is truncated");
+    auto *r = static_cast<SpscRingControl *>(mem);
+    if (r->magic != kRingMagic)
+        throw CorruptSegment("channel ring has a wrong magic number");
     if (r->layout_version != kRingLayoutVersion)
         throw CorruptSegment("channel ring layout version " + std::to_string(r->layout_version) +
                              " is not the supported " + std::to_string(kRingLayoutVersion));
@@ -51,11 +53,12 @@ SpscRingControl* spsc_ring_validate(void* mem, std::size_t avail) {
         throw CorruptSegment("channel ring does not fit in its block");
     const std::uint64_t t = r->tail.load(std::memory_order_acquire);
     const std::uint64_t h = r->head.load(std::memory_order_acquire);
-    if (h < t || h - t > r->capacity) throw CorruptSegment("channel ring indices are corrupt");
+    if (h < t || h - t > r->capacity)
+        throw CorruptSegment("channel ring indices are corrupt");
     return r;
 }
 
-std::size_t SpscProducer::try_push_many(const RingRecord* recs, std::size_t n) noexcept {
+std::size_t SpscProducer::try_push_many(const RingRecord *recs, std::size_t n) noexcept {
     const std::uint64_t head = ring_->head.load(std::memory_order_relaxed);
     std::uint64_t room = ring_->capacity - (head - cached_tail_);
     if (room < n) {
@@ -63,9 +66,11 @@ std::size_t SpscProducer::try_push_many(const RingRecord* recs, std::size_t n) n
         room = ring_->capacity - (head - cached_tail_);
     }
     const std::size_t k = n < room ? n : static_cast<std::size_t>(room);
-    if (k == 0) return 0;
-    RingRecord* slots = ring_->slots();
-    for (std::size_t i = 0; i < k; ++i) slots[(head + i) & ring_->mask] = recs[i];
+    if (k == 0)
+        return 0;
+    RingRecord *slots = ring_->slots();
+    for (std::size_t i = 0; i < k; ++i)
+        slots[(head + i) & ring_->mask] = recs[i];
     // SYNC POINT: pairs with the head.load(acquire) in SpscConsumer::front / try_pop_many.
     ring_->head.store(head + k, std::memory_order_release);
     wake_if_waiting(ring_->not_empty);
@@ -90,7 +95,7 @@ void SpscProducer::close() noexcept {
     wake_if_waiting(ring_->not_empty);
 }
 
-std::size_t SpscConsumer::try_pop_many(RingRecord* out, std::size_t max) noexcept {
+std::size_t SpscConsumer::try_pop_many(RingRecord *out, std::size_t max) noexcept {
     const std::uint64_t tail = ring_->tail.load(std::memory_order_relaxed);
     if (cached_head_ - tail < max) {
         // SYNC POINT: pairs with the head.store(release) in SpscProducer.
@@ -98,19 +103,24 @@ std::size_t SpscConsumer::try_pop_many(RingRecord* out, std::size_t max) noexcep
     }
     const std::uint64_t avail = cached_head_ - tail;
     const std::size_t k = avail < max ? static_cast<std::size_t>(avail) : max;
-    if (k == 0) return 0;
-    const RingRecord* slots = ring_->slots();
-    for (std::size_t i = 0; i < k; ++i) out[i] = slots[(tail + i) & ring_->mask];
+    if (k == 0)
+        return 0;
+    const RingRecord *slots = ring_->slots();
+    for (std::size_t i = 0; i < k; ++i)
+        out[i] = slots[(tail + i) & ring_->mask];
     // SYNC POINT: pairs with the tail.load(acquire) in SpscProducer::refresh_tail_has_room.
     ring_->tail.store(tail + k, std::memory_order_release);
     wake_if_waiting(ring_->not_full);
     return k;
 }
 
-bool SpscConsumer::readable() noexcept { return front() != nullptr; }
+bool SpscConsumer::readable() noexcept {
+    return front() != nullptr;
+}
 
 bool SpscConsumer::closed_and_empty() noexcept {
-    if (ring_->closed.load(std::memory_order_acquire) == 0) return false;
+    if (ring_->closed.load(std::memory_order_acquire) == 0)
+        return false;
     // closed was stored after the last head, so this reload sees every record ever pushed.
     return front() == nullptr;
 }

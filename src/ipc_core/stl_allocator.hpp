@@ -63,8 +63,8 @@ namespace shmipc {
 // std::bad_alloc with a message (OutOfMemory of the heap, or a block outside the primary segment).
 class heap_bad_alloc : public std::bad_alloc { // NOLINT: std naming on purpose
   public:
-    explicit heap_bad_alloc(const std::string& what) : what_(what) {}
-    [[nodiscard]] const char* what() const noexcept override { return what_.what(); }
+    explicit heap_bad_alloc(const std::string &what) : what_(what) {}
+    [[nodiscard]] const char *what() const noexcept override { return what_.what(); }
 
   private:
     std::runtime_error what_; // refcounted string: copying an exception must not throw
@@ -74,21 +74,21 @@ class heap_bad_alloc : public std::bad_alloc { // NOLINT: std naming on purpose
 // stays registered until the last registration of it goes away). Destroy it before the Heap.
 class HeapRegistration {
   public:
-    explicit HeapRegistration(Heap& heap);
+    explicit HeapRegistration(Heap &heap);
     ~HeapRegistration();
-    HeapRegistration(const HeapRegistration&) = delete;
-    HeapRegistration& operator=(const HeapRegistration&) = delete;
+    HeapRegistration(const HeapRegistration &) = delete;
+    HeapRegistration &operator=(const HeapRegistration &) = delete;
 
   private:
-    Heap* heap_;
+    Heap *heap_;
 };
 
 namespace detail {
 // This process's registered Heap whose primary mapping starts at `base`, or nullptr.
-Heap* registered_heap(const std::byte* base) noexcept;
+Heap *registered_heap(const std::byte *base) noexcept;
 // The raw work of allocator<T>: a block of `bytes` aligned to `align` in the primary segment.
-void* heap_allocate(const std::byte* base, std::size_t bytes, std::size_t align);
-void heap_deallocate(const std::byte* base, void* p) noexcept;
+void *heap_allocate(const std::byte *base, std::size_t bytes, std::size_t align);
+void heap_deallocate(const std::byte *base, void *p) noexcept;
 } // namespace detail
 
 template <class T> class allocator { // NOLINT: std naming on purpose
@@ -107,42 +107,41 @@ template <class T> class allocator { // NOLINT: std naming on purpose
     using propagate_on_container_move_assignment = std::true_type;
     using propagate_on_container_swap = std::true_type;
     using is_always_equal = std::false_type;
-    template <class U> struct rebind {
-        using other = allocator<U>;
-    };
+    template <class U> struct rebind { using other = allocator<U>; };
 
     allocator() noexcept = default; // bound to no heap: allocate() throws std::logic_error
-    explicit allocator(Heap& heap) noexcept : base_(heap.base()) {}
-    allocator(const allocator& o) noexcept : base_(o.base_) {}
-    template <class U> allocator(const allocator<U>& o) noexcept : base_(o.base_) {} // NOLINT
-    allocator& operator=(const allocator& o) noexcept {
+    explicit allocator(Heap &heap) noexcept : base_(heap.base()) {}
+    allocator(const allocator &o) noexcept : base_(o.base_) {}
+    template <class U> allocator(const allocator<U> &o) noexcept : base_(o.base_) {} // NOLINT
+    allocator &operator=(const allocator &o) noexcept {
         base_ = o.base_;
         return *this;
     }
 
     [[nodiscard]] pointer allocate(std::size_t n) {
-        if (n > max_size()) throw std::bad_array_new_length();
-        return pointer(static_cast<T*>(
-            detail::heap_allocate(base_.get(), std::max<std::size_t>(1, n * sizeof(T)),
-                                  alignof(T))));
+        if (n > max_size())
+            throw std::bad_array_new_length();
+        return pointer(static_cast<T *>(detail::heap_allocate(
+            base_.get(), std::max<std::size_t>(1, n * sizeof(T)), alignof(T))));
     }
     void deallocate(pointer p, std::size_t /*n*/) noexcept {
-        if (p) detail::heap_deallocate(base_.get(), p.get());
+        if (p)
+            detail::heap_deallocate(base_.get(), p.get());
     }
     [[nodiscard]] static constexpr std::size_t max_size() noexcept {
         return (std::size_t{1} << 39) / sizeof(T); // the heap's per-block limit (512 GiB)
     }
     // Uses-allocator construction: a shmipc::string element of a shmipc::vector gets this heap's
     // allocator too, so nested containers live in the heap without spelling the allocator.
-    template <class U, class... Args> void construct(U* p, Args&&... args) {
+    template <class U, class... Args> void construct(U *p, Args &&...args) {
         std::uninitialized_construct_using_allocator(p, *this, std::forward<Args>(args)...);
     }
-    template <class U> void destroy(U* p) noexcept { p->~U(); }
+    template <class U> void destroy(U *p) noexcept { p->~U(); }
 
     // Start of the heap's primary mapping in this process (nullptr if unbound).
-    [[nodiscard]] std::byte* base() const noexcept { return base_.get(); }
+    [[nodiscard]] std::byte *base() const noexcept { return base_.get(); }
 
-    template <class U> friend bool operator==(const allocator& a, const allocator<U>& b) noexcept {
+    template <class U> friend bool operator==(const allocator &a, const allocator<U> &b) noexcept {
         return a.base_.get() == b.base_.get();
     }
 
@@ -157,9 +156,9 @@ template <class T> class allocator { // NOLINT: std naming on purpose
 // literal (basic_strings with different allocators have no operator< between them).
 struct transparent_less {
     using is_transparent = void;
-    template <class A, class B> bool operator()(const A& a, const B& b) const {
-        if constexpr (std::is_convertible_v<const A&, std::string_view> &&
-                      std::is_convertible_v<const B&, std::string_view>)
+    template <class A, class B> bool operator()(const A &a, const B &b) const {
+        if constexpr (std::is_convertible_v<const A &, std::string_view> &&
+                      std::is_convertible_v<const B &, std::string_view>)
             return std::string_view(a) < std::string_view(b);
         else
             return a < b;
@@ -184,11 +183,11 @@ template <class Key, class T, class Compare = transparent_less> class flat_map {
     using const_iterator = typename container_type::const_iterator;
     using size_type = std::size_t;
 
-    explicit flat_map(const allocator_type& a, Compare c = Compare()) : v_(a), cmp_(c) {}
-    flat_map(const flat_map&) = default;
-    flat_map(flat_map&&) noexcept = default;
-    flat_map& operator=(const flat_map&) = default;
-    flat_map& operator=(flat_map&&) noexcept = default;
+    explicit flat_map(const allocator_type &a, Compare c = Compare()) : v_(a), cmp_(c) {}
+    flat_map(const flat_map &) = default;
+    flat_map(flat_map &&) noexcept = default;
+    flat_map &operator=(const flat_map &) = default;
+    flat_map &operator=(flat_map &&) noexcept = default;
 
     [[nodiscard]] allocator_type get_allocator() const { return v_.get_allocator(); }
     [[nodiscard]] iterator begin() noexcept { return v_.begin(); }
@@ -200,52 +199,61 @@ template <class Key, class T, class Compare = transparent_less> class flat_map {
     void clear() noexcept { v_.clear(); }
     void reserve(size_type n) { v_.reserve(n); }
 
-    template <class K> [[nodiscard]] iterator lower_bound(const K& k) {
+    template <class K> [[nodiscard]] iterator lower_bound(const K &k) {
         return std::lower_bound(v_.begin(), v_.end(), k,
-                                [&](const value_type& e, const K& x) { return cmp_(e.first, x); });
+                                [&](const value_type &e, const K &x) { return cmp_(e.first, x); });
     }
-    template <class K> [[nodiscard]] const_iterator lower_bound(const K& k) const {
+    template <class K> [[nodiscard]] const_iterator lower_bound(const K &k) const {
         return std::lower_bound(v_.begin(), v_.end(), k,
-                                [&](const value_type& e, const K& x) { return cmp_(e.first, x); });
+                                [&](const value_type &e, const K &x) { return cmp_(e.first, x); });
     }
-    template <class K> [[nodiscard]] iterator find(const K& k) {
+    template <class K> [[nodiscard]] iterator find(const K &k) {
         auto it = lower_bound(k);
         return it != v_.end() && !cmp_(k, it->first) ? it : v_.end();
     }
-    template <class K> [[nodiscard]] const_iterator find(const K& k) const {
+    template <class K> [[nodiscard]] const_iterator find(const K &k) const {
         auto it = lower_bound(k);
         return it != v_.end() && !cmp_(k, it->first) ? it : v_.end();
     }
-    template <class K> [[nodiscard]] bool contains(const K& k) const { return find(k) != end(); }
-    template <class K> [[nodiscard]] size_type count(const K& k) const { return contains(k); }
-    template <class K> T& at(const K& k) {
+    template <class K> [[nodiscard]] bool contains(const K &k) const { return find(k) != end(); }
+    template <class K> [[nodiscard]] size_type count(const K &k) const { return contains(k); }
+    template <class K> T &at(const K &k) {
         auto it = find(k);
-        if (it == v_.end()) throw std::out_of_range("shmipc::flat_map::at: no such key");
+        if (it == v_.end())
+            throw std::out_of_range("shmipc::flat_map::at: no such key");
         return it->second;
     }
-    template <class K> const T& at(const K& k) const {
+    template <class K> const T &at(const K &k) const {
         auto it = find(k);
-        if (it == v_.end()) throw std::out_of_range("shmipc::flat_map::at: no such key");
+        if (it == v_.end())
+            throw std::out_of_range("shmipc::flat_map::at: no such key");
         return it->second;
     }
     // The key is converted to Key with this heap's allocator (uses-allocator construction).
-    template <class K, class... Args> std::pair<iterator, bool> try_emplace(K&& k, Args&&... a) {
+    template <class K, class... Args> std::pair<iterator, bool> try_emplace(K &&k, Args &&...a) {
         auto it = lower_bound(k);
-        if (it != v_.end() && !cmp_(k, it->first)) return {it, false};
+        if (it != v_.end() && !cmp_(k, it->first))
+            return {it, false};
         it = v_.emplace(it, std::piecewise_construct, std::forward_as_tuple(std::forward<K>(k)),
                         std::forward_as_tuple(std::forward<Args>(a)...));
         return {it, true};
     }
-    template <class K, class M> std::pair<iterator, bool> insert_or_assign(K&& k, M&& m) {
+    template <class K, class M> std::pair<iterator, bool> insert_or_assign(K &&k, M &&m) {
         auto [it, inserted] = try_emplace(std::forward<K>(k), std::forward<M>(m));
-        if (!inserted) it->second = std::forward<M>(m);
+        if (!inserted)
+            it->second = std::forward<M>(m);
         return {it, inserted};
     }
-    std::pair<iterator, bool> insert(const value_type& kv) { return try_emplace(kv.first, kv.second); }
-    template <class K> T& operator[](K&& k) { return try_emplace(std::forward<K>(k)).first->second; }
-    template <class K> size_type erase(const K& k) {
+    std::pair<iterator, bool> insert(const value_type &kv) {
+        return try_emplace(kv.first, kv.second);
+    }
+    template <class K> T &operator[](K &&k) {
+        return try_emplace(std::forward<K>(k)).first->second;
+    }
+    template <class K> size_type erase(const K &k) {
         auto it = find(k);
-        if (it == v_.end()) return 0;
+        if (it == v_.end())
+            return 0;
         v_.erase(it);
         return 1;
     }
@@ -267,7 +275,7 @@ template <class Key, class Compare = transparent_less> class flat_set {
     using const_iterator = typename container_type::const_iterator;
     using size_type = std::size_t;
 
-    explicit flat_set(const allocator_type& a, Compare c = Compare()) : v_(a), cmp_(c) {}
+    explicit flat_set(const allocator_type &a, Compare c = Compare()) : v_(a), cmp_(c) {}
 
     [[nodiscard]] allocator_type get_allocator() const { return v_.get_allocator(); }
     [[nodiscard]] const_iterator begin() const noexcept { return v_.begin(); }
@@ -276,24 +284,26 @@ template <class Key, class Compare = transparent_less> class flat_set {
     [[nodiscard]] bool empty() const noexcept { return v_.empty(); }
     void clear() noexcept { v_.clear(); }
 
-    template <class K> [[nodiscard]] const_iterator lower_bound(const K& k) const {
+    template <class K> [[nodiscard]] const_iterator lower_bound(const K &k) const {
         return std::lower_bound(v_.begin(), v_.end(), k,
-                                [&](const Key& e, const K& x) { return cmp_(e, x); });
+                                [&](const Key &e, const K &x) { return cmp_(e, x); });
     }
-    template <class K> [[nodiscard]] const_iterator find(const K& k) const {
+    template <class K> [[nodiscard]] const_iterator find(const K &k) const {
         auto it = lower_bound(k);
         return it != v_.end() && !cmp_(k, *it) ? it : v_.end();
     }
-    template <class K> [[nodiscard]] bool contains(const K& k) const { return find(k) != end(); }
-    template <class K> [[nodiscard]] size_type count(const K& k) const { return contains(k); }
-    template <class K> std::pair<const_iterator, bool> insert(K&& k) {
+    template <class K> [[nodiscard]] bool contains(const K &k) const { return find(k) != end(); }
+    template <class K> [[nodiscard]] size_type count(const K &k) const { return contains(k); }
+    template <class K> std::pair<const_iterator, bool> insert(K &&k) {
         auto it = lower_bound(k);
-        if (it != v_.end() && !cmp_(k, *it)) return {it, false};
+        if (it != v_.end() && !cmp_(k, *it))
+            return {it, false};
         return {v_.emplace(it, std::forward<K>(k)), true};
     }
-    template <class K> size_type erase(const K& k) {
+    template <class K> size_type erase(const K &k) {
         auto it = find(k);
-        if (it == v_.end()) return 0;
+        if (it == v_.end())
+            return 0;
         v_.erase(it);
         return 1;
     }

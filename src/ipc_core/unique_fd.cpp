@@ -9,10 +9,12 @@
 
 namespace shmipc {
 
-void throw_errno(int err, const char* call) {
+void throw_errno(int err, const char *call) {
     throw std::system_error(err, std::system_category(), call);
 }
-void throw_errno(const char* call) { throw_errno(errno, call); }
+void throw_errno(const char *call) {
+    throw_errno(errno, call);
+}
 
 void UniqueFd::reset(int fd) noexcept {
     if (fd_ >= 0 && fd_ != fd) {
@@ -24,7 +26,8 @@ void UniqueFd::reset(int fd) noexcept {
 
 UniqueFd UniqueFd::dup() const {
     int nfd = ::fcntl(fd_, F_DUPFD_CLOEXEC, 0);
-    if (nfd < 0) throw_errno("fcntl(F_DUPFD_CLOEXEC)");
+    if (nfd < 0)
+        throw_errno("fcntl(F_DUPFD_CLOEXEC)");
     return UniqueFd(nfd);
 }
 

@@ -19,41 +19,44 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::string fresh(const char* tag) {
+std::string fresh(const char *tag) {
     static int n = 0;
     return "shmipc-gtest-ch-" + std::string(tag) + "-" + std::to_string(::getpid()) + "-" +
            std::to_string(n++);
 }
 
-std::unique_ptr<Heap> make_heap(const std::string& name, std::size_t size = 8 << 20) {
+std::unique_ptr<Heap> make_heap(const std::string &name, std::size_t size = 8 << 20) {
     HeapOptions o;
     o.size = size;
     return Heap::create(name, o);
 }
 
-Deadline secs(double s) { return Deadline(s); }
+Deadline secs(double s) {
+    return Deadline(s);
+}
 
 std::string payload(std::uint64_t i) {
     // Lengths 0..199, content derived from i: catches reordering, loss and torn copies.
     std::string s(i % 200, '\0');
-    for (std::size_t k = 0; k < s.size(); ++k) s[k] = static_cast<char>((i * 31 + k) & 0xff);
+    for (std::size_t k = 0; k < s.size(); ++k)
+        s[k] = static_cast<char>((i * 31 + k) & 0xff);
     return s;
 }
 
-std::string read_block(Heap& h, const ChannelMessage& m) {
-    return std::string(static_cast<const char*>(h.to_ptr(m.offset)), m.length);
+std::string read_block(Heap &h, const ChannelMessage &m) {
+    return std::string(static_cast<const char *>(h.to_ptr(m.offset)), m.length);
 }
 
 // Runs `body` in a forked child with its own attach of the heap; returns the child's pid.
-template <class Body>
-pid_t in_child(const std::string& heap_name, Body body) {
+template <class Body> pid_t in_child(const std::string &heap_name, Body body) {
     pid_t pid = ::fork();
-    if (pid != 0) return pid;
+    if (pid != 0)
+        return pid;
     int code = 0;
     try {
         auto h = Heap::attach(heap_name);
         code = body(*h);
-    } catch (const std::exception& e) {
+    } catch (const std::exception &e) {
         std::fprintf(stderr, "child failed: %s\n", e.what());
         code = 99;
     }
@@ -62,8 +65,10 @@ pid_t in_child(const std::string& heap_name, Body body) {
 
 int wait_child(pid_t pid) {
     int status = 0;
-    if (::waitpid(pid, &status, 0) != pid) return -1;
-    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (::waitpid(pid, &status, 0) != pid)
+        return -1;
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
     return 128 + WTERMSIG(status);
 }
 
@@ -82,7 +87,7 @@ TEST(Channel, a_block_moves_by_offset_and_the_receiver_then_owns_it) {
     EXPECT_EQ(m.offset, off) << "same block, no copy";
     EXPECT_EQ(m.length, 1000u);
     EXPECT_EQ(heap->owner_of(off), heap->client_id());
-    EXPECT_EQ(static_cast<const unsigned char*>(heap->to_ptr(off))[999], 7);
+    EXPECT_EQ(static_cast<const unsigned char *>(heap->to_ptr(off))[999], 7);
     heap->deallocate(off);
 }
 
@@ -103,7 +108,8 @@ TEST(Channel, bytes_and_array_metadata_arrive_intact_and_in_order) {
         heap->deallocate(m.offset);
     }
     heap->flush_thread_caches();
-    EXPECT_EQ(heap->stats().allocations, allocations) << "metadata blocks are freed by the receiver";
+    EXPECT_EQ(heap->stats().allocations, allocations)
+        << "metadata blocks are freed by the receiver";
 }
 
 TEST(Channel, a_second_sender_or_receiver_in_the_same_process_is_refused) {
@@ -127,18 +133,18 @@ TEST(Channel, a_second_sender_in_another_process_is_refused_while_the_first_live
     auto heap = make_heap(hn);
     auto tx = Channel::open(*heap, "c", 4);
     tx->send_bytes("x", 1, RecordKind::Block, {}, secs(1));
-    pid_t pid = in_child(hn, [](Heap& h) {
+    pid_t pid = in_child(hn, [](Heap &h) {
         auto ch = Channel::open(h, "c", 4);
         try {
             ch->send_bytes("y", 1, RecordKind::Block, {}, Deadline(1.0));
-        } catch (const ChannelBusy&) {
+        } catch (const ChannelBusy &) {
             return 0;
         }
         return 1;
     });
     EXPECT_EQ(wait_child(pid), 0);
     tx.reset(); // the first sender goes away: the role is free for a new process
-    pid = in_child(hn, [](Heap& h) {
+    pid = in_child(hn, [](Heap &h) {
         auto ch = Channel::open(h, "c", 4);
         ch->send_bytes("y", 1, RecordKind::Block, {}, Deadline(1.0));
         return 0;
@@ -166,7 +172,7 @@ TEST(Channel, the_receiver_drains_then_sees_end_of_stream_and_later_sends_are_re
     try {
         tx2->send_bytes("d", 1, RecordKind::Block, {}, secs(1));
         FAIL() << "expected EPIPE";
-    } catch (const std::system_error& e) {
+    } catch (const std::system_error &e) {
         EXPECT_EQ(e.code().value(), EPIPE);
     }
 }
@@ -194,7 +200,7 @@ TEST(Channel, an_existing_channel_keeps_its_capacity_and_other_objects_are_not_c
     auto a = Channel::open(*heap, "c", 16);
     auto b = Channel::open(*heap, "c", 1024);
     EXPECT_EQ(b->capacity(), 16u);
-    (void)heap->find_or_create_named("blk", 64, [](void*) {});
+    (void)heap->find_or_create_named("blk", 64, [](void *) {});
     EXPECT_THROW(Channel::open(*heap, "blk", 4), std::invalid_argument);
     EXPECT_THROW(Channel::open(*heap, "", 4), std::invalid_argument);
     EXPECT_THROW(Channel::open(*heap, std::string(200, 'x'), 4), std::invalid_argument);
@@ -208,7 +214,7 @@ TEST(Channel, list_reports_capacity_queue_and_endpoint_liveness) {
     auto other = Channel::open(*heap, "two", 3);
     auto infos = Channel::list(*heap);
     ASSERT_EQ(infos.size(), 2u);
-    const ChannelInfo& one = infos[0].name == "one" ? infos[0] : infos[1];
+    const ChannelInfo &one = infos[0].name == "one" ? infos[0] : infos[1];
     EXPECT_EQ(one.capacity, 8u);
     EXPECT_EQ(one.queued, 1u);
     EXPECT_TRUE(one.sender_alive);
@@ -220,7 +226,7 @@ TEST(Channel, a_dead_sender_ends_the_receivers_wait_after_it_drained_what_was_se
     auto heap = make_heap(hn);
     auto rx = Channel::open(*heap, "c", 16);
     rx->set_spin(0ns);
-    pid_t pid = in_child(hn, [](Heap& h) {
+    pid_t pid = in_child(hn, [](Heap &h) {
         auto ch = Channel::open(h, "c", 16);
         ch->send_bytes("1", 1, RecordKind::Block, {}, Deadline(1.0));
         ch->send_bytes("2", 1, RecordKind::Block, {}, Deadline(1.0));
@@ -241,7 +247,7 @@ TEST(Channel, a_dead_receiver_ends_the_senders_wait_and_its_blocks_are_reclaimed
     tx->set_spin(0ns);
     int sync[2];
     ASSERT_EQ(::pipe(sync), 0);
-    pid_t pid = in_child(hn, [&](Heap& h) {
+    pid_t pid = in_child(hn, [&](Heap &h) {
         auto ch = Channel::open(h, "c", 2);
         // Take two blocks and keep them, tell the parent, then wait to be killed.
         (void)ch->recv(Deadline(5.0));
@@ -264,7 +270,8 @@ TEST(Channel, a_dead_receiver_ends_the_senders_wait_and_its_blocks_are_reclaimed
     ::kill(pid, SIGKILL);
     EXPECT_EQ(wait_child(pid), 128 + SIGKILL);
     EXPECT_THROW(tx->send_bytes("c", 1, RecordKind::Block, {}, secs(10)), PeerDied);
-    EXPECT_LT(heap->stats().used, base_used + 100000) << "the dead receiver's blocks were reclaimed";
+    EXPECT_LT(heap->stats().used, base_used + 100000)
+        << "the dead receiver's blocks were reclaimed";
     ::close(sync[0]);
     ::close(sync[1]);
 }
@@ -278,9 +285,11 @@ TEST(Channel, two_threads_pass_every_message_once_and_in_order) {
         while (i < kItems) {
             if (i % 3 == 0) {
                 std::vector<std::string> keep;
-                std::vector<std::pair<const void*, std::size_t>> batch;
-                for (std::uint64_t k = 0; k < 50 && i + k < kItems; ++k) keep.push_back(payload(i + k));
-                for (auto& s : keep) batch.emplace_back(s.data(), s.size());
+                std::vector<std::pair<const void *, std::size_t>> batch;
+                for (std::uint64_t k = 0; k < 50 && i + k < kItems; ++k)
+                    keep.push_back(payload(i + k));
+                for (auto &s : keep)
+                    batch.emplace_back(s.data(), s.size());
                 i += tx->send_many(batch, Deadline(30.0));
             } else {
                 std::string p = payload(i);
@@ -296,8 +305,8 @@ TEST(Channel, two_threads_pass_every_message_once_and_in_order) {
     try {
         for (;;) {
             if (expect % 2) {
-                rx->recv_many(77, secs(30), [&](const void* p, std::size_t n) {
-                    ok = ok && std::string(static_cast<const char*>(p), n) == payload(expect);
+                rx->recv_many(77, secs(30), [&](const void *p, std::size_t n) {
+                    ok = ok && std::string(static_cast<const char *>(p), n) == payload(expect);
                     ++expect;
                 });
             } else {
@@ -308,7 +317,7 @@ TEST(Channel, two_threads_pass_every_message_once_and_in_order) {
             }
             ASSERT_TRUE(ok) << "message " << expect - 1 << " differs";
         }
-    } catch (const EndOfStream&) {
+    } catch (const EndOfStream &) {
     }
     producer.join();
     EXPECT_EQ(expect, kItems);
@@ -320,7 +329,7 @@ TEST(Channel, two_processes_pass_every_message_once_and_in_order) {
     auto heap = make_heap(hn, 32 << 20);
     constexpr std::uint64_t kItems = 100'000;
     auto rx = Channel::open(*heap, "c", 128);
-    pid_t pid = in_child(hn, [](Heap& h) {
+    pid_t pid = in_child(hn, [](Heap &h) {
         auto tx = Channel::open(h, "c", 128);
         for (std::uint64_t i = 0; i < kItems; ++i) {
             std::string p = payload(i);
@@ -332,13 +341,13 @@ TEST(Channel, two_processes_pass_every_message_once_and_in_order) {
     std::uint64_t expect = 0;
     try {
         for (;;) {
-            rx->recv_many(100, secs(30), [&](const void* p, std::size_t n) {
-                if (std::string(static_cast<const char*>(p), n) != payload(expect))
+            rx->recv_many(100, secs(30), [&](const void *p, std::size_t n) {
+                if (std::string(static_cast<const char *>(p), n) != payload(expect))
                     throw std::runtime_error("message " + std::to_string(expect) + " differs");
                 ++expect;
             });
         }
-    } catch (const EndOfStream&) {
+    } catch (const EndOfStream &) {
     }
     EXPECT_EQ(wait_child(pid), 0);
     EXPECT_EQ(expect, kItems);
@@ -354,7 +363,7 @@ TEST(Channel, a_forked_child_does_not_inherit_the_parents_role) {
         int code = 1;
         try {
             tx->send_bytes("c", 1, RecordKind::Block, {}, Deadline(1.0));
-        } catch (const ChannelBusy&) {
+        } catch (const ChannelBusy &) {
             code = 0;
         } catch (...) {
             code = 2;

@@ -18,26 +18,30 @@ struct SocketPair {
     int a = -1, b = -1;
     explicit SocketPair(int type = SOCK_STREAM) {
         int sv[2];
-        if (::socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv) != 0) throw std::runtime_error("socketpair");
+        if (::socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv) != 0)
+            throw std::runtime_error("socketpair");
         a = sv[0];
         b = sv[1];
     }
     ~SocketPair() {
-        if (a >= 0) ::close(a);
-        if (b >= 0) ::close(b);
+        if (a >= 0)
+            ::close(a);
+        if (b >= 0)
+            ::close(b);
     }
 };
 
 int open_fd_count() {
     int n = 0;
     for (int fd = 0; fd < 1024; ++fd)
-        if (::fcntl(fd, F_GETFD) != -1) ++n;
+        if (::fcntl(fd, F_GETFD) != -1)
+            ++n;
     return n;
 }
 
 // Sends raw bytes with an arbitrary set of fds (to forge bad messages).
-void send_raw(int sock, const void* data, std::size_t len, const int* fds, int nfds) {
-    iovec iov{const_cast<void*>(data), len};
+void send_raw(int sock, const void *data, std::size_t len, const int *fds, int nfds) {
+    iovec iov{const_cast<void *>(data), len};
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
@@ -45,7 +49,7 @@ void send_raw(int sock, const void* data, std::size_t len, const int* fds, int n
     if (nfds) {
         msg.msg_control = ctrl;
         msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-        cmsghdr* c = CMSG_FIRSTHDR(&msg);
+        cmsghdr *c = CMSG_FIRSTHDR(&msg);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
         c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
@@ -54,7 +58,9 @@ void send_raw(int sock, const void* data, std::size_t len, const int* fds, int n
     ASSERT_GE(::sendmsg(sock, &msg, 0), 0);
 }
 
-WireHeader header(std::uint64_t nbytes) { return WireHeader{kWireMagic, kWireVersion, 0, nbytes, 0, 0, 0}; }
+WireHeader header(std::uint64_t nbytes) {
+    return WireHeader{kWireMagic, kWireVersion, 0, nbytes, 0, 0, 0};
+}
 
 } // namespace
 
@@ -69,7 +75,8 @@ TEST(FdPassing, received_memfd_maps_the_same_bytes_in_another_process) {
             FdMessage m = recv_fd_message(sp.b, Deadline(5.0));
             auto got = Buffer::adopt(std::move(m.fd), m.nbytes, m.file_size, m.write_sealed);
             bool same = got->nbytes() == (1u << 20) && m.meta == "hello";
-            for (std::size_t i = 0; i < got->nbytes(); i += 997) same = same && got->data()[i] == std::byte{0x5a};
+            for (std::size_t i = 0; i < got->nbytes(); i += 997)
+                same = same && got->data()[i] == std::byte{0x5a};
             got->data()[0] = std::byte{1}; // writable for the receiver
             char c = same ? 'Y' : 'N';
             (void)::write(sp.b, &c, 1);
@@ -112,22 +119,24 @@ TEST(FdPassing, eof_timeout_and_garbage_are_reported_and_no_fd_leaks) {
         sp.a = -1;
         EXPECT_THROW((void)recv_fd_message(sp.b, Deadline(1.0)), EndOfStream);
     }
-    {   // header without an fd
+    { // header without an fd
         SocketPair sp(SOCK_SEQPACKET);
         auto h = header(10);
         send_raw(sp.a, &h, sizeof h, nullptr, 0);
         EXPECT_THROW((void)recv_fd_message(sp.b, Deadline(1.0)), CorruptSegment);
     }
-    {   // extra fds, more than we accept (MSG_CTRUNC): all closed
+    { // extra fds, more than we accept (MSG_CTRUNC): all closed
         SocketPair sp(SOCK_SEQPACKET);
         auto h = header(10);
         int fds[8];
-        for (int& f : fds) f = ::memfd_create("x", MFD_CLOEXEC);
+        for (int &f : fds)
+            f = ::memfd_create("x", MFD_CLOEXEC);
         send_raw(sp.a, &h, sizeof h, fds, 8);
-        for (int f : fds) ::close(f);
+        for (int f : fds)
+            ::close(f);
         EXPECT_THROW((void)recv_fd_message(sp.b, Deadline(1.0)), CorruptSegment);
     }
-    {   // two fds
+    { // two fds
         SocketPair sp(SOCK_SEQPACKET);
         auto h = header(0);
         auto b1 = Buffer::create(10), b2 = Buffer::create(10);
@@ -135,7 +144,7 @@ TEST(FdPassing, eof_timeout_and_garbage_are_reported_and_no_fd_leaks) {
         send_raw(sp.a, &h, sizeof h, fds, 2);
         EXPECT_THROW((void)recv_fd_message(sp.b, Deadline(1.0)), CorruptSegment);
     }
-    {   // a pipe is not a memfd
+    { // a pipe is not a memfd
         SocketPair sp(SOCK_SEQPACKET);
         int p[2];
         ASSERT_EQ(::pipe(p), 0);
@@ -145,7 +154,7 @@ TEST(FdPassing, eof_timeout_and_garbage_are_reported_and_no_fd_leaks) {
         ::close(p[1]);
         EXPECT_THROW((void)recv_fd_message(sp.b, Deadline(1.0)), CorruptSegment);
     }
-    {   // unsealed memfd: the sender could shrink it under us
+    { // unsealed memfd: the sender could shrink it under us
         SocketPair sp(SOCK_SEQPACKET);
         int f = ::memfd_create("x", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         ASSERT_EQ(::ftruncate(f, 4096), 0);
@@ -154,7 +163,7 @@ TEST(FdPassing, eof_timeout_and_garbage_are_reported_and_no_fd_leaks) {
         ::close(f);
         EXPECT_THROW((void)recv_fd_message(sp.b, Deadline(1.0)), CorruptSegment);
     }
-    {   // sealed but smaller than announced
+    { // sealed but smaller than announced
         SocketPair sp(SOCK_SEQPACKET);
         auto b = Buffer::create(4096);
         auto h = header(1 << 20);
@@ -162,7 +171,7 @@ TEST(FdPassing, eof_timeout_and_garbage_are_reported_and_no_fd_leaks) {
         send_raw(sp.a, &h, sizeof h, &f, 1);
         EXPECT_THROW((void)recv_fd_message(sp.b, Deadline(1.0)), CorruptSegment);
     }
-    {   // wrong magic
+    { // wrong magic
         SocketPair sp(SOCK_SEQPACKET);
         auto b = Buffer::create(16);
         auto h = header(16);
@@ -200,7 +209,7 @@ TEST(Buffer, sealing_makes_the_file_immutable_for_everyone) {
     b->seal();
     EXPECT_TRUE(b->sealed());
     EXPECT_TRUE(b->readonly());
-    void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, b->fileno(), 0);
+    void *p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, b->fileno(), 0);
     EXPECT_EQ(p, MAP_FAILED) << "no process can map a sealed buffer writable";
     EXPECT_LT(::pwrite(b->fileno(), "x", 1, 0), 0);
 }
@@ -208,7 +217,7 @@ TEST(Buffer, sealing_makes_the_file_immutable_for_everyone) {
 TEST(Buffer, close_defers_unmapping_until_the_last_export_is_released) {
     auto b = Buffer::create(4096);
     b->acquire_export(false);
-    std::byte* p = b->data();
+    std::byte *p = b->data();
     b->close();
     EXPECT_TRUE(b->closed());
     p[10] = std::byte{1}; // still mapped (ASan would flag a use after unmap as SEGV)
@@ -219,7 +228,7 @@ TEST(Buffer, close_defers_unmapping_until_the_last_export_is_released) {
 TEST(BufferPool, a_released_buffer_of_the_same_size_is_reused_without_new_faults) {
     clear_pool();
     set_pool_limit(std::size_t{1} << 30);
-    std::byte* first;
+    std::byte *first;
     {
         auto b = Buffer::create(1 << 20);
         first = b->data();
@@ -234,7 +243,7 @@ TEST(BufferPool, a_released_buffer_of_the_same_size_is_reused_without_new_faults
 TEST(BufferPool, a_moved_buffer_is_not_reused_for_new_data_until_it_comes_back) {
     clear_pool();
     SocketPair sp;
-    std::byte* first;
+    std::byte *first;
     {
         auto b = Buffer::create(1 << 16);
         first = b->data();

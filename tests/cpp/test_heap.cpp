@@ -22,7 +22,7 @@ using namespace shmipc;
 
 namespace {
 
-std::string fresh(const char* tag) {
+std::string fresh(const char *tag) {
     static int n = 0;
     return "shmipc-test-cppheap-" + std::string(tag) + "-" + std::to_string(::getpid()) + "-" +
            std::to_string(n++);
@@ -36,19 +36,19 @@ HeapOptions opts(std::size_t size, bool cache = false) {
 }
 
 // Allocates blocks of varying sizes until the heap is exhausted.
-std::vector<std::uint64_t> exhaust(Heap& h) {
+std::vector<std::uint64_t> exhaust(Heap &h) {
     std::vector<std::uint64_t> blocks;
     for (std::size_t i = 0;; ++i) {
         try {
             blocks.push_back(h.allocate(1 + (i * 37) % 3000));
-        } catch (const OutOfMemory&) {
+        } catch (const OutOfMemory &) {
             break;
         }
     }
     return blocks;
 }
 
-void fill(Heap& h, std::uint64_t off, std::size_t n, unsigned char v) {
+void fill(Heap &h, std::uint64_t off, std::size_t n, unsigned char v) {
     std::memset(h.to_ptr(off), v, n);
 }
 
@@ -60,7 +60,8 @@ TEST(Heap, exhausting_and_freeing_in_direct_order_restores_everything) {
     auto blocks = exhaust(*h);
     ASSERT_GT(blocks.size(), 100u);
     h->check_invariants();
-    for (auto b : blocks) h->deallocate(b);
+    for (auto b : blocks)
+        h->deallocate(b);
     h->check_invariants();
     EXPECT_TRUE(h->all_freed());
     EXPECT_EQ(h->free_bytes(), free0);
@@ -71,7 +72,8 @@ TEST(Heap, exhausting_and_freeing_in_inverse_order_restores_everything) {
     const auto free0 = h->free_bytes();
     auto blocks = exhaust(*h);
     std::reverse(blocks.begin(), blocks.end());
-    for (auto b : blocks) h->deallocate(b);
+    for (auto b : blocks)
+        h->deallocate(b);
     h->check_invariants();
     EXPECT_TRUE(h->all_freed());
     EXPECT_EQ(h->free_bytes(), free0);
@@ -85,7 +87,8 @@ TEST(Heap, exhausting_and_freeing_in_mixed_order_restores_everything) {
     std::shuffle(blocks.begin(), blocks.end(), rng);
     for (std::size_t i = 0; i < blocks.size(); ++i) {
         h->deallocate(blocks[i]);
-        if (i % 97 == 0) h->check_invariants();
+        if (i % 97 == 0)
+            h->check_invariants();
     }
     h->check_invariants();
     EXPECT_TRUE(h->all_freed());
@@ -96,9 +99,11 @@ TEST(Heap, exhausting_then_refilling_the_holes_works_many_times) {
     auto h = Heap::anonymous(opts(1 << 20, true));
     for (int round = 0; round < 3; ++round) {
         auto blocks = exhaust(*h);
-        for (std::size_t i = 0; i < blocks.size(); i += 2) h->deallocate(blocks[i]);
+        for (std::size_t i = 0; i < blocks.size(); i += 2)
+            h->deallocate(blocks[i]);
         h->check_invariants();
-        for (std::size_t i = 1; i < blocks.size(); i += 2) h->deallocate(blocks[i]);
+        for (std::size_t i = 1; i < blocks.size(); i += 2)
+            h->deallocate(blocks[i]);
         h->flush_thread_caches();
         h->check_invariants();
         EXPECT_TRUE(h->all_freed());
@@ -117,7 +122,7 @@ TEST(Heap, blocks_do_not_overlap_and_keep_their_contents) {
     }
     h->check_invariants(); // a write past a block would have broken a header
     for (std::size_t i = 0; i < blocks.size(); ++i) {
-        auto* p = static_cast<unsigned char*>(h->to_ptr(blocks[i].first));
+        auto *p = static_cast<unsigned char *>(h->to_ptr(blocks[i].first));
         for (std::size_t k = 0; k < blocks[i].second; ++k)
             ASSERT_EQ(p[k], static_cast<unsigned char>(i));
     }
@@ -155,7 +160,7 @@ TEST(Heap, out_of_memory_message_is_precise_and_the_heap_stays_usable) {
     try {
         (void)h->allocate(600 << 10);
         FAIL() << "expected OutOfMemory";
-    } catch (const OutOfMemory& e) {
+    } catch (const OutOfMemory &e) {
         std::string m = e.what();
         EXPECT_NE(m.find("cannot allocate 614400 bytes"), std::string::npos) << m;
         EXPECT_NE(m.find("free"), std::string::npos) << m;
@@ -205,13 +210,17 @@ TEST(Heap, named_heap_grows_by_extension_segments_up_to_max_size) {
     auto h = Heap::create(name, o);
     auto other = Heap::attach(name, false);
     std::vector<std::uint64_t> blocks;
-    for (int i = 0; i < 6; ++i) blocks.push_back(h->allocate(500 << 10));
+    for (int i = 0; i < 6; ++i)
+        blocks.push_back(h->allocate(500 << 10));
     EXPECT_GT(h->stats().segments, 1u);
     // The other handle maps the new segments lazily and sees the same bytes.
-    for (auto b : blocks) fill(*h, b, 100, 0xAB);
-    for (auto b : blocks) EXPECT_EQ(*static_cast<unsigned char*>(other->to_ptr(b)), 0xAB);
+    for (auto b : blocks)
+        fill(*h, b, 100, 0xAB);
+    for (auto b : blocks)
+        EXPECT_EQ(*static_cast<unsigned char *>(other->to_ptr(b)), 0xAB);
     // Frees from the other handle work across segments.
-    for (auto b : blocks) other->deallocate(b);
+    for (auto b : blocks)
+        other->deallocate(b);
     EXPECT_THROW((void)h->allocate(5 << 20), OutOfMemory);
     h->check_invariants();
     EXPECT_TRUE(h->all_freed());
@@ -229,12 +238,12 @@ TEST(Heap, anonymous_heap_refuses_growth) {
 TEST(Heap, named_objects_are_created_once_and_listed_by_kind) {
     auto h = Heap::anonymous(opts(1 << 20));
     int runs = 0;
-    auto [off, created] = h->find_or_create_named("state", 100, [&](void* p) {
+    auto [off, created] = h->find_or_create_named("state", 100, [&](void *p) {
         ++runs;
         std::memset(p, 7, 100);
     });
     EXPECT_TRUE(created);
-    auto [off2, created2] = h->find_or_create_named("state", 100, [&](void*) { ++runs; });
+    auto [off2, created2] = h->find_or_create_named("state", 100, [&](void *) { ++runs; });
     EXPECT_FALSE(created2);
     EXPECT_EQ(off, off2);
     EXPECT_EQ(runs, 1);
@@ -250,7 +259,7 @@ TEST(Heap, named_objects_are_created_once_and_listed_by_kind) {
 
 TEST(Heap, named_object_whose_init_throws_is_removed) {
     auto h = Heap::anonymous(opts(1 << 20));
-    EXPECT_THROW(h->find_or_create_named("x", 10, [](void*) { throw std::runtime_error("no"); }),
+    EXPECT_THROW(h->find_or_create_named("x", 10, [](void *) { throw std::runtime_error("no"); }),
                  std::runtime_error);
     EXPECT_FALSE(h->find_named("x"));
     auto [off, created] = h->find_or_create_named("x", 10, {});
@@ -294,23 +303,25 @@ TEST(Heap, threads_allocate_and_free_concurrently_without_corruption) {
                     try {
                         auto off = h->allocate(n);
                         auto v = static_cast<unsigned char>(rng());
-                        *static_cast<unsigned char*>(h->to_ptr(off)) = v;
+                        *static_cast<unsigned char *>(h->to_ptr(off)) = v;
                         live.emplace_back(off, v);
-                    } catch (const OutOfMemory&) {
+                    } catch (const OutOfMemory &) {
                     }
                 } else {
                     std::size_t k = rng() % live.size();
-                    if (*static_cast<unsigned char*>(h->to_ptr(live[k].first)) != live[k].second)
+                    if (*static_cast<unsigned char *>(h->to_ptr(live[k].first)) != live[k].second)
                         bad = true;
                     h->deallocate(live[k].first);
                     live[k] = live.back();
                     live.pop_back();
                 }
             }
-            for (auto& [off, v] : live) h->deallocate(off);
+            for (auto &[off, v] : live)
+                h->deallocate(off);
         });
     }
-    for (auto& t : ts) t.join();
+    for (auto &t : ts)
+        t.join();
     EXPECT_FALSE(bad);
     h->flush_thread_caches();
     h->check_invariants();
@@ -320,9 +331,11 @@ TEST(Heap, threads_allocate_and_free_concurrently_without_corruption) {
 TEST(Heap, blocks_freed_in_another_thread_than_their_allocator_are_not_lost) {
     auto h = Heap::anonymous(opts(1 << 20, true));
     std::vector<std::uint64_t> blocks;
-    for (int i = 0; i < 200; ++i) blocks.push_back(h->allocate(64));
+    for (int i = 0; i < 200; ++i)
+        blocks.push_back(h->allocate(64));
     std::thread([&] {
-        for (auto b : blocks) h->deallocate(b);
+        for (auto b : blocks)
+            h->deallocate(b);
     }).join();
     // The exited thread's cache is adopted or flushed: nothing leaks.
     h->flush_thread_caches();
@@ -352,12 +365,14 @@ TEST(Heap, processes_allocate_and_free_concurrently_and_a_killed_one_is_reclaime
                     }
                 }
                 if (k == 2) { // hold blocks and wait to be killed
-                    for (int i = 0; i < 10; ++i) live.push_back(c->allocate(10000));
+                    for (int i = 0; i < 10; ++i)
+                        live.push_back(c->allocate(10000));
                     std::fprintf(stderr, "");
                     ::pause();
                 }
-                for (auto b : live) c->deallocate(b);
-            } catch (const std::exception& e) {
+                for (auto b : live)
+                    c->deallocate(b);
+            } catch (const std::exception &e) {
                 std::fprintf(stderr, "child: %s\n", e.what());
                 rc = 1;
             }
@@ -390,8 +405,8 @@ TEST(Heap, a_process_killed_inside_the_allocator_does_not_block_the_others) {
         auto c = Heap::attach(name, false);
         (void)c->allocate(5000);
         // Simulate dying in the middle: take the heap lock and never give it back.
-        auto* ctl = reinterpret_cast<pthread_mutex_t*>(
-            c->base() + sizeof(SegmentHeader) + 64); // HeapControl::mutex is at offset 64
+        auto *ctl = reinterpret_cast<pthread_mutex_t *>(c->base() + sizeof(SegmentHeader) +
+                                                        64); // HeapControl::mutex is at offset 64
         ::pthread_mutex_lock(ctl);
         ::raise(SIGKILL);
         ::_exit(3);
@@ -433,10 +448,11 @@ TEST(Heap, blocks_allocated_in_one_thread_and_freed_concurrently_in_another_are_
                 batch.swap(handoff);
             }
             for (auto off : batch) {
-                EXPECT_EQ(*static_cast<unsigned char*>(h->to_ptr(off)), 0x5A);
+                EXPECT_EQ(*static_cast<unsigned char *>(h->to_ptr(off)), 0x5A);
                 h->deallocate(off);
             }
-            if (batch.empty() && finished) break;
+            if (batch.empty() && finished)
+                break;
         }
     });
     std::mt19937 rng(3);
@@ -444,11 +460,11 @@ TEST(Heap, blocks_allocated_in_one_thread_and_freed_concurrently_in_another_are_
         std::uint64_t off = 0;
         try {
             off = h->allocate(1 + rng() % 6000);
-        } catch (const OutOfMemory&) {
+        } catch (const OutOfMemory &) {
             std::this_thread::yield();
             continue;
         }
-        *static_cast<unsigned char*>(h->to_ptr(off)) = 0x5A;
+        *static_cast<unsigned char *>(h->to_ptr(off)) = 0x5A;
         std::lock_guard g(mu);
         handoff.push_back(off);
     }

@@ -14,18 +14,21 @@
 using namespace shmipc;
 
 namespace {
-std::string fresh(const char* tag) {
+std::string fresh(const char *tag) {
     static int n = 0;
     return "shmipc-gtest-" + std::string(tag) + "-" + std::to_string(::getpid()) + "-" +
            std::to_string(n++);
 }
-bool exists(const std::string& name) { return ::access(("/dev/shm/" + name).c_str(), F_OK) == 0; }
+bool exists(const std::string &name) {
+    return ::access(("/dev/shm/" + name).c_str(), F_OK) == 0;
+}
 } // namespace
 
 TEST(MemorySegment, anonymous_segment_is_zeroed_sealed_against_resize_and_writable) {
     auto s = MemorySegment::anonymous(1 << 20);
     ASSERT_NE(s.data(), nullptr);
-    for (std::size_t i = 0; i < s.size(); i += 4096) EXPECT_EQ(s.data()[i], std::byte{0});
+    for (std::size_t i = 0; i < s.size(); i += 4096)
+        EXPECT_EQ(s.data()[i], std::byte{0});
     int seals = ::fcntl(s.fd(), F_GET_SEALS);
     EXPECT_TRUE(seals & F_SEAL_SHRINK);
     EXPECT_TRUE(seals & F_SEAL_GROW);
@@ -37,7 +40,7 @@ TEST(MemorySegment, named_create_publishes_exact_mode_and_attach_sees_the_bytes)
     std::string name = fresh("mode");
     ::umask(077);
     auto s = MemorySegment::create_named(name, 8192, 0644, SegmentKind::SharedValue, 3, false,
-                                         [](std::byte* p) { p[100] = std::byte{7}; });
+                                         [](std::byte *p) { p[100] = std::byte{7}; });
     struct stat st {};
     ASSERT_EQ(::stat(("/dev/shm/" + name).c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 07777, 0644u);
@@ -54,7 +57,7 @@ TEST(MemorySegment, second_create_of_a_live_name_fails_with_eexist) {
     try {
         (void)MemorySegment::create_named(name, 4096, 0600, SegmentKind::Heap, 1, false);
         FAIL() << "expected EEXIST";
-    } catch (const std::system_error& e) {
+    } catch (const std::system_error &e) {
         EXPECT_EQ(e.code().value(), EEXIST);
     }
 }
@@ -77,9 +80,7 @@ TEST(MemorySegment, a_dead_owners_name_is_replaced_by_the_next_create) {
 
 TEST(MemorySegment, persistent_objects_outlive_their_owner_and_block_create) {
     std::string name = fresh("persist");
-    {
-        auto s = MemorySegment::create_named(name, 4096, 0600, SegmentKind::Heap, 1, true);
-    }
+    { auto s = MemorySegment::create_named(name, 4096, 0600, SegmentKind::Heap, 1, true); }
     EXPECT_TRUE(exists(name));
     EXPECT_THROW((void)MemorySegment::create_named(name, 4096, 0600, SegmentKind::Heap, 1, false),
                  std::system_error);
@@ -102,7 +103,8 @@ TEST(MemorySegment, attach_rejects_garbage_truncated_and_wrong_kind_files) {
     ::unlink(path.c_str());
 
     auto s = MemorySegment::create_named(name, 4096, 0600, SegmentKind::Heap, 1, false);
-    EXPECT_THROW((void)MemorySegment::attach_named(name, SegmentKind::MessageQueue, 1, 64), CorruptSegment);
+    EXPECT_THROW((void)MemorySegment::attach_named(name, SegmentKind::MessageQueue, 1, 64),
+                 CorruptSegment);
     EXPECT_THROW((void)MemorySegment::attach_named(name, SegmentKind::Heap, 2, 64), CorruptSegment);
     // Truncated behind our back: the header's size no longer matches.
     ASSERT_EQ(::truncate(path.c_str(), 2048), 0);
@@ -113,7 +115,7 @@ TEST(MemorySegment, attach_of_a_missing_name_is_enoent) {
     try {
         (void)MemorySegment::attach_named(fresh("missing"), SegmentKind::Heap, 1, 64);
         FAIL();
-    } catch (const std::system_error& e) {
+    } catch (const std::system_error &e) {
         EXPECT_EQ(e.code().value(), ENOENT);
     }
 }
@@ -124,7 +126,8 @@ TEST(Liveness, an_ofd_lock_tells_a_live_holder_from_a_dead_one) {
     ASSERT_EQ(::pipe(pipefd), 0);
     pid_t pid = ::fork();
     if (pid == 0) {
-        UniqueFd own = UniqueFd(::open(("/proc/self/fd/" + std::to_string(s.fd())).c_str(), O_RDWR));
+        UniqueFd own =
+            UniqueFd(::open(("/proc/self/fd/" + std::to_string(s.fd())).c_str(), O_RDWR));
         bool ok = try_lock_byte(own.get(), kSlotLockBase, true);
         char c = ok ? '1' : '0';
         (void)::write(pipefd[1], &c, 1);

@@ -3,11 +3,11 @@
 
 #include <algorithm>
 #include <atomic>
-#include <optional>
 #include <csignal>
 #include <cstring>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <optional>
 #include <string>
 #include <sys/wait.h>
 #include <thread>
@@ -18,27 +18,30 @@ using namespace shmipc;
 
 namespace {
 
-std::string fresh(const char* tag) {
+std::string fresh(const char *tag) {
     static int n = 0;
     return "shmipc-gtest-mq-" + std::string(tag) + "-" + std::to_string(::getpid()) + "-" +
            std::to_string(n++);
 }
 
-bool sink_string(void* ctx, const std::byte* data, std::size_t n) {
-    static_cast<std::string*>(ctx)->assign(reinterpret_cast<const char*>(data), n);
+bool sink_string(void *ctx, const std::byte *data, std::size_t n) {
+    static_cast<std::string *>(ctx)->assign(reinterpret_cast<const char *>(data), n);
     return true;
 }
 
-bool put_str(MessageQueue& q, const std::string& s) { return q.try_put(s.data(), s.size()); }
+bool put_str(MessageQueue &q, const std::string &s) {
+    return q.try_put(s.data(), s.size());
+}
 
-std::optional<std::string> get_str(MessageQueue& q, double timeout = 0) {
+std::optional<std::string> get_str(MessageQueue &q, double timeout = 0) {
     std::string out;
-    if (q.get(&sink_string, &out, Deadline(timeout))) return out;
+    if (q.get(&sink_string, &out, Deadline(timeout)))
+        return out;
     return std::nullopt;
 }
 
 // Runs `body` in a forked child and returns its wait status.
-template <class F> int in_child(F&& body) {
+template <class F> int in_child(F &&body) {
     pid_t pid = ::fork();
     if (pid == 0) {
         body();
@@ -49,7 +52,9 @@ template <class F> int in_child(F&& body) {
     return status;
 }
 
-bool killed(int status) { return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL; }
+bool killed(int status) {
+    return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+}
 
 } // namespace
 
@@ -111,7 +116,7 @@ TEST(MessageQueue, attaching_a_queue_with_inconsistent_sizes_is_corrupt) {
     // Scribble over the capacity through a second mapping.
     auto raw = MemorySegment::attach_named(name, SegmentKind::MessageQueue,
                                            kMessageQueueLayoutVersion, 128);
-    auto* ctl = reinterpret_cast<QueueControl*>(raw.data() + sizeof(SegmentHeader));
+    auto *ctl = reinterpret_cast<QueueControl *>(raw.data() + sizeof(SegmentHeader));
     ctl->capacity = 1000;
     EXPECT_THROW(MessageQueue::attach(name), CorruptSegment);
     ctl->capacity = 4;
@@ -145,7 +150,8 @@ TEST(MessageQueue, every_message_arrives_exactly_once_with_four_producers_and_fo
     for (int p = 0; p < kProducers; ++p)
         threads.emplace_back([&, p] {
             auto q = MessageQueue::attach(name); // one client per thread
-            while (!go.load()) std::this_thread::yield();
+            while (!go.load())
+                std::this_thread::yield();
             for (int i = 0; i < kPerProducer; ++i) {
                 int id = p * kPerProducer + i;
                 ASSERT_TRUE(q.put(&id, sizeof id, Deadline(30.0)));
@@ -154,10 +160,12 @@ TEST(MessageQueue, every_message_arrives_exactly_once_with_four_producers_and_fo
     for (int c = 0; c < kConsumers; ++c)
         threads.emplace_back([&] {
             auto q = MessageQueue::attach(name);
-            while (!go.load()) std::this_thread::yield();
+            while (!go.load())
+                std::this_thread::yield();
             std::string out;
             while (received.load() < kProducers * kPerProducer) {
-                if (!q.get(&sink_string, &out, Deadline(0.01))) continue;
+                if (!q.get(&sink_string, &out, Deadline(0.01)))
+                    continue;
                 ASSERT_EQ(out.size(), sizeof(int));
                 int id;
                 std::memcpy(&id, out.data(), sizeof id);
@@ -166,8 +174,10 @@ TEST(MessageQueue, every_message_arrives_exactly_once_with_four_producers_and_fo
             }
         });
     go.store(true);
-    for (auto& t : threads) t.join();
-    for (std::size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i].load(), 1) << "message " << i;
+    for (auto &t : threads)
+        t.join();
+    for (std::size_t i = 0; i < seen.size(); ++i)
+        ASSERT_EQ(seen[i].load(), 1) << "message " << i;
     EXPECT_EQ(creator.size(), 0u);
 }
 
@@ -186,8 +196,10 @@ TEST(MessageQueue, a_producer_killed_after_claiming_a_slot_does_not_block_consum
     EXPECT_EQ(get_str(q, 5), "after") << "the dead producer's slot is skipped";
     EXPECT_FALSE(get_str(q, 0.05));
     // The discarded slot is usable again: fill the queue completely.
-    for (int i = 0; i < 4; ++i) ASSERT_TRUE(put_str(q, std::to_string(i)));
-    for (int i = 0; i < 4; ++i) EXPECT_EQ(get_str(q, 1), std::to_string(i));
+    for (int i = 0; i < 4; ++i)
+        ASSERT_TRUE(put_str(q, std::to_string(i)));
+    for (int i = 0; i < 4; ++i)
+        EXPECT_EQ(get_str(q, 1), std::to_string(i));
 }
 
 TEST(MessageQueue, a_half_written_message_is_discarded_when_its_producer_dies) {
@@ -217,7 +229,8 @@ TEST(MessageQueue, a_consumer_killed_before_returning_a_message_hands_it_to_anot
         });
         ASSERT_TRUE(killed(status)) << "crash point " << point;
         std::vector<std::string> got;
-        while (auto m = get_str(q, 0.3)) got.push_back(*m);
+        while (auto m = get_str(q, 0.3))
+            got.push_back(*m);
         std::sort(got.begin(), got.end());
         EXPECT_EQ(got, (std::vector<std::string>{"precious", "second"})) << "crash point " << point;
     }
@@ -268,7 +281,8 @@ TEST(MessageQueue, a_handle_that_recycles_a_dead_clients_index_repairs_its_claim
     MessageQueue recycled;
     for (std::uint32_t i = 0; i <= kQueueMaxClients && !recycled.is_open(); ++i) {
         auto h = MessageQueue::attach(name);
-        if (h.client_index() == dead) recycled = std::move(h);
+        if (h.client_index() == dead)
+            recycled = std::move(h);
     }
     ASSERT_TRUE(recycled.is_open());
     // The dead claim now names a live client; without the repair the head would be stuck.

@@ -21,7 +21,7 @@ using namespace shmipc;
 
 namespace {
 
-std::string fresh(const char* tag) {
+std::string fresh(const char *tag) {
     static int n = 0;
     return "shmipc-test-cppdict-" + std::string(tag) + "-" + std::to_string(::getpid()) + "-" +
            std::to_string(n++);
@@ -35,61 +35,62 @@ HeapOptions opts(std::size_t size) {
 
 // Values say which key they belong to, so a torn or misplaced entry is visible:
 // "<key>|<version>|" padded with '#' up to a length derived from the version.
-std::string value_for(const std::string& key, int version) {
+std::string value_for(const std::string &key, int version) {
     std::string v = key + "|" + std::to_string(version) + "|";
     v.append(static_cast<std::size_t>(version % 300), '#');
     return v;
 }
 
-void set(SharedDict& d, const std::string& key, const std::string& value) {
+void set(SharedDict &d, const std::string &key, const std::string &value) {
     auto e = d.make_entry(key, 1, value.size());
     std::memcpy(e.value(), value.data(), value.size());
     auto g = d.lock(10.0);
     d.publish(g, std::move(e));
 }
 
-std::optional<std::string> get(SharedDict& d, const std::string& key) {
+std::optional<std::string> get(SharedDict &d, const std::string &key) {
     std::string out;
     auto g = d.lock(10.0);
     bool found = d.get(
         g, key,
-        [](void* ctx, std::uint8_t, const std::byte* p, std::size_t n) {
-            static_cast<std::string*>(ctx)->assign(reinterpret_cast<const char*>(p), n);
+        [](void *ctx, std::uint8_t, const std::byte *p, std::size_t n) {
+            static_cast<std::string *>(ctx)->assign(reinterpret_cast<const char *>(p), n);
         },
         &out);
-    if (!found) return std::nullopt;
+    if (!found)
+        return std::nullopt;
     return out;
 }
 
-std::map<std::string, std::string> snapshot(SharedDict& d) {
+std::map<std::string, std::string> snapshot(SharedDict &d) {
     std::map<std::string, std::string> m;
     auto g = d.lock(10.0);
     d.for_each(
         g,
-        [](void* ctx, std::string_view k, std::uint8_t, const std::byte* p, std::size_t n) {
-            (*static_cast<std::map<std::string, std::string>*>(ctx))[std::string(k)] =
-                std::string(reinterpret_cast<const char*>(p), n);
+        [](void *ctx, std::string_view k, std::uint8_t, const std::byte *p, std::size_t n) {
+            (*static_cast<std::map<std::string, std::string> *>(ctx))[std::string(k)] =
+                std::string(reinterpret_cast<const char *>(p), n);
         },
         &m);
     return m;
 }
 
 // Every entry is well formed: its value names its key and has the length its version implies.
-void expect_untorn(SharedDict& d) {
+void expect_untorn(SharedDict &d) {
     {
         auto g = d.lock(10.0);
         d.check_invariants(g);
     }
-    for (auto& [k, v] : snapshot(d)) {
+    for (auto &[k, v] : snapshot(d)) {
         ASSERT_EQ(v.rfind(k + "|", 0), 0u) << "value of " << k << " is " << v;
         int version = std::stoi(v.substr(k.size() + 1));
         ASSERT_EQ(v, value_for(k, version));
     }
 }
 
-const char* g_crash_step = nullptr;
+const char *g_crash_step = nullptr;
 int g_crash_skip = 0; // occurrences to let pass first
-void crash_at_step(const char* step) {
+void crash_at_step(const char *step) {
     if (g_crash_step && std::strcmp(step, g_crash_step) == 0 && g_crash_skip-- == 0)
         ::raise(SIGKILL);
 }
@@ -99,8 +100,10 @@ void crash_at_step(const char* step) {
 TEST(SharedDict, set_get_erase_and_iterate_in_one_process) {
     auto h = Heap::anonymous(opts(8 << 20));
     SharedDict d(*h, "d");
-    for (int i = 0; i < 2000; ++i) set(d, "k" + std::to_string(i), value_for("k" + std::to_string(i), i));
-    for (int i = 0; i < 2000; i += 2) set(d, "k" + std::to_string(i), value_for("k" + std::to_string(i), i + 1));
+    for (int i = 0; i < 2000; ++i)
+        set(d, "k" + std::to_string(i), value_for("k" + std::to_string(i), i));
+    for (int i = 0; i < 2000; i += 2)
+        set(d, "k" + std::to_string(i), value_for("k" + std::to_string(i), i + 1));
     for (int i = 0; i < 2000; i += 3) {
         auto g = d.lock(1.0);
         EXPECT_TRUE(d.erase(g, "k" + std::to_string(i)));
@@ -141,8 +144,8 @@ TEST(SharedDict, set_if_absent_keeps_the_first_value) {
     auto g = d.lock(1.0);
     EXPECT_FALSE(d.publish(
         g, std::move(e), true,
-        [](void* ctx, std::uint8_t, const std::byte* p, std::size_t n) {
-            static_cast<std::string*>(ctx)->assign(reinterpret_cast<const char*>(p), n);
+        [](void *ctx, std::uint8_t, const std::byte *p, std::size_t n) {
+            static_cast<std::string *>(ctx)->assign(reinterpret_cast<const char *>(p), n);
         },
         &seen));
     EXPECT_EQ(seen, "first");
@@ -150,7 +153,7 @@ TEST(SharedDict, set_if_absent_keeps_the_first_value) {
 
 TEST(SharedDict, a_name_of_another_kind_is_refused) {
     auto h = Heap::anonymous(opts(1 << 20));
-    (void)h->find_or_create_named("blk", 64, [](void*) {});
+    (void)h->find_or_create_named("blk", 64, [](void *) {});
     EXPECT_THROW(SharedDict(*h, "blk"), std::invalid_argument);
 }
 
@@ -158,7 +161,8 @@ TEST(SharedDict, a_child_at_another_address_sees_and_changes_the_same_entries) {
     auto name = fresh("addr");
     auto h = Heap::create(name, opts(4 << 20));
     SharedDict d(*h, "cfg");
-    for (int i = 0; i < 300; ++i) set(d, "p" + std::to_string(i), value_for("p" + std::to_string(i), i));
+    for (int i = 0; i < 300; ++i)
+        set(d, "p" + std::to_string(i), value_for("p" + std::to_string(i), i));
     pid_t pid = ::fork();
     if (pid == 0) {
         ::alarm(30);
@@ -166,11 +170,14 @@ TEST(SharedDict, a_child_at_another_address_sees_and_changes_the_same_entries) {
         ::mmap(h->base(), h->primary_size(), PROT_NONE,
                MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         auto mine = Heap::attach(name);
-        if (mine->base() == h->base()) ::_exit(2);
+        if (mine->base() == h->base())
+            ::_exit(2);
         SharedDict cd(*mine, "cfg");
         for (int i = 0; i < 300; ++i)
-            if (get(cd, "p" + std::to_string(i)) != value_for("p" + std::to_string(i), i)) ::_exit(3);
-        for (int i = 0; i < 300; ++i) set(cd, "c" + std::to_string(i), value_for("c" + std::to_string(i), i));
+            if (get(cd, "p" + std::to_string(i)) != value_for("p" + std::to_string(i), i))
+                ::_exit(3);
+        for (int i = 0; i < 300; ++i)
+            set(cd, "c" + std::to_string(i), value_for("c" + std::to_string(i), i));
         {
             auto g = cd.lock(1.0);
             cd.erase(g, "p0");
@@ -210,12 +217,13 @@ TEST(SharedDict, a_process_killed_holding_the_lock_does_not_wedge_the_others) {
 }
 
 TEST(SharedDict, a_process_killed_at_any_step_of_an_update_leaves_no_torn_entry_and_no_leak) {
-    const char* steps[] = {"entry_retired",  "entry_replaced", "entry_inserted", "erase_retired",
+    const char *steps[] = {"entry_retired",  "entry_replaced", "entry_inserted", "erase_retired",
                            "erase_unlinked", "table_filled",   "table_retired",  "table_published",
                            "clear_unlinked", "clearing"};
-    for (const char* step : steps) {
+    for (const char *step : steps) {
         for (int skip : {0, 3}) {
-            if (skip && std::strcmp(step, "clear_unlinked") == 0) continue; // happens once
+            if (skip && std::strcmp(step, "clear_unlinked") == 0)
+                continue; // happens once
             SCOPED_TRACE(std::string(step) + " after " + std::to_string(skip));
             auto name = fresh("step");
             auto h = Heap::create(name, opts(4 << 20));
@@ -296,10 +304,13 @@ TEST(SharedDict, processes_killed_at_random_moments_never_tear_an_entry) {
             kids.push_back(pid);
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(20 + rng() % 60));
-        for (pid_t pid : kids) ::kill(pid, SIGKILL);
-        for (pid_t pid : kids) ::waitpid(pid, nullptr, 0);
+        for (pid_t pid : kids)
+            ::kill(pid, SIGKILL);
+        for (pid_t pid : kids)
+            ::waitpid(pid, nullptr, 0);
         expect_untorn(d);
-        if (HasFatalFailure()) return;
+        if (HasFatalFailure())
+            return;
         h->reap_dead_clients();
         h->check_invariants();
     }

@@ -19,31 +19,33 @@
 using namespace shmipc;
 
 namespace {
-std::string fresh(const char* tag) {
+std::string fresh(const char *tag) {
     static int n = 0;
     return "shmipc-gtest-value-" + std::string(tag) + "-" + std::to_string(::getpid()) + "-" +
            std::to_string(n++);
 }
-bool exists(const std::string& name) { return ::access(("/dev/shm/" + name).c_str(), F_OK) == 0; }
-
-std::span<const std::byte> bytes_of(const std::string& s) {
-    return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
+bool exists(const std::string &name) {
+    return ::access(("/dev/shm/" + name).c_str(), F_OK) == 0;
 }
-std::span<const std::byte> bytes_of(const std::vector<std::uint64_t>& v) {
-    return {reinterpret_cast<const std::byte*>(v.data()), v.size() * sizeof(std::uint64_t)};
+
+std::span<const std::byte> bytes_of(const std::string &s) {
+    return {reinterpret_cast<const std::byte *>(s.data()), s.size()};
+}
+std::span<const std::byte> bytes_of(const std::vector<std::uint64_t> &v) {
+    return {reinterpret_cast<const std::byte *>(v.data()), v.size() * sizeof(std::uint64_t)};
 }
 
 // Reads into a vector; returns the snapshot.
-ValueSnapshot read_into(const SharedValue& v, std::vector<std::byte>& out) {
-    return v.read([&](const ValueSnapshot& s) {
+ValueSnapshot read_into(const SharedValue &v, std::vector<std::byte> &out) {
+    return v.read([&](const ValueSnapshot &s) {
         out.resize(static_cast<std::size_t>(s.nbytes));
         return out.data();
     });
 }
-std::string read_string(const SharedValue& v) {
+std::string read_string(const SharedValue &v) {
     std::vector<std::byte> out;
     read_into(v, out);
-    return {reinterpret_cast<const char*>(out.data()), out.size()};
+    return {reinterpret_cast<const char *>(out.data()), out.size()};
 }
 } // namespace
 
@@ -67,7 +69,7 @@ TEST(SharedValue, an_attached_handle_reads_what_the_owner_wrote_with_its_meta) {
     EXPECT_EQ(s.type, 7u);
     EXPECT_EQ(s.meta, "meta");
     EXPECT_EQ(s.version, 1u);
-    EXPECT_EQ(std::string(reinterpret_cast<const char*>(out.data()), out.size()), "payload");
+    EXPECT_EQ(std::string(reinterpret_cast<const char *>(out.data()), out.size()), "payload");
     v.reset();
     EXPECT_FALSE(exists(name));
     EXPECT_EQ(read_string(*r), "payload") << "the mapping outlives the name";
@@ -100,16 +102,14 @@ TEST(SharedValue, attach_of_a_missing_name_is_enoent) {
     try {
         (void)SharedValue::attach(fresh("missing"));
         FAIL();
-    } catch (const std::system_error& e) {
+    } catch (const std::system_error &e) {
         EXPECT_EQ(e.code().value(), ENOENT);
     }
 }
 
 TEST(SharedValue, attach_of_a_truncated_or_garbage_file_is_corrupt_segment) {
     std::string name = fresh("trunc");
-    {
-        auto v = SharedValue::create(name, 4096, 0600, true);
-    }
+    { auto v = SharedValue::create(name, 4096, 0600, true); }
     std::string path = "/dev/shm/" + name;
     ASSERT_EQ(::truncate(path.c_str(), 1000), 0);
     EXPECT_THROW((void)SharedValue::attach(name), CorruptSegment);
@@ -142,7 +142,7 @@ TEST(SharedValue, request_close_ends_a_blocked_wait_with_closed) {
     std::thread t([&] {
         try {
             (void)v->wait(0, Deadline(30.0));
-        } catch (const Closed&) {
+        } catch (const Closed &) {
             got_closed = true;
         }
     });
@@ -179,12 +179,14 @@ TEST(SharedValue, readers_never_see_a_torn_value_while_threads_write) {
             auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(800);
             while (std::chrono::steady_clock::now() < end) {
                 auto s = read_into(*rv, out);
-                if (s.version < last) ++torn;
+                if (s.version < last)
+                    ++torn;
                 last = s.version;
                 std::size_t n = out.size() / 8;
                 std::vector<std::uint64_t> words(n);
                 std::memcpy(words.data(), out.data(), n * 8);
-                if (n == 0 || (words[0] & 0xffffffffu) != n) ++torn;
+                if (n == 0 || (words[0] & 0xffffffffu) != n)
+                    ++torn;
                 for (auto x : words)
                     if (x != words[0]) {
                         ++torn;
@@ -194,9 +196,11 @@ TEST(SharedValue, readers_never_see_a_torn_value_while_threads_write) {
             }
         });
     }
-    for (auto& t : readers) t.join();
+    for (auto &t : readers)
+        t.join();
     stop = true;
-    for (auto& t : writers) t.join();
+    for (auto &t : writers)
+        t.join();
     EXPECT_GT(reads.load(), 0);
     EXPECT_EQ(torn.load(), 0);
 }
@@ -216,7 +220,8 @@ TEST(SharedValue, a_writer_killed_mid_write_leaves_the_last_value_and_the_next_w
     auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     for (;;) {
         auto st = v->debug_state();
-        if (st.seq[st.current ^ 1] & 1) break;
+        if (st.seq[st.current ^ 1] & 1)
+            break;
         ASSERT_LT(std::chrono::steady_clock::now(), until) << "child never started writing";
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }

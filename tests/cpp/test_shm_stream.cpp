@@ -13,16 +13,18 @@
 using namespace shmipc;
 
 namespace {
-std::string fresh(const char* tag) {
+std::string fresh(const char *tag) {
     static int n = 0;
     return "shmipc-gtest-stream-" + std::string(tag) + "-" + std::to_string(::getpid()) + "-" +
            std::to_string(n++);
 }
-bool exists(const std::string& name) { return ::access(("/dev/shm/" + name).c_str(), F_OK) == 0; }
-int errno_of(auto&& f) {
+bool exists(const std::string &name) {
+    return ::access(("/dev/shm/" + name).c_str(), F_OK) == 0;
+}
+int errno_of(auto &&f) {
     try {
         f();
-    } catch (const std::system_error& e) {
+    } catch (const std::system_error &e) {
         return e.code().value();
     }
     return 0;
@@ -73,9 +75,7 @@ TEST(ShmStream, the_stream_of_a_dead_owner_is_replaced) {
 
 TEST(ShmStream, persistent_streams_and_foreign_files_are_never_replaced) {
     std::string name = fresh("persist");
-    {
-        UniqueFd fd = create_stream(name, 0600, true, false);
-    }
+    { UniqueFd fd = create_stream(name, 0600, true, false); }
     EXPECT_TRUE(stream_info(name).persistent);
     EXPECT_EQ(errno_of([&] { (void)create_stream(name, 0600, false, false); }), EEXIST);
     ::unlink(("/dev/shm/" + name).c_str());
@@ -116,7 +116,7 @@ TEST(ShmStream, release_never_removes_a_newer_object_of_the_same_name) {
 }
 
 TEST(ShmStream, invalid_names_are_invalid_argument) {
-    for (const char* bad : {"", "/", "a/b", "//a"}) {
+    for (const char *bad : {"", "/", "a/b", "//a"}) {
         EXPECT_THROW((void)create_stream(bad, 0600, false, false), std::invalid_argument) << bad;
         EXPECT_THROW((void)open_stream(bad, StreamAccess::ReadOnly, false, false),
                      std::invalid_argument);

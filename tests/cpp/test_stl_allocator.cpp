@@ -21,7 +21,7 @@ using namespace shmipc;
 
 namespace {
 
-std::string fresh(const char* tag) {
+std::string fresh(const char *tag) {
     static int n = 0;
     return "shmipc-test-cppstl-" + std::string(tag) + "-" + std::to_string(::getpid()) + "-" +
            std::to_string(n++);
@@ -36,38 +36,41 @@ HeapOptions opts(std::size_t size) {
 // Runs `body` in a forked child that first makes the parent's mapping of `h` inaccessible (so
 // any raw pointer into it faults) and attaches the heap again (necessarily elsewhere). Returns
 // the child's exit status: 0 when body returned true.
-int in_child_at_another_address(Heap& h, const std::function<bool(Heap&)>& body) {
+int in_child_at_another_address(Heap &h, const std::function<bool(Heap &)> &body) {
     pid_t pid = ::fork();
     if (pid == 0) {
         ::alarm(30); // bounded: a hang becomes a failure
         int rc = 1;
         try {
-            void* old = h.base();
+            void *old = h.base();
             std::size_t size = h.primary_size();
-            if (::mmap(old, size, PROT_NONE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                       -1, 0) == MAP_FAILED)
+            if (::mmap(old, size, PROT_NONE,
+                       MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                       0) == MAP_FAILED)
                 ::_exit(10);
             auto mine = Heap::attach(h.name());
-            if (mine->base() == old) ::_exit(11);
+            if (mine->base() == old)
+                ::_exit(11);
             rc = body(*mine) ? 0 : 12;
-        } catch (const std::exception& e) {
+        } catch (const std::exception &e) {
             std::fprintf(stderr, "child: %s\n", e.what());
             rc = 13;
         }
         ::_exit(rc);
     }
     int st = 0;
-    if (::waitpid(pid, &st, 0) != pid) return -1;
-    if (WIFSIGNALED(st)) return 100 + WTERMSIG(st);
+    if (::waitpid(pid, &st, 0) != pid)
+        return -1;
+    if (WIFSIGNALED(st))
+        return 100 + WTERMSIG(st);
     return WEXITSTATUS(st);
 }
 
-template <class T, class... Args> T& named(Heap& h, const char* name, Args&&... args) {
-    auto [off, created] = h.find_or_create_named(name, sizeof(T), [&](void* p) {
-        new (p) T(std::forward<Args>(args)...);
-    });
+template <class T, class... Args> T &named(Heap &h, const char *name, Args &&...args) {
+    auto [off, created] = h.find_or_create_named(
+        name, sizeof(T), [&](void *p) { new (p) T(std::forward<Args>(args)...); });
     (void)created;
-    return *static_cast<T*>(h.to_ptr(off));
+    return *static_cast<T *>(h.to_ptr(off));
 }
 
 using Map = flat_map<shmipc::string, shmipc::vector<int>>;
@@ -102,13 +105,13 @@ TEST(OffsetPtr, keeps_pointing_into_its_block_when_the_block_is_copied_elsewhere
     };
     alignas(Node) unsigned char one[3 * sizeof(Node)];
     alignas(Node) unsigned char two[3 * sizeof(Node)];
-    auto* n = reinterpret_cast<Node*>(one);
+    auto *n = reinterpret_cast<Node *>(one);
     for (int i = 0; i < 3; ++i) {
         new (&n[i]) Node{i < 2 ? offset_ptr<Node>(&n[i + 1]) : offset_ptr<Node>(), i * 10};
         n[i].next = i < 2 ? &n[i + 1] : nullptr;
     }
     std::memcpy(two, one, sizeof(one));
-    auto* m = reinterpret_cast<Node*>(two);
+    auto *m = reinterpret_cast<Node *>(two);
     EXPECT_EQ(m[0].next.get(), &m[1]);
     EXPECT_EQ(m[0].next->next->value, 20);
     EXPECT_FALSE(m[2].next);
@@ -117,11 +120,12 @@ TEST(OffsetPtr, keeps_pointing_into_its_block_when_the_block_is_copied_elsewhere
 TEST(StlAllocator, vector_and_string_live_in_the_heap) {
     auto h = Heap::anonymous(opts(1 << 20));
     HeapRegistration reg(*h);
-    auto& v = named<shmipc::vector<shmipc::string>>(*h, "v", allocator<shmipc::string>(*h));
+    auto &v = named<shmipc::vector<shmipc::string>>(*h, "v", allocator<shmipc::string>(*h));
     v.emplace_back("short");
     v.emplace_back(std::string(1000, 'x')); // beyond the small-string buffer
-    for (int i = 0; i < 100; ++i) v.emplace_back(std::to_string(i));
-    auto in_heap = [&](const void* p) {
+    for (int i = 0; i < 100; ++i)
+        v.emplace_back(std::to_string(i));
+    auto in_heap = [&](const void *p) {
         return p >= h->base() && p < h->base() + h->primary_size();
     };
     EXPECT_TRUE(in_heap(v.data()));
@@ -139,26 +143,30 @@ TEST(StlAllocator, child_at_another_address_reads_a_map_built_by_the_parent) {
     auto name = fresh("map");
     auto h = Heap::create(name, opts(4 << 20));
     HeapRegistration reg(*h);
-    Map& m = named<Map>(*h, "m", Map::allocator_type(*h));
+    Map &m = named<Map>(*h, "m", Map::allocator_type(*h));
     for (int i = 0; i < 500; ++i) {
-        auto& vec = m["key-" + std::to_string(i)];
-        for (int j = 0; j <= i % 7; ++j) vec.push_back(i * 100 + j);
+        auto &vec = m["key-" + std::to_string(i)];
+        for (int j = 0; j <= i % 7; ++j)
+            vec.push_back(i * 100 + j);
     }
     m.insert_or_assign("a long key that does not fit in the small string buffer",
                        shmipc::vector<int>({1, 2, 3}, Map::allocator_type(*h)));
-    int rc = in_child_at_another_address(*h, [](Heap& mine) {
+    int rc = in_child_at_another_address(*h, [](Heap &mine) {
         auto info = mine.find_named("m");
-        if (!info) return false;
-        const Map& cm = *static_cast<const Map*>(mine.to_ptr(info->offset));
-        if (cm.size() != 501) return false;
+        if (!info)
+            return false;
+        const Map &cm = *static_cast<const Map *>(mine.to_ptr(info->offset));
+        if (cm.size() != 501)
+            return false;
         for (int i = 0; i < 500; ++i) {
             auto it = cm.find("key-" + std::to_string(i));
-            if (it == cm.end() || it->second.size() != std::size_t(i % 7 + 1)) return false;
-            if (it->second.back() != i * 100 + i % 7) return false;
+            if (it == cm.end() || it->second.size() != std::size_t(i % 7 + 1))
+                return false;
+            if (it->second.back() != i * 100 + i % 7)
+                return false;
         }
-        auto& l = cm.at("a long key that does not fit in the small string buffer");
-        return std::accumulate(l.begin(), l.end(), 0) == 6 &&
-               std::is_sorted(cm.begin(), cm.end());
+        auto &l = cm.at("a long key that does not fit in the small string buffer");
+        return std::accumulate(l.begin(), l.end(), 0) == 6 && std::is_sorted(cm.begin(), cm.end());
     });
     EXPECT_EQ(rc, 0);
 }
@@ -167,18 +175,20 @@ TEST(StlAllocator, child_at_another_address_modifies_containers_the_parent_then_
     auto name = fresh("modify");
     auto h = Heap::create(name, opts(4 << 20));
     HeapRegistration reg(*h);
-    Map& m = named<Map>(*h, "m", Map::allocator_type(*h));
+    Map &m = named<Map>(*h, "m", Map::allocator_type(*h));
     using Set = flat_set<shmipc::string>;
-    Set& s = named<Set>(*h, "s", Set::allocator_type(*h));
+    Set &s = named<Set>(*h, "s", Set::allocator_type(*h));
     m["parent"].push_back(1);
     s.insert("parent");
-    int rc = in_child_at_another_address(*h, [](Heap& mine) {
+    int rc = in_child_at_another_address(*h, [](Heap &mine) {
         HeapRegistration r(mine); // the child allocates through its own mapping
-        Map& cm = *static_cast<Map*>(mine.to_ptr(mine.find_named("m")->offset));
-        Set& cs = *static_cast<Set*>(mine.to_ptr(mine.find_named("s")->offset));
-        for (int i = 0; i < 200; ++i) cm["child-" + std::to_string(i)].assign(50, i);
+        Map &cm = *static_cast<Map *>(mine.to_ptr(mine.find_named("m")->offset));
+        Set &cs = *static_cast<Set *>(mine.to_ptr(mine.find_named("s")->offset));
+        for (int i = 0; i < 200; ++i)
+            cm["child-" + std::to_string(i)].assign(50, i);
         cm["parent"].push_back(2);
-        for (int i = 0; i < 200; ++i) cs.insert("child-" + std::to_string(i));
+        for (int i = 0; i < 200; ++i)
+            cs.insert("child-" + std::to_string(i));
         cs.erase("parent");
         mine.flush_thread_caches(); // blocks it freed go back to the shared heap
         return true;
@@ -199,14 +209,15 @@ TEST(StlAllocator, containers_outlive_a_killed_process_that_built_them) {
     auto name = fresh("outlive");
     auto h = Heap::create(name, opts(2 << 20));
     HeapRegistration reg(*h);
-    auto& v = named<shmipc::vector<shmipc::string>>(*h, "v", allocator<shmipc::string>(*h));
+    auto &v = named<shmipc::vector<shmipc::string>>(*h, "v", allocator<shmipc::string>(*h));
     pid_t pid = ::fork();
     if (pid == 0) {
         auto mine = Heap::attach(name);
         HeapRegistration r(*mine);
-        auto& cv = *static_cast<shmipc::vector<shmipc::string>*>(
+        auto &cv = *static_cast<shmipc::vector<shmipc::string> *>(
             mine->to_ptr(mine->find_named("v")->offset));
-        for (int i = 0; i < 100; ++i) cv.emplace_back(std::string(100, char('a' + i % 26)));
+        for (int i = 0; i < 100; ++i)
+            cv.emplace_back(std::string(100, char('a' + i % 26)));
         ::raise(SIGKILL);
     }
     int st = 0;
@@ -221,7 +232,7 @@ TEST(StlAllocator, containers_outlive_a_killed_process_that_built_them) {
 TEST(StlAllocator, a_full_heap_throws_bad_alloc_and_stays_usable) {
     auto h = Heap::anonymous(opts(kMinHeapSize));
     HeapRegistration reg(*h);
-    auto& v = named<shmipc::vector<std::uint64_t>>(*h, "v", allocator<std::uint64_t>(*h));
+    auto &v = named<shmipc::vector<std::uint64_t>>(*h, "v", allocator<std::uint64_t>(*h));
     std::size_t last_size = 0;
     bool threw = false;
     try {
@@ -229,14 +240,15 @@ TEST(StlAllocator, a_full_heap_throws_bad_alloc_and_stays_usable) {
             v.push_back(i);
             last_size = v.size();
         }
-    } catch (const std::bad_alloc& e) {
+    } catch (const std::bad_alloc &e) {
         threw = true;
         EXPECT_NE(std::string(e.what()).find("cannot allocate"), std::string::npos) << e.what();
     }
     ASSERT_TRUE(threw);
     // Strong guarantee of push_back: the vector is intact.
     ASSERT_EQ(v.size(), last_size);
-    for (std::size_t i = 0; i < v.size(); ++i) ASSERT_EQ(v[i], i);
+    for (std::size_t i = 0; i < v.size(); ++i)
+        ASSERT_EQ(v[i], i);
     h->check_invariants();
     // The heap still serves allocations, also to other containers.
     v.clear();
@@ -261,8 +273,8 @@ TEST(StlAllocator, containers_refuse_blocks_in_extension_segments) {
     HeapRegistration reg(*h);
     shmipc::vector<char> v{allocator<char>(*h)};
     EXPECT_THROW(v.reserve(2 << 20), std::bad_alloc); // would land in a grown segment
-    v.assign(1000, 'x');                               // the primary still serves
-    auto* d = reinterpret_cast<std::byte*>(v.data());
+    v.assign(1000, 'x');                              // the primary still serves
+    auto *d = reinterpret_cast<std::byte *>(v.data());
     EXPECT_TRUE(d >= h->base() && d < h->base() + h->primary_size());
     auto raw = h->allocate(1 << 20); // the heap itself still grows for other users
     EXPECT_NE(raw >> kSegmentShift, 0u);
@@ -283,28 +295,27 @@ TEST(StlAllocator, std_map_links_nodes_with_raw_pointers_so_only_flat_map_is_add
     auto h = Heap::anonymous(opts(1 << 20));
     HeapRegistration reg(*h);
     using StdMap = std::map<int, int, std::less<>, allocator<std::pair<const int, int>>>;
-    auto& sm = named<StdMap>(*h, "std", StdMap::allocator_type(*h));
+    auto &sm = named<StdMap>(*h, "std", StdMap::allocator_type(*h));
     using Flat = flat_map<int, int>;
-    auto& fm = named<Flat>(*h, "flat", Flat::allocator_type(*h));
+    auto &fm = named<Flat>(*h, "flat", Flat::allocator_type(*h));
     for (int i = 0; i < 10; ++i) {
         sm[i] = i * i;
         fm[i] = i * i;
     }
     std::size_t size = h->primary_size();
-    auto* view = static_cast<std::byte*>(
-        ::mmap(nullptr, size, PROT_READ, MAP_SHARED, h->fd(), 0));
+    auto *view = static_cast<std::byte *>(::mmap(nullptr, size, PROT_READ, MAP_SHARED, h->fd(), 0));
     ASSERT_NE(view, MAP_FAILED);
-    auto moved = [&](const void* p) {
-        return view + (static_cast<const std::byte*>(p) - h->base());
+    auto moved = [&](const void *p) {
+        return view + (static_cast<const std::byte *>(p) - h->base());
     };
-    auto in_view = [&](const void* p) {
-        return static_cast<const std::byte*>(p) >= view &&
-               static_cast<const std::byte*>(p) < view + size;
+    auto in_view = [&](const void *p) {
+        return static_cast<const std::byte *>(p) >= view &&
+               static_cast<const std::byte *>(p) < view + size;
     };
-    const auto& fm2 = *reinterpret_cast<const Flat*>(moved(&fm));
+    const auto &fm2 = *reinterpret_cast<const Flat *>(moved(&fm));
     EXPECT_TRUE(in_view(&*fm2.begin())); // offset_ptr: resolved in the second mapping
     EXPECT_EQ(fm2.at(7), 49);
-    const auto& sm2 = *reinterpret_cast<const StdMap*>(moved(&sm));
+    const auto &sm2 = *reinterpret_cast<const StdMap *>(moved(&sm));
     EXPECT_FALSE(in_view(&*sm2.begin())); // raw pointer: still into the first mapping
     ::munmap(view, size);
 }

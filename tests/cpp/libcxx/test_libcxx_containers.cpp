@@ -24,14 +24,14 @@
 #include <map>
 #include <new>
 #include <set>
+#include <signal.h>
 #include <string>
 #include <string_view>
-#include <unordered_map>
-#include <unordered_set>
-#include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <unordered_map>
+#include <unordered_set>
 
 #ifndef _LIBCPP_VERSION
 #error "tests/cpp/libcxx is built with libc++ only (clang++ -stdlib=libc++)"
@@ -41,7 +41,7 @@ using namespace shmipc;
 
 namespace {
 
-std::string fresh(const char* tag) {
+std::string fresh(const char *tag) {
     static int n = 0;
     return "shmipc-test-libcxx-" + std::string(tag) + "-" + std::to_string(::getpid()) + "-" +
            std::to_string(n++);
@@ -55,17 +55,23 @@ HeapOptions opts(std::size_t size) {
 
 // A string key in the heap: libc++'s basic_string cannot take offset_ptr (see the top).
 using Bytes = shmipc::vector<char>;
-std::string_view view(const Bytes& b) { return {b.data(), b.size()}; }
-std::string_view view(std::string_view s) { return s; }
+std::string_view view(const Bytes &b) {
+    return {b.data(), b.size()};
+}
+std::string_view view(std::string_view s) {
+    return s;
+}
 // Orders Bytes as strings and finds them with a std::string / string_view / literal, so a
 // process that only reads (no HeapRegistration) can look keys up without allocating.
 struct BytesLess {
     using is_transparent = void;
-    template <class A, class B> bool operator()(const A& a, const B& b) const {
+    template <class A, class B> bool operator()(const A &a, const B &b) const {
         return view(a) < view(b);
     }
 };
-Bytes bytes(Heap& h, std::string_view s) { return Bytes(s.begin(), s.end(), allocator<char>(h)); }
+Bytes bytes(Heap &h, std::string_view s) {
+    return Bytes(s.begin(), s.end(), allocator<char>(h));
+}
 
 using Map = std::map<Bytes, shmipc::vector<int>, BytesLess,
                      allocator<std::pair<const Bytes, shmipc::vector<int>>>>;
@@ -78,59 +84,65 @@ using Hash = std::unordered_map<int, int, std::hash<int>, std::equal_to<int>,
 // Runs `body` in a forked child that first makes the parent's mapping of `h` inaccessible (so
 // any raw pointer into it faults) and attaches the heap again (necessarily elsewhere). Returns
 // the child's exit status: 0 when body returned true.
-int in_child_at_another_address(Heap& h, const std::function<bool(Heap&)>& body) {
+int in_child_at_another_address(Heap &h, const std::function<bool(Heap &)> &body) {
     pid_t pid = ::fork();
     if (pid == 0) {
         ::alarm(30); // bounded: a hang becomes a failure
         int rc = 1;
         try {
-            void* old = h.base();
+            void *old = h.base();
             std::size_t size = h.primary_size();
-            if (::mmap(old, size, PROT_NONE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                       -1, 0) == MAP_FAILED)
+            if (::mmap(old, size, PROT_NONE,
+                       MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                       0) == MAP_FAILED)
                 ::_exit(10);
             auto mine = Heap::attach(h.name());
-            if (mine->base() == old) ::_exit(11);
+            if (mine->base() == old)
+                ::_exit(11);
             rc = body(*mine) ? 0 : 12;
-        } catch (const std::exception& e) {
+        } catch (const std::exception &e) {
             std::fprintf(stderr, "child: %s\n", e.what());
             rc = 13;
         }
         ::_exit(rc);
     }
     int st = 0;
-    if (::waitpid(pid, &st, 0) != pid) return -1;
-    if (WIFSIGNALED(st)) return 100 + WTERMSIG(st);
+    if (::waitpid(pid, &st, 0) != pid)
+        return -1;
+    if (WIFSIGNALED(st))
+        return 100 + WTERMSIG(st);
     return WEXITSTATUS(st);
 }
 
-template <class T, class... Args> T& named(Heap& h, const char* name, Args&&... args) {
-    auto [off, created] = h.find_or_create_named(name, sizeof(T), [&](void* p) {
-        new (p) T(std::forward<Args>(args)...);
-    });
+template <class T, class... Args> T &named(Heap &h, const char *name, Args &&...args) {
+    auto [off, created] = h.find_or_create_named(
+        name, sizeof(T), [&](void *p) { new (p) T(std::forward<Args>(args)...); });
     (void)created;
-    return *static_cast<T*>(h.to_ptr(off));
+    return *static_cast<T *>(h.to_ptr(off));
 }
 
-template <class T> T& found(Heap& h, const char* name) {
+template <class T> T &found(Heap &h, const char *name) {
     auto info = h.find_named(name);
-    if (!info) throw std::runtime_error(std::string("no named object ") + name);
-    return *static_cast<T*>(h.to_ptr(info->offset));
+    if (!info)
+        throw std::runtime_error(std::string("no named object ") + name);
+    return *static_cast<T *>(h.to_ptr(info->offset));
 }
 
-std::string key(int i) { return "key-" + std::to_string(i) + (i % 3 == 0 ? std::string(40, '~') : ""); }
+std::string key(int i) {
+    return "key-" + std::to_string(i) + (i % 3 == 0 ? std::string(40, '~') : "");
+}
 
 } // namespace
 
 TEST(LibcxxContainers, map_set_and_list_nodes_are_in_the_heap) {
     auto h = Heap::anonymous(opts(1 << 20));
     HeapRegistration reg(*h);
-    auto in_heap = [&](const void* p) {
+    auto in_heap = [&](const void *p) {
         return p >= h->base() && p < h->base() + h->primary_size();
     };
-    auto& m = named<IntMap>(*h, "m", IntMap::allocator_type(*h));
-    auto& s = named<Set>(*h, "s", Set::allocator_type(*h));
-    auto& l = named<List>(*h, "l", List::allocator_type(*h));
+    auto &m = named<IntMap>(*h, "m", IntMap::allocator_type(*h));
+    auto &s = named<Set>(*h, "s", Set::allocator_type(*h));
+    auto &l = named<List>(*h, "l", List::allocator_type(*h));
     for (int i = 0; i < 100; ++i) {
         m[i] = i;
         s.insert(i);
@@ -152,10 +164,10 @@ TEST(LibcxxContainers, map_set_and_list_nodes_are_in_the_heap) {
 TEST(LibcxxContainers, map_set_list_and_unordered_map_read_through_a_second_mapping_stay_in_it) {
     auto h = Heap::anonymous(opts(1 << 20));
     HeapRegistration reg(*h);
-    auto& m = named<IntMap>(*h, "m", IntMap::allocator_type(*h));
-    auto& s = named<Set>(*h, "s", Set::allocator_type(*h));
-    auto& l = named<List>(*h, "l", List::allocator_type(*h));
-    auto& u = named<Hash>(*h, "u", Hash::allocator_type(*h));
+    auto &m = named<IntMap>(*h, "m", IntMap::allocator_type(*h));
+    auto &s = named<Set>(*h, "s", Set::allocator_type(*h));
+    auto &l = named<List>(*h, "l", List::allocator_type(*h));
+    auto &u = named<Hash>(*h, "u", Hash::allocator_type(*h));
     for (int i = 0; i < 50; ++i) {
         m[i] = i * i;
         s.insert(i * 3);
@@ -163,19 +175,19 @@ TEST(LibcxxContainers, map_set_list_and_unordered_map_read_through_a_second_mapp
         u[i] = -i;
     }
     std::size_t size = h->primary_size();
-    auto* view = static_cast<std::byte*>(::mmap(nullptr, size, PROT_READ, MAP_SHARED, h->fd(), 0));
+    auto *view = static_cast<std::byte *>(::mmap(nullptr, size, PROT_READ, MAP_SHARED, h->fd(), 0));
     ASSERT_NE(view, MAP_FAILED);
-    auto moved = [&](const void* p) {
-        return view + (static_cast<const std::byte*>(p) - h->base());
+    auto moved = [&](const void *p) {
+        return view + (static_cast<const std::byte *>(p) - h->base());
     };
-    auto in_view = [&](const void* p) {
-        return static_cast<const std::byte*>(p) >= view &&
-               static_cast<const std::byte*>(p) < view + size;
+    auto in_view = [&](const void *p) {
+        return static_cast<const std::byte *>(p) >= view &&
+               static_cast<const std::byte *>(p) < view + size;
     };
-    const auto& m2 = *reinterpret_cast<const IntMap*>(moved(&m));
-    const auto& s2 = *reinterpret_cast<const Set*>(moved(&s));
-    const auto& l2 = *reinterpret_cast<const List*>(moved(&l));
-    const auto& u2 = *reinterpret_cast<const Hash*>(moved(&u));
+    const auto &m2 = *reinterpret_cast<const IntMap *>(moved(&m));
+    const auto &s2 = *reinterpret_cast<const Set *>(moved(&s));
+    const auto &l2 = *reinterpret_cast<const List *>(moved(&l));
+    const auto &u2 = *reinterpret_cast<const Hash *>(moved(&u));
     EXPECT_TRUE(in_view(&*m2.begin()));
     EXPECT_TRUE(in_view(&*m2.find(7)));
     EXPECT_EQ(m2.at(7), 49);
@@ -190,17 +202,18 @@ TEST(LibcxxContainers, map_set_list_and_unordered_map_read_through_a_second_mapp
     ::munmap(view, size);
 }
 
-TEST(LibcxxContainers, deque_multimap_forward_list_and_unordered_set_read_through_a_second_mapping_stay_in_it) {
+TEST(LibcxxContainers,
+     deque_multimap_forward_list_and_unordered_set_read_through_a_second_mapping_stay_in_it) {
     using Deque = std::deque<int, allocator<int>>;
     using Multi = std::multimap<int, int, std::less<int>, allocator<std::pair<const int, int>>>;
     using Fwd = std::forward_list<int, allocator<int>>;
     using USet = std::unordered_set<int, std::hash<int>, std::equal_to<int>, allocator<int>>;
     auto h = Heap::anonymous(opts(1 << 20));
     HeapRegistration reg(*h);
-    auto& d = named<Deque>(*h, "d", Deque::allocator_type(*h));
-    auto& mm = named<Multi>(*h, "mm", Multi::allocator_type(*h));
-    auto& f = named<Fwd>(*h, "f", Fwd::allocator_type(*h));
-    auto& us = named<USet>(*h, "us", USet::allocator_type(*h));
+    auto &d = named<Deque>(*h, "d", Deque::allocator_type(*h));
+    auto &mm = named<Multi>(*h, "mm", Multi::allocator_type(*h));
+    auto &f = named<Fwd>(*h, "f", Fwd::allocator_type(*h));
+    auto &us = named<USet>(*h, "us", USet::allocator_type(*h));
     for (int i = 0; i < 1000; ++i) { // several deque blocks, rehashes of the set
         d.push_back(i);
         d.push_front(-i);
@@ -209,19 +222,19 @@ TEST(LibcxxContainers, deque_multimap_forward_list_and_unordered_set_read_throug
         us.insert(i);
     }
     std::size_t size = h->primary_size();
-    auto* view = static_cast<std::byte*>(::mmap(nullptr, size, PROT_READ, MAP_SHARED, h->fd(), 0));
+    auto *view = static_cast<std::byte *>(::mmap(nullptr, size, PROT_READ, MAP_SHARED, h->fd(), 0));
     ASSERT_NE(view, MAP_FAILED);
-    auto moved = [&](const void* p) {
-        return view + (static_cast<const std::byte*>(p) - h->base());
+    auto moved = [&](const void *p) {
+        return view + (static_cast<const std::byte *>(p) - h->base());
     };
-    auto in_view = [&](const void* p) {
-        return static_cast<const std::byte*>(p) >= view &&
-               static_cast<const std::byte*>(p) < view + size;
+    auto in_view = [&](const void *p) {
+        return static_cast<const std::byte *>(p) >= view &&
+               static_cast<const std::byte *>(p) < view + size;
     };
-    const auto& d2 = *reinterpret_cast<const Deque*>(moved(&d));
-    const auto& mm2 = *reinterpret_cast<const Multi*>(moved(&mm));
-    const auto& f2 = *reinterpret_cast<const Fwd*>(moved(&f));
-    const auto& us2 = *reinterpret_cast<const USet*>(moved(&us));
+    const auto &d2 = *reinterpret_cast<const Deque *>(moved(&d));
+    const auto &mm2 = *reinterpret_cast<const Multi *>(moved(&mm));
+    const auto &f2 = *reinterpret_cast<const Fwd *>(moved(&f));
+    const auto &us2 = *reinterpret_cast<const USet *>(moved(&us));
     EXPECT_TRUE(in_view(&d2[0]));
     EXPECT_TRUE(in_view(&d2[1500]));
     EXPECT_EQ(d2.front(), -999);
@@ -241,42 +254,48 @@ TEST(LibcxxContainers, child_at_another_address_reads_map_set_and_list_built_by_
     auto name = fresh("read");
     auto h = Heap::create(name, opts(4 << 20));
     HeapRegistration reg(*h);
-    auto& m = named<Map>(*h, "m", Map::allocator_type(*h));
-    auto& s = named<Set>(*h, "s", Set::allocator_type(*h));
-    auto& l = named<List>(*h, "l", List::allocator_type(*h));
-    auto& u = named<Hash>(*h, "u", Hash::allocator_type(*h));
+    auto &m = named<Map>(*h, "m", Map::allocator_type(*h));
+    auto &s = named<Set>(*h, "s", Set::allocator_type(*h));
+    auto &l = named<List>(*h, "l", List::allocator_type(*h));
+    auto &u = named<Hash>(*h, "u", Hash::allocator_type(*h));
     for (int i = 0; i < 500; ++i) {
-        auto& vec = m.try_emplace(bytes(*h, key(i))).first->second;
-        for (int j = 0; j <= i % 7; ++j) vec.push_back(i * 100 + j);
+        auto &vec = m.try_emplace(bytes(*h, key(i))).first->second;
+        for (int j = 0; j <= i % 7; ++j)
+            vec.push_back(i * 100 + j);
         s.insert(i * 2);
         l.push_back(i);
         u[i] = i + 1;
     }
-    int rc = in_child_at_another_address(*h, [](Heap& mine) {
+    int rc = in_child_at_another_address(*h, [](Heap &mine) {
         // Reading needs no HeapRegistration: lookups with a string_view allocate nothing.
-        const auto& cm = found<const Map>(mine, "m");
-        const auto& cs = found<const Set>(mine, "s");
-        const auto& cl = found<const List>(mine, "l");
-        const auto& cu = found<const Hash>(mine, "u");
+        const auto &cm = found<const Map>(mine, "m");
+        const auto &cs = found<const Set>(mine, "s");
+        const auto &cl = found<const List>(mine, "l");
+        const auto &cu = found<const Hash>(mine, "u");
         if (cm.size() != 500 || cs.size() != 500 || cl.size() != 500 || cu.size() != 500)
             return false;
         for (int i = 0; i < 500; ++i) {
             auto it = cm.find(key(i));
-            if (it == cm.end() || it->second.size() != std::size_t(i % 7 + 1)) return false;
-            if (it->second.back() != i * 100 + i % 7) return false;
-            if (!cs.contains(i * 2) || cs.contains(i * 2 + 1)) return false;
-            if (cu.at(i) != i + 1) return false;
+            if (it == cm.end() || it->second.size() != std::size_t(i % 7 + 1))
+                return false;
+            if (it->second.back() != i * 100 + i % 7)
+                return false;
+            if (!cs.contains(i * 2) || cs.contains(i * 2 + 1))
+                return false;
+            if (cu.at(i) != i + 1)
+                return false;
         }
-        if (!std::is_sorted(cm.begin(), cm.end(), [](auto& a, auto& b) {
-                return view(a.first) < view(b.first);
-            }))
+        if (!std::is_sorted(cm.begin(), cm.end(),
+                            [](auto &a, auto &b) { return view(a.first) < view(b.first); }))
             return false;
         int expect = 0;
         for (int v : cl)
-            if (v != expect++) return false;
+            if (v != expect++)
+                return false;
         expect = 499; // and backwards, through the prev links
         for (auto it = cl.rbegin(); it != cl.rend(); ++it)
-            if (*it != expect--) return false;
+            if (*it != expect--)
+                return false;
         return *cs.lower_bound(101) == 102;
     });
     EXPECT_EQ(rc, 0);
@@ -286,22 +305,25 @@ TEST(LibcxxContainers, child_at_another_address_modifies_map_set_and_list_the_pa
     auto name = fresh("modify");
     auto h = Heap::create(name, opts(4 << 20));
     HeapRegistration reg(*h);
-    auto& m = named<Map>(*h, "m", Map::allocator_type(*h));
-    auto& s = named<Set>(*h, "s", Set::allocator_type(*h));
-    auto& l = named<List>(*h, "l", List::allocator_type(*h));
+    auto &m = named<Map>(*h, "m", Map::allocator_type(*h));
+    auto &s = named<Set>(*h, "s", Set::allocator_type(*h));
+    auto &l = named<List>(*h, "l", List::allocator_type(*h));
     m.try_emplace(bytes(*h, "parent")).first->second.push_back(1);
-    for (int i = 0; i < 100; ++i) s.insert(i);
+    for (int i = 0; i < 100; ++i)
+        s.insert(i);
     l.assign({1, 2, 3});
-    int rc = in_child_at_another_address(*h, [](Heap& mine) {
+    int rc = in_child_at_another_address(*h, [](Heap &mine) {
         HeapRegistration r(mine); // the child allocates through its own mapping
-        auto& cm = found<Map>(mine, "m");
-        auto& cs = found<Set>(mine, "s");
-        auto& cl = found<List>(mine, "l");
+        auto &cm = found<Map>(mine, "m");
+        auto &cs = found<Set>(mine, "s");
+        auto &cl = found<List>(mine, "l");
         for (int i = 0; i < 200; ++i)
             cm.try_emplace(bytes(mine, "child-" + std::to_string(i))).first->second.assign(50, i);
         cm.find("parent")->second.push_back(2);
-        for (int i = 0; i < 100; i += 2) cs.erase(i); // rebalances the tree: links rewritten
-        for (int i = 1000; i < 1100; ++i) cs.insert(i);
+        for (int i = 0; i < 100; i += 2)
+            cs.erase(i); // rebalances the tree: links rewritten
+        for (int i = 1000; i < 1100; ++i)
+            cs.insert(i);
         cl.remove(2);
         cl.push_front(0);
         cl.push_back(4);
@@ -332,7 +354,7 @@ TEST(LibcxxContainers, child_at_another_address_modifies_map_set_and_list_the_pa
 TEST(LibcxxContainers, a_full_heap_throws_bad_alloc_on_insertion_and_the_map_and_heap_stay_usable) {
     auto h = Heap::anonymous(opts(kMinHeapSize));
     HeapRegistration reg(*h);
-    auto& m = named<IntMap>(*h, "m", IntMap::allocator_type(*h));
+    auto &m = named<IntMap>(*h, "m", IntMap::allocator_type(*h));
     int inserted = 0;
     bool threw = false;
     try {
@@ -340,9 +362,9 @@ TEST(LibcxxContainers, a_full_heap_throws_bad_alloc_on_insertion_and_the_map_and
             m.emplace(i, i * 2);
             inserted = i + 1;
         }
-    } catch (const std::bad_alloc& e) {
+    } catch (const std::bad_alloc &e) {
         threw = true;
-        EXPECT_NE(dynamic_cast<const heap_bad_alloc*>(&e), nullptr); // ours, with a message
+        EXPECT_NE(dynamic_cast<const heap_bad_alloc *>(&e), nullptr); // ours, with a message
         EXPECT_NE(std::string(e.what()).find("cannot allocate"), std::string::npos) << e.what();
     }
     ASSERT_TRUE(threw);
@@ -350,22 +372,24 @@ TEST(LibcxxContainers, a_full_heap_throws_bad_alloc_on_insertion_and_the_map_and
     // Strong guarantee of emplace: exactly the successful insertions are there, intact.
     ASSERT_EQ(m.size(), std::size_t(inserted));
     int i = 0;
-    for (auto& [k, v] : m) {
+    for (auto &[k, v] : m) {
         ASSERT_EQ(k, i);
         ASSERT_EQ(v, i * 2);
         ++i;
     }
     h->check_invariants();
     // Free some room: the same map and another container allocate again.
-    for (int k = 0; k < 100; ++k) m.erase(k);
+    for (int k = 0; k < 100; ++k)
+        m.erase(k);
     h->flush_thread_caches();
     m.emplace(-1, 1);
     // In the heap, not on the stack: with a fancy pointer, libc++'s tree static_casts its end
     // node (a member of the set object) to a node pointer, which UBSan flags as a downcast of
     // an object too small when it can see the object's size (a local). Containers belong in
     // the heap anyway.
-    auto& s = named<Set>(*h, "s", Set::allocator_type(*h));
-    for (int k = 0; k < 50; ++k) s.insert(k);
+    auto &s = named<Set>(*h, "s", Set::allocator_type(*h));
+    for (int k = 0; k < 50; ++k)
+        s.insert(k);
     EXPECT_EQ(s.size(), 50u);
     EXPECT_EQ(m.at(-1), 1);
     s.clear();
@@ -382,17 +406,17 @@ TEST(LibcxxContainers, map_set_and_list_outlive_a_killed_process_that_built_them
     auto name = fresh("outlive");
     auto h = Heap::create(name, opts(2 << 20));
     HeapRegistration reg(*h);
-    auto& m = named<Map>(*h, "m", Map::allocator_type(*h));
-    auto& s = named<Set>(*h, "s", Set::allocator_type(*h));
-    auto& l = named<List>(*h, "l", List::allocator_type(*h));
+    auto &m = named<Map>(*h, "m", Map::allocator_type(*h));
+    auto &s = named<Set>(*h, "s", Set::allocator_type(*h));
+    auto &l = named<List>(*h, "l", List::allocator_type(*h));
     pid_t pid = ::fork();
     if (pid == 0) {
         ::alarm(30);
         auto mine = Heap::attach(name);
         HeapRegistration r(*mine);
-        auto& cm = found<Map>(*mine, "m");
-        auto& cs = found<Set>(*mine, "s");
-        auto& cl = found<List>(*mine, "l");
+        auto &cm = found<Map>(*mine, "m");
+        auto &cs = found<Set>(*mine, "s");
+        auto &cl = found<List>(*mine, "l");
         for (int i = 0; i < 100; ++i) {
             cm.try_emplace(bytes(*mine, key(i))).first->second.assign(10, i);
             cs.insert(i);
@@ -428,8 +452,8 @@ TEST(LibcxxContainers, offset_ptr_meets_what_libcxx_node_containers_use) {
     };
     Derived x;
     offset_ptr<Derived> pd = &x;
-    offset_ptr<Base> pb = pd;                            // implicit upcast
-    auto back = static_cast<offset_ptr<Derived>>(pb);    // explicit downcast (node base -> node)
+    offset_ptr<Base> pb = pd;                         // implicit upcast
+    auto back = static_cast<offset_ptr<Derived>>(pb); // explicit downcast (node base -> node)
     EXPECT_EQ(back.get(), &x);
     offset_ptr<void> pv = pd;
     EXPECT_EQ(static_cast<offset_ptr<Derived>>(pv)->d, 2);
@@ -437,6 +461,6 @@ TEST(LibcxxContainers, offset_ptr_meets_what_libcxx_node_containers_use) {
     EXPECT_TRUE(offset_ptr<int>() == nullptr);
     static_assert(!std::is_convertible_v<offset_ptr<Base>, offset_ptr<Derived>>);
     static_assert(!std::is_constructible_v<offset_ptr<int>, offset_ptr<const int>>);
-    static_assert(std::is_same_v<std::pointer_traits<offset_ptr<int>>::rebind<long>,
-                                 offset_ptr<long>>);
+    static_assert(
+        std::is_same_v<std::pointer_traits<offset_ptr<int>>::rebind<long>, offset_ptr<long>>);
 }
