@@ -119,38 +119,20 @@ std::uint64_t unix_ns() {
                                           .count());
 }
 
-std::string temp_name() {
-    static std::atomic<unsigned> counter{0};
-    char buf[96];
-    std::snprintf(buf, sizeof buf, "/dev/shm/.shmipc-tmp-%d-%llx-%u", static_cast<int>(::getpid()),
-                  static_cast<unsigned long long>(unix_ns()), counter.fetch_add(1));
-    return buf;
-}
-
-// The existing object at `path` is stale if it is not persistent and nobody holds its owner
-// lock. If so, we take that lock (so no other creator can also decide to remove it), check
-// the name still refers to the same file, and unlink it. Returns true if the name is now free.
-bool remove_if_stale(const std::string &path) {
-    UniqueFd fd(::open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
+// The object at `path` is stale if `replaceable` says it is ours and not persistent, and
+// nobody holds its owner lock. If so, we take that lock (so no other creator can also decide
+// to remove it), check the name still refers to the same file, and unlink it. Returns true if
+// the name is now free.
+bool remove_if_stale(const std::string &path, const std::function<bool(int)> &replaceable) {
+    // O_NONBLOCK: never hang on a FIFO someone planted under the name.
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
     if (!fd)
         return errno == ENOENT; // vanished meanwhile: free
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0)
         throw_errno("fstat");
-    if (!S_ISREG(st.st_mode))
-        return false;
-    // Persistent objects are never stale; unreadable or foreign files are not ours to remove.
-    if (static_cast<std::size_t>(st.st_size) >= sizeof(SegmentHeader)) {
-        SegmentHeader h{};
-        if (::pread(fd.get(), &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h))
-            return false;
-        if (h.magic != kSegmentMagic)
-            return false;
-        if (h.flags & kFlagPersistent)
-            return false;
-    } else {
-        return false;
-    }
+    if (!S_ISREG(st.st_mode) || !replaceable(fd.get()))
+        return false; // foreign or persistent: not ours to remove
     if (!try_lock_byte(fd.get(), kOwnerLockByte, true))
         return false; // owner alive
     struct stat now {};
@@ -163,7 +145,36 @@ bool remove_if_stale(const std::string &path) {
     return true;
 }
 
+// A non-persistent object with a SegmentHeader.
+bool replaceable_segment(int fd) {
+    SegmentHeader h{};
+    return ::pread(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) &&
+           h.magic == kSegmentMagic && !(h.flags & kFlagPersistent);
+}
+
 } // namespace
+
+std::string temp_shm_path() {
+    static std::atomic<unsigned> counter{0};
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "/dev/shm/.shmipc-tmp-%d-%llx-%u", static_cast<int>(::getpid()),
+                  static_cast<unsigned long long>(unix_ns()), counter.fetch_add(1));
+    return buf;
+}
+
+void publish_named(const std::string &tmp, std::string_view norm,
+                   const std::function<bool(int)> &replaceable) {
+    const std::string final_path = shm_path(norm);
+    for (int attempt = 0;; ++attempt) {
+        if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_NOREPLACE) == 0)
+            return;
+        if (errno != EEXIST)
+            throw_errno("renameat2");
+        if (attempt > 100 || !remove_if_stale(final_path, replaceable))
+            throw std::system_error(EEXIST, std::system_category(),
+                                    "shared-memory object '" + std::string(norm) + "' exists");
+    }
+}
 
 MemorySegment::MemorySegment(MemorySegment &&o) noexcept {
     *this = std::move(o);
@@ -261,7 +272,7 @@ MemorySegment MemorySegment::create_named(std::string_view name, std::size_t siz
     if (mode & ~07777u)
         throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
     std::string final_path = shm_path(norm);
-    std::string tmp = temp_name();
+    std::string tmp = temp_shm_path();
 
     UniqueFd fd(::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!fd)
@@ -306,15 +317,7 @@ MemorySegment MemorySegment::create_named(std::string_view name, std::size_t siz
     h->magic = kSegmentMagic;
 
     // Publish atomically; replace a stale object whose owner died.
-    for (int attempt = 0;; ++attempt) {
-        if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_NOREPLACE) == 0)
-            break;
-        if (errno != EEXIST)
-            throw_errno("renameat2");
-        if (attempt > 100 || !remove_if_stale(final_path))
-            throw std::system_error(EEXIST, std::system_category(),
-                                    "shared-memory object '" + norm + "' exists");
-    }
+    publish_named(tmp, norm, replaceable_segment);
     guard.armed = false;
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0)

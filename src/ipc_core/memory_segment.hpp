@@ -96,6 +96,17 @@ class MemorySegment {
     ino_t ino_ = 0;
 };
 
+// A fresh temporary path in /dev/shm (".shmipc-tmp-<pid>-...") to build a named object in.
+[[nodiscard]] std::string temp_shm_path();
+
+// Publishes the file built at `tmp` under the (normalized) name with renameat2
+// (RENAME_NOREPLACE), so nobody ever opens it half-built. An object in the way is removed only
+// if `replaceable(fd)` says it is ours and not persistent and its owner lock is free (taken
+// while removing, so two creators never both remove it). std::system_error EEXIST if a live
+// or foreign object holds the name.
+void publish_named(const std::string &tmp, std::string_view norm,
+                   const std::function<bool(int)> &replaceable);
+
 // Removes a name (force-destroy). Returns false if it did not exist.
 bool unlink_named(std::string_view name);
 

@@ -2,6 +2,7 @@
 
 #include "ipc_core/errors.hpp"
 #include "ipc_core/liveness.hpp"
+#include "ipc_core/memory_segment.hpp"
 #include "ipc_core/shm_name.hpp"
 
 #include <atomic>
@@ -21,15 +22,6 @@ namespace shmipc {
 
 namespace {
 
-std::string temp_path() {
-    static std::atomic<unsigned> counter{0};
-    char buf[96];
-    auto ns = std::chrono::steady_clock::now().time_since_epoch().count();
-    std::snprintf(buf, sizeof buf, "/dev/shm/.shmipc-tmp-%d-%llx-%u", static_cast<int>(::getpid()),
-                  static_cast<unsigned long long>(ns), counter.fetch_add(1));
-    return buf;
-}
-
 // Value of a user xattr of an fd, "" if absent; `supported` is false if the filesystem has none.
 std::string get_xattr(int fd, const char *key, bool *supported = nullptr) {
     char buf[64];
@@ -39,32 +31,9 @@ std::string get_xattr(int fd, const char *key, bool *supported = nullptr) {
     return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
 }
 
-// Is the stream at `path` stale (ours, not persistent, owner dead)? If so, remove it while
-// holding its owner lock, so two creators racing for the name cannot both decide to remove
-// (same reasoning as remove_if_stale in memory_segment.cpp). True if the name is now free.
-bool remove_stale_stream(const std::string &path) {
-    UniqueFd fd(::open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
-    if (!fd)
-        return errno == ENOENT;
-    struct stat st {};
-    if (::fstat(fd.get(), &st) != 0)
-        throw_errno("fstat");
-    if (!S_ISREG(st.st_mode))
-        return false;
-    if (get_xattr(fd.get(), kKindXattr) != kStreamKind)
-        return false; // not ours to remove
-    if (get_xattr(fd.get(), kPersistentXattr) == "1")
-        return false; // never stale
-    if (!try_lock_byte(fd.get(), kOwnerLockByte, true))
-        return false; // owner alive
-    struct stat now {};
-    if (::stat(path.c_str(), &now) != 0)
-        return errno == ENOENT;
-    if (now.st_ino != st.st_ino || now.st_dev != st.st_dev)
-        return false;
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT)
-        throw_errno("unlink");
-    return true;
+// A non-persistent shmipc stream (the marks say so).
+bool replaceable_stream(int fd) {
+    return get_xattr(fd, kKindXattr) == kStreamKind && get_xattr(fd, kPersistentXattr) != "1";
 }
 
 void set_xattr(int fd, const char *key, std::string_view value) {
@@ -83,8 +52,7 @@ UniqueFd create_stream(std::string_view name, mode_t mode, bool persistent, bool
     const std::string norm = normalize_shm_name(name);
     if (mode & ~07777u)
         throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
-    const std::string final_path = shm_path(norm);
-    const std::string tmp = temp_path();
+    const std::string tmp = temp_shm_path();
     // Built under a temporary name and published with one rename, so nobody ever opens a
     // stream without its owner lock and marks.
     UniqueFd fd(::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
@@ -108,15 +76,7 @@ UniqueFd create_stream(std::string_view name, mode_t mode, bool persistent, bool
         throw_errno("fchmod"); // exact, whatever the umask
     if (append && ::fcntl(fd.get(), F_SETFL, O_APPEND) != 0)
         throw_errno("fcntl(O_APPEND)");
-    for (int attempt = 0;; ++attempt) {
-        if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_NOREPLACE) == 0)
-            break;
-        if (errno != EEXIST)
-            throw_errno("renameat2");
-        if (attempt > 100 || !remove_stale_stream(final_path))
-            throw std::system_error(EEXIST, std::system_category(),
-                                    "shared-memory object '" + norm + "' exists");
-    }
+    publish_named(tmp, norm, replaceable_stream);
     guard.armed = false;
     return fd;
 }
