@@ -1,6 +1,6 @@
 // C++ cost of one allocate + deallocate pair on a shared heap (no Python).
 //   build-cpp-plain/bench_heap      (built by dev/ctest)
-#include "ipc_core/heap.hpp"
+#include "ipc_core/heap/heap.hpp"
 
 #include <chrono>
 #include <cstdio>

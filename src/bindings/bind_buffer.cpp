@@ -1,9 +1,9 @@
 // shmipc._core.Buffer: the buffer protocol with export counting, and fd send/recv.
 #include "bindings.hpp"
 
-#include "ipc_core/buffer.hpp"
-#include "ipc_core/errors.hpp"
-#include "ipc_core/fd_passing.hpp"
+#include "ipc_core/buffer/buffer.hpp"
+#include "ipc_core/base/errors.hpp"
+#include "ipc_core/buffer/fd_passing.hpp"
 
 #include <optional>
 #include <pybind11/numpy.h>

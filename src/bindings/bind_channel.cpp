@@ -7,8 +7,8 @@
 #include "bind_heap.hpp"
 #include "bindings.hpp"
 
-#include "ipc_core/channel.hpp"
-#include "ipc_core/errors.hpp"
+#include "ipc_core/channel/channel.hpp"
+#include "ipc_core/base/errors.hpp"
 
 #include <pybind11/stl.h>
 

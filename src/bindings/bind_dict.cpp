@@ -13,8 +13,8 @@
 #include "bind_heap.hpp"
 #include "bindings.hpp"
 
-#include "ipc_core/errors.hpp"
-#include "ipc_core/shared_dict.hpp"
+#include "ipc_core/base/errors.hpp"
+#include "ipc_core/containers/shared_dict.hpp"
 
 #include <pybind11/stl.h>
 

@@ -1,8 +1,8 @@
 // The one place where engine errors become Python exceptions.
 #include "bindings.hpp"
 
-#include "ipc_core/deadline.hpp"
-#include "ipc_core/errors.hpp"
+#include "ipc_core/base/deadline.hpp"
+#include "ipc_core/base/errors.hpp"
 
 #include <system_error>
 #include <unistd.h>

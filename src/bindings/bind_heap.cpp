@@ -5,7 +5,7 @@
 // generic dispatch and instance creation would cost more than the allocator itself.
 #include "bind_heap.hpp"
 
-#include "ipc_core/errors.hpp"
+#include "ipc_core/base/errors.hpp"
 
 #include <pybind11/stl.h>
 

@@ -3,7 +3,7 @@
 
 #include "bindings.hpp"
 
-#include "ipc_core/heap.hpp"
+#include "ipc_core/heap/heap.hpp"
 
 #include <cstdint>
 #include <optional>

@@ -5,9 +5,9 @@
 
 #include <pybind11/stl.h>
 
-#include "ipc_core/deadline.hpp"
-#include "ipc_core/errors.hpp"
-#include "ipc_core/message_queue.hpp"
+#include "ipc_core/base/deadline.hpp"
+#include "ipc_core/base/errors.hpp"
+#include "ipc_core/queue/message_queue.hpp"
 
 #include <memory>
 #include <optional>

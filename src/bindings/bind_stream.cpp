@@ -2,7 +2,7 @@
 // io objects are built in python/shmipc/_stream.py.
 #include "bindings.hpp"
 
-#include "ipc_core/shm_stream.hpp"
+#include "ipc_core/stream/shm_stream.hpp"
 
 namespace shmipc::bindings {
 

@@ -2,9 +2,9 @@
 // encodes str/bytes/ndarray into (type tag, meta, payload).
 #include "bindings.hpp"
 
-#include "ipc_core/deadline.hpp"
-#include "ipc_core/errors.hpp"
-#include "ipc_core/shared_value.hpp"
+#include "ipc_core/base/deadline.hpp"
+#include "ipc_core/base/errors.hpp"
+#include "ipc_core/value/shared_value.hpp"
 
 #include <memory>
 #include <optional>

@@ -1,0 +1,670 @@
+#include "ipc_core/channel/channel.hpp"
+
+#include "ipc_core/base/errors.hpp"
+#include "ipc_core/sync/liveness.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <pthread.h>
+#include <set>
+#include <stdexcept>
+#include <system_error>
+#include <tuple>
+#include <unistd.h>
+
+namespace shmipc {
+
+namespace {
+
+// Endpoints held by this process, keyed by (pid, heap handle, channel offset, role). OFD locks
+// taken through one open file description never conflict with each other, so a second handle of
+// the same process and heap handle is caught here instead. The pid keeps a forked child from
+// trusting the entries it inherited from its parent.
+using RegistryKey = std::tuple<pid_t, const Heap *, std::uint64_t, int>;
+std::mutex g_registry_mu;
+std::set<RegistryKey> &registry() {
+    static std::set<RegistryKey> r;
+    return r;
+}
+RegistryKey key_of(const Heap &h, std::uint64_t off, ChannelRole r) {
+    return {::getpid(), &h, off, static_cast<int>(r)};
+}
+
+std::atomic<std::uint32_t> g_token_serial{0};
+
+// Bumped in a forked child: a role claimed before fork() belongs to the parent, never to the
+// copy of the handle in the child (which would otherwise push into the parent's ring too).
+std::atomic<std::uint64_t> g_fork_generation{0};
+[[maybe_unused]] const int g_atfork_registered = ::pthread_atfork(
+    nullptr, nullptr, [] { g_fork_generation.fetch_add(1, std::memory_order_relaxed); });
+
+std::uint64_t make_token() {
+    // pid for diagnostics, a serial so two claims in one process differ; never 0.
+    std::uint32_t serial = g_token_serial.fetch_add(1, std::memory_order_relaxed) + 1;
+    return (std::uint64_t(std::uint32_t(::getpid())) << 32) | serial;
+}
+
+const char *role_name(ChannelRole r) {
+    return r == ChannelRole::Sender ? "sender" : "receiver";
+}
+
+std::atomic<std::uint64_t> &token_word(ChannelControl *c, ChannelRole r) {
+    return r == ChannelRole::Sender ? c->sender : c->receiver;
+}
+
+off_t lock_byte(const ChannelControl *c, ChannelRole r) {
+    return kUserLockBase + off_t(2 * c->lock_index) + off_t(static_cast<int>(r));
+}
+
+// Spreads (segment, byte offset) over the user lock range. Two channels collide only if their
+// offsets agree modulo 32 GiB after mixing in the segment index: not in heaps of realistic size.
+std::uint64_t lock_index_for(std::uint64_t off) {
+    const std::uint64_t seg = off >> kSegmentShift;
+    const std::uint64_t unit = (off & kSegmentOffsetMask) / kHeapUnit;
+    return (unit + seg * 0x9E3779B1ULL) % std::uint64_t(kUserLockSpan / 2);
+}
+
+std::size_t control_bytes(std::uint64_t capacity) {
+    return sizeof(ChannelControl) - sizeof(SpscRingControl) + spsc_ring_bytes(capacity);
+}
+
+ChannelControl *validate_control(void *p, std::size_t avail, std::string_view name) {
+    auto *c = static_cast<ChannelControl *>(p);
+    if (avail < sizeof(ChannelControl) || c->magic != kChannelMagic ||
+        c->layout_version != kChannelLayoutVersion)
+        throw CorruptSegment("channel '" + std::string(name) + "' has a corrupt control block");
+    spsc_ring_validate(&c->ring, avail - (sizeof(ChannelControl) - sizeof(SpscRingControl)));
+    return c;
+}
+
+bool endpoint_alive_at(Heap &heap, std::uint64_t offset, ChannelControl *c, ChannelRole r) {
+    if (token_word(c, r).load(std::memory_order_acquire) == 0)
+        return false;
+    {
+        std::lock_guard g(g_registry_mu);
+        if (registry().count(key_of(heap, offset, r)))
+            return true;
+    }
+    return byte_is_locked(heap.lock_fd(), lock_byte(c, r));
+}
+
+// A claimed endpoint whose process is gone: token set, lock byte free.
+bool endpoint_dead_at(Heap &heap, std::uint64_t offset, ChannelControl *c, ChannelRole r) {
+    if (token_word(c, r).load(std::memory_order_acquire) == 0)
+        return false;
+    return !endpoint_alive_at(heap, offset, c, r);
+}
+
+// The sleep of a wait never runs past the deadline, and never spins past it either.
+std::chrono::nanoseconds spin_for(std::chrono::nanoseconds spin, const Deadline &d) {
+    return std::min(spin, d.remaining());
+}
+
+} // namespace
+
+std::unique_ptr<Channel> Channel::open(Heap &heap, std::string_view name, std::uint64_t capacity) {
+    if (name.empty() || name.size() > kMaxNamedLength)
+        throw std::invalid_argument("a channel name is 1.." + std::to_string(kMaxNamedLength) +
+                                    " bytes, got " + std::to_string(name.size()));
+    const std::size_t bytes = control_bytes(capacity); // validates capacity
+    auto existing = [&]() -> std::optional<NamedInfo> {
+        auto info = heap.find_named(name);
+        if (info && info->kind != kNamedChannel)
+            throw std::invalid_argument(
+                "'" + std::string(name) +
+                "' names another kind of object in this heap, not a channel");
+        return info;
+    };
+    std::uint64_t off = 0;
+    if (auto info = existing()) {
+        off = info->offset;
+    } else {
+        try {
+            off = heap.find_or_create_named(
+                          name, bytes,
+                          [&](void *p) {
+                              std::memset(p, 0, sizeof(ChannelControl) - sizeof(SpscRingControl));
+                              auto *c = static_cast<ChannelControl *>(p);
+                              c->magic = kChannelMagic;
+                              c->layout_version = kChannelLayoutVersion;
+                              c->lock_index = lock_index_for(heap.to_offset(p));
+                              spsc_ring_init(&c->ring, capacity);
+                          },
+                          kNamedChannel)
+                      .first;
+        } catch (const std::invalid_argument &) {
+            // Another process created it first with a smaller capacity: use theirs.
+            auto info = existing();
+            if (!info)
+                throw;
+            off = info->offset;
+        }
+    }
+    auto *ctl = validate_control(heap.to_ptr(off), heap.block_capacity(off), name);
+    return std::unique_ptr<Channel>(new Channel(heap, std::string(name), off, ctl));
+}
+
+Channel::Channel(Heap &heap, std::string name, std::uint64_t offset, ChannelControl *ctl)
+    : heap_(heap), name_(std::move(name)), offset_(offset), ctl_(ctl) {}
+
+Channel::~Channel() {
+    release();
+}
+
+void Channel::check_open() const {
+    if (closed_)
+        throw Closed("channel '" + name_ + "' is closed");
+}
+
+void Channel::claim(ChannelRole role) {
+    std::lock_guard g(g_registry_mu);
+    const RegistryKey key = key_of(heap_, offset_, role);
+    if (registry().count(key))
+        throw ChannelBusy("channel '" + name_ + "' already has a live " + role_name(role) +
+                          " in this process");
+    // A heap handle copied by fork() becomes this process's own (new client, new open file
+    // description) on its first allocation-side call; lock_fd() alone does not do it, so make
+    // one (claims are rare: the cost of flushing the thread caches does not matter here).
+    heap_.flush_thread_caches();
+    const int fd = heap_.lock_fd();
+    const off_t byte = lock_byte(ctl_, role);
+    if (!try_lock_byte(fd, byte, /*exclusive=*/true))
+        throw ChannelBusy("channel '" + name_ + "' already has a live " + role_name(role) +
+                          " in another process");
+    // We hold the lock: any token still published belongs to a dead or departed endpoint.
+    auto &word = token_word(ctl_, role);
+    std::uint64_t old = word.load(std::memory_order_acquire);
+    const std::uint64_t token = make_token();
+    // SYNC POINT: pairs with the token loads in endpoint_alive_at of the peer.
+    if (!word.compare_exchange_strong(old, token, std::memory_order_acq_rel)) {
+        unlock_byte(fd, byte);
+        throw ChannelBusy("channel '" + name_ + "': the " + role_name(role) +
+                          " endpoint was claimed concurrently");
+    }
+    registry().insert(key);
+    role_ = role;
+    token_ = token;
+    fork_generation_ = g_fork_generation.load(std::memory_order_relaxed);
+    if (role == ChannelRole::Sender)
+        producer_ = SpscProducer(&ctl_->ring);
+    else
+        consumer_ = SpscConsumer(&ctl_->ring);
+}
+
+void Channel::forget_role_after_fork() noexcept {
+    if (role_ != ChannelRole::None &&
+        fork_generation_ != g_fork_generation.load(std::memory_order_relaxed)) {
+        // The parent still holds the role (its lock, its token): forget it here, touch nothing.
+        role_ = ChannelRole::None;
+        token_ = 0;
+    }
+}
+
+void Channel::ensure_role(ChannelRole role) {
+    check_open();
+    forget_role_after_fork();
+    if (role_ == role)
+        return;
+    if (role_ != ChannelRole::None)
+        throw std::invalid_argument("this handle is the " + std::string(role_name(role_)) +
+                                    " of channel '" + name_ + "'; open another handle to " +
+                                    (role == ChannelRole::Sender ? "send" : "receive"));
+    claim(role);
+}
+
+void Channel::release() {
+    std::lock_guard g(g_registry_mu);
+    forget_role_after_fork();
+    if (role_ == ChannelRole::None)
+        return;
+    // Clear the token before unlocking: a peer that sees the lock free with a token still set
+    // would think we died.
+    std::uint64_t mine = token_;
+    token_word(ctl_, role_).compare_exchange_strong(mine, 0, std::memory_order_acq_rel);
+    unlock_byte(heap_.lock_fd(), lock_byte(ctl_, role_));
+    registry().erase(key_of(heap_, offset_, role_));
+    role_ = ChannelRole::None;
+    token_ = 0;
+}
+
+void Channel::abandon() noexcept {
+    std::lock_guard g(g_registry_mu);
+    if (role_ != ChannelRole::None)
+        registry().erase(key_of(heap_, offset_, role_));
+    role_ = ChannelRole::None;
+    closed_ = true;
+}
+
+void Channel::close() {
+    // Another thread may sleep inside this handle: make it leave (it checks closing_ between
+    // slices; the wake-ups cut its current slice short), then take the handle.
+    closing_.store(true, std::memory_order_relaxed);
+    notify_all(ctl_->ring.not_empty);
+    notify_all(ctl_->ring.not_full);
+    std::lock_guard g(mu_);
+    if (closed_)
+        return;
+    if (role_ == ChannelRole::Sender)
+        producer_.close();
+    release();
+    closed_ = true;
+}
+
+bool Channel::endpoint_alive(ChannelRole role) const {
+    return endpoint_alive_at(heap_, offset_, ctl_, role);
+}
+
+void Channel::peer_died(ChannelRole peer) {
+    // Free what the dead process held (blocks it had received, its caches); best effort.
+    try {
+        (void)heap_.reap_dead_clients();
+    } catch (...) {
+    }
+    throw PeerDied("the " + std::string(role_name(peer)) + " of channel '" + name_ + "' died");
+}
+
+std::chrono::nanoseconds Channel::between_slices(ChannelRole peer, const Deadline &deadline,
+                                                 bool first) {
+    if (deadline.expired())
+        return std::chrono::nanoseconds{0};
+    // Before the first sleep only the deadline matters: a wake-up usually ends the wait, and the
+    // GIL round trip of check_interrupt plus the fcntl of the liveness test would add microseconds
+    // to every blocking hand-off. A signal interrupts the futex sleep, so Ctrl-C and a dead peer
+    // are still seen within one slice.
+    if (first)
+        return deadline.slice();
+    check_interrupt();
+    if (closing_.load(std::memory_order_relaxed))
+        throw Closed("channel '" + name_ + "' was closed while waiting");
+    if (endpoint_dead_at(heap_, offset_, ctl_, peer))
+        return std::chrono::nanoseconds{-1};
+    return deadline.slice();
+}
+
+std::uint64_t Channel::stash_meta(std::string_view meta) {
+    if (meta.size() > kMaxRecordMeta)
+        throw std::invalid_argument("record metadata of " + std::to_string(meta.size()) +
+                                    " bytes exceeds " + std::to_string(kMaxRecordMeta));
+    const std::uint64_t off = heap_.allocate(sizeof(std::uint64_t) + meta.size());
+    auto *p = static_cast<std::byte *>(heap_.to_ptr(off));
+    const std::uint64_t n = meta.size();
+    std::memcpy(p, &n, sizeof n);
+    std::memcpy(p + sizeof n, meta.data(), meta.size());
+    return off;
+}
+
+bool Channel::wait_for_room(const Deadline &deadline) {
+    if (producer_.writable())
+        return true;
+    bool peer_dead = false;
+    bool first = true;
+    const bool ok = spin_then_wait(
+        ctl_->ring.not_full, [&] { return producer_.writable(); },
+        [&] {
+            auto s = between_slices(ChannelRole::Receiver, deadline, first);
+            first = false;
+            if (s.count() < 0) {
+                peer_dead = true;
+                return std::chrono::nanoseconds{0};
+            }
+            return s;
+        },
+        spin_for(spin(), deadline));
+    if (!ok && peer_dead)
+        peer_died(ChannelRole::Receiver);
+    return ok;
+}
+
+void Channel::check_stream_open() const {
+    if (stream_ended())
+        throw std::system_error(EPIPE, std::generic_category(),
+                                "channel '" + name_ + "' was closed by its sender");
+}
+
+bool Channel::push_record(const RingRecord &rec, const Deadline &deadline) {
+    // Wait for room first, then hand the blocks to the heap, then publish: a sender killed
+    // while it waits still owns its blocks (reclaimed with it), and nothing else can take the
+    // room we saw (we are the only producer).
+    if (!wait_for_room(deadline))
+        return false;
+    heap_.transfer(rec.offset, kOwnerHeld);
+    if (rec.aux)
+        heap_.transfer(rec.aux, kOwnerHeld);
+    const bool pushed = producer_.try_push(rec);
+    (void)pushed; // room was checked above and only this handle pushes
+    return true;
+}
+
+bool Channel::ready_to_send() {
+    std::unique_lock g(mu_, std::try_to_lock);
+    if (!g)
+        return false;
+    ensure_role(ChannelRole::Sender);
+    check_stream_open();
+    return producer_.writable();
+}
+
+void Channel::wait_writable(const Deadline &deadline) {
+    std::lock_guard g(mu_);
+    ensure_role(ChannelRole::Sender);
+    check_stream_open();
+    if (!wait_for_room(deadline))
+        throw Timeout("channel '" + name_ + "' stayed full until the timeout");
+}
+
+bool Channel::ready_to_recv() {
+    std::unique_lock g(mu_, std::try_to_lock);
+    if (!g)
+        return false;
+    ensure_role(ChannelRole::Receiver);
+    return consumer_.readable() || consumer_.closed_and_empty();
+}
+
+void Channel::wait_readable(const Deadline &deadline) {
+    std::lock_guard g(mu_);
+    ensure_role(ChannelRole::Receiver);
+    wait_for_record(deadline);
+}
+
+void Channel::send_block_locked(std::uint64_t off, std::uint64_t len, RecordKind kind,
+                                std::string_view meta, const Deadline &deadline) {
+    ensure_role(ChannelRole::Sender);
+    check_stream_open();
+    if (heap_.owner_of(off) != heap_.client_id())
+        throw std::invalid_argument("the block at offset " + std::to_string(off) +
+                                    " is not owned by this process (already sent or freed?)");
+    if (len > heap_.block_capacity(off))
+        throw std::invalid_argument("length " + std::to_string(len) + " exceeds the block");
+    const std::uint64_t meta_off = meta.empty() ? 0 : stash_meta(meta);
+    try {
+        if (!push_record(RingRecord{off, len, static_cast<std::uint64_t>(kind), meta_off},
+                         deadline))
+            throw Timeout("channel '" + name_ + "' stayed full until the timeout");
+    } catch (...) {
+        if (meta_off)
+            heap_.deallocate(meta_off);
+        throw;
+    }
+}
+
+void Channel::send_block(std::uint64_t off, std::uint64_t len, RecordKind kind,
+                         std::string_view meta, const Deadline &deadline) {
+    std::lock_guard g(mu_);
+    send_block_locked(off, len, kind, meta, deadline);
+}
+
+bool Channel::try_send_block(std::uint64_t off, std::uint64_t len, RecordKind kind,
+                             std::string_view meta) {
+    std::unique_lock g(mu_, std::try_to_lock);
+    if (!g)
+        return false; // another thread is inside this handle
+    ensure_role(ChannelRole::Sender);
+    check_stream_open();
+    if (!producer_.writable())
+        return false;
+    send_block_locked(off, len, kind, meta, Deadline(0.0));
+    return true;
+}
+
+void Channel::send_bytes(const void *data, std::size_t n, RecordKind kind, std::string_view meta,
+                         const Deadline &deadline) {
+    std::lock_guard g(mu_);
+    ensure_role(ChannelRole::Sender);
+    check_stream_open();
+    const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1));
+    try {
+        if (n)
+            std::memcpy(heap_.to_ptr(off), data, n);
+        send_block_locked(off, n, kind, meta, deadline);
+    } catch (...) {
+        heap_.deallocate(off);
+        throw;
+    }
+}
+
+bool Channel::try_send_bytes(const void *data, std::size_t n, RecordKind kind,
+                             std::string_view meta) {
+    std::unique_lock g(mu_, std::try_to_lock);
+    if (!g)
+        return false;
+    ensure_role(ChannelRole::Sender);
+    check_stream_open();
+    if (!producer_.writable())
+        return false; // checked before the copy, not after
+    const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1));
+    try {
+        if (n)
+            std::memcpy(heap_.to_ptr(off), data, n);
+        send_block_locked(off, n, kind, meta, Deadline(0.0));
+    } catch (...) {
+        heap_.deallocate(off);
+        throw;
+    }
+    return true;
+}
+
+std::size_t Channel::send_many(const std::vector<std::pair<const void *, std::size_t>> &msgs,
+                               const Deadline &deadline) {
+    std::lock_guard g(mu_);
+    ensure_role(ChannelRole::Sender);
+    check_stream_open();
+    constexpr std::size_t kBatch = 256;
+    RingRecord recs[kBatch];
+    std::size_t sent = 0;
+    while (sent < msgs.size()) {
+        std::uint64_t room = producer_.free_slots();
+        if (room == 0) {
+            if (!wait_for_room(deadline)) {
+                if (sent)
+                    return sent;
+                throw Timeout("channel '" + name_ + "' stayed full until the timeout");
+            }
+            room = producer_.free_slots();
+        }
+        const std::size_t k = std::min<std::size_t>({kBatch, msgs.size() - sent, room});
+        std::size_t built = 0;
+        try {
+            for (; built < k; ++built) {
+                const auto &[p, n] = msgs[sent + built];
+                const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1));
+                if (n)
+                    std::memcpy(heap_.to_ptr(off), p, n);
+                heap_.transfer(off, kOwnerHeld);
+                recs[built] = RingRecord{off, n, static_cast<std::uint64_t>(RecordKind::Block), 0};
+            }
+        } catch (...) {
+            for (std::size_t i = 0; i < built; ++i)
+                heap_.deallocate(recs[i].offset);
+            throw;
+        }
+        const std::size_t pushed = producer_.try_push_many(recs, k);
+        (void)pushed; // == k: room was measured above and only this handle pushes
+        sent += k;
+    }
+    return sent;
+}
+
+void Channel::wait_for_record(const Deadline &deadline) {
+    if (consumer_.readable())
+        return;
+    bool peer_dead = false;
+    bool first = true;
+    const bool ok = spin_then_wait(
+        ctl_->ring.not_empty, [&] { return consumer_.readable() || consumer_.closed_and_empty(); },
+        [&] {
+            auto s = between_slices(ChannelRole::Sender, deadline, first);
+            first = false;
+            if (s.count() < 0) {
+                peer_dead = true;
+                return std::chrono::nanoseconds{0};
+            }
+            return s;
+        },
+        spin_for(spin(), deadline));
+    if (ok && consumer_.readable())
+        return;
+    if (consumer_.closed_and_empty())
+        throw EndOfStream("channel '" + name_ + "' was closed by its sender");
+    if (peer_dead)
+        peer_died(ChannelRole::Sender);
+    throw Timeout("nothing arrived on channel '" + name_ + "' before the timeout");
+}
+
+ChannelMessage Channel::take(const RingRecord &rec) {
+    // The record left the ring already (a receiver killed right here leaks only this block, as
+    // kOwnerHeld; taking it before the pop would let a reaper free a block still in the ring).
+    ChannelMessage m;
+    m.offset = rec.offset;
+    m.length = rec.length;
+    m.kind = static_cast<RecordKind>(rec.tag);
+    try {
+        if (!heap_.try_transfer(rec.offset, kOwnerHeld, heap_.client_id()))
+            throw CorruptSegment("channel '" + name_ + "' delivered a block it did not hold");
+        if (rec.length > heap_.block_capacity(rec.offset))
+            throw CorruptSegment("channel '" + name_ +
+                                 "' delivered a record longer than its block");
+        if (rec.aux) {
+            if (!heap_.try_transfer(rec.aux, kOwnerHeld, heap_.client_id()))
+                throw CorruptSegment("channel '" + name_ + "' has a bad metadata block");
+            auto *p = static_cast<const std::byte *>(heap_.to_ptr(rec.aux));
+            std::uint64_t n = 0;
+            std::memcpy(&n, p, sizeof n);
+            const std::size_t cap = heap_.block_capacity(rec.aux);
+            if (n > kMaxRecordMeta || n + sizeof n > cap) {
+                heap_.deallocate(rec.aux);
+                throw CorruptSegment("channel '" + name_ + "' has a bad metadata block");
+            }
+            m.meta.assign(reinterpret_cast<const char *>(p + sizeof n), n);
+            heap_.deallocate(rec.aux);
+        }
+    } catch (const std::invalid_argument &e) {
+        throw CorruptSegment("channel '" + name_ + "' delivered a bad record: " + e.what());
+    }
+    return m;
+}
+
+ChannelMessage Channel::recv(const Deadline &deadline) {
+    std::lock_guard g(mu_);
+    ensure_role(ChannelRole::Receiver);
+    wait_for_record(deadline);
+    RingRecord rec{};
+    const bool popped = consumer_.try_pop(rec);
+    (void)popped; // wait_for_record saw it and only this handle pops
+    return take(rec);
+}
+
+std::optional<ChannelMessage> Channel::try_recv() {
+    std::unique_lock g(mu_, std::try_to_lock);
+    if (!g)
+        return std::nullopt; // another thread is inside this handle
+    ensure_role(ChannelRole::Receiver);
+    RingRecord rec{};
+    if (!consumer_.try_pop(rec)) {
+        if (consumer_.closed_and_empty())
+            throw EndOfStream("channel '" + name_ + "' was closed by its sender");
+        return std::nullopt;
+    }
+    return take(rec);
+}
+
+std::size_t Channel::recv_many_impl(std::size_t max, const Deadline *deadline, SinkFn fn,
+                                    void *ctx) {
+    std::unique_lock g(mu_, std::defer_lock);
+    if (deadline) {
+        g.lock();
+    } else if (!g.try_lock()) {
+        return 0; // another thread is inside this handle
+    }
+    ensure_role(ChannelRole::Receiver);
+    if (max == 0)
+        return 0;
+    if (deadline) {
+        wait_for_record(*deadline);
+    } else if (!consumer_.readable()) {
+        if (consumer_.closed_and_empty())
+            throw EndOfStream("channel '" + name_ + "' was closed by its sender");
+        return 0;
+    }
+    constexpr std::size_t kBatch = 256;
+    RingRecord recs[kBatch];
+    std::size_t done = 0;
+    while (done < max) {
+        const std::size_t k = consumer_.try_pop_many(recs, std::min(kBatch, max - done));
+        if (k == 0)
+            break;
+        std::size_t i = 0;
+        try {
+            for (; i < k; ++i) {
+                ChannelMessage m = take(recs[i]);
+                try {
+                    fn(ctx, heap_.to_ptr(m.offset), m.length);
+                } catch (...) {
+                    heap_.deallocate(m.offset);
+                    throw;
+                }
+                heap_.deallocate(m.offset);
+            }
+        } catch (...) {
+            // The rest of this batch left the ring: free it rather than leak it.
+            for (std::size_t j = i + 1; j < k; ++j) {
+                try {
+                    heap_.deallocate(recs[j].offset);
+                    if (recs[j].aux)
+                        heap_.deallocate(recs[j].aux);
+                } catch (...) {
+                }
+            }
+            throw;
+        }
+        done += k;
+    }
+    return done;
+}
+
+bool Channel::poll(const Deadline &deadline) {
+    check_open();
+    auto ready = [&] { return ctl_->ring.size_approx() > 0 || stream_ended(); };
+    if (ready())
+        return true;
+    bool peer_dead = false;
+    bool first = true;
+    const bool ok = spin_then_wait(
+        ctl_->ring.not_empty, ready,
+        [&] {
+            auto s = between_slices(ChannelRole::Sender, deadline, first);
+            first = false;
+            if (s.count() < 0) {
+                peer_dead = true;
+                return std::chrono::nanoseconds{0};
+            }
+            return s;
+        },
+        spin_for(spin(), deadline));
+    return ok || peer_dead;
+}
+
+std::vector<ChannelInfo> Channel::list(Heap &heap) {
+    std::vector<ChannelInfo> out;
+    for (const NamedInfo &n : heap.list_named(kNamedChannel)) {
+        ChannelControl *c = nullptr;
+        try {
+            c = validate_control(heap.to_ptr(n.offset), heap.block_capacity(n.offset), n.name);
+        } catch (const std::exception &) {
+            continue; // not ours to report: a corrupt entry is an error for whoever opens it
+        }
+        ChannelInfo info;
+        info.name = n.name;
+        info.capacity = c->ring.capacity;
+        info.queued = c->ring.size_approx();
+        info.sender_alive = endpoint_alive_at(heap, n.offset, c, ChannelRole::Sender);
+        info.receiver_alive = endpoint_alive_at(heap, n.offset, c, ChannelRole::Receiver);
+        info.closed = c->ring.closed.load(std::memory_order_acquire) != 0;
+        out.push_back(std::move(info));
+    }
+    return out;
+}
+
+} // namespace shmipc

@@ -1,0 +1,162 @@
+#include "ipc_core/stream/shm_stream.hpp"
+
+#include "ipc_core/base/errors.hpp"
+#include "ipc_core/sync/liveness.hpp"
+#include "ipc_core/shm/memory_segment.hpp"
+#include "ipc_core/shm/shm_name.hpp"
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdexcept>
+#include <string>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <system_error>
+#include <unistd.h>
+
+namespace shmipc {
+
+namespace {
+
+// Value of a user xattr of an fd, "" if absent; `supported` is false if the filesystem has none.
+std::string get_xattr(int fd, const char *key, bool *supported = nullptr) {
+    char buf[64];
+    ssize_t n = ::fgetxattr(fd, key, buf, sizeof buf);
+    if (supported)
+        *supported = !(n < 0 && (errno == ENOTSUP || errno == EOPNOTSUPP));
+    return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+}
+
+// A non-persistent shmipc stream (the marks say so).
+bool replaceable_stream(int fd) {
+    return get_xattr(fd, kKindXattr) == kStreamKind && get_xattr(fd, kPersistentXattr) != "1";
+}
+
+void set_xattr(int fd, const char *key, std::string_view value) {
+    if (::fsetxattr(fd, key, value.data(), value.size(), 0) == 0)
+        return;
+    // A filesystem without user xattrs still gets working streams; only stale replacement and
+    // listing (which need the marks) are unavailable there.
+    if (errno == ENOTSUP || errno == EOPNOTSUPP)
+        return;
+    throw_errno("fsetxattr");
+}
+
+} // namespace
+
+UniqueFd create_stream(std::string_view name, mode_t mode, bool persistent, bool append) {
+    const std::string norm = normalize_shm_name(name);
+    if (mode & ~07777u)
+        throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
+    const std::string tmp = temp_shm_path();
+    // Built under a temporary name and published with one rename, so nobody ever opens a
+    // stream without its owner lock and marks.
+    UniqueFd fd(::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (!fd)
+        throw_errno("open(/dev/shm temporary)");
+    struct TmpGuard {
+        const std::string &p;
+        bool armed = true;
+        ~TmpGuard() {
+            if (armed)
+                ::unlink(p.c_str());
+        }
+    } guard{tmp};
+    // Held for the owner's whole life (the fd's open file description).
+    if (!try_lock_byte(fd.get(), kOwnerLockByte, true))
+        throw Error("cannot take owner lock");
+    set_xattr(fd.get(), kKindXattr, kStreamKind);
+    if (persistent)
+        set_xattr(fd.get(), kPersistentXattr, "1");
+    if (::fchmod(fd.get(), mode) != 0)
+        throw_errno("fchmod"); // exact, whatever the umask
+    if (append && ::fcntl(fd.get(), F_SETFL, O_APPEND) != 0)
+        throw_errno("fcntl(O_APPEND)");
+    publish_named(tmp, norm, replaceable_stream);
+    guard.armed = false;
+    return fd;
+}
+
+GuestStream open_stream(std::string_view name, StreamAccess access, bool truncate, bool append) {
+    const std::string path = shm_path(normalize_shm_name(name));
+    // O_NONBLOCK: never hang on a FIFO someone planted under the name.
+    int flags = O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | (append ? O_APPEND : 0);
+    GuestStream g;
+    if (access == StreamAccess::ReadOnly) {
+        g.fd.reset(::open(path.c_str(), flags | O_RDONLY));
+    } else {
+        g.fd.reset(::open(path.c_str(), flags | O_RDWR | (truncate ? O_TRUNC : 0)));
+        g.writable = true;
+        if (!g.fd && errno == EACCES && access == StreamAccess::ReadWriteOrReadOnly) {
+            g.fd.reset(::open(path.c_str(), flags | O_RDONLY));
+            g.writable = false;
+        }
+    }
+    if (!g.fd) {
+        if (errno == ENOENT)
+            throw std::system_error(ENOENT, std::system_category(),
+                                    "no shared-memory stream named '" + std::string(name) + "'");
+        throw_errno("open");
+    }
+    struct stat st {};
+    if (::fstat(g.fd.get(), &st) != 0)
+        throw_errno("fstat");
+    if (!S_ISREG(st.st_mode))
+        throw std::system_error(EINVAL, std::system_category(),
+                                "'" + std::string(name) + "' is not a regular shared-memory file");
+    // Back to blocking mode for the user's reads and writes.
+    if (::fcntl(g.fd.get(), F_SETFL, append ? O_APPEND : 0) != 0)
+        throw_errno("fcntl(F_SETFL)");
+    return g;
+}
+
+bool release_stream_name(std::string_view name, int owner_fd) noexcept {
+    try {
+        const std::string path = shm_path(normalize_shm_name(name));
+        struct stat mine {};
+        struct stat now {};
+        if (::fstat(owner_fd, &mine) != 0 || ::stat(path.c_str(), &now) != 0)
+            return false;
+        if (mine.st_ino != now.st_ino || mine.st_dev != now.st_dev)
+            return false;
+        return ::unlink(path.c_str()) == 0;
+    } catch (...) {
+        return false;
+    }
+}
+
+StreamInfo stream_info(std::string_view name) {
+    const std::string path = shm_path(normalize_shm_name(name));
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
+    if (!fd)
+        throw_errno("open");
+    StreamInfo info;
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0)
+        throw_errno("fstat");
+    info.size = static_cast<std::uint64_t>(st.st_size);
+    info.is_stream = get_xattr(fd.get(), kKindXattr) == kStreamKind;
+    info.persistent = get_xattr(fd.get(), kPersistentXattr) == "1";
+    info.owner_alive = S_ISREG(st.st_mode) && byte_is_locked(fd.get(), kOwnerLockByte);
+    return info;
+}
+
+void chmod_named(std::string_view name, mode_t mode) {
+    if (mode & ~07777u)
+        throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
+    const std::string path = shm_path(normalize_shm_name(name));
+    if (::fchmodat(AT_FDCWD, path.c_str(), mode, AT_SYMLINK_NOFOLLOW) != 0)
+        throw_errno("chmod");
+}
+
+void chgrp_named(std::string_view name, gid_t gid) {
+    const std::string path = shm_path(normalize_shm_name(name));
+    if (::fchownat(AT_FDCWD, path.c_str(), static_cast<uid_t>(-1), gid, AT_SYMLINK_NOFOLLOW) != 0)
+        throw_errno("chgrp");
+}
+
+} // namespace shmipc

@@ -1,0 +1,198 @@
+// SharedValue: the latest value of something (a string, bytes, an array), by name, with a version
+// that increases on every write and a futex that wakes readers waiting for a change.
+//
+// Layout of the named segment (offsets from its start, every part 64-byte aligned):
+//
+//   0     SegmentHeader (kind SharedValue)
+//   64    ValueControl: robust writer mutex | version, current slot, sizes | FutexWord
+//   ...   slot 0: ValueSlot (64 B) | meta (meta_capacity B) | data (capacity B)
+//   ...   slot 1: same
+//
+// Writers are serialized by a robust process-shared pthread mutex: a writer that dies holding it
+// hands the next locker EOWNERDEAD, which we accept because of the two slots. A writer always
+// fills the slot that is NOT current, so the current slot is never touched while it is current;
+// a writer killed mid-write leaves readers on the last complete value. Each slot is also a
+// seqlock (its `seq` is odd while a writer fills it), so a reader that raced two writes (the
+// second of which reuses its slot) notices and retries instead of returning a torn copy.
+#pragma once
+
+#include "ipc_core/base/deadline.hpp"
+#include "ipc_core/shm/memory_segment.hpp"
+#include "ipc_core/sync/waiter.hpp"
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <pthread.h>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+namespace shmipc {
+
+inline constexpr std::uint32_t kSharedValueLayout = 1;
+// Bytes of type metadata (dtype description, shape) stored next to each value.
+inline constexpr std::size_t kValueMetaCapacity = 2048;
+// A value is at most this big (a sanity bound on sizes read back from a segment).
+inline constexpr std::uint64_t kMaxValueCapacity = std::uint64_t{1} << 40;
+
+// One of the two value slots. Every field but `seq` is only meaningful while `seq` is even and
+// unchanged across the read (they are atomics so the race a seqlock tolerates is defined).
+struct alignas(64) ValueSlot {
+    std::atomic<std::uint64_t> seq;      // odd while a writer fills the slot
+    std::atomic<std::uint64_t> version;  // version of the value held
+    std::atomic<std::uint64_t> nbytes;   // payload bytes
+    std::atomic<std::uint32_t> type;     // user tag; 0 = never written
+    std::atomic<std::uint32_t> meta_len; // bytes of meta
+};
+static_assert(std::is_standard_layout_v<ValueSlot>);
+static_assert(sizeof(ValueSlot) == 64);
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+
+struct ValueControl {
+    pthread_mutex_t writer_mutex;                   // robust, process-shared; writers only
+    alignas(64) std::atomic<std::uint64_t> version; // completed writes; never decreases
+    std::atomic<std::uint32_t> current;             // slot (0/1) holding the latest complete value
+    std::uint32_t reserved0;
+    std::uint64_t capacity;        // payload bytes per slot
+    std::uint64_t meta_capacity;   // meta bytes per slot
+    std::uint64_t slot_offset[2];  // from the segment start
+    std::uint64_t slot_stride;     // bytes per slot (header + meta + data)
+    std::uint64_t writer_deaths;   // dead writers recovered from (under the mutex)
+    alignas(64) FutexWord changed; // notified after every write
+};
+static_assert(std::is_standard_layout_v<ValueControl>);
+
+// What a reader saw in a slot: everything but the payload, plus the seq to validate the copy.
+struct ValueSnapshot {
+    std::uint64_t version = 0;
+    std::uint64_t seq = 0;
+    std::uint64_t nbytes = 0;
+    std::uint32_t type = 0;
+    std::uint32_t slot = 0;
+    std::string meta;
+};
+
+class SharedValue {
+  public:
+    // Creates the named value holding at most `capacity` payload bytes (API.md §0 owner rules).
+    static std::unique_ptr<SharedValue> create(std::string_view name, std::size_t capacity,
+                                               mode_t mode, bool persistent);
+    // Opens an existing one: ENOENT if absent, CorruptSegment if it is not a valid SharedValue.
+    static std::unique_ptr<SharedValue> attach(std::string_view name);
+
+    SharedValue(const SharedValue &) = delete;
+    SharedValue &operator=(const SharedValue &) = delete;
+    // The creator's close removes a non-persistent name; a forked child's copy never does.
+    ~SharedValue();
+
+    [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
+    [[nodiscard]] const std::string &name() const noexcept { return seg_.name(); }
+    [[nodiscard]] bool owner() const noexcept { return seg_.owner(); }
+    [[nodiscard]] bool writable() const noexcept { return seg_.writable(); }
+    [[nodiscard]] bool persistent() const noexcept;
+    [[nodiscard]] std::uint64_t version() const noexcept;
+    [[nodiscard]] std::uint64_t writer_deaths() const noexcept;
+
+    // Replaces the value. `type` is the caller's tag (nonzero); `meta` describes the payload
+    // (e.g. dtype and shape). A payload over capacity() or meta over kValueMetaCapacity is
+    // std::invalid_argument and changes nothing. Blocks only while another writer writes.
+    // Returns the version of this write.
+    std::uint64_t write(std::uint32_t type, std::span<const std::byte> meta,
+                        std::span<const std::byte> data);
+
+    // Read protocol (lock-free for readers): take a snapshot of the current slot's description,
+    // copy the payload into a buffer of snapshot.nbytes, then confirm the slot did not change.
+    // Both return false when a writer raced the read; the caller retries (see read()).
+    [[nodiscard]] bool try_snapshot(ValueSnapshot &out) const;
+    [[nodiscard]] bool try_copy(const ValueSnapshot &s, std::byte *dst) const;
+
+    // Consistent read: `alloc(snapshot)` returns a destination for snapshot.nbytes bytes (it may
+    // be called again after a retry). After a few lost races the reader takes the writer mutex
+    // (when the mapping is writable) so it cannot starve under a stream of large writes.
+    template <class Alloc> ValueSnapshot read(Alloc &&alloc) const {
+        for (unsigned attempt = 0;; ++attempt) {
+            if (attempt >= kLockedReadAfter && writable()) {
+                WriterLock lock(*this);
+                ValueSnapshot s;
+                if (!try_snapshot(s))
+                    continue; // cannot happen under the lock; be safe
+                std::byte *dst = alloc(s);
+                if (try_copy(s, dst))
+                    return s;
+                continue;
+            }
+            ValueSnapshot s;
+            if (try_snapshot(s)) {
+                std::byte *dst = alloc(s);
+                if (try_copy(s, dst))
+                    return s;
+            }
+            backoff(attempt);
+        }
+    }
+
+    // Waits until version() > since. False on timeout; throws Closed after request_close() and
+    // whatever check_interrupt() throws (Ctrl-C). Spins briefly, then sleeps on the futex.
+    // `spin`: polls before sleeping (cheap when the writer is about to write on another core;
+    // wasted CPU on a busy machine, where the futex wake-up is the better deal).
+    [[nodiscard]] bool wait(std::uint64_t since, const Deadline &deadline,
+                            int spin = kDefaultWaitSpin) const;
+    static constexpr int kDefaultWaitSpin =
+        0; // measured: spinning doubles latency on our busy 2-core VM
+
+    // Makes waits and lock acquisitions of this handle end with Closed (called by close()
+    // while another thread may be blocked in wait()).
+    void request_close() noexcept { closing_.store(true, std::memory_order_relaxed); }
+
+    // For tests: the writer protocol up to `stall_at` payload bytes, then sleeps forever holding
+    // the writer mutex with the target slot half written (to be SIGKILLed).
+    [[noreturn]] void write_and_stall_for_test(std::uint32_t type, std::span<const std::byte> meta,
+                                               std::span<const std::byte> data,
+                                               std::size_t stall_at);
+    // For tests: current slot and each slot's seq.
+    struct DebugState {
+        std::uint32_t current;
+        std::uint64_t seq[2];
+    };
+    [[nodiscard]] DebugState debug_state() const noexcept;
+
+    // Robust writer mutex, recovered on EOWNERDEAD. Waits in slices (check_interrupt()).
+    class WriterLock {
+      public:
+        explicit WriterLock(const SharedValue &v);
+        ~WriterLock();
+        WriterLock(const WriterLock &) = delete;
+        WriterLock &operator=(const WriterLock &) = delete;
+
+      private:
+        pthread_mutex_t *m_;
+    };
+
+  private:
+    static constexpr unsigned kLockedReadAfter = 16;
+    explicit SharedValue(MemorySegment seg);
+    static void backoff(unsigned attempt) noexcept;
+    [[nodiscard]] ValueSlot &slot(std::uint32_t i) const noexcept;
+    [[nodiscard]] std::byte *meta_ptr(std::uint32_t i) const noexcept;
+    [[nodiscard]] std::byte *data_ptr(std::uint32_t i) const noexcept;
+    void check_write(std::span<const std::byte> meta, std::span<const std::byte> data) const;
+    // Fills the non-current slot and publishes it (returns its version); stops (returns 0)
+    // after `stall_at` bytes.
+    std::uint64_t write_locked(std::uint32_t type, std::span<const std::byte> meta,
+                               std::span<const std::byte> data, std::size_t stall_at);
+
+    MemorySegment seg_;
+    ValueControl *ctl_ = nullptr;
+    std::size_t capacity_ = 0;
+    std::size_t meta_capacity_ = 0;
+    std::atomic<bool> closing_{false};
+    pid_t opened_by_; // the process that created/attached this handle
+};
+
+// Bytes of the segment for a value of `capacity` payload bytes.
+[[nodiscard]] std::size_t shared_value_segment_size(std::size_t capacity);
+
+} // namespace shmipc
