@@ -48,7 +48,7 @@ Deadline make_deadline(bool block, std::optional<double> timeout) {
     if (!block)
         return Deadline(0.0);
     if (timeout && !(*timeout >= 0))
-        throw std::invalid_argument("'timeout' must be a non-negative number");
+        throw InvalidArgument("'timeout' must be a non-negative number");
     return Deadline(timeout);
 }
 

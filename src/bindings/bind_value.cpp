@@ -97,7 +97,7 @@ void bind_value(py::module_ &m) {
             "create",
             [](const std::string &name, std::int64_t size, std::uint32_t mode, bool persistent) {
                 if (size <= 0)
-                    throw std::invalid_argument("size must be > 0 bytes");
+                    throw InvalidArgument("size must be > 0 bytes");
                 return ValueHandle(SharedValue::create(name, static_cast<std::size_t>(size),
                                                        static_cast<mode_t>(mode), persistent));
             },

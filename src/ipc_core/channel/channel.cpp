@@ -107,15 +107,14 @@ std::chrono::nanoseconds spin_for(std::chrono::nanoseconds spin, const Deadline 
 
 std::unique_ptr<Channel> Channel::open(Heap &heap, std::string_view name, std::uint64_t capacity) {
     if (name.empty() || name.size() > kMaxNamedLength)
-        throw std::invalid_argument("a channel name is 1.." + std::to_string(kMaxNamedLength) +
-                                    " bytes, got " + std::to_string(name.size()));
+        throw InvalidArgument("a channel name is 1.." + std::to_string(kMaxNamedLength) +
+                              " bytes, got " + std::to_string(name.size()));
     const std::size_t bytes = control_bytes(capacity); // validates capacity
     auto existing = [&]() -> std::optional<NamedInfo> {
         auto info = heap.find_named(name);
         if (info && info->kind != kNamedChannel)
-            throw std::invalid_argument(
-                "'" + std::string(name) +
-                "' names another kind of object in this heap, not a channel");
+            throw InvalidArgument("'" + std::string(name) +
+                                  "' names another kind of object in this heap, not a channel");
         return info;
     };
     std::uint64_t off = 0;
@@ -135,7 +134,7 @@ std::unique_ptr<Channel> Channel::open(Heap &heap, std::string_view name, std::u
                           },
                           kNamedChannel)
                       .first;
-        } catch (const std::invalid_argument &) {
+        } catch (const InvalidArgument &) {
             // Another process created it first with a smaller capacity: use theirs.
             auto info = existing();
             if (!info)
@@ -209,9 +208,9 @@ void Channel::ensure_role(ChannelRole role) {
     if (role_ == role)
         return;
     if (role_ != ChannelRole::None)
-        throw std::invalid_argument("this handle is the " + std::string(role_name(role_)) +
-                                    " of channel '" + name_ + "'; open another handle to " +
-                                    (role == ChannelRole::Sender ? "send" : "receive"));
+        throw InvalidArgument("this handle is the " + std::string(role_name(role_)) +
+                              " of channel '" + name_ + "'; open another handle to " +
+                              (role == ChannelRole::Sender ? "send" : "receive"));
     claim(role);
 }
 
@@ -286,8 +285,8 @@ std::chrono::nanoseconds Channel::between_slices(ChannelRole peer, const Deadlin
 
 std::uint64_t Channel::stash_meta(std::string_view meta) {
     if (meta.size() > kMaxRecordMeta)
-        throw std::invalid_argument("record metadata of " + std::to_string(meta.size()) +
-                                    " bytes exceeds " + std::to_string(kMaxRecordMeta));
+        throw InvalidArgument("record metadata of " + std::to_string(meta.size()) +
+                              " bytes exceeds " + std::to_string(kMaxRecordMeta));
     const std::uint64_t off = heap_.allocate(sizeof(std::uint64_t) + meta.size());
     auto *p = static_cast<std::byte *>(heap_.to_ptr(off));
     const std::uint64_t n = meta.size();
@@ -320,8 +319,7 @@ bool Channel::wait_for_room(const Deadline &deadline) {
 
 void Channel::check_stream_open() const {
     if (stream_ended())
-        throw std::system_error(EPIPE, std::generic_category(),
-                                "channel '" + name_ + "' was closed by its sender");
+        throw OsError(EPIPE, "channel '" + name_ + "' was closed by its sender");
 }
 
 bool Channel::push_record(const RingRecord &rec, const Deadline &deadline) {
@@ -374,10 +372,10 @@ void Channel::send_block_locked(std::uint64_t off, std::uint64_t len, RecordKind
     ensure_role(ChannelRole::Sender);
     check_stream_open();
     if (heap_.owner_of(off) != heap_.client_id())
-        throw std::invalid_argument("the block at offset " + std::to_string(off) +
-                                    " is not owned by this process (already sent or freed?)");
+        throw InvalidArgument("the block at offset " + std::to_string(off) +
+                              " is not owned by this process (already sent or freed?)");
     if (len > heap_.block_capacity(off))
-        throw std::invalid_argument("length " + std::to_string(len) + " exceeds the block");
+        throw InvalidArgument("length " + std::to_string(len) + " exceeds the block");
     const std::uint64_t meta_off = meta.empty() ? 0 : stash_meta(meta);
     try {
         if (!push_record(RingRecord{off, len, static_cast<std::uint64_t>(kind), meta_off},
@@ -540,7 +538,7 @@ ChannelMessage Channel::take(const RingRecord &rec) {
             m.meta.assign(reinterpret_cast<const char *>(p + sizeof n), n);
             heap_.deallocate(rec.aux);
         }
-    } catch (const std::invalid_argument &e) {
+    } catch (const InvalidArgument &e) {
         throw CorruptSegment("channel '" + name_ + "' delivered a bad record: " + e.what());
     }
     return m;

@@ -31,8 +31,8 @@
 #pragma once
 
 #include "ipc_core/base/deadline.hpp"
-#include "ipc_core/heap/heap.hpp"
 #include "ipc_core/channel/spsc_ring.hpp"
+#include "ipc_core/heap/heap.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -100,7 +100,7 @@ class Channel {
   public:
     // Opens the channel `name` of `heap`, creating it with `capacity` records if it does not
     // exist (an existing channel keeps the capacity it was created with). The heap must outlive
-    // the channel. std::invalid_argument: bad name or capacity, or the name belongs to a
+    // the channel. InvalidArgument: bad name or capacity, or the name belongs to a
     // non-channel object; CorruptSegment: the object is not a valid channel.
     static std::unique_ptr<Channel> open(Heap &heap, std::string_view name, std::uint64_t capacity);
     ~Channel();
@@ -111,7 +111,7 @@ class Channel {
     // Moves the block at `off` (owned by this heap client, `len` bytes meaningful) into the
     // channel; `meta` (<= kMaxRecordMeta bytes, for Array records) travels with it. Blocks while
     // full. On any failure (Timeout, PeerDied, Ctrl-C...) the block stays the caller's.
-    // ChannelBusy if another live sender exists; EndOfStream-like BrokenPipe (std::system_error
+    // ChannelBusy if another live sender exists; EndOfStream-like BrokenPipe (OsError
     // EPIPE) if the stream was ended; Closed after close().
     void send_block(std::uint64_t off, std::uint64_t len, RecordKind kind, std::string_view meta,
                     const Deadline &deadline);

@@ -19,9 +19,8 @@ std::uint64_t SpscRingControl::size_approx() const noexcept {
 
 std::size_t spsc_ring_bytes(std::uint64_t capacity) {
     if (capacity < 1 || capacity > kRingMaxCapacity)
-        throw std::invalid_argument("channel capacity must be in 1.." +
-                                    std::to_string(kRingMaxCapacity) + ", got " +
-                                    std::to_string(capacity));
+        throw InvalidArgument("channel capacity must be in 1.." + std::to_string(kRingMaxCapacity) +
+                              ", got " + std::to_string(capacity));
     return sizeof(SpscRingControl) + std::bit_ceil(capacity) * sizeof(RingRecord);
 }
 

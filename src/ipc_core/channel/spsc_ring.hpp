@@ -79,7 +79,7 @@ static_assert(sizeof(SpscRingControl) == 5 * kCacheLine);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
-// Bytes needed for a ring of `capacity` records (control + slots). Throws std::invalid_argument
+// Bytes needed for a ring of `capacity` records (control + slots). Throws InvalidArgument
 // for a capacity outside 1..kRingMaxCapacity.
 [[nodiscard]] std::size_t spsc_ring_bytes(std::uint64_t capacity);
 // Builds an empty ring in `mem` (kCacheLine aligned, spsc_ring_bytes(capacity) bytes).

@@ -421,9 +421,9 @@ SharedDict::Entry::~Entry() {
 SharedDict::Entry SharedDict::make_entry(std::string_view key, std::uint8_t tag,
                                          std::size_t value_size) {
     if (key.size() > UINT32_MAX)
-        throw std::invalid_argument("key too long");
+        throw InvalidArgument("key too long");
     if (tag == 0)
-        throw std::invalid_argument("value tag 0 is reserved");
+        throw InvalidArgument("value tag 0 is reserved");
     Entry e;
     e.heap_ = heap_;
     e.hash_ = dict_hash(key);
@@ -459,7 +459,7 @@ bool SharedDict::contains(const Guard &, std::string_view key) {
 
 bool SharedDict::publish(const Guard &, Entry &&e, bool only_if_absent, ValueFn fn, void *ctx) {
     if (!e.off_ || e.heap_ != heap_)
-        throw std::invalid_argument("not an unpublished entry");
+        throw InvalidArgument("not an unpublished entry");
     DictOps ops{*this, *heap_, ctl_};
     EntryHeader *eh = ops.entry(e.off_);
     std::string_view key = DictOps::key_of(eh);

@@ -59,7 +59,7 @@ struct DictControl; // in the named block (shared_dict.cpp)
 class SharedDict {
   public:
     // The dict `name` of `heap`, created empty on first use (named object of kind kNamedDict:
-    // std::invalid_argument if the name is used by another kind of object). Waits up to
+    // InvalidArgument if the name is used by another kind of object). Waits up to
     // `timeout_s` for a concurrent creator (Timeout).
     SharedDict(Heap &heap, std::string_view name, std::optional<double> timeout_s = 10.0);
 

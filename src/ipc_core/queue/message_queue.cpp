@@ -198,8 +198,8 @@ struct MessageQueue::Impl {
             }
         }
         if (got == kNoClient)
-            throw Error("message queue '" + seg.name() + "' already has " + std::to_string(n) +
-                        " attached handles");
+            throw LimitReached("message queue '" + seg.name() + "' already has " +
+                               std::to_string(n) + " attached handles");
         lock_fd = std::move(fd);
         me = got;
         repair_recycled_index();
@@ -255,9 +255,9 @@ struct MessageQueue::Impl {
     // ---- producer -------------------------------------------------------------------------
     bool try_put(const void *src, std::size_t n) {
         if (n > max_msg)
-            throw std::invalid_argument("message of " + std::to_string(n) +
-                                        " bytes exceeds max_message_size (" +
-                                        std::to_string(max_msg) + " bytes)");
+            throw InvalidArgument("message of " + std::to_string(n) +
+                                  " bytes exceeds max_message_size (" + std::to_string(max_msg) +
+                                  " bytes)");
         ensure_registered();
         for (;;) {
             std::uint64_t pos = ctl->tail.load(std::memory_order_acquire);
@@ -484,13 +484,12 @@ void forget_client_after_fork(MessageQueue::Impl *q) noexcept {
 namespace {
 void check_sizes(std::size_t capacity, std::size_t max_message_size) {
     if (capacity < 1 || capacity > kQueueMaxCapacity)
-        throw std::invalid_argument("maxsize must be between 1 and " +
-                                    std::to_string(kQueueMaxCapacity) + ", got " +
-                                    std::to_string(capacity));
+        throw InvalidArgument("maxsize must be between 1 and " + std::to_string(kQueueMaxCapacity) +
+                              ", got " + std::to_string(capacity));
     if (max_message_size < 1 || max_message_size > kQueueMaxMessageSize)
-        throw std::invalid_argument("max_message_size must be between 1 and " +
-                                    std::to_string(kQueueMaxMessageSize) + " bytes, got " +
-                                    std::to_string(max_message_size));
+        throw InvalidArgument("max_message_size must be between 1 and " +
+                              std::to_string(kQueueMaxMessageSize) + " bytes, got " +
+                              std::to_string(max_message_size));
 }
 
 std::unique_ptr<MessageQueue::Impl> finish(MemorySegment seg) {
@@ -537,8 +536,7 @@ MessageQueue MessageQueue::attach(std::string_view name) {
     auto seg = MemorySegment::attach_named(name, SegmentKind::MessageQueue,
                                            kMessageQueueLayoutVersion, kSlotsOffset);
     if (!seg.writable())
-        throw std::system_error(EACCES, std::system_category(),
-                                "message queue '" + seg.name() + "' is not writable by us");
+        throw OsError(EACCES, "message queue '" + seg.name() + "' is not writable by us");
     const auto *ctl = reinterpret_cast<const QueueControl *>(seg.data() + kControlOffset);
     const std::string what = "'" + seg.name() + "' is not a valid message queue: ";
     std::uint64_t cap = ctl->capacity, max = ctl->max_message_size;

@@ -27,9 +27,9 @@
 #pragma once
 
 #include "ipc_core/base/deadline.hpp"
-#include "ipc_core/sync/liveness.hpp"
-#include "ipc_core/shm/memory_segment.hpp"
 #include "ipc_core/base/unique_fd.hpp"
+#include "ipc_core/shm/memory_segment.hpp"
+#include "ipc_core/sync/liveness.hpp"
 #include "ipc_core/sync/waiter.hpp"
 
 #include <atomic>
@@ -98,7 +98,7 @@ class MessageQueue {
     MessageQueue &operator=(MessageQueue &&) noexcept;
     ~MessageQueue();
 
-    // Non-blocking. false: the queue is full. invalid_argument if n > max_message_size.
+    // Non-blocking. false: the queue is full. InvalidArgument if n > max_message_size.
     [[nodiscard]] bool try_put(const void *data, std::size_t n);
     // Non-blocking. false: the queue is empty (no committed message can be claimed now).
     // `sink` runs while the slot is claimed; it must not block.

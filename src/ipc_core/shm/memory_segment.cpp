@@ -1,8 +1,8 @@
 #include "ipc_core/shm/memory_segment.hpp"
 
 #include "ipc_core/base/errors.hpp"
-#include "ipc_core/sync/liveness.hpp"
 #include "ipc_core/shm/shm_name.hpp"
+#include "ipc_core/sync/liveness.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -171,8 +171,7 @@ void publish_named(const std::string &tmp, std::string_view norm,
         if (errno != EEXIST)
             throw_errno("renameat2");
         if (attempt > 100 || !remove_if_stale(final_path, replaceable))
-            throw std::system_error(EEXIST, std::system_category(),
-                                    "shared-memory object '" + std::string(norm) + "' exists");
+            throw OsError(EEXIST, "shared-memory object '" + std::string(norm) + "' exists");
     }
 }
 
@@ -268,9 +267,9 @@ MemorySegment MemorySegment::create_named(std::string_view name, std::size_t siz
                                           const std::function<void(std::byte *)> &init) {
     std::string norm = normalize_shm_name(name);
     if (size < sizeof(SegmentHeader))
-        throw std::invalid_argument("segment too small");
+        throw InvalidArgument("segment too small");
     if (mode & ~07777u)
-        throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
+        throw InvalidArgument("mode must be permission bits (e.g. 0o600)");
     std::string final_path = shm_path(norm);
     std::string tmp = temp_shm_path();
 
@@ -343,8 +342,7 @@ MemorySegment MemorySegment::attach_named(std::string_view name, SegmentKind kin
     }
     if (!fd) {
         if (errno == ENOENT)
-            throw std::system_error(ENOENT, std::system_category(),
-                                    "no shared-memory object named '" + norm + "'");
+            throw OsError(ENOENT, "no shared-memory object named '" + norm + "'");
         throw_errno("open");
     }
     struct stat st {};

@@ -55,7 +55,7 @@ class MemorySegment {
 
     // Creates a named object of `size` bytes whose first bytes are a SegmentHeader; `init`
     // runs on the mapping before the name becomes visible. Owner semantics of API.md §0:
-    // a live object of that name -> FileExistsError (std::system_error EEXIST); one whose
+    // a live object of that name -> FileExistsError (OsError EEXIST); one whose
     // non-persistent owner died is replaced.
     static MemorySegment create_named(std::string_view name, std::size_t size, mode_t mode,
                                       SegmentKind kind, std::uint32_t layout_version,
@@ -102,7 +102,7 @@ class MemorySegment {
 // Publishes the file built at `tmp` under the (normalized) name with renameat2
 // (RENAME_NOREPLACE), so nobody ever opens it half-built. An object in the way is removed only
 // if `replaceable(fd)` says it is ours and not persistent and its owner lock is free (taken
-// while removing, so two creators never both remove it). std::system_error EEXIST if a live
+// while removing, so two creators never both remove it). OsError EEXIST if a live
 // or foreign object holds the name.
 void publish_named(const std::string &tmp, std::string_view norm,
                    const std::function<bool(int)> &replaceable);

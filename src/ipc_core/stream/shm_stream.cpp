@@ -1,9 +1,9 @@
 #include "ipc_core/stream/shm_stream.hpp"
 
 #include "ipc_core/base/errors.hpp"
-#include "ipc_core/sync/liveness.hpp"
 #include "ipc_core/shm/memory_segment.hpp"
 #include "ipc_core/shm/shm_name.hpp"
+#include "ipc_core/sync/liveness.hpp"
 
 #include <atomic>
 #include <cerrno>
@@ -51,7 +51,7 @@ void set_xattr(int fd, const char *key, std::string_view value) {
 UniqueFd create_stream(std::string_view name, mode_t mode, bool persistent, bool append) {
     const std::string norm = normalize_shm_name(name);
     if (mode & ~07777u)
-        throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
+        throw InvalidArgument("mode must be permission bits (e.g. 0o600)");
     const std::string tmp = temp_shm_path();
     // Built under a temporary name and published with one rename, so nobody ever opens a
     // stream without its owner lock and marks.
@@ -98,16 +98,14 @@ GuestStream open_stream(std::string_view name, StreamAccess access, bool truncat
     }
     if (!g.fd) {
         if (errno == ENOENT)
-            throw std::system_error(ENOENT, std::system_category(),
-                                    "no shared-memory stream named '" + std::string(name) + "'");
+            throw OsError(ENOENT, "no shared-memory stream named '" + std::string(name) + "'");
         throw_errno("open");
     }
     struct stat st {};
     if (::fstat(g.fd.get(), &st) != 0)
         throw_errno("fstat");
     if (!S_ISREG(st.st_mode))
-        throw std::system_error(EINVAL, std::system_category(),
-                                "'" + std::string(name) + "' is not a regular shared-memory file");
+        throw OsError(EINVAL, "'" + std::string(name) + "' is not a regular shared-memory file");
     // Back to blocking mode for the user's reads and writes.
     if (::fcntl(g.fd.get(), F_SETFL, append ? O_APPEND : 0) != 0)
         throw_errno("fcntl(F_SETFL)");
@@ -147,7 +145,7 @@ StreamInfo stream_info(std::string_view name) {
 
 void chmod_named(std::string_view name, mode_t mode) {
     if (mode & ~07777u)
-        throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
+        throw InvalidArgument("mode must be permission bits (e.g. 0o600)");
     const std::string path = shm_path(normalize_shm_name(name));
     if (::fchmodat(AT_FDCWD, path.c_str(), mode, AT_SYMLINK_NOFOLLOW) != 0)
         throw_errno("chmod");

@@ -21,7 +21,7 @@ inline constexpr const char *kPersistentXattr = "user.shmipc.persistent";
 inline constexpr std::string_view kStreamKind = "stream";
 
 // Creates an empty stream exclusively and returns its O_RDWR fd, owner lock held, with exactly
-// `mode` permission bits. A live stream (or any other file) of that name: std::system_error
+// `mode` permission bits. A live stream (or any other file) of that name: OsError
 // EEXIST. A non-persistent stream whose owner died is replaced. `append` sets O_APPEND.
 [[nodiscard]] UniqueFd create_stream(std::string_view name, mode_t mode, bool persistent,
                                      bool append);

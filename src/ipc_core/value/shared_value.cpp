@@ -52,9 +52,8 @@ __attribute__((no_sanitize("thread"))) void racy_copy(std::byte *dst, const std:
 
 std::size_t shared_value_segment_size(std::size_t capacity) {
     if (capacity == 0 || capacity > kMaxValueCapacity)
-        throw std::invalid_argument("SharedValue size must be 1.." +
-                                    std::to_string(kMaxValueCapacity) + " bytes, not " +
-                                    std::to_string(capacity));
+        throw InvalidArgument("SharedValue size must be 1.." + std::to_string(kMaxValueCapacity) +
+                              " bytes, not " + std::to_string(capacity));
     return kFirstSlotOffset + 2 * slot_stride(capacity, kValueMetaCapacity);
 }
 
@@ -171,15 +170,14 @@ SharedValue::WriterLock::~WriterLock() {
 void SharedValue::check_write(std::span<const std::byte> meta,
                               std::span<const std::byte> data) const {
     if (data.size() > capacity_)
-        throw std::invalid_argument("value of " + std::to_string(data.size()) +
-                                    " bytes exceeds the capacity of SharedValue '" + name() +
-                                    "' (" + std::to_string(capacity_) + " bytes)");
+        throw InvalidArgument("value of " + std::to_string(data.size()) +
+                              " bytes exceeds the capacity of SharedValue '" + name() + "' (" +
+                              std::to_string(capacity_) + " bytes)");
     if (meta.size() > meta_capacity_)
-        throw std::invalid_argument("value description of " + std::to_string(meta.size()) +
-                                    " bytes exceeds " + std::to_string(meta_capacity_) + " bytes");
+        throw InvalidArgument("value description of " + std::to_string(meta.size()) +
+                              " bytes exceeds " + std::to_string(meta_capacity_) + " bytes");
     if (!writable())
-        throw std::system_error(EACCES, std::system_category(),
-                                "SharedValue '" + name() + "' is attached read-only");
+        throw OsError(EACCES, "SharedValue '" + name() + "' is attached read-only");
 }
 
 std::uint64_t SharedValue::write_locked(std::uint32_t type, std::span<const std::byte> meta,
@@ -225,7 +223,7 @@ std::uint64_t SharedValue::write_locked(std::uint32_t type, std::span<const std:
 std::uint64_t SharedValue::write(std::uint32_t type, std::span<const std::byte> meta,
                                  std::span<const std::byte> data) {
     if (type == 0)
-        throw std::invalid_argument("value type tag 0 is reserved for 'never written'");
+        throw InvalidArgument("value type tag 0 is reserved for 'never written'");
     check_write(meta, data);
     WriterLock lock(*this);
     return write_locked(type, meta, data, static_cast<std::size_t>(-1));

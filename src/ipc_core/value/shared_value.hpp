@@ -98,7 +98,7 @@ class SharedValue {
 
     // Replaces the value. `type` is the caller's tag (nonzero); `meta` describes the payload
     // (e.g. dtype and shape). A payload over capacity() or meta over kValueMetaCapacity is
-    // std::invalid_argument and changes nothing. Blocks only while another writer writes.
+    // InvalidArgument and changes nothing. Blocks only while another writer writes.
     // Returns the version of this write.
     std::uint64_t write(std::uint32_t type, std::span<const std::byte> meta,
                         std::span<const std::byte> data);

@@ -197,8 +197,8 @@ TEST(SpscRing, consumer_drains_queued_records_before_it_sees_the_close) {
 }
 
 TEST(SpscRing, capacity_outside_the_allowed_range_is_an_invalid_argument) {
-    EXPECT_THROW((void)spsc_ring_bytes(0), std::invalid_argument);
-    EXPECT_THROW((void)spsc_ring_bytes(std::uint64_t{kRingMaxCapacity} + 1), std::invalid_argument);
+    EXPECT_THROW((void)spsc_ring_bytes(0), InvalidArgument);
+    EXPECT_THROW((void)spsc_ring_bytes(std::uint64_t{kRingMaxCapacity} + 1), InvalidArgument);
     EXPECT_EQ(spsc_ring_bytes(1), sizeof(SpscRingControl) + sizeof(RingRecord));
 }
 

@@ -1,8 +1,8 @@
 // SharedDict: semantics, visibility across processes mapped at different addresses, and crash
 // consistency (a child SIGKILLs itself at every interesting step of an update).
 #include "ipc_core/base/errors.hpp"
-#include "ipc_core/heap/heap.hpp"
 #include "ipc_core/containers/shared_dict.hpp"
+#include "ipc_core/heap/heap.hpp"
 
 #include <gtest/gtest.h>
 
@@ -154,7 +154,7 @@ TEST(SharedDict, set_if_absent_keeps_the_first_value) {
 TEST(SharedDict, a_name_of_another_kind_is_refused) {
     auto h = Heap::anonymous(opts(1 << 20));
     (void)h->find_or_create_named("blk", 64, [](void *) {});
-    EXPECT_THROW(SharedDict(*h, "blk"), std::invalid_argument);
+    EXPECT_THROW(SharedDict(*h, "blk"), InvalidArgument);
 }
 
 TEST(SharedDict, a_child_at_another_address_sees_and_changes_the_same_entries) {

@@ -80,17 +80,17 @@ TEST(MessageQueue, messages_come_out_in_order_and_full_and_empty_are_reported) {
 TEST(MessageQueue, a_message_larger_than_the_maximum_is_refused_and_changes_nothing) {
     auto q = MessageQueue::create(fresh("big"), 2, 8, 0600, false);
     std::string big(9, 'x');
-    EXPECT_THROW((void)q.try_put(big.data(), big.size()), std::invalid_argument);
+    EXPECT_THROW((void)q.try_put(big.data(), big.size()), InvalidArgument);
     EXPECT_EQ(q.size(), 0u);
     EXPECT_TRUE(put_str(q, "ok"));
     EXPECT_EQ(get_str(q), "ok");
 }
 
 TEST(MessageQueue, bad_sizes_are_invalid_arguments) {
-    EXPECT_THROW(MessageQueue::create(fresh("s"), 0, 8, 0600, false), std::invalid_argument);
-    EXPECT_THROW(MessageQueue::create(fresh("s"), 4, 0, 0600, false), std::invalid_argument);
+    EXPECT_THROW(MessageQueue::create(fresh("s"), 0, 8, 0600, false), InvalidArgument);
+    EXPECT_THROW(MessageQueue::create(fresh("s"), 4, 0, 0600, false), InvalidArgument);
     EXPECT_THROW(MessageQueue::create(fresh("s"), kQueueMaxCapacity + 1, 8, 0600, false),
-                 std::invalid_argument);
+                 InvalidArgument);
 }
 
 TEST(MessageQueue, a_second_handle_sees_the_same_queue_and_has_its_own_client_index) {

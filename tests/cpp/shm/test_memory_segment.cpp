@@ -1,6 +1,6 @@
 #include "ipc_core/base/errors.hpp"
-#include "ipc_core/sync/liveness.hpp"
 #include "ipc_core/shm/memory_segment.hpp"
+#include "ipc_core/sync/liveness.hpp"
 
 #include <cstring>
 #include <fcntl.h>
@@ -57,7 +57,7 @@ TEST(MemorySegment, second_create_of_a_live_name_fails_with_eexist) {
     try {
         (void)MemorySegment::create_named(name, 4096, 0600, SegmentKind::Heap, 1, false);
         FAIL() << "expected EEXIST";
-    } catch (const std::system_error &e) {
+    } catch (const OsError &e) {
         EXPECT_EQ(e.code().value(), EEXIST);
     }
 }
@@ -83,7 +83,7 @@ TEST(MemorySegment, persistent_objects_outlive_their_owner_and_block_create) {
     { auto s = MemorySegment::create_named(name, 4096, 0600, SegmentKind::Heap, 1, true); }
     EXPECT_TRUE(exists(name));
     EXPECT_THROW((void)MemorySegment::create_named(name, 4096, 0600, SegmentKind::Heap, 1, false),
-                 std::system_error);
+                 OsError);
     EXPECT_TRUE(unlink_named(name));
     EXPECT_FALSE(unlink_named(name));
 }
@@ -115,7 +115,7 @@ TEST(MemorySegment, attach_of_a_missing_name_is_enoent) {
     try {
         (void)MemorySegment::attach_named(fresh("missing"), SegmentKind::Heap, 1, 64);
         FAIL();
-    } catch (const std::system_error &e) {
+    } catch (const OsError &e) {
         EXPECT_EQ(e.code().value(), ENOENT);
     }
 }
