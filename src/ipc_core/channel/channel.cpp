@@ -98,9 +98,14 @@ bool endpoint_dead_at(Heap &heap, std::uint64_t offset, ChannelControl *c, Chann
     return !endpoint_alive_at(heap, offset, c, r);
 }
 
-// The sleep of a wait never runs past the deadline, and never spins past it either.
-std::chrono::nanoseconds spin_for(std::chrono::nanoseconds spin, const Deadline &d) {
-    return std::min(spin, d.remaining());
+// Pure spinning before a channel wait starts yielding the core between checks.
+constexpr std::chrono::microseconds kYieldAfter{1};
+
+// The channel's `spin` setting as a policy; a wait never spins past its deadline.
+SpinPolicy spin_policy(std::chrono::nanoseconds spin, const Deadline &d) {
+    spin = std::min(spin, d.remaining());
+    std::chrono::nanoseconds pure = std::min<std::chrono::nanoseconds>(spin, kYieldAfter);
+    return SpinPolicy{pure, spin - pure};
 }
 
 } // namespace
@@ -265,6 +270,24 @@ void Channel::peer_died(ChannelRole peer) {
     throw PeerDied("the " + std::string(role_name(peer)) + " of channel '" + name_ + "' died");
 }
 
+template <class Ready>
+bool Channel::wait_on(FutexWord &w, Ready &&ready, ChannelRole peer, const Deadline &deadline,
+                      bool &peer_dead) {
+    bool first = true;
+    return spin_then_wait(
+        w, ready,
+        [&] {
+            auto s = between_slices(peer, deadline, first);
+            first = false;
+            if (s.count() < 0) {
+                peer_dead = true;
+                return std::chrono::nanoseconds{0};
+            }
+            return s;
+        },
+        spin_policy(spin(), deadline));
+}
+
 std::chrono::nanoseconds Channel::between_slices(ChannelRole peer, const Deadline &deadline,
                                                  bool first) {
     if (deadline.expired())
@@ -299,19 +322,9 @@ bool Channel::wait_for_room(const Deadline &deadline) {
     if (producer_.writable())
         return true;
     bool peer_dead = false;
-    bool first = true;
-    const bool ok = spin_then_wait(
-        ctl_->ring.not_full, [&] { return producer_.writable(); },
-        [&] {
-            auto s = between_slices(ChannelRole::Receiver, deadline, first);
-            first = false;
-            if (s.count() < 0) {
-                peer_dead = true;
-                return std::chrono::nanoseconds{0};
-            }
-            return s;
-        },
-        spin_for(spin(), deadline));
+    const bool ok = wait_on(
+        ctl_->ring.not_full, [&] { return producer_.writable(); }, ChannelRole::Receiver, deadline,
+        peer_dead);
     if (!ok && peer_dead)
         peer_died(ChannelRole::Receiver);
     return ok;
@@ -489,19 +502,9 @@ void Channel::wait_for_record(const Deadline &deadline) {
     if (consumer_.readable())
         return;
     bool peer_dead = false;
-    bool first = true;
-    const bool ok = spin_then_wait(
+    const bool ok = wait_on(
         ctl_->ring.not_empty, [&] { return consumer_.readable() || consumer_.closed_and_empty(); },
-        [&] {
-            auto s = between_slices(ChannelRole::Sender, deadline, first);
-            first = false;
-            if (s.count() < 0) {
-                peer_dead = true;
-                return std::chrono::nanoseconds{0};
-            }
-            return s;
-        },
-        spin_for(spin(), deadline));
+        ChannelRole::Sender, deadline, peer_dead);
     if (ok && consumer_.readable())
         return;
     if (consumer_.closed_and_empty())
@@ -628,19 +631,7 @@ bool Channel::poll(const Deadline &deadline) {
     if (ready())
         return true;
     bool peer_dead = false;
-    bool first = true;
-    const bool ok = spin_then_wait(
-        ctl_->ring.not_empty, ready,
-        [&] {
-            auto s = between_slices(ChannelRole::Sender, deadline, first);
-            first = false;
-            if (s.count() < 0) {
-                peer_dead = true;
-                return std::chrono::nanoseconds{0};
-            }
-            return s;
-        },
-        spin_for(spin(), deadline));
+    const bool ok = wait_on(ctl_->ring.not_empty, ready, ChannelRole::Sender, deadline, peer_dead);
     return ok || peer_dead;
 }
 

@@ -215,6 +215,11 @@ class Channel {
     void ensure_role(ChannelRole role);
     void check_open() const;
     [[noreturn]] void peer_died(ChannelRole peer);
+    // Spins, then sleeps on `w` until ready(), the deadline, or the death of `peer` (then
+    // peer_dead is set and it returns false). The one wait of every channel operation.
+    template <class Ready>
+    bool wait_on(FutexWord &w, Ready &&ready, ChannelRole peer, const Deadline &deadline,
+                 bool &peer_dead);
     // Between-slices hook of a wait: interrupts, peer liveness, deadline.
     std::chrono::nanoseconds between_slices(ChannelRole peer, const Deadline &deadline, bool first);
     std::uint64_t stash_meta(std::string_view meta);

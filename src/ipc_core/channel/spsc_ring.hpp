@@ -88,57 +88,6 @@ SpscRingControl *spsc_ring_init(void *mem, std::uint64_t capacity);
 // it fits in `avail` bytes; also that head - tail is sane. Throws CorruptSegment.
 SpscRingControl *spsc_ring_validate(void *mem, std::size_t avail);
 
-// Wakes a sleeper of `w` if one announced itself. The caller has just published its change with
-// a release store; the seq_cst fence orders that store before the load of `waiters` (the other
-// half of this Dekker pair is the seq_cst fetch_add in wait_until followed by its re-check).
-inline void wake_if_waiting(FutexWord &w) noexcept {
-    // SYNC POINT: pairs with the waiters.fetch_add + re-check of ready() in wait_until.
-#if defined(__SANITIZE_THREAD__)
-    // TSan does not model fences; a seq_cst RMW orders the same way (slower: it writes the line).
-    if (w.waiters.fetch_add(0, std::memory_order_seq_cst) != 0)
-        notify_all(w);
-#else
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (w.waiters.load(std::memory_order_relaxed) != 0)
-        notify_all(w);
-#endif
-}
-
-// Pure spinning before spin_then_wait starts yielding the core between checks.
-inline constexpr std::chrono::microseconds kYieldAfter{1};
-
-// Spins for `spin` (checking the clock every few hundred iterations), then sleeps on `w` in
-// slices. `between_slices()` returns the next sleep (0 = give up) and may throw (Ctrl-C, a dead
-// peer, a timeout). Returns true once ready(), false if between_slices gave up.
-template <class Ready, class BetweenSlices>
-bool spin_then_wait(FutexWord &w, Ready &&ready, BetweenSlices &&between_slices,
-                    std::chrono::nanoseconds spin) {
-    if (spin.count() > 0) {
-        const auto start = std::chrono::steady_clock::now();
-        const auto end = start + spin;
-        // After kYieldAfter of pure spinning, yield the core between checks: if the peer runs on
-        // the same core (a busy 2-core machine), spinning would only delay it until we sleep.
-        const auto yield_from = start + kYieldAfter;
-        for (unsigned i = 1;; ++i) {
-            if (ready())
-                return true;
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-            // A clock read is ~20 ns, 16 pauses ~0.3 us: a few % of the spin, and the yield
-            // starts within ~0.3 us of kYieldAfter.
-            if ((i & 15) == 0) {
-                const auto now = std::chrono::steady_clock::now();
-                if (now >= end)
-                    break;
-                if (now >= yield_from)
-                    sched_yield();
-            }
-        }
-    }
-    return wait_until(w, ready, between_slices, /*spin=*/0);
-}
-
 // The producer's process-local view of a ring. One live SpscProducer per ring at a time (the
 // channel enforces it); it is cheap to construct, so a new producer can take over after the old
 // one went away.

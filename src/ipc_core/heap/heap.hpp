@@ -77,11 +77,8 @@ inline constexpr std::size_t kMinHeapSize = 128 * 1024; // bytes (the control bl
 inline constexpr std::uint16_t kOwnerNone = 0;      // free block
 inline constexpr std::uint16_t kOwnerHeld = 0xFFFF; // held by a channel / named object
 
-// OFD lock bytes on the primary segment's fds (see liveness.hpp).
-inline constexpr off_t kClientLockBase = kSlotLockBase; // + client slot (0..kMaxClients-1)
-// Free for users of the heap (channels: endpoint liveness locks), kUserLockSpan bytes.
-inline constexpr off_t kUserLockBase = kLockBase + (off_t{1} << 20);
-inline constexpr off_t kUserLockSpan = off_t{1} << 30;
+// OFD lock bytes on the primary segment's fds: client slots at kClientLockBase + slot, users of
+// the heap (channel endpoints) in [kUserLockBase, kUserLockBase + kUserLockSpan) (liveness.hpp).
 
 // Kind tags of named objects (users may add their own values >= 16).
 inline constexpr std::uint32_t kNamedBlock = 1;   // heap.shared_block()

@@ -58,27 +58,13 @@ constexpr std::chrono::milliseconds kScanInterval{20}; // how often a waiting co
 // Before sleeping on the futex a waiter spins (cheap while the peer runs on the other core),
 // then yields the CPU a few times (cheap when processes outnumber cores: the peer may be the
 // one waiting for our core). Waking a sleeper costs the peer a syscall and us 20-60 us here.
-constexpr int kSpins = 2000;
-constexpr auto kYieldPhase = std::chrono::microseconds(200);
+constexpr SpinPolicy kQueueSpin{std::chrono::microseconds(20), std::chrono::microseconds(200)};
 
-// Spin, then yield, until ready() or the yield phase ends; true if ready.
-template <class Ready> bool spin_then_yield(Ready &&ready, const Deadline &dl) {
-    for (int i = 0; i < kSpins; ++i) {
-        if (ready())
-            return true;
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-    }
-    if (dl.remaining() <= std::chrono::nanoseconds{0})
-        return ready();
-    auto end = Clock::now() + kYieldPhase;
-    do {
-        if (ready())
-            return true;
-        ::sched_yield();
-    } while (Clock::now() < end);
-    return ready();
+// The spin of a wait never runs past its deadline.
+SpinPolicy spin_policy(const Deadline &dl) {
+    auto left = dl.remaining();
+    auto pure = std::min(kQueueSpin.pure, left);
+    return SpinPolicy{pure, std::min(kQueueSpin.yielding, left - pure)};
 }
 
 std::size_t stride_for(std::size_t max_message_size) {
@@ -94,16 +80,6 @@ inline void crash_point(int point) noexcept {
         return;
     if (g_crash_countdown.fetch_sub(1, std::memory_order_relaxed) == 1)
         ::raise(SIGKILL);
-}
-
-// Wakes sleepers of `w` only if one announced itself: the fast path makes no syscall and no
-// write to a shared line.
-inline void wake(FutexWord &w) noexcept {
-    // SYNC POINT: pairs with the seq_cst `waiters` increment in wait_until (Dekker): either the
-    // sleeper's re-check sees our state change, or we see its announcement.
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (w.waiters.load(std::memory_order_relaxed) != 0)
-        notify_all(w);
 }
 
 // ---- fork: a child must not share the parent's client lock ----------------------------------
@@ -234,8 +210,8 @@ struct MessageQueue::Impl {
     }
 
     void wake_all() noexcept {
-        wake(ctl->not_empty);
-        wake(ctl->not_full);
+        wake_if_waiting(ctl->not_empty);
+        wake_if_waiting(ctl->not_full);
     }
 
     static void help_advance(std::atomic<std::uint64_t> &counter, std::uint64_t pos) noexcept {
@@ -285,7 +261,7 @@ struct MessageQueue::Impl {
                 // SYNC POINT: release pairs with the consumer's acquire of FULL (publishes
                 // data and length).
                 s->state.store(make_state(lap, kFull, 0), std::memory_order_release);
-                wake(ctl->not_empty);
+                wake_if_waiting(ctl->not_empty);
                 return true;
             }
             if (d >= 0) { // position already claimed: help the tail past it
@@ -310,7 +286,7 @@ struct MessageQueue::Impl {
         std::uint32_t n = s->length;
         if (n > max_msg) {
             s->state.store(make_state(lap + 1, kEmpty, 0), std::memory_order_release);
-            wake(ctl->not_full);
+            wake_if_waiting(ctl->not_full);
             throw CorruptSegment("message queue '" + seg.name() + "': a slot claims " +
                                  std::to_string(n) + " bytes, more than max_message_size");
         }
@@ -325,7 +301,7 @@ struct MessageQueue::Impl {
         }
         // SYNC POINT: release pairs with the producer's acquire of EMPTY in try_put.
         s->state.store(make_state(lap + 1, kEmpty, 0), std::memory_order_release);
-        wake(ctl->not_full);
+        wake_if_waiting(ctl->not_full);
         return true;
     }
 
@@ -434,24 +410,20 @@ struct MessageQueue::Impl {
     // ---- waiting --------------------------------------------------------------------------
     WaitResult wait_put_ready(const Deadline &dl) {
         ensure_registered();
-        if (spin_then_yield([&] { return put_ready(); }, dl))
-            return WaitResult::Ready;
-        bool ok = wait_until(
+        bool ok = spin_then_wait(
             ctl->not_full, [&] { return put_ready(); },
             [&]() -> std::chrono::nanoseconds {
                 check_interrupt();
                 return dl.slice();
             },
-            0);
+            spin_policy(dl));
         return ok ? WaitResult::Ready : WaitResult::Timeout;
     }
 
     WaitResult wait_get_ready(const Deadline &dl) {
         ensure_registered();
         auto ready = [&] { return orphan_seen.load(std::memory_order_relaxed) || get_ready(); };
-        if (spin_then_yield(ready, dl))
-            return WaitResult::Ready;
-        bool ok = wait_until(
+        bool ok = spin_then_wait(
             ctl->not_empty, ready,
             [&]() -> std::chrono::nanoseconds {
                 check_interrupt();
@@ -461,7 +433,7 @@ struct MessageQueue::Impl {
                     return std::chrono::nanoseconds{0};
                 return dl.slice();
             },
-            0);
+            spin_policy(dl));
         return ok ? WaitResult::Ready : WaitResult::Timeout;
     }
 };

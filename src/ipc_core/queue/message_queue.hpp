@@ -45,7 +45,6 @@ namespace shmipc {
 
 inline constexpr std::uint32_t kMessageQueueLayoutVersion = 1;
 inline constexpr std::uint32_t kQueueMaxClients = 4096; // attached handles at a time
-inline constexpr off_t kClientLockBase = kSlotLockBase; // + client index
 inline constexpr std::size_t kQueueMaxCapacity = std::size_t{1} << 24;
 inline constexpr std::size_t kQueueMaxMessageSize = std::size_t{1} << 30;
 

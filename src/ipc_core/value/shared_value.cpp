@@ -299,7 +299,12 @@ bool SharedValue::wait(std::uint64_t since, const Deadline &deadline, int spin) 
         return true;
     if (deadline.remaining().count() == 0)
         return false;
-    return wait_until(ctl_->changed, ready, between, spin);
+    for (int i = 0; i < spin; ++i) {
+        if (ready())
+            return true;
+        cpu_relax();
+    }
+    return wait_until(ctl_->changed, ready, between);
 }
 
 SharedValue::DebugState SharedValue::debug_state() const noexcept {

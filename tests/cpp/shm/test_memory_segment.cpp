@@ -128,7 +128,7 @@ TEST(Liveness, an_ofd_lock_tells_a_live_holder_from_a_dead_one) {
     if (pid == 0) {
         UniqueFd own =
             UniqueFd(::open(("/proc/self/fd/" + std::to_string(s.fd())).c_str(), O_RDWR));
-        bool ok = try_lock_byte(own.get(), kSlotLockBase, true);
+        bool ok = try_lock_byte(own.get(), kClientLockBase, true);
         char c = ok ? '1' : '0';
         (void)::write(pipefd[1], &c, 1);
         ::pause();
@@ -137,10 +137,10 @@ TEST(Liveness, an_ofd_lock_tells_a_live_holder_from_a_dead_one) {
     char c = 0;
     ASSERT_EQ(::read(pipefd[0], &c, 1), 1);
     EXPECT_EQ(c, '1');
-    EXPECT_TRUE(byte_is_locked(s.fd(), kSlotLockBase));
+    EXPECT_TRUE(byte_is_locked(s.fd(), kClientLockBase));
     ::kill(pid, SIGKILL);
     ::waitpid(pid, nullptr, 0);
-    EXPECT_FALSE(byte_is_locked(s.fd(), kSlotLockBase));
+    EXPECT_FALSE(byte_is_locked(s.fd(), kClientLockBase));
     ::close(pipefd[0]);
     ::close(pipefd[1]);
 }
