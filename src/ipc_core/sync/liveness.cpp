@@ -48,7 +48,8 @@ int open_again(int fd) noexcept {
     int acc = fl & O_ACCMODE;
     char path[40];
     proc_path(fd, path);
-    return ::open(path, acc | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    // No O_NOFOLLOW: /proc/self/fd/N is a symlink to the file itself.
+    return ::open(path, acc | O_CLOEXEC | O_NONBLOCK);
 }
 
 // fd + 1 of each registered fd; 0 = empty (constant-initialised: usable before main()).
