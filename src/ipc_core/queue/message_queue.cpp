@@ -53,7 +53,9 @@ static_assert(make_state(0, kEmpty, 0) == 0, "a zero-filled slot is EMPTY for la
 static_assert(lap_diff(0, (std::uint64_t{1} << 48) - 1) == 1, "laps wrap");
 
 constexpr std::size_t kControlOffset = sizeof(SegmentHeader);
-constexpr std::size_t kSlotsOffset = kControlOffset + ((sizeof(QueueControl) + 63) / 64) * 64;
+constexpr std::size_t kClientsOffset = kControlOffset + ((sizeof(QueueControl) + 63) / 64) * 64;
+constexpr std::size_t kSlotsOffset =
+    kClientsOffset + ((ClientTable::bytes(kQueueMaxClients) + 63) / 64) * 64;
 constexpr std::chrono::milliseconds kScanInterval{20}; // how often a waiting consumer repairs
 // Before sleeping on the futex a waiter spins (cheap while the peer runs on the other core),
 // then yields the CPU a few times (cheap when processes outnumber cores: the peer may be the
@@ -82,31 +84,6 @@ inline void crash_point(int point) noexcept {
         ::raise(SIGKILL);
 }
 
-// ---- fork: a child must not share the parent's client lock ----------------------------------
-std::atomic<unsigned> g_fork_generation{0};
-std::mutex g_registry_mu;
-std::vector<MessageQueue::Impl *> &registry() {
-    static auto *r = new std::vector<MessageQueue::Impl *>(); // leaked: used by atfork handlers
-    return *r;
-}
-void forget_client_after_fork(MessageQueue::Impl *q) noexcept;
-void atfork_prepare() {
-    g_registry_mu.lock();
-}
-void atfork_parent() {
-    g_registry_mu.unlock();
-}
-void atfork_child() {
-    g_fork_generation.fetch_add(1, std::memory_order_relaxed);
-    for (auto *q : registry())
-        forget_client_after_fork(q);
-    g_registry_mu.unlock();
-}
-void install_atfork_once() {
-    static std::once_flag once;
-    std::call_once(once, [] { ::pthread_atfork(atfork_prepare, atfork_parent, atfork_child); });
-}
-
 } // namespace
 
 struct MessageQueue::Impl {
@@ -117,12 +94,13 @@ struct MessageQueue::Impl {
     std::uint64_t max_msg = 0;
     std::uint64_t stride = 0;
 
-    // Our own open file description of the segment: it holds our client lock byte. A separate
-    // description from seg.fd() (which holds the owner lock) so that it can be replaced in a
-    // forked child without touching the owner lock.
+    // Our own open file description of the segment: it holds our client lock byte, apart from
+    // seg.fd() (which holds the owner lock). Renewed in forked children (sync/liveness.hpp).
     UniqueFd lock_fd;
+    ClientTable clients;
     std::uint32_t me = kNoClient;
-    std::atomic<unsigned> registered_generation{~0u};
+    ForkStamp stamp;                     // of our registration
+    std::atomic<bool> registered{false}; // in this process (a fork child re-registers)
     std::mutex register_mu;
 
     // Shared by the threads that use this handle, hence atomics (relaxed: hints only).
@@ -130,11 +108,9 @@ struct MessageQueue::Impl {
     std::atomic<bool> orphan_seen{false};      // a dead consumer's message waits for a taker
 
     ~Impl() {
-        {
-            std::lock_guard lk(g_registry_mu);
-            auto &r = registry();
-            r.erase(std::remove(r.begin(), r.end(), this), r.end());
-        }
+        if (registered.load(std::memory_order_relaxed) && !stamp.inherited())
+            clients.unregister_client();
+        forget_in_fork_children(lock_fd.get());
         lock_fd.reset(); // drops the client lock
         seg.reset();
     }
@@ -146,39 +122,29 @@ struct MessageQueue::Impl {
 
     // ---- clients --------------------------------------------------------------------------
     void ensure_registered() {
-        unsigned gen = g_fork_generation.load(std::memory_order_relaxed);
-        if (registered_generation.load(std::memory_order_acquire) == gen) [[likely]]
+        if (registered.load(std::memory_order_acquire) && !stamp.inherited()) [[likely]]
             return;
         std::lock_guard lk(register_mu);
-        if (registered_generation.load(std::memory_order_relaxed) == gen)
+        if (registered.load(std::memory_order_relaxed) && !stamp.inherited())
             return;
+        if (stamp.inherited()) {
+            // A forked child's copy: the slot and its lock are the parent's (our lock_fd was
+            // renewed at fork and holds nothing); the name is the parent's to remove.
+            clients.forget();
+            me = kNoClient;
+            stamp.renew();
+        }
         register_client();
-        registered_generation.store(gen, std::memory_order_release);
+        registered.store(true, std::memory_order_release);
     }
 
     void register_client() {
-        char path[64];
-        std::snprintf(path, sizeof path, "/proc/self/fd/%d", seg.fd());
-        // A fresh open file description, so our lock is ours alone (not shared by a fork).
-        UniqueFd fd(::open(path, O_RDWR | O_CLOEXEC));
-        if (!fd)
-            throw_errno("open(/proc/self/fd) for the queue's client lock");
-        std::uint32_t n = ctl->max_clients;
-        std::uint32_t start = ctl->client_hint.fetch_add(1, std::memory_order_relaxed) % n;
-        std::uint32_t got = kNoClient;
-        for (std::uint32_t k = 0; k < n; ++k) {
-            std::uint32_t idx = (start + k) % n;
-            if (try_lock_byte(fd.get(), kClientLockBase + idx, true)) {
-                got = idx;
-                break;
-            }
-        }
-        if (got == kNoClient)
-            throw LimitReached("message queue '" + seg.name() + "' already has " +
-                               std::to_string(n) + " attached handles");
-        lock_fd = std::move(fd);
-        me = got;
-        repair_recycled_index();
+        // A dead client's slot may be taken over: its claims are repaired first, so a recycled
+        // index never makes a dead claim look alive.
+        me = clients.register_client(true, [&](std::uint32_t slot) {
+            me = slot;
+            repair_recycled_index();
+        });
     }
 
     // A previous holder of our index is dead (we got its lock) but its claims still name the
@@ -204,9 +170,7 @@ struct MessageQueue::Impl {
     bool alive(std::uint32_t client) const {
         if (client == me)
             return true; // another thread of this handle
-        if (client >= ctl->max_clients)
-            return false;
-        return byte_is_locked(lock_fd.get(), kClientLockBase + client);
+        return clients.alive(client);
     }
 
     void wake_all() noexcept {
@@ -438,19 +402,6 @@ struct MessageQueue::Impl {
     }
 };
 
-namespace {
-void forget_client_after_fork(MessageQueue::Impl *q) noexcept {
-    // Only async-signal-safe work here: the child closes its copy of the parent's client lock
-    // description (the parent keeps its lock) and re-registers on first use. A child never
-    // removes the parent's name.
-    int fd = q->lock_fd.release();
-    if (fd >= 0)
-        ::close(fd);
-    q->me = kNoClient;
-    q->seg.disown();
-}
-} // namespace
-
 // ---- public API -------------------------------------------------------------------------------
 
 namespace {
@@ -464,19 +415,23 @@ void check_sizes(std::size_t capacity, std::size_t max_message_size) {
                               std::to_string(max_message_size));
 }
 
-std::unique_ptr<MessageQueue::Impl> finish(MemorySegment seg) {
-    install_atfork_once();
+// Geometry comes from the caller (validated, private), never re-read from shared memory.
+std::unique_ptr<MessageQueue::Impl> finish(MemorySegment seg, std::uint64_t cap,
+                                           std::uint64_t max_msg) {
     auto impl = std::make_unique<MessageQueue::Impl>();
     auto *base = seg.data();
     impl->ctl = reinterpret_cast<QueueControl *>(base + kControlOffset);
     impl->slots = base + kSlotsOffset;
-    impl->cap = impl->ctl->capacity;
-    impl->max_msg = impl->ctl->max_message_size;
-    impl->stride = impl->ctl->slot_stride;
+    impl->cap = cap;
+    impl->max_msg = max_msg;
+    impl->stride = stride_for(max_msg);
+    impl->lock_fd = UniqueFd(reopen_description(seg.fd()));
+    renew_in_fork_children(impl->lock_fd.get());
+    impl->clients =
+        ClientTable(base + kClientsOffset, seg.size() - kClientsOffset, kQueueMaxClients,
+                    impl->lock_fd.get(), "message queue '" + seg.name() + "'");
     impl->seg = std::move(seg);
     impl->ensure_registered();
-    std::lock_guard lk(g_registry_mu);
-    registry().push_back(impl.get());
     return impl;
 }
 } // namespace
@@ -498,9 +453,10 @@ MessageQueue MessageQueue::create(std::string_view name, std::size_t capacity,
                                         ctl->slot_stride = stride;
                                         ctl->slots_offset = kSlotsOffset;
                                         ctl->max_clients = kQueueMaxClients;
+                                        ClientTable::init(base + kClientsOffset, kQueueMaxClients);
                                     });
     MessageQueue q;
-    q.impl_ = finish(std::move(seg));
+    q.impl_ = finish(std::move(seg), capacity, max_message_size);
     return q;
 }
 
@@ -523,7 +479,7 @@ MessageQueue MessageQueue::attach(std::string_view name) {
     if (seg.size() != kSlotsOffset + cap * ctl->slot_stride)
         throw CorruptSegment(what + "size does not match its slots");
     MessageQueue q;
-    q.impl_ = finish(std::move(seg));
+    q.impl_ = finish(std::move(seg), cap, max);
     return q;
 }
 

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "ipc_core/base/unique_fd.hpp"
+#include "ipc_core/shm/open_name.hpp"
 
 #include <cstdint>
 #include <string_view>
@@ -37,9 +38,12 @@ struct GuestStream {
     bool writable = false;
 };
 
-// Opens an existing name as a guest (no lock, never removes the name). ENOENT if missing.
+// Opens an existing name as a guest (no lock, never removes the name). ENOENT if missing;
+// CorruptSegment if it is not a regular file; FileExistsError (OsError EEXIST) naming the kind
+// if it holds another shmipc object (checked before any truncation); PermissionError if another
+// user owns it and `trust` does not allow that user (API.md §7).
 [[nodiscard]] GuestStream open_stream(std::string_view name, StreamAccess access, bool truncate,
-                                      bool append);
+                                      bool append, const TrustPolicy &trust = {});
 
 // Owner's close: removes the name if it still refers to the file open as `owner_fd` (never a
 // newer object of the same name). Call before closing the fd. Returns true if removed.

@@ -64,7 +64,7 @@ enum class HolderState { Alive, Dead, Invalid };
 // register/unregister (they are rare); alive(), holder() and token() may be called from any thread.
 class ClientTable {
   public:
-    [[nodiscard]] static std::size_t bytes(std::uint32_t capacity) noexcept {
+    [[nodiscard]] static constexpr std::size_t bytes(std::uint32_t capacity) noexcept {
         return sizeof(ClientTableHeader) + std::size_t{capacity} * sizeof(ClientSlot);
     }
     // Writes an empty table of `capacity` slots (1..kMaxTableClients) into zeroed memory.
