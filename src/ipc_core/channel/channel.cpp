@@ -35,12 +35,6 @@ RegistryKey key_of(const Heap &h, std::uint64_t off, ChannelRole r) {
 
 std::atomic<std::uint32_t> g_token_serial{0};
 
-// Bumped in a forked child: a role claimed before fork() belongs to the parent, never to the
-// copy of the handle in the child (which would otherwise push into the parent's ring too).
-std::atomic<std::uint64_t> g_fork_generation{0};
-[[maybe_unused]] const int g_atfork_registered = ::pthread_atfork(
-    nullptr, nullptr, [] { g_fork_generation.fetch_add(1, std::memory_order_relaxed); });
-
 std::uint64_t make_token() {
     // pid for diagnostics, a serial so two claims in one process differ; never 0.
     std::uint32_t serial = g_token_serial.fetch_add(1, std::memory_order_relaxed) + 1;
@@ -191,7 +185,7 @@ void Channel::claim(ChannelRole role) {
     registry().insert(key);
     role_ = role;
     token_ = token;
-    fork_generation_ = g_fork_generation.load(std::memory_order_relaxed);
+    role_stamp_.renew();
     if (role == ChannelRole::Sender)
         producer_ = SpscProducer(&ctl_->ring);
     else
@@ -199,8 +193,9 @@ void Channel::claim(ChannelRole role) {
 }
 
 void Channel::forget_role_after_fork() noexcept {
-    if (role_ != ChannelRole::None &&
-        fork_generation_ != g_fork_generation.load(std::memory_order_relaxed)) {
+    // A role claimed before fork() belongs to the parent, never to the copy of the handle in the
+    // child (which would otherwise push into the parent's ring too).
+    if (role_ != ChannelRole::None && role_stamp_.inherited()) {
         // The parent still holds the role (its lock, its token): forget it here, touch nothing.
         role_ = ChannelRole::None;
         token_ = 0;

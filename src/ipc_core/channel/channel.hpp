@@ -31,6 +31,7 @@
 #pragma once
 
 #include "ipc_core/base/deadline.hpp"
+#include "ipc_core/base/fork_epoch.hpp"
 #include "ipc_core/channel/spsc_ring.hpp"
 #include "ipc_core/heap/heap.hpp"
 
@@ -235,7 +236,7 @@ class Channel {
     ChannelControl *ctl_ = nullptr;
     ChannelRole role_ = ChannelRole::None;
     std::uint64_t token_ = 0;
-    std::uint64_t fork_generation_ = 0; // of the claim: a forked child's copy has no role
+    ForkStamp role_stamp_; // of the claim: a forked child's copy has no role
     bool closed_ = false;
     SpscProducer producer_;
     SpscConsumer consumer_;
