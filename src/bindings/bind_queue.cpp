@@ -185,9 +185,6 @@ void bind_queue(py::module_ &m) {
              })
         .def_property_readonly("closed", [](const QueueHandle &h) { return !h.q; })
         .def("close", [](QueueHandle &h) { h.q.reset(); });
-
-    m.def("_queue_set_crash_point", &MessageQueue::set_crash_point, py::arg("point"),
-          py::arg("countdown"));
 }
 
 } // namespace shmipc::bindings

@@ -2,6 +2,7 @@
 
 #include "ipc_core/base/deadline.hpp"
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/testing/crash_point.hpp"
 
 #include <atomic>
 #include <bit>
@@ -54,17 +55,13 @@ std::uint64_t slot_off(std::uint64_t w) {
     return w & kOffMask;
 }
 
-DictStepHook g_step_hook = nullptr;
+// A crash point at each step of a store (testing/crash_point.hpp: "dict.<step>").
 inline void step(const char *name) {
-    if (g_step_hook) [[unlikely]]
-        g_step_hook(name);
+    if (detail::g_crash_armed.load(std::memory_order_relaxed)) [[unlikely]]
+        detail::crash_point_slow(("dict." + std::string(name)).c_str());
 }
 
 } // namespace
-
-void set_dict_step_hook(DictStepHook hook) noexcept {
-    g_step_hook = hook;
-}
 
 struct DictControl {
     std::uint64_t magic;

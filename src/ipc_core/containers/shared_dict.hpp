@@ -143,9 +143,4 @@ class SharedDict {
 // The hash every process uses for keys (stable across processes and builds).
 std::uint64_t dict_hash(std::string_view key) noexcept;
 
-// Tests only: called (when set) at each step of an update where a crash is interesting, with the
-// step's name ("entry_retired", "entry_published", ...), so a test child can SIGKILL itself there.
-using DictStepHook = void (*)(const char *step);
-void set_dict_step_hook(DictStepHook hook) noexcept;
-
 } // namespace shmipc

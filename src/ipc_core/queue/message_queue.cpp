@@ -1,6 +1,7 @@
 #include "ipc_core/queue/message_queue.hpp"
 
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/testing/crash_point.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -71,17 +72,6 @@ SpinPolicy spin_policy(const Deadline &dl) {
 
 std::size_t stride_for(std::size_t max_message_size) {
     return round_up(sizeof(QueueSlot) + max_message_size, 64);
-}
-
-// ---- test hook ------------------------------------------------------------------------------
-std::atomic<int> g_crash_point{0};
-std::atomic<int> g_crash_countdown{0};
-
-inline void crash_point(int point) noexcept {
-    if (g_crash_point.load(std::memory_order_relaxed) != point) [[likely]]
-        return;
-    if (g_crash_countdown.fetch_sub(1, std::memory_order_relaxed) == 1)
-        ::raise(SIGKILL);
 }
 
 } // namespace
@@ -213,12 +203,12 @@ struct MessageQueue::Impl {
                                                     std::memory_order_relaxed))
                     continue;
                 help_advance(ctl->tail, pos);
-                crash_point(1);
+                crash_point("queue.put.claimed");
                 auto *dst = data(s);
                 std::size_t half = n / 2;
                 if (half)
                     std::memcpy(dst, src, half);
-                crash_point(2);
+                crash_point("queue.put.half");
                 if (n - half)
                     std::memcpy(dst + half, static_cast<const std::byte *>(src) + half, n - half);
                 s->length = static_cast<std::uint32_t>(n);
@@ -254,9 +244,9 @@ struct MessageQueue::Impl {
             throw CorruptSegment("message queue '" + seg.name() + "': a slot claims " +
                                  std::to_string(n) + " bytes, more than max_message_size");
         }
-        crash_point(3);
+        crash_point("queue.get.claimed");
         bool taken = sink(ctx, data(s), n);
-        crash_point(4);
+        crash_point("queue.get.copied");
         if (!taken) {
             // Back to the queue: the next scanning consumer takes it over.
             s->state.store(make_state(lap, kReading, kNoClient), std::memory_order_release);
@@ -571,11 +561,6 @@ std::size_t MessageQueue::recover(Sink sink, void *ctx) {
 
 void MessageQueue::close() noexcept {
     impl_.reset();
-}
-
-void MessageQueue::set_crash_point(int point, int countdown) noexcept {
-    g_crash_countdown.store(countdown, std::memory_order_relaxed);
-    g_crash_point.store(countdown > 0 ? point : 0, std::memory_order_relaxed);
 }
 
 } // namespace shmipc

@@ -139,11 +139,6 @@ class MessageQueue {
     // Releases the client lock, unmaps; the owner of a non-persistent queue removes the name.
     void close() noexcept;
 
-    // Test hook: the calling process SIGKILLs itself the `countdown`-th time it reaches
-    // `point` (1: after claiming a slot for writing, 2: after writing half the message,
-    // 3: after claiming a slot for reading, 4: after copying a message out). 0 disables.
-    static void set_crash_point(int point, int countdown) noexcept;
-
     struct Impl;
 
   private:

@@ -2,6 +2,7 @@
 
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/sync/liveness.hpp"
+#include "ipc_core/testing/crash_point.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -185,7 +186,7 @@ void SharedValue::check_write(std::span<const std::byte> meta,
 }
 
 std::uint64_t SharedValue::write_locked(std::uint32_t type, std::span<const std::byte> meta,
-                                        std::span<const std::byte> data, std::size_t stall_at) {
+                                        std::span<const std::byte> data) {
     const std::uint32_t cur = ctl_->current.load(std::memory_order_relaxed) & 1;
     const std::uint32_t next = cur ^ 1;
     ValueSlot &s = slot(next);
@@ -207,13 +208,12 @@ std::uint64_t SharedValue::write_locked(std::uint32_t type, std::span<const std:
     s.nbytes.store(data.size(), std::memory_order_relaxed);
     if (!meta.empty())
         std::memcpy(meta_ptr(next), meta.data(), meta.size());
-    if (stall_at < data.size()) {
-        if (stall_at)
-            std::memcpy(data_ptr(next), data.data(), stall_at);
-        return 0;
-    }
-    if (!data.empty())
-        std::memcpy(data_ptr(next), data.data(), data.size());
+    const std::size_t half = data.size() / 2;
+    if (half)
+        std::memcpy(data_ptr(next), data.data(), half);
+    crash_point("value.write.half");
+    if (data.size() > half)
+        std::memcpy(data_ptr(next) + half, data.data() + half, data.size() - half);
     // SYNC POINT: pairs with the acquire load of seq in try_snapshot.
     s.seq.store(odd + 1, std::memory_order_release);
     // SYNC POINT: pairs with the acquire load of current in try_snapshot.
@@ -230,16 +230,7 @@ std::uint64_t SharedValue::write(std::uint32_t type, std::span<const std::byte> 
         throw InvalidArgument("value type tag 0 is reserved for 'never written'");
     check_write(meta, data);
     WriterLock lock(*this, deadline);
-    return write_locked(type, meta, data, static_cast<std::size_t>(-1));
-}
-
-void SharedValue::write_and_stall_for_test(std::uint32_t type, std::span<const std::byte> meta,
-                                           std::span<const std::byte> data, std::size_t stall_at) {
-    check_write(meta, data);
-    WriterLock lock(*this);
-    (void)write_locked(type, meta, data, std::min(stall_at, data.size() ? data.size() - 1 : 0));
-    for (;;)
-        std::this_thread::sleep_for(std::chrono::seconds(1));
+    return write_locked(type, meta, data);
 }
 
 // ---- readers ---------------------------------------------------------------------------------

@@ -167,11 +167,6 @@ class SharedValue {
     // while another thread may be blocked in wait()).
     void request_close() noexcept { closing_.store(true, std::memory_order_relaxed); }
 
-    // For tests: the writer protocol up to `stall_at` payload bytes, then sleeps forever holding
-    // the writer mutex with the target slot half written (to be SIGKILLed).
-    [[noreturn]] void write_and_stall_for_test(std::uint32_t type, std::span<const std::byte> meta,
-                                               std::span<const std::byte> data,
-                                               std::size_t stall_at);
     // For tests: current slot and each slot's seq.
     struct DebugState {
         std::uint32_t current;
@@ -199,10 +194,9 @@ class SharedValue {
     [[nodiscard]] std::byte *meta_ptr(std::uint32_t i) const noexcept;
     [[nodiscard]] std::byte *data_ptr(std::uint32_t i) const noexcept;
     void check_write(std::span<const std::byte> meta, std::span<const std::byte> data) const;
-    // Fills the non-current slot and publishes it (returns its version); stops (returns 0)
-    // after `stall_at` bytes.
+    // Fills the non-current slot and publishes it; returns its version.
     std::uint64_t write_locked(std::uint32_t type, std::span<const std::byte> meta,
-                               std::span<const std::byte> data, std::size_t stall_at);
+                               std::span<const std::byte> data);
 
     // Registers this handle as a writer (first write; again in a forked child). Returns the
     // lock token.

@@ -3,6 +3,7 @@
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/containers/shared_dict.hpp"
 #include "ipc_core/heap/heap.hpp"
+#include "ipc_core/testing/crash_point.hpp"
 
 #include <gtest/gtest.h>
 
@@ -86,13 +87,6 @@ void expect_untorn(SharedDict &d) {
         int version = std::stoi(v.substr(k.size() + 1));
         ASSERT_EQ(v, value_for(k, version));
     }
-}
-
-const char *g_crash_step = nullptr;
-int g_crash_skip = 0; // occurrences to let pass first
-void crash_at_step(const char *step) {
-    if (g_crash_step && std::strcmp(step, g_crash_step) == 0 && g_crash_skip-- == 0)
-        ::raise(SIGKILL);
 }
 
 } // namespace
@@ -235,9 +229,7 @@ TEST(SharedDict, a_process_killed_at_any_step_of_an_update_leaves_no_torn_entry_
                 ::alarm(30);
                 auto mine = Heap::attach(name);
                 SharedDict cd(*mine, "d");
-                g_crash_step = step;
-                g_crash_skip = skip;
-                set_dict_step_hook(crash_at_step);
+                arm_crash_point("dict." + std::string(step), skip + 1);
                 // Replace, insert (growing the table), erase, then clear: every step occurs.
                 for (int i = 0; i < 20; ++i)
                     set(cd, "k" + std::to_string(i), value_for("k" + std::to_string(i), 1));

@@ -1,5 +1,6 @@
 #include "ipc_core/base/deadline.hpp"
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/testing/crash_point.hpp"
 #include "ipc_core/value/shared_value.hpp"
 
 #include <atomic>
@@ -214,7 +215,8 @@ TEST(SharedValue, a_writer_killed_mid_write_leaves_the_last_value_and_the_next_w
     if (pid == 0) {
         auto w = SharedValue::attach(name);
         std::vector<std::byte> bad(kBytes, std::byte{0xab});
-        w->write_and_stall_for_test(1, {}, bad, kBytes / 2);
+        arm_crash_point("value.write.half", 1, CrashAction::Stall);
+        w->write(1, {}, bad);
     }
     // Wait until the child holds the lock with the non-current slot half written.
     auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
