@@ -49,8 +49,12 @@ std::atomic<std::uint64_t> &token_word(ChannelControl *c, ChannelRole r) {
     return r == ChannelRole::Sender ? c->sender : c->receiver;
 }
 
-off_t lock_byte(const ChannelControl *c, ChannelRole r) {
-    return kUserLockBase + off_t(2 * c->lock_index) + off_t(static_cast<int>(r));
+std::uint64_t lock_index_for(std::uint64_t off);
+
+// The liveness byte of an endpoint, derived from the channel's offset (never from the shared
+// lock_index, which a peer could scribble over).
+off_t lock_byte(std::uint64_t offset, ChannelRole r) {
+    return kUserLockBase + off_t(2 * lock_index_for(offset)) + off_t(static_cast<int>(r));
 }
 
 // Spreads (segment, byte offset) over the user lock range. Two channels collide only if their
@@ -82,7 +86,7 @@ bool endpoint_alive_at(Heap &heap, std::uint64_t offset, ChannelControl *c, Chan
         if (registry().count(key_of(heap, offset, r)))
             return true;
     }
-    return byte_is_locked(heap.lock_fd(), lock_byte(c, r));
+    return byte_is_locked(heap.lock_fd(), lock_byte(offset, r));
 }
 
 // A claimed endpoint whose process is gone: token set, lock byte free.
@@ -146,7 +150,8 @@ std::unique_ptr<Channel> Channel::open(Heap &heap, std::string_view name, std::u
 }
 
 Channel::Channel(Heap &heap, std::string name, std::uint64_t offset, ChannelControl *ctl)
-    : heap_(heap), name_(std::move(name)), offset_(offset), ctl_(ctl) {}
+    : heap_(heap), name_(std::move(name)), offset_(offset), ctl_(ctl),
+      geometry_(spsc_ring_geometry(&ctl->ring)) {}
 
 Channel::~Channel() {
     release();
@@ -168,7 +173,7 @@ void Channel::claim(ChannelRole role) {
     // one (claims are rare: the cost of flushing the thread caches does not matter here).
     heap_.flush_thread_caches();
     const int fd = heap_.lock_fd();
-    const off_t byte = lock_byte(ctl_, role);
+    const off_t byte = lock_byte(offset_, role);
     if (!try_lock_byte(fd, byte, /*exclusive=*/true))
         throw ChannelBusy("channel '" + name_ + "' already has a live " + role_name(role) +
                           " in another process");
@@ -187,9 +192,9 @@ void Channel::claim(ChannelRole role) {
     token_ = token;
     role_stamp_.renew();
     if (role == ChannelRole::Sender)
-        producer_ = SpscProducer(&ctl_->ring);
+        producer_ = SpscProducer(&ctl_->ring, geometry_);
     else
-        consumer_ = SpscConsumer(&ctl_->ring);
+        consumer_ = SpscConsumer(&ctl_->ring, geometry_);
 }
 
 void Channel::forget_role_after_fork() noexcept {
@@ -223,7 +228,7 @@ void Channel::release() {
     // would think we died.
     std::uint64_t mine = token_;
     token_word(ctl_, role_).compare_exchange_strong(mine, 0, std::memory_order_acq_rel);
-    unlock_byte(heap_.lock_fd(), lock_byte(ctl_, role_));
+    unlock_byte(heap_.lock_fd(), lock_byte(offset_, role_));
     registry().erase(key_of(heap_, offset_, role_));
     role_ = ChannelRole::None;
     token_ = 0;
@@ -642,7 +647,7 @@ std::vector<ChannelInfo> Channel::list(Heap &heap) {
         ChannelInfo info;
         info.name = n.name;
         info.capacity = c->ring.capacity;
-        info.queued = c->ring.size_approx();
+        info.queued = std::min<std::uint64_t>(c->ring.size_approx(), info.capacity);
         info.sender_alive = endpoint_alive_at(heap, n.offset, c, ChannelRole::Sender);
         info.receiver_alive = endpoint_alive_at(heap, n.offset, c, ChannelRole::Receiver);
         info.closed = c->ring.closed.load(std::memory_order_acquire) != 0;

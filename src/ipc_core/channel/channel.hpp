@@ -35,6 +35,7 @@
 #include "ipc_core/channel/spsc_ring.hpp"
 #include "ipc_core/heap/heap.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -64,7 +65,7 @@ struct alignas(kCacheLine) ChannelControl {
     std::uint32_t reserved0;
     std::atomic<std::uint64_t> sender;   // claim token of the live sender; 0 = none
     std::atomic<std::uint64_t> receiver; // claim token of the live receiver; 0 = none
-    std::uint64_t lock_index;            // liveness bytes: kUserLockBase + 2*lock_index + role
+    std::uint64_t lock_index; // diagnostics: the liveness bytes are derived from the offset
     std::uint64_t reserved1[3];
     SpscRingControl ring; // followed by its slots
 };
@@ -179,8 +180,10 @@ class Channel {
     [[nodiscard]] bool poll(const Deadline &deadline);
 
     // --- both ----------------------------------------------------------------------------------
-    [[nodiscard]] std::uint64_t queued() const noexcept { return ctl_->ring.size_approx(); }
-    [[nodiscard]] std::uint64_t capacity() const noexcept { return ctl_->ring.capacity; }
+    [[nodiscard]] std::uint64_t queued() const noexcept {
+        return std::min(ctl_->ring.size_approx(), geometry_.capacity);
+    }
+    [[nodiscard]] std::uint64_t capacity() const noexcept { return geometry_.capacity; }
     [[nodiscard]] bool stream_ended() const noexcept {
         return ctl_->ring.closed.load(std::memory_order_acquire) != 0;
     }
@@ -234,6 +237,7 @@ class Channel {
     std::string name_;
     std::uint64_t offset_ = 0; // of the control block in the heap
     ChannelControl *ctl_ = nullptr;
+    RingGeometry geometry_; // validated at open, private
     ChannelRole role_ = ChannelRole::None;
     std::uint64_t token_ = 0;
     ForkStamp role_stamp_; // of the claim: a forked child's copy has no role
