@@ -86,20 +86,57 @@ struct DictOps {
     Heap &h;
     DictControl *c;
 
-    TableHeader *table(std::uint64_t off) { return static_cast<TableHeader *>(h.to_ptr(off)); }
-    static std::atomic<std::uint64_t> *slots(TableHeader *t) {
-        return reinterpret_cast<std::atomic<std::uint64_t> *>(t + 1);
+    // Shared memory is input: a table's capacity and an entry's lengths are read once, checked
+    // against the heap block that holds them, and only the checked copies are used.
+    [[noreturn]] void corrupt(const std::string &why) const {
+        throw CorruptSegment("shared dict: " + why);
     }
-    EntryHeader *entry(std::uint64_t off) { return static_cast<EntryHeader *>(h.to_ptr(off)); }
-    static std::string_view key_of(EntryHeader *e) {
-        return {reinterpret_cast<const char *>(e + 1), e->key_len};
+    std::size_t block_bytes(std::uint64_t off) const {
+        try {
+            return h.block_capacity(off);
+        } catch (const InvalidArgument &e) {
+            corrupt(std::string("an offset that is not a live block (") + e.what() + ")");
+        }
     }
-    static const std::byte *value_of(EntryHeader *e) {
-        return reinterpret_cast<const std::byte *>(e) + value_offset(e->key_len);
+    struct Table {
+        std::atomic<std::uint64_t> *slots = nullptr;
+        std::uint64_t capacity = 0; // slots, power of two, fits its block
+    };
+    Table table(std::uint64_t off) const {
+        std::size_t bytes = block_bytes(off);
+        auto *t = static_cast<TableHeader *>(h.to_ptr(off));
+        std::uint64_t cap = t->capacity;
+        if (cap < kMinCapacity || !std::has_single_bit(cap) ||
+            cap > (bytes - sizeof(TableHeader)) / sizeof(std::uint64_t))
+            corrupt("a table capacity of " + std::to_string(cap) + " slots in a block of " +
+                    std::to_string(bytes) + " bytes");
+        return Table{reinterpret_cast<std::atomic<std::uint64_t> *>(t + 1), cap};
+    }
+    struct EntryView {
+        std::uint64_t hash = 0;
+        std::uint8_t tag = 0;
+        std::string_view key;
+        const std::byte *value = nullptr;
+        std::uint64_t value_len = 0;
+    };
+    EntryView entry(std::uint64_t off) const {
+        std::size_t bytes = block_bytes(off);
+        auto *e = static_cast<EntryHeader *>(h.to_ptr(off));
+        EntryView v;
+        v.hash = e->hash;
+        v.tag = e->tag;
+        std::uint64_t key_len = e->key_len, value_len = e->value_len;
+        if (key_len > bytes || value_len > bytes || value_offset(key_len) + value_len > bytes)
+            corrupt("an entry of " + std::to_string(key_len) + " + " + std::to_string(value_len) +
+                    " bytes in a block of " + std::to_string(bytes));
+        v.key = {reinterpret_cast<const char *>(e + 1), static_cast<std::size_t>(key_len)};
+        v.value = reinterpret_cast<const std::byte *>(e) + value_offset(key_len);
+        v.value_len = value_len;
+        return v;
     }
 
     struct Probe {
-        TableHeader *t = nullptr;
+        Table t;
         std::int64_t found = -1; // slot holding the key
         std::int64_t free = -1;  // first tombstone or empty slot on the way
     };
@@ -109,8 +146,8 @@ struct DictOps {
         if (!toff)
             return p;
         p.t = table(toff);
-        std::uint64_t mask = p.t->capacity - 1;
-        auto *s = slots(p.t);
+        std::uint64_t mask = p.t.capacity - 1;
+        auto *s = p.t.slots;
         for (std::uint64_t i = hash & mask, n = 0; n <= mask; ++n, i = (i + 1) & mask) {
             std::uint64_t w = s[i].load(std::memory_order_relaxed);
             if (w == kSlotEmpty) {
@@ -125,8 +162,8 @@ struct DictOps {
             }
             if ((w >> kTagShift) != (hash >> kTagShift))
                 continue;
-            EntryHeader *e = entry(slot_off(w));
-            if (e->hash == hash && key_of(e) == key) {
+            EntryView e = entry(slot_off(w));
+            if (e.hash == hash && e.key == key) {
                 p.found = static_cast<std::int64_t>(i);
                 return p;
             }
@@ -145,7 +182,7 @@ struct DictOps {
     // Makes room for one more entry: a new table (doubled, or rehashed to drop tombstones).
     void ensure_room() {
         std::uint64_t toff = c->table.load(std::memory_order_relaxed);
-        std::uint64_t cap = toff ? table(toff)->capacity : 0;
+        std::uint64_t cap = toff ? table(toff).capacity : 0;
         if (toff && (c->count + c->tombstones + 1) * 4 <= cap * 3)
             return;
         std::uint64_t want = kMinCapacity;
@@ -153,19 +190,24 @@ struct DictOps {
             want *= 2; // at most half full after the rebuild
         // Owned by us while we fill it: if we die now the heap reclaims it.
         std::uint64_t noff = h.allocate(sizeof(TableHeader) + want * sizeof(std::uint64_t));
-        TableHeader *nt = table(noff);
-        nt->capacity = want;
-        auto *ns = slots(nt);
+        static_cast<TableHeader *>(h.to_ptr(noff))->capacity = want;
+        Table nt = table(noff);
+        auto *ns = nt.slots;
         for (std::uint64_t i = 0; i < want; ++i)
             ns[i].store(kSlotEmpty, std::memory_order_relaxed);
         if (toff) {
-            TableHeader *ot = table(toff);
-            auto *os = slots(ot);
-            for (std::uint64_t i = 0; i < ot->capacity; ++i) {
-                std::uint64_t w = os[i].load(std::memory_order_relaxed);
+            Table ot = table(toff);
+            std::uint64_t moved = 0;
+            for (std::uint64_t i = 0; i < ot.capacity; ++i) {
+                std::uint64_t w = ot.slots[i].load(std::memory_order_relaxed);
                 if (!is_entry(w))
                     continue;
-                std::uint64_t hash = entry(slot_off(w))->hash;
+                // The shared count may lie: never more entries than the new table can take.
+                if (++moved >= want) {
+                    free_block(noff);
+                    corrupt("more entries than its count says");
+                }
+                std::uint64_t hash = entry(slot_off(w)).hash;
                 std::uint64_t j = hash & (want - 1);
                 while (ns[j].load(std::memory_order_relaxed) != kSlotEmpty)
                     j = (j + 1) & (want - 1);
@@ -197,9 +239,15 @@ struct DictOps {
         std::uint64_t toff = c->cleared_table.load(std::memory_order_relaxed);
         if (!toff)
             return;
-        TableHeader *t = table(toff);
-        auto *s = slots(t);
-        for (std::uint64_t i = 0; i < t->capacity; ++i) {
+        Table t;
+        try {
+            t = table(toff);
+        } catch (const CorruptSegment &) {
+            c->cleared_table.store(0, std::memory_order_relaxed);
+            return; // nothing we can trust to free
+        }
+        auto *s = t.slots;
+        for (std::uint64_t i = 0; i < t.capacity; ++i) {
             std::uint64_t w = s[i].load(std::memory_order_relaxed);
             if (!is_entry(w))
                 continue;
@@ -218,9 +266,9 @@ struct DictOps {
         if (re) {
             bool referenced = false;
             if (toff) {
-                TableHeader *t = table(toff);
-                auto *s = slots(t);
-                for (std::uint64_t i = 0; i < t->capacity && !referenced; ++i)
+                Table t = table(toff);
+                auto *s = t.slots;
+                for (std::uint64_t i = 0; i < t.capacity && !referenced; ++i)
                     referenced = is_entry(s[i].load(std::memory_order_relaxed)) &&
                                  slot_off(s[i].load(std::memory_order_relaxed)) == re;
             }
@@ -243,9 +291,9 @@ struct DictOps {
         std::uint64_t toff = c->table.load(std::memory_order_relaxed);
         if (!toff)
             return;
-        TableHeader *t = table(toff);
-        auto *s = slots(t);
-        for (std::uint64_t i = 0; i < t->capacity; ++i) {
+        Table t = table(toff);
+        auto *s = t.slots;
+        for (std::uint64_t i = 0; i < t.capacity; ++i) {
             std::uint64_t w = s[i].load(std::memory_order_relaxed);
             if (w == kSlotTombstone)
                 ++c->tombstones;
@@ -443,9 +491,8 @@ bool SharedDict::get(const Guard &, std::string_view key, ValueFn fn, void *ctx)
     auto p = ops.probe(key, dict_hash(key));
     if (p.found < 0)
         return false;
-    EntryHeader *e =
-        ops.entry(slot_off(DictOps::slots(p.t)[p.found].load(std::memory_order_relaxed)));
-    fn(ctx, e->tag, DictOps::value_of(e), e->value_len);
+    auto e = ops.entry(slot_off(p.t.slots[p.found].load(std::memory_order_relaxed)));
+    fn(ctx, e.tag, e.value, e.value_len);
     return true;
 }
 
@@ -458,14 +505,12 @@ bool SharedDict::publish(const Guard &, Entry &&e, bool only_if_absent, ValueFn 
     if (!e.off_ || e.heap_ != heap_)
         throw InvalidArgument("not an unpublished entry");
     DictOps ops{*this, *heap_, ctl_};
-    EntryHeader *eh = ops.entry(e.off_);
-    std::string_view key = DictOps::key_of(eh);
+    std::string_view key = ops.entry(e.off_).key;
     auto p = ops.probe(key, e.hash_);
     if (p.found >= 0 && only_if_absent) {
         if (fn) {
-            EntryHeader *old =
-                ops.entry(slot_off(DictOps::slots(p.t)[p.found].load(std::memory_order_relaxed)));
-            fn(ctx, old->tag, DictOps::value_of(old), old->value_len);
+            auto old = ops.entry(slot_off(p.t.slots[p.found].load(std::memory_order_relaxed)));
+            fn(ctx, old.tag, old.value, old.value_len);
         }
         return false; // `e` frees itself
     }
@@ -474,7 +519,9 @@ bool SharedDict::publish(const Guard &, Entry &&e, bool only_if_absent, ValueFn 
         ops.ensure_room();
         p = ops.probe(key, e.hash_);
     }
-    auto *s = DictOps::slots(p.t);
+    if (p.found < 0 && p.free < 0)
+        ops.corrupt("no free slot after making room");
+    auto *s = p.t.slots;
     std::uint64_t w = make_slot(e.off_, e.hash_);
     if (p.found >= 0) {
         std::uint64_t old = slot_off(s[p.found].load(std::memory_order_relaxed));
@@ -506,11 +553,11 @@ bool SharedDict::erase(const Guard &, std::string_view key, ValueFn fn, void *ct
     auto p = ops.probe(key, dict_hash(key));
     if (p.found < 0)
         return false;
-    auto *s = DictOps::slots(p.t);
+    auto *s = p.t.slots;
     std::uint64_t old = slot_off(s[p.found].load(std::memory_order_relaxed));
     if (fn) {
-        EntryHeader *e = ops.entry(old);
-        fn(ctx, e->tag, DictOps::value_of(e), e->value_len);
+        auto e = ops.entry(old);
+        fn(ctx, e.tag, e.value, e.value_len);
     }
     ctl_->retired_entry.store(old, std::memory_order_relaxed);
     step("erase_retired");
@@ -529,7 +576,8 @@ std::size_t SharedDict::size(const Guard &) const {
 
 std::size_t SharedDict::capacity(const Guard &) const {
     std::uint64_t toff = ctl_->table.load(std::memory_order_relaxed);
-    return toff ? static_cast<TableHeader *>(heap_->to_ptr(toff))->capacity : 0;
+    DictOps ops{const_cast<SharedDict &>(*this), *heap_, ctl_};
+    return toff ? ops.table(toff).capacity : 0;
 }
 
 void SharedDict::for_each(const Guard &, ItemFn fn, void *ctx) {
@@ -537,14 +585,13 @@ void SharedDict::for_each(const Guard &, ItemFn fn, void *ctx) {
     std::uint64_t toff = ctl_->table.load(std::memory_order_relaxed);
     if (!toff)
         return;
-    TableHeader *t = ops.table(toff);
-    auto *s = DictOps::slots(t);
-    for (std::uint64_t i = 0; i < t->capacity; ++i) {
-        std::uint64_t w = s[i].load(std::memory_order_relaxed);
+    auto t = ops.table(toff);
+    for (std::uint64_t i = 0; i < t.capacity; ++i) {
+        std::uint64_t w = t.slots[i].load(std::memory_order_relaxed);
         if (!is_entry(w))
             continue;
-        EntryHeader *e = ops.entry(slot_off(w));
-        fn(ctx, DictOps::key_of(e), e->tag, DictOps::value_of(e), e->value_len);
+        auto e = ops.entry(slot_off(w));
+        fn(ctx, e.key, e.tag, e.value, e.value_len);
     }
 }
 
@@ -575,12 +622,10 @@ void SharedDict::check_invariants(const Guard &) {
     }
     if (heap_->owner_of(toff) != kOwnerHeld)
         fail("table not held by the heap");
-    TableHeader *t = ops.table(toff);
-    if (!std::has_single_bit(t->capacity))
-        fail("capacity not a power of two");
-    auto *s = DictOps::slots(t);
+    auto t = ops.table(toff); // checks the capacity
+    auto *s = t.slots;
     std::uint64_t live = 0, tomb = 0;
-    for (std::uint64_t i = 0; i < t->capacity; ++i) {
+    for (std::uint64_t i = 0; i < t.capacity; ++i) {
         std::uint64_t w = s[i].load(std::memory_order_relaxed);
         if (w == kSlotTombstone)
             ++tomb;
@@ -590,12 +635,10 @@ void SharedDict::check_invariants(const Guard &) {
         std::uint64_t off = slot_off(w);
         if (heap_->owner_of(off) != kOwnerHeld)
             fail("entry not held by the heap");
-        EntryHeader *e = ops.entry(off);
-        if (value_offset(e->key_len) + e->value_len > heap_->block_capacity(off))
-            fail("entry larger than its block");
-        if (e->hash != dict_hash(DictOps::key_of(e)) || make_slot(off, e->hash) != w)
+        auto e = ops.entry(off); // checks the lengths against the block
+        if (e.hash != dict_hash(e.key) || make_slot(off, e.hash) != w)
             fail("entry hash does not match its key");
-        if (ops.probe(DictOps::key_of(e), e->hash).found != static_cast<std::int64_t>(i))
+        if (ops.probe(e.key, e.hash).found != static_cast<std::int64_t>(i))
             fail("entry not reachable by probing (or a duplicate key)");
     }
     if (live != ctl_->count || tomb != ctl_->tombstones)
