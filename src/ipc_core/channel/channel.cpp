@@ -139,10 +139,10 @@ std::unique_ptr<Channel> Channel::open(Heap &heap, std::string_view name, std::u
                       .first;
         } catch (const InvalidArgument &) {
             // Another process created it first with a smaller capacity: use theirs.
-            auto info = existing();
-            if (!info)
+            auto theirs = existing();
+            if (!theirs)
                 throw;
-            off = info->offset;
+            off = theirs->offset;
         }
     }
     auto *ctl = validate_control(heap.to_ptr(off), heap.block_capacity(off), name);

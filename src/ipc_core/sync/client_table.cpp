@@ -42,7 +42,7 @@ ClientTable::ClientTable(void *mem, std::size_t avail, std::uint32_t capacity, i
     cap_ = capacity; // from now on only the private copy bounds any index
 }
 
-std::uint32_t ClientTable::register_impl(bool take_dead, void (*recycle)(void *, std::uint32_t),
+std::uint32_t ClientTable::register_impl(bool take_dead, void (*on_recycle)(void *, std::uint32_t),
                                          void *ctx) {
     std::uint32_t start = hdr_->hint.fetch_add(1, std::memory_order_relaxed) % cap_;
     for (std::uint32_t k = 0; k < cap_; ++k) {
@@ -60,8 +60,8 @@ std::uint32_t ClientTable::register_impl(bool take_dead, void (*recycle)(void *,
             continue;
         }
         const bool was_dead = (st & kActive) != 0;
-        if (was_dead && recycle)
-            recycle(ctx, idx);
+        if (was_dead && on_recycle)
+            on_recycle(ctx, idx);
         std::uint32_t gen = (gen_of(st) + 1) & ((1u << 31) - 1);
         if ((gen & kTokenGenMask) == 0)
             gen += 1; // a token is never 0, and generation 0 marks "never registered"

@@ -121,7 +121,8 @@ class ClientTable {
 
   private:
     [[nodiscard]] ClientSlot &at(std::uint32_t i) const noexcept { return slots_[i]; }
-    std::uint32_t register_impl(bool take_dead, void (*recycle)(void *, std::uint32_t), void *ctx);
+    std::uint32_t register_impl(bool take_dead, void (*on_recycle)(void *, std::uint32_t),
+                                void *ctx);
 
     ClientTableHeader *hdr_ = nullptr;
     ClientSlot *slots_ = nullptr;

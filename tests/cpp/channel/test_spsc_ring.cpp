@@ -73,9 +73,10 @@ void produce(SpscRingControl *r, std::uint64_t n, std::chrono::nanoseconds spin)
         for (; k < batch && i + k < n; ++k)
             buf[k] = rec(i + k);
         std::size_t pushed = p.try_push_many(buf, k);
-        if (pushed == 0)
+        if (pushed == 0) {
             ASSERT_TRUE(bounded_wait(
                 r->not_full, [&] { return p.writable(); }, spin));
+        }
         i += pushed;
     }
     p.close();

@@ -1,5 +1,9 @@
 // shmipc::allocator and shmipc::offset_ptr: standard containers in a shared heap, read and
 // modified by processes that map the heap at a different address.
+//
+// GCC 12 warns (-Wmaybe-uninitialized) inside libstdc++'s basic_string move assignment when the
+// allocator is not std::allocator: a known false positive of the standard library's own code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/containers/offset_ptr.hpp"
 #include "ipc_core/containers/stl_allocator.hpp"

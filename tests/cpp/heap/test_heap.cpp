@@ -367,7 +367,6 @@ TEST(Heap, processes_allocate_and_free_concurrently_and_a_killed_one_is_reclaime
                 if (k == 2) { // hold blocks and wait to be killed
                     for (int i = 0; i < 10; ++i)
                         live.push_back(c->allocate(10000));
-                    std::fprintf(stderr, "");
                     ::pause();
                 }
                 for (auto b : live)

@@ -16,7 +16,7 @@ namespace {
 
 // A table in a memfd-backed mapping: liveness locks need a real file.
 struct TableFile {
-    explicit TableFile(std::uint32_t cap) : cap(cap) {
+    explicit TableFile(std::uint32_t slots) : cap(slots) {
         fd = ::memfd_create("client-table-test", MFD_CLOEXEC);
         bytes = ClientTable::bytes(cap);
         if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(bytes)) != 0)
