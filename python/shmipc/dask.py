@@ -62,7 +62,15 @@ from distributed.utils import ensure_memoryview, offload
 
 from ._errors import CorruptSegmentError
 
-__all__ = ["ShmBackend", "ShmComm", "ShmConnector", "ShmListener", "ShmTCP", "transfer_stats"]
+__all__ = [
+    "ShmBackend",
+    "ShmComm",
+    "ShmConnector",
+    "ShmListener",
+    "ShmTCP",
+    "release_idle_memory",
+    "transfer_stats",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -354,6 +362,15 @@ class _Pool:
         for s in evicted:
             s.close()
 
+    def clear(self) -> int:
+        """Frees every idle segment; returns their bytes."""
+        with self._lock:
+            idle, self._free = self._free, []
+            freed, self.free_bytes = self.free_bytes, 0
+        for s in idle:
+            s.close()
+        return freed
+
     def orphaned(self, seg: _Segment) -> None:
         """The connection ended while the peer may still use `seg`: never write it again."""
         with self._lock:
@@ -385,6 +402,18 @@ class _MapCache:
             self.nbytes -= size
             return m
 
+    def clear(self) -> int:
+        with self._lock:
+            maps = list(self._maps.values())
+            self._maps.clear()
+            freed, self.nbytes = self.nbytes, 0
+        for m in maps:
+            try:
+                m.close()
+            except BufferError:
+                pass
+        return freed
+
     def put(self, key: tuple[int, int], m: mmap.mmap, budget: int) -> None:
         evicted: list[mmap.mmap] = []
         with self._lock:
@@ -407,6 +436,13 @@ class _MapCache:
 
 
 _cache = _MapCache()
+
+
+def release_idle_memory() -> int:
+    """Frees the segments this process keeps for reuse and unmaps the released segments it
+    keeps mapped; returns how many bytes that gave back. Transfers work as before (the next
+    ones allocate and map again). On a cluster: ``client.run(release_idle_memory)``."""
+    return _pool.clear() + _cache.clear()
 
 
 def _map_received(fd: int, nbytes: int) -> tuple[np.ndarray, tuple[int, int] | None, Any]:
@@ -563,6 +599,7 @@ class _Channel:
                     self._rend -= self._rpos
                     self._rpos = 0
                 target = self._rmv[self._rend :]
+                assert target.nbytes, "a record that does not fit the read buffer"
             try:
                 n, anc, flags, _ = self.sock.recvmsg_into([target], _ANCILLARY)
             except (BlockingIOError, InterruptedError):
@@ -570,9 +607,7 @@ class _Channel:
             except OSError as e:
                 self._fail(CommClosedError(f"in {self.label}: {type(e).__name__}: {e}"))
                 return
-            if anc or flags & socket.MSG_CTRUNC:
-                if not self._take_fds(anc, flags):
-                    return
+            truncated = self._take_fds(anc) if anc else False
             if n == 0:
                 self._eof()
                 return
@@ -587,32 +622,37 @@ class _Channel:
             else:
                 self._rend += n
             try:
+                # What came before a bad fd is still the peer's message: deliver it first.
                 self._parse()
             except CorruptSegmentError as e:
                 self._fail(CommClosedError(f"in {self.label}: corrupt message from peer: {e}"))
+                return
+            if truncated or flags & socket.MSG_CTRUNC:
+                self._fail(
+                    CommClosedError(
+                        f"in {self.label}: control data truncated (MSG_CTRUNC): the peer sent "
+                        "too many fds, or this process is out of file descriptors"
+                    )
+                )
+                return
+            if len(self._fds) > 2 * _MAX_SEGMENTS:
+                self._fail(CommClosedError(f"in {self.label}: peer sent fds no message claims"))
                 return
             if len(self._inbox) >= _PAUSE_MESSAGES:
                 self._pause_reading()
                 return
 
-    def _take_fds(self, anc: list[tuple[int, int, bytes]], flags: int) -> bool:
+    def _take_fds(self, anc: list[tuple[int, int, bytes]]) -> bool:
+        """Owns every received fd (closed on any error later); True if some were cut off."""
+        truncated = False
         for level, kind, data in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds = array.array("i")
-                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-                self._fds.extend(fds)  # owned from here: closed on any error
-        if flags & socket.MSG_CTRUNC:
-            self._fail(
-                CommClosedError(
-                    f"in {self.label}: control data truncated (MSG_CTRUNC): the peer sent too "
-                    "many fds, or this process is out of file descriptors"
-                )
-            )
-            return False
-        if len(self._fds) > 2 * _MAX_SEGMENTS:
-            self._fail(CommClosedError(f"in {self.label}: peer sent fds no message claims"))
-            return False
-        return True
+                whole = len(data) - len(data) % fds.itemsize
+                fds.frombytes(data[:whole])
+                self._fds.extend(fds)
+                truncated |= whole != len(data)
+        return truncated
 
     def _avail(self) -> int:
         return self._rend - self._rpos
