@@ -62,3 +62,12 @@ def stats() -> dict[str, int]:
     import shmipc.dask
 
     return shmipc.dask.transfer_stats()
+
+
+def release_idle() -> int:
+    import gc
+
+    import shmipc.dask
+
+    gc.collect()
+    return shmipc.dask.release_idle_memory()
