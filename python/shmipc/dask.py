@@ -336,11 +336,19 @@ class _Pool:
         return seg
 
     def lent(self, seg: _Segment, budget: int) -> None:
-        """`seg` went to a peer: keep it mapped for its return if the budget allows."""
+        """`seg` went to a peer: keep it mapped for its return if the budget allows, making
+        room by freeing idle segments (the one in use now is likelier to be wanted again)."""
+        evicted: list[_Segment] = []
         with self._lock:
+            while self._free and self.free_bytes + self.lent_mapped_bytes + seg.size > budget:
+                old = self._free.pop(0)
+                self.free_bytes -= old.size
+                evicted.append(old)
             keep = self.free_bytes + self.lent_mapped_bytes + seg.size <= budget
             if keep:
                 self.lent_mapped_bytes += seg.size
+        for s in evicted:
+            s.close()
         if not keep:
             seg.unmap()
 
