@@ -92,9 +92,8 @@ PREFIX = "shm://"
 
 _MAGIC = b"shmipcDK"
 _VERSION = 1
-_HELLO = struct.Struct(
-    "<8sH16sQHH"
-)  # magic, version, boot id, netns inode, len(dialed), len(local)
+# magic, version, boot id, netns inode, len(dialed address), len(local address)
+_HELLO = struct.Struct("<8sH16sQHH")
 _WELCOME = struct.Struct("<8sH16sQH")  # magic, version, boot id, netns inode, status
 _REC = struct.Struct("<BxxxIIxxxxQ")  # kind, count, nseg, inline bytes
 _SEG = struct.Struct("<QQ")  # lend id, bytes the frames may use
@@ -275,7 +274,7 @@ class _Segment:
             # The receiver can never be SIGBUSed by a shrink (it checks this seal).
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
             self.map: mmap.mmap | None = mmap.mmap(
-                fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+                fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, **_MMAP_KW
             )
         except BaseException:
             os.close(fd)
@@ -400,9 +399,14 @@ class _MapCache:
         self._lock = threading.Lock()
         self._maps: collections.OrderedDict[tuple[int, int], mmap.mmap] = collections.OrderedDict()
         self.nbytes = 0
+        self._pid = os.getpid()
 
     def take(self, key: tuple[int, int], size: int) -> mmap.mmap | None:
         with self._lock:
+            if os.getpid() != self._pid:  # forked: the parent's mappings are not ours to reuse
+                self._maps.clear()
+                self.nbytes = 0
+                self._pid = os.getpid()
             m = self._maps.get(key)
             if m is None or len(m) != size:
                 return None
@@ -559,7 +563,6 @@ class _Channel:
         self._inbox: collections.deque[list[memoryview]] = collections.deque()
         self._waiter: asyncio.Future[list[memoryview]] | None = None
         self._reading = False
-        self._peer_closed = False
         # writing
         self._out: collections.deque[_Out] = collections.deque()
         self._writing = False
@@ -602,7 +605,7 @@ class _Channel:
             if target is None:
                 if self._rpos == self._rend:
                     self._rpos = self._rend = 0
-                elif self._rend == len(self._rbuf):
+                elif self._rpos and len(self._rbuf) - self._rend < _DIRECT:
                     self._rbuf[: self._rend - self._rpos] = self._rbuf[self._rpos : self._rend]
                     self._rend -= self._rpos
                     self._rpos = 0
@@ -634,6 +637,9 @@ class _Channel:
                 self._parse()
             except CorruptSegmentError as e:
                 self._fail(CommClosedError(f"in {self.label}: corrupt message from peer: {e}"))
+                return
+            except Exception as e:  # noqa: BLE001 - e.g. out of memory or fds while mapping
+                self._fail(CommClosedError(f"in {self.label}: {type(e).__name__}: {e}"))
                 return
             if truncated or flags & socket.MSG_CTRUNC:
                 self._fail(
@@ -782,7 +788,6 @@ class _Channel:
             self._inbox.append(frames)
 
     def _eof(self) -> None:
-        self._peer_closed = True
         self._shutdown(CommClosedError(f"in {self.label}: peer closed the connection"), True)
 
     async def read_frames(self) -> list[memoryview]:
