@@ -173,7 +173,6 @@ def main() -> int:
     if args.quick:
         reps = {n: max(3, r // 3) for n, r in reps.items()}
     echo_reps = 300 if args.quick else 2000
-    t0 = time.perf_counter()
     tcp_side, shm_side = measure(sizes, reps, echo_reps)
     tcp, shm = tcp_side.res, shm_side.res
 
@@ -226,7 +225,6 @@ def main() -> int:
         t, s = med(tcp["task"][n]), med(shm["task"][n])
         rows.append([size(n), fmt_time(t), fmt_time(s), fmt_ratio(t / s)])
     print(table(["array", "tcp://", "shm://", "tcp/shm"], rows))
-    print(f"\n_{time.perf_counter() - t0:.0f} s_")
     return 0
 
 

@@ -816,7 +816,8 @@ class _Channel:
     def _plan(
         self, frames: Sequence[memoryview]
     ) -> tuple[list[list[tuple[int, int]]], list[int], list[int]]:
-        """Which frames go into which segment (index, offset) and which travel inline."""
+        """Which frames go into which segment (index, offset), the segments' sizes, and which
+        frames travel inline."""
         large = [i for i, f in enumerate(frames) if f.nbytes >= self.min_frame]
         small = [i for i, f in enumerate(frames) if 0 < f.nbytes < self.min_frame]
         solo = large[: _MAX_SEGMENTS - 1]  # the last one is shared by what is left
@@ -859,17 +860,36 @@ class _Channel:
         if self.closed:
             raise self._closed_error()
         frames = [ensure_memoryview(f) for f in raw]
-        plan, sizes, inline = self._plan(frames)
-        segs: list[_Segment] = []
-        if plan:
-            if sum(sizes) >= OFFLOAD_THRESHOLD:
-                segs = await offload(self._fill, frames, plan, sizes)
-            else:
-                segs = self._fill(frames, plan, sizes)
+        sizes = [f.nbytes for f in frames]
+        total = sum(sizes)
+        if max(sizes, default=0) < self.min_frame and total <= _INLINE_SOFT:
+            # Small messages, the common case: everything inline, one sendmsg.
+            head = _REC.pack(_KIND_MESSAGE, len(frames), 0, total) + b"".join(
+                [_FRAME.pack(n, _INLINE, 0) for n in sizes]
+            )
+            entry = _Out([memoryview(head), *(f for f in frames if f.nbytes)], [], [])
+            _stats["inline_bytes_sent"] += total
+        else:
+            entry = await self._segment_message(frames)
+        self._out.append(entry)
+        self._flush()
+        if entry.bufs:  # not all written yet
             if self.closed:
-                for s in segs:
-                    _pool.returned(s, self.budget, was_lent=False)
                 raise self._closed_error()
+            entry.future = self.loop.create_future()
+            await entry.future
+        return total
+
+    async def _segment_message(self, frames: list[memoryview]) -> _Out:
+        plan, sizes, _ = self._plan(frames)
+        if sum(sizes) >= OFFLOAD_THRESHOLD:
+            segs = await offload(self._fill, frames, plan, sizes)
+        else:
+            segs = self._fill(frames, plan, sizes)
+        if self.closed:
+            for s in segs:
+                _pool.returned(s, self.budget, was_lent=False)
+            raise self._closed_error()
         where: dict[int, tuple[int, int]] = {}
         for k, group in enumerate(plan):
             for i, off in group:
@@ -888,15 +908,10 @@ class _Channel:
                     bufs.append(f)
                     inline_bytes += f.nbytes
         head = _REC.pack(_KIND_MESSAGE, len(frames), len(segs), inline_bytes) + b"".join(descs)
-        entry = _Out([memoryview(head), *bufs], [s.fd for s in segs], lends)
-        entry.future = self.loop.create_future()
         _stats["segment_frames_sent"] += len(where)
         _stats["segment_bytes_sent"] += sum(frames[i].nbytes for i in where)
         _stats["inline_bytes_sent"] += inline_bytes
-        self._out.append(entry)
-        self._flush()
-        await entry.future
-        return sum(f.nbytes for f in frames)
+        return _Out([memoryview(head), *bufs], [s.fd for s in segs], lends)
 
     def release_later(self, lend_id: int) -> None:
         """Queues a RELEASE for the peer; callable from any thread."""
