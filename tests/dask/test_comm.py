@@ -517,3 +517,17 @@ def test_idle_memory_can_be_given_back() -> None:
         await b.close()
 
     run(main())
+
+
+def test_shm_refuses_to_listen_or_connect_when_encryption_is_required() -> None:
+    async def main() -> None:
+        async def handle(comm: Any) -> None:
+            await comm.close()
+
+        with pytest.raises(RuntimeError, match="encryption required"):
+            await listen("shm://127.0.0.1", handle, require_encryption=True)
+        async with listen("shm://127.0.0.1", handle) as lst:
+            with pytest.raises(RuntimeError, match="encryption required"):
+                await connect(lst.contact_address, require_encryption=True, timeout=5)
+
+    run(main())
