@@ -331,7 +331,8 @@ class _Pool:
                 _stats["segments_reused"] += 1
                 return best
         seg = _Segment(_capacity(need))
-        _stats["segments_created"] += 1
+        with self._lock:  # counted under the lock: copies run in the offload thread too
+            _stats["segments_created"] += 1
         return seg
 
     def lent(self, seg: _Segment, budget: int) -> None:
