@@ -28,6 +28,7 @@ from __future__ import annotations
 import array
 import asyncio
 import collections
+import errno
 import fcntl
 import ipaddress
 import itertools
@@ -214,6 +215,31 @@ def _host_key(host: str) -> str:
 
 def _unix_name(host: str, port: int) -> str:
     return _UNIX_NAME.format(host=_host_key(host), port=port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _name_keys(host: str) -> list[str]:
+    """Host keys a listener on `host` answers for: ``*``, its IP, or a hostname's IPs."""
+    if _host_key(host) == "*" or _is_ip(host):
+        return [_host_key(host)]
+    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return sorted({_host_key(str(info[4][0])) for info in infos})
+
+
+def _free_port(host: str) -> int:
+    """A TCP port free on `host` now (the listener binds it next, and retries if it is taken)."""
+    concrete = _is_ip(host) and _host_key(host) != "*"
+    family = socket.AF_INET6 if _is_ip(host) and ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host if concrete else "", 0))
+        return int(s.getsockname()[1])
 
 
 def _is_local_ip(ip: str) -> bool:
@@ -1279,17 +1305,51 @@ class ShmListener(TCPListener):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._unix: list[socket.socket] = []
+        self._names: list[str] = []  # host keys of the Unix sockets
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        await super().start()
+        # The Unix sockets are bound before TCP listens: a connector that finds no Unix socket
+        # and then reaches the TCP port must be talking to a listener without one (a tcp://
+        # listener), never to a shm:// listener between its two binds.
         loop = self._loop = asyncio.get_running_loop()
+        keys = _name_keys(self.ip)
+        for _ in range(5):
+            port = self.port or _free_port(self.ip)
+            try:
+                self._bind_unix(keys, port)
+            except OSError as e:
+                if self.port or e.errno != errno.EADDRINUSE:
+                    raise
+                continue  # an ephemeral port whose name is taken: pick another
+            wanted, self.port = self.port, port
+            try:
+                await super().start()
+            except OSError as e:
+                self._close_unix()
+                self.port = wanted
+                if wanted or e.errno != errno.EADDRINUSE:
+                    raise
+                continue  # someone bound the port meanwhile
+            break
+        else:
+            raise OSError(errno.EADDRINUSE, "shm:// listener: no free port found")
+        try:
+            if "*" not in keys:  # a hostname may have resolved otherwise for TCP: name those too
+                bound = {_host_key(str(a[0])) for a in get_tcp_server_addresses(self.tcp_server)}
+                self._bind_unix(sorted(bound - set(keys)), port)
+            for sock in self._unix:
+                loop.add_reader(sock.fileno(), self._accept, sock, loop)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _bind_unix(self, keys: list[str], port: int) -> None:
         backlog = int(dask.config.get("distributed.comm.socket-backlog"))
         try:
-            addrs = get_tcp_server_addresses(self.tcp_server)
-            for key in dict.fromkeys(_host_key(str(a[0])) for a in addrs):
-                name = _UNIX_NAME.format(host=key, port=addrs[0][1])
+            for key in keys:
+                name = _UNIX_NAME.format(host=key, port=port)
                 sock = socket.socket(
                     socket.AF_UNIX,
                     socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
@@ -1304,15 +1364,14 @@ class ShmListener(TCPListener):
                         f"process ({e.strerror})",
                     ) from None
                 self._unix.append(sock)
+                self._names.append(key)
                 sock.listen(backlog)
-                loop.add_reader(sock.fileno(), self._accept, sock, loop)
         except BaseException:
-            self.stop()
+            self._close_unix()
             raise
 
-    def stop(self) -> None:
-        super().stop()
-        unix, self._unix = self._unix, []
+    def _close_unix(self) -> None:
+        unix, self._unix, self._names = self._unix, [], []
         for sock in unix:
             if self._loop is not None:
                 try:
@@ -1320,6 +1379,10 @@ class ShmListener(TCPListener):
                 except RuntimeError:
                     pass  # loop closed
             sock.close()
+
+    def stop(self) -> None:
+        super().stop()
+        self._close_unix()
 
     def _accept(self, lsock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
         for _ in range(64):

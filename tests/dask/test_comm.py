@@ -9,6 +9,7 @@ import multiprocessing as mp
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -531,3 +532,32 @@ def test_shm_refuses_to_listen_or_connect_when_encryption_is_required() -> None:
                 await connect(lst.contact_address, require_encryption=True, timeout=5)
 
     run(main())
+
+
+def test_the_unix_socket_exists_before_the_tcp_port_listens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Else a connector starting with the listener could miss the Unix socket, find the TCP
+    # port and settle for TCP on its own host.
+    from distributed.comm.tcp import TCPListener
+
+    connectable: list[bool] = []
+    tcp_start = TCPListener.start
+
+    async def start(self: Any) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            connectable.append(probe.connect_ex(shmipc.dask._unix_name(self.ip, self.port)) == 0)
+        await tcp_start(self)
+
+    monkeypatch.setattr(TCPListener, "start", start)
+
+    async def main() -> None:
+        async def handle(comm: Any) -> None:
+            await comm.close()
+
+        for addr in ("shm://127.0.0.1", f"shm://127.0.0.1:{open_port('127.0.0.1')}", "shm://"):
+            lst = await listen(addr, handle)
+            lst.stop()
+
+    run(main())
+    assert connectable == [True, True, True]
