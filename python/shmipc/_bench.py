@@ -191,6 +191,7 @@ def bench_queue(ctx: Any, n: int) -> list[tuple[str, float, float, str]]:
 def _value_pong(ping: str, pong: str, n: int) -> None:
     a, b = SharedValue.attach(ping), SharedValue.attach(pong)
     seen = a.version
+    b.write(b"ready")  # the parent starts only once we watch: a ping before that would be lost
     for _ in range(n):
         seen = a.wait(timeout=60, since=seen)
         b.write(b"pong")
@@ -212,8 +213,7 @@ def bench_notify(ctx: Any, n: int) -> list[tuple[str, float, float, str]]:
     pong = SharedValue.create(tag + "-pong", size=64)
     p = ctx.Process(target=_value_pong, args=(ping.name, pong.name, n), daemon=True)
     p.start()
-    time.sleep(0.5)
-    seen = pong.version
+    seen = pong.wait(timeout=60, since=0)
     t0 = time.perf_counter()
     for _ in range(n):
         ping.write(b"ping")

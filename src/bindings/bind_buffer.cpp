@@ -1,8 +1,8 @@
 // shmipc._core.Buffer: the buffer protocol with export counting, and fd send/recv.
 #include "bindings.hpp"
 
-#include "ipc_core/buffer/buffer.hpp"
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/buffer/buffer.hpp"
 #include "ipc_core/buffer/fd_passing.hpp"
 
 #include <optional>
@@ -98,13 +98,13 @@ void bind_buffer(py::module_ &m) {
         }))
         .def(py::init([](std::int64_t nbytes, bool zero) {
                  if (nbytes < 0)
-                     throw std::invalid_argument("nbytes must be >= 0");
+                     throw InvalidArgument("nbytes must be >= 0");
                  return Buffer::create(static_cast<std::size_t>(nbytes), zero);
              }),
              py::arg("nbytes"), py::arg("zero") = true)
         .def(py::init([](PendingBuffer &p) {
             if (!p.buffer)
-                throw std::invalid_argument("pending buffer already adopted");
+                throw InvalidArgument("pending buffer already adopted");
             return std::move(p.buffer);
         }))
         .def_property_readonly("nbytes", &Buffer::nbytes)
@@ -128,18 +128,18 @@ void bind_buffer(py::module_ &m) {
                 std::size_t count = 1;
                 for (auto d : shape) {
                     if (d < 0)
-                        throw std::invalid_argument("negative dimension");
+                        throw InvalidArgument("negative dimension");
                     if (d && count > SIZE_MAX / static_cast<std::size_t>(d))
-                        throw std::invalid_argument("shape too large");
+                        throw InvalidArgument("shape too large");
                     count *= static_cast<std::size_t>(d);
                 }
                 if (itemsize && count > SIZE_MAX / itemsize)
-                    throw std::invalid_argument("shape too large");
+                    throw InvalidArgument("shape too large");
                 if (offset > b.nbytes() || count * itemsize > b.nbytes() - offset)
-                    throw std::invalid_argument("array of " + std::to_string(count * itemsize) +
-                                                " bytes at offset " + std::to_string(offset) +
-                                                " does not fit a buffer of " +
-                                                std::to_string(b.nbytes()));
+                    throw InvalidArgument("array of " + std::to_string(count * itemsize) +
+                                          " bytes at offset " + std::to_string(offset) +
+                                          " does not fit a buffer of " +
+                                          std::to_string(b.nbytes()));
                 writable = writable && !b.readonly();
                 b.acquire_export(writable);
                 auto *view = new BufferView(self, &b, writable);

@@ -7,8 +7,8 @@
 #include "bind_heap.hpp"
 #include "bindings.hpp"
 
-#include "ipc_core/channel/channel.hpp"
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/channel/channel.hpp"
 
 #include <pybind11/stl.h>
 
@@ -106,7 +106,7 @@ void send_block_impl(ChannelCore &s, py::handle blk, const std::string &md,
     Channel &ch = s.get();
     auto ref = block_ref(blk);
     if (!ref || ref->heap != s.heap.ptr())
-        throw std::invalid_argument("not a live Block of this channel's heap");
+        throw InvalidArgument("not a live Block of this channel's heap");
     const RecordKind kind = md.empty() ? RecordKind::Block : RecordKind::Array;
     // Wait for room before detaching: a timeout leaves the Block in the caller's hands,
     // untouched. Then the send cannot wait (only this handle sends).
@@ -339,7 +339,7 @@ void bind_channel(py::module_ &m) {
         .def("_set_spin",
              [](ChannelCore &s, double seconds) {
                  if (!(seconds >= 0) || seconds > 10)
-                     throw std::invalid_argument("spin must be between 0 and 10 seconds");
+                     throw InvalidArgument("spin must be between 0 and 10 seconds");
                  s.get().set_spin(std::chrono::duration_cast<std::chrono::nanoseconds>(
                      std::chrono::duration<double>(seconds)));
              })

@@ -120,7 +120,7 @@ py::object finish(Read &r) {
         return obj;
     default:
         if (!g_decode)
-            throw std::logic_error("shmipc._dict is not initialised");
+            throw UsageError("shmipc._dict is not initialised");
         return py::reinterpret_borrow<py::object>(g_decode)(r.tag, obj);
     }
 }
@@ -177,13 +177,13 @@ SharedDict::Entry encode(SharedDict &d, std::string_view key, py::handle value) 
     }
     // Everything else: the Python helper says how (or raises TypeError).
     if (!g_encode)
-        throw std::logic_error("shmipc._dict is not initialised");
+        throw UsageError("shmipc._dict is not initialised");
     py::tuple t = py::reinterpret_borrow<py::object>(g_encode)(value);
     auto tag = t[0].cast<std::uint8_t>();
     if (tag == 0) { // "store this Python value instead" (a NumPy scalar's .item())
         py::object plain = t[2];
         if (plain.ptr() == v)
-            throw std::logic_error("dict encoder returned the same value");
+            throw UsageError("dict encoder returned the same value");
         return encode(d, key, plain);
     }
     py::bytes header = t[1];
@@ -248,9 +248,8 @@ void bind_dict(py::module_ &m) {
     cls.def(py::init([](py::object heap, const std::string &name, std::optional<double> timeout) {
                 Heap &h = heap_of(heap);
                 if (name.empty() || name.size() > kMaxNamedLength)
-                    throw std::invalid_argument("a dict name has 1.." +
-                                                std::to_string(kMaxNamedLength) + " bytes, got " +
-                                                std::to_string(name.size()));
+                    throw InvalidArgument("a dict name has 1.." + std::to_string(kMaxNamedLength) +
+                                          " bytes, got " + std::to_string(name.size()));
                 auto d = std::make_unique<PyDict>();
                 {
                     GilRelease nogil; // may wait for a concurrent creator
@@ -269,7 +268,7 @@ void bind_dict(py::module_ &m) {
             "timeout", [](const PyDict &d) { return d.timeout; },
             [](PyDict &d, std::optional<double> t) {
                 if (t && !(*t >= 0))
-                    throw std::invalid_argument("timeout must be >= 0 or None");
+                    throw InvalidArgument("timeout must be >= 0 or None");
                 d.timeout = t;
             })
         .def("_close",

@@ -26,6 +26,14 @@ void interrupt_hook() {
         throw py::error_already_set();
 }
 
+// OSError(errno, msg) picks the subclass (FileExistsError, PermissionError, ...) from errno.
+void set_os_error(int err, const char *what) {
+    py::object exc =
+        py::reinterpret_steal<py::object>(PyObject_CallFunction(PyExc_OSError, "is", err, what));
+    if (exc)
+        PyErr_SetObject(reinterpret_cast<PyObject *>(Py_TYPE(exc.ptr())), exc.ptr());
+}
+
 } // namespace
 
 void park_if_finalizing() noexcept {
@@ -47,8 +55,6 @@ void bind_errors(py::module_ &m) {
             PyErr_SetString(py_error("PeerDiedError"), e.what());
         } catch (const ChannelBusy &e) {
             PyErr_SetString(py_error("ChannelBusyError"), e.what());
-        } catch (const Error &e) {
-            PyErr_SetString(py_error("ShmipcError"), e.what());
         } catch (const Timeout &e) {
             PyErr_SetString(PyExc_TimeoutError, e.what());
         } catch (const EndOfStream &e) {
@@ -59,12 +65,16 @@ void bind_errors(py::module_ &m) {
             PyErr_SetString(PyExc_BufferError, e.what());
         } catch (const Closed &e) {
             PyErr_SetString(PyExc_ValueError, e.what());
-        } catch (const std::system_error &e) {
-            // OSError(errno, msg) picks the subclass (FileExistsError, ...) from errno.
-            py::object exc = py::reinterpret_steal<py::object>(
-                PyObject_CallFunction(PyExc_OSError, "is", e.code().value(), e.what()));
-            if (exc)
-                PyErr_SetObject(reinterpret_cast<PyObject *>(Py_TYPE(exc.ptr())), exc.ptr());
+        } catch (const InvalidArgument &e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        } catch (const UsageError &e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        } catch (const OsError &e) {
+            set_os_error(e.err(), e.what());
+        } catch (const Error &e) { // LimitReached and any other engine error
+            PyErr_SetString(py_error("ShmipcError"), e.what());
+        } catch (const std::system_error &e) { // from the standard library (threads, mutexes)
+            set_os_error(e.code().value(), e.what());
         } catch (const std::invalid_argument &e) {
             PyErr_SetString(PyExc_ValueError, e.what());
         }

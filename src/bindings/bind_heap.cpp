@@ -417,19 +417,19 @@ py::dict stats_dict(const HeapStats &s) {
 Heap &heap_of(py::handle py_heap) {
     PyHeap *ph = pyheap_of(py_heap.ptr());
     if (!ph)
-        throw std::invalid_argument("not a shmipc.Heap");
+        throw InvalidArgument("not a shmipc.Heap");
     return ph->get();
 }
 
 py::object make_block(py::handle py_heap, std::uint64_t offset, std::size_t nbytes, bool owned) {
     PyHeap *ph = pyheap_of(py_heap.ptr());
     if (!ph)
-        throw std::invalid_argument("not a shmipc.Heap");
+        throw InvalidArgument("not a shmipc.Heap");
     // Only a live block of this heap, and only its payload: a view can never cover allocator
-    // metadata (invalid_argument otherwise).
+    // metadata (InvalidArgument otherwise).
     if (ph->get().block_capacity(offset) < nbytes)
-        throw std::invalid_argument("block at offset " + std::to_string(offset) +
-                                    " is smaller than " + std::to_string(nbytes) + " bytes");
+        throw InvalidArgument("block at offset " + std::to_string(offset) + " is smaller than " +
+                              std::to_string(nbytes) + " bytes");
     PyObject *o = new_block(py_heap.ptr(), ph, offset, static_cast<Py_ssize_t>(nbytes), owned);
     if (!o)
         throw py::error_already_set();
@@ -451,12 +451,12 @@ std::uint64_t detach_block(py::handle blk) {
 
 std::uint64_t detach_block(py::handle blk, bool allow_exports) {
     if (!is_block(blk.ptr()))
-        throw std::invalid_argument("not a shmipc.Block");
+        throw InvalidArgument("not a shmipc.Block");
     auto *b = reinterpret_cast<BlockObject *>(blk.ptr());
     if (b->released)
-        throw std::invalid_argument("Block is released");
+        throw InvalidArgument("Block is released");
     if (!b->owned)
-        throw std::invalid_argument("a shared block cannot be moved");
+        throw InvalidArgument("a shared block cannot be moved");
     if (!b->heap->heap)
         throw Closed("Heap is closed");
     if (b->exports > 0 && !allow_exports)
@@ -483,7 +483,7 @@ void bind_heap(py::module_ &m) {
         if (!PyType_Check(t.ptr()) ||
             !PyType_IsSubtype(reinterpret_cast<PyTypeObject *>(t.ptr()), g_block_base) ||
             reinterpret_cast<PyTypeObject *>(t.ptr())->tp_basicsize != sizeof(BlockObject))
-            throw std::invalid_argument("not a slot-less subclass of _core.Block");
+            throw InvalidArgument("not a slot-less subclass of _core.Block");
         t.inc_ref(); // kept for the life of the process
         g_block_type = reinterpret_cast<PyTypeObject *>(t.ptr());
     });
@@ -509,7 +509,7 @@ void bind_heap(py::module_ &m) {
                 else if (how == "fd")
                     ph->heap = Heap::from_fd(UniqueFd(fd), thread_cache);
                 else
-                    throw std::invalid_argument("bad heap constructor");
+                    throw InvalidArgument("bad heap constructor");
                 return ph;
             }),
             py::arg("how"), py::arg("name") = "", py::arg("size") = 0, py::arg("max_size") = 0,
@@ -592,8 +592,8 @@ void bind_heap(py::module_ &m) {
             [](py::object self, const std::string &name, std::int64_t nbytes, py::object init,
                std::optional<double> timeout) {
                 if (nbytes <= 0)
-                    throw std::invalid_argument("a shared block needs nbytes >= 1, got " +
-                                                std::to_string(nbytes));
+                    throw InvalidArgument("a shared block needs nbytes >= 1, got " +
+                                          std::to_string(nbytes));
                 Heap &hp = heap_of(self);
                 std::pair<std::uint64_t, bool> r;
                 {

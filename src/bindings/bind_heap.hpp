@@ -11,7 +11,7 @@
 namespace shmipc::bindings {
 
 // The C++ heap behind a Python shmipc.Heap (a _core.HeapCore). Throws Closed ("Heap is
-// closed") after close(), std::invalid_argument if `py_heap` is not a heap.
+// closed") after close(), InvalidArgument if `py_heap` is not a heap.
 Heap &heap_of(py::handle py_heap);
 
 // A new Block of `py_heap` over an allocated payload of >= nbytes. `owned`: release()/GC frees

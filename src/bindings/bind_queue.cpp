@@ -48,7 +48,7 @@ Deadline make_deadline(bool block, std::optional<double> timeout) {
     if (!block)
         return Deadline(0.0);
     if (timeout && !(*timeout >= 0))
-        throw std::invalid_argument("'timeout' must be a non-negative number");
+        throw InvalidArgument("'timeout' must be a non-negative number");
     return Deadline(timeout);
 }
 
@@ -185,9 +185,6 @@ void bind_queue(py::module_ &m) {
              })
         .def_property_readonly("closed", [](const QueueHandle &h) { return !h.q; })
         .def("close", [](QueueHandle &h) { h.q.reset(); });
-
-    m.def("_queue_set_crash_point", &MessageQueue::set_crash_point, py::arg("point"),
-          py::arg("countdown"));
 }
 
 } // namespace shmipc::bindings

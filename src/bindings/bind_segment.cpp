@@ -3,9 +3,9 @@
 
 #include <pybind11/stl.h>
 
-#include "ipc_core/stream/inventory.hpp"
 #include "ipc_core/shm/memory_segment.hpp"
 #include "ipc_core/shm/shm_name.hpp"
+#include "ipc_core/stream/inventory.hpp"
 
 namespace shmipc::bindings {
 

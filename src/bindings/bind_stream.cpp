@@ -1,6 +1,7 @@
 // Shared-memory streams: the fd-level core (create/open/stale/xattrs) of shmipc.open_stream; the
 // io objects are built in python/shmipc/_stream.py.
 #include "bindings.hpp"
+#include "ipc_core/base/errors.hpp"
 
 #include "ipc_core/stream/shm_stream.hpp"
 
@@ -18,7 +19,7 @@ void bind_stream(py::module_ &m) {
         "stream_open",
         [](const std::string &name, int access, bool truncate, bool append) {
             if (access < 0 || access > 2)
-                throw std::invalid_argument("bad stream access");
+                throw InvalidArgument("bad stream access");
             GuestStream g = open_stream(name, static_cast<StreamAccess>(access), truncate, append);
             bool w = g.writable;
             return py::make_tuple(g.fd.release(), w);

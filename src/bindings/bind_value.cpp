@@ -97,7 +97,7 @@ void bind_value(py::module_ &m) {
             "create",
             [](const std::string &name, std::int64_t size, std::uint32_t mode, bool persistent) {
                 if (size <= 0)
-                    throw std::invalid_argument("size must be > 0 bytes");
+                    throw InvalidArgument("size must be > 0 bytes");
                 return ValueHandle(SharedValue::create(name, static_cast<std::size_t>(size),
                                                        static_cast<mode_t>(mode), persistent));
             },
@@ -144,24 +144,11 @@ void bind_value(py::module_ &m) {
             },
             py::arg("since"), py::arg("timeout") = py::none(),
             py::arg("spin") = SharedValue::kDefaultWaitSpin)
-        .def("_debug_state",
-             [](const ValueHandle &h) {
-                 auto s = h.get()->debug_state();
-                 return py::make_tuple(s.current, s.seq[0], s.seq[1]);
-             })
-        .def(
-            "_write_and_hang",
-            [](const ValueHandle &h, std::uint32_t type, const py::bytes &meta,
-               const py::buffer &data, std::size_t stall_at) {
-                auto v = h.get();
-                py::buffer_info info = data.request();
-                std::string_view mv = meta;
-                std::span<const std::byte> ms{reinterpret_cast<const std::byte *>(mv.data()),
-                                              mv.size()};
-                GilRelease nogil;
-                v->write_and_stall_for_test(type, ms, as_span(info), stall_at);
-            },
-            py::arg("type"), py::arg("meta"), py::arg("data"), py::arg("stall_at"));
+        .def("_debug_state", [](const ValueHandle &h) {
+            auto s = h.get()->debug_state();
+            return py::make_tuple(s.current, s.seq[0], s.seq[1]);
+        });
+
     m.def("shared_value_segment_size", &shared_value_segment_size, py::arg("capacity"));
 }
 

@@ -128,7 +128,8 @@ def value_write_and_hang(name: str, good: bytes, bad_fill: int, nbytes: int) -> 
     v = shmipc.SharedValue.attach(name)
     v.write(good)
     data = np.full(nbytes, bad_fill, dtype=np.uint8)
-    v._handle._write_and_hang(1, b"", data, nbytes // 2)
+    shmipc._core._arm_crash_point("value.write.half", 1, stall=True)
+    v.write(data.tobytes())  # stalls halfway, holding the writer lock
 
 
 def value_write_forever(name: str, nbytes: int, started: Any) -> None:

@@ -9,13 +9,6 @@
 
 namespace shmipc {
 
-void throw_errno(int err, const char *call) {
-    throw std::system_error(err, std::system_category(), call);
-}
-void throw_errno(const char *call) {
-    throw_errno(errno, call);
-}
-
 void UniqueFd::reset(int fd) noexcept {
     if (fd_ >= 0 && fd_ != fd) {
         // close() must not be retried on EINTR on Linux: the fd is gone either way.

@@ -27,7 +27,7 @@ class UniqueFd {
     [[nodiscard]] bool valid() const noexcept { return fd_ >= 0; }
     explicit operator bool() const noexcept { return valid(); }
 
-    // dup with O_CLOEXEC; throws std::system_error.
+    // dup with O_CLOEXEC; throws OsError.
     [[nodiscard]] UniqueFd dup() const;
 
   private:

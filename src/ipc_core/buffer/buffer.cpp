@@ -1,6 +1,7 @@
 #include "ipc_core/buffer/buffer.hpp"
 
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/base/fork_epoch.hpp"
 
 #include <cerrno>
 #include <cstring>
@@ -28,7 +29,7 @@ class Pool {
     static Pool &instance() {
         static Pool *p = [] {
             auto *pool = new Pool(); // never destroyed: buffers may outlive static destruction
-            ::pthread_atfork(nullptr, nullptr, [] { Pool::instance().forget_after_fork(); });
+            on_fork_child([] { Pool::instance().forget_after_fork(); });
             return pool;
         }();
         return *p;

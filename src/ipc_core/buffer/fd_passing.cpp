@@ -20,7 +20,7 @@ int socket_type(int sock) {
     socklen_t len = sizeof type;
     if (::getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
         if (errno == ENOTSOCK)
-            throw std::invalid_argument("not a socket");
+            throw InvalidArgument("not a socket");
         throw_errno("getsockopt(SO_TYPE)");
     }
     return type;
@@ -32,7 +32,7 @@ void check_unix(int sock) {
     if (::getsockname(sock, reinterpret_cast<sockaddr *>(&ss), &len) != 0)
         throw_errno("getsockname");
     if (ss.ss_family != AF_UNIX)
-        throw std::invalid_argument("fd passing needs an AF_UNIX socket");
+        throw InvalidArgument("fd passing needs an AF_UNIX socket");
 }
 
 } // namespace
@@ -59,9 +59,9 @@ void wait_fd(int fd, bool for_write, const Deadline &deadline) {
 void send_fd_message(int sock, int memfd, std::uint64_t nbytes, std::string_view meta,
                      std::string_view desc) {
     if (meta.size() > kMaxMetaBytes)
-        throw std::invalid_argument("meta is larger than 64 KiB");
+        throw InvalidArgument("meta is larger than 64 KiB");
     if (desc.size() > kMaxDescBytes)
-        throw std::invalid_argument("array descriptor too large");
+        throw InvalidArgument("array descriptor too large");
     int type = socket_type(sock);
     check_unix(sock);
     WireHeader h{kWireMagic,
@@ -97,8 +97,7 @@ void send_fd_message(int sock, int memfd, std::uint64_t nbytes, std::string_view
                 continue;
             }
             if (errno == EPIPE || errno == ECONNRESET)
-                throw std::system_error(errno, std::system_category(),
-                                        "send: peer closed the socket");
+                throw OsError(errno, "send: peer closed the socket");
             throw_errno("sendmsg");
         }
         sent += static_cast<std::size_t>(n);

@@ -35,12 +35,6 @@ RegistryKey key_of(const Heap &h, std::uint64_t off, ChannelRole r) {
 
 std::atomic<std::uint32_t> g_token_serial{0};
 
-// Bumped in a forked child: a role claimed before fork() belongs to the parent, never to the
-// copy of the handle in the child (which would otherwise push into the parent's ring too).
-std::atomic<std::uint64_t> g_fork_generation{0};
-[[maybe_unused]] const int g_atfork_registered = ::pthread_atfork(
-    nullptr, nullptr, [] { g_fork_generation.fetch_add(1, std::memory_order_relaxed); });
-
 std::uint64_t make_token() {
     // pid for diagnostics, a serial so two claims in one process differ; never 0.
     std::uint32_t serial = g_token_serial.fetch_add(1, std::memory_order_relaxed) + 1;
@@ -55,8 +49,12 @@ std::atomic<std::uint64_t> &token_word(ChannelControl *c, ChannelRole r) {
     return r == ChannelRole::Sender ? c->sender : c->receiver;
 }
 
-off_t lock_byte(const ChannelControl *c, ChannelRole r) {
-    return kUserLockBase + off_t(2 * c->lock_index) + off_t(static_cast<int>(r));
+std::uint64_t lock_index_for(std::uint64_t off);
+
+// The liveness byte of an endpoint, derived from the channel's offset (never from the shared
+// lock_index, which a peer could scribble over).
+off_t lock_byte(std::uint64_t offset, ChannelRole r) {
+    return kUserLockBase + off_t(2 * lock_index_for(offset)) + off_t(static_cast<int>(r));
 }
 
 // Spreads (segment, byte offset) over the user lock range. Two channels collide only if their
@@ -88,7 +86,7 @@ bool endpoint_alive_at(Heap &heap, std::uint64_t offset, ChannelControl *c, Chan
         if (registry().count(key_of(heap, offset, r)))
             return true;
     }
-    return byte_is_locked(heap.lock_fd(), lock_byte(c, r));
+    return byte_is_locked(heap.lock_fd(), lock_byte(offset, r));
 }
 
 // A claimed endpoint whose process is gone: token set, lock byte free.
@@ -98,24 +96,28 @@ bool endpoint_dead_at(Heap &heap, std::uint64_t offset, ChannelControl *c, Chann
     return !endpoint_alive_at(heap, offset, c, r);
 }
 
-// The sleep of a wait never runs past the deadline, and never spins past it either.
-std::chrono::nanoseconds spin_for(std::chrono::nanoseconds spin, const Deadline &d) {
-    return std::min(spin, d.remaining());
+// Pure spinning before a channel wait starts yielding the core between checks.
+constexpr std::chrono::microseconds kYieldAfter{1};
+
+// The channel's `spin` setting as a policy; a wait never spins past its deadline.
+SpinPolicy spin_policy(std::chrono::nanoseconds spin, const Deadline &d) {
+    spin = std::min(spin, d.remaining());
+    std::chrono::nanoseconds pure = std::min<std::chrono::nanoseconds>(spin, kYieldAfter);
+    return SpinPolicy{pure, spin - pure};
 }
 
 } // namespace
 
 std::unique_ptr<Channel> Channel::open(Heap &heap, std::string_view name, std::uint64_t capacity) {
     if (name.empty() || name.size() > kMaxNamedLength)
-        throw std::invalid_argument("a channel name is 1.." + std::to_string(kMaxNamedLength) +
-                                    " bytes, got " + std::to_string(name.size()));
+        throw InvalidArgument("a channel name is 1.." + std::to_string(kMaxNamedLength) +
+                              " bytes, got " + std::to_string(name.size()));
     const std::size_t bytes = control_bytes(capacity); // validates capacity
     auto existing = [&]() -> std::optional<NamedInfo> {
         auto info = heap.find_named(name);
         if (info && info->kind != kNamedChannel)
-            throw std::invalid_argument(
-                "'" + std::string(name) +
-                "' names another kind of object in this heap, not a channel");
+            throw InvalidArgument("'" + std::string(name) +
+                                  "' names another kind of object in this heap, not a channel");
         return info;
     };
     std::uint64_t off = 0;
@@ -135,7 +137,7 @@ std::unique_ptr<Channel> Channel::open(Heap &heap, std::string_view name, std::u
                           },
                           kNamedChannel)
                       .first;
-        } catch (const std::invalid_argument &) {
+        } catch (const InvalidArgument &) {
             // Another process created it first with a smaller capacity: use theirs.
             auto info = existing();
             if (!info)
@@ -148,7 +150,8 @@ std::unique_ptr<Channel> Channel::open(Heap &heap, std::string_view name, std::u
 }
 
 Channel::Channel(Heap &heap, std::string name, std::uint64_t offset, ChannelControl *ctl)
-    : heap_(heap), name_(std::move(name)), offset_(offset), ctl_(ctl) {}
+    : heap_(heap), name_(std::move(name)), offset_(offset), ctl_(ctl),
+      geometry_(spsc_ring_geometry(&ctl->ring)) {}
 
 Channel::~Channel() {
     release();
@@ -170,7 +173,7 @@ void Channel::claim(ChannelRole role) {
     // one (claims are rare: the cost of flushing the thread caches does not matter here).
     heap_.flush_thread_caches();
     const int fd = heap_.lock_fd();
-    const off_t byte = lock_byte(ctl_, role);
+    const off_t byte = lock_byte(offset_, role);
     if (!try_lock_byte(fd, byte, /*exclusive=*/true))
         throw ChannelBusy("channel '" + name_ + "' already has a live " + role_name(role) +
                           " in another process");
@@ -187,16 +190,17 @@ void Channel::claim(ChannelRole role) {
     registry().insert(key);
     role_ = role;
     token_ = token;
-    fork_generation_ = g_fork_generation.load(std::memory_order_relaxed);
+    role_stamp_.renew();
     if (role == ChannelRole::Sender)
-        producer_ = SpscProducer(&ctl_->ring);
+        producer_ = SpscProducer(&ctl_->ring, geometry_);
     else
-        consumer_ = SpscConsumer(&ctl_->ring);
+        consumer_ = SpscConsumer(&ctl_->ring, geometry_);
 }
 
 void Channel::forget_role_after_fork() noexcept {
-    if (role_ != ChannelRole::None &&
-        fork_generation_ != g_fork_generation.load(std::memory_order_relaxed)) {
+    // A role claimed before fork() belongs to the parent, never to the copy of the handle in the
+    // child (which would otherwise push into the parent's ring too).
+    if (role_ != ChannelRole::None && role_stamp_.inherited()) {
         // The parent still holds the role (its lock, its token): forget it here, touch nothing.
         role_ = ChannelRole::None;
         token_ = 0;
@@ -209,9 +213,9 @@ void Channel::ensure_role(ChannelRole role) {
     if (role_ == role)
         return;
     if (role_ != ChannelRole::None)
-        throw std::invalid_argument("this handle is the " + std::string(role_name(role_)) +
-                                    " of channel '" + name_ + "'; open another handle to " +
-                                    (role == ChannelRole::Sender ? "send" : "receive"));
+        throw InvalidArgument("this handle is the " + std::string(role_name(role_)) +
+                              " of channel '" + name_ + "'; open another handle to " +
+                              (role == ChannelRole::Sender ? "send" : "receive"));
     claim(role);
 }
 
@@ -224,7 +228,7 @@ void Channel::release() {
     // would think we died.
     std::uint64_t mine = token_;
     token_word(ctl_, role_).compare_exchange_strong(mine, 0, std::memory_order_acq_rel);
-    unlock_byte(heap_.lock_fd(), lock_byte(ctl_, role_));
+    unlock_byte(heap_.lock_fd(), lock_byte(offset_, role_));
     registry().erase(key_of(heap_, offset_, role_));
     role_ = ChannelRole::None;
     token_ = 0;
@@ -266,6 +270,24 @@ void Channel::peer_died(ChannelRole peer) {
     throw PeerDied("the " + std::string(role_name(peer)) + " of channel '" + name_ + "' died");
 }
 
+template <class Ready>
+bool Channel::wait_on(FutexWord &w, Ready &&ready, ChannelRole peer, const Deadline &deadline,
+                      bool &peer_dead) {
+    bool first = true;
+    return spin_then_wait(
+        w, ready,
+        [&] {
+            auto s = between_slices(peer, deadline, first);
+            first = false;
+            if (s.count() < 0) {
+                peer_dead = true;
+                return std::chrono::nanoseconds{0};
+            }
+            return s;
+        },
+        spin_policy(spin(), deadline));
+}
+
 std::chrono::nanoseconds Channel::between_slices(ChannelRole peer, const Deadline &deadline,
                                                  bool first) {
     if (deadline.expired())
@@ -286,8 +308,8 @@ std::chrono::nanoseconds Channel::between_slices(ChannelRole peer, const Deadlin
 
 std::uint64_t Channel::stash_meta(std::string_view meta) {
     if (meta.size() > kMaxRecordMeta)
-        throw std::invalid_argument("record metadata of " + std::to_string(meta.size()) +
-                                    " bytes exceeds " + std::to_string(kMaxRecordMeta));
+        throw InvalidArgument("record metadata of " + std::to_string(meta.size()) +
+                              " bytes exceeds " + std::to_string(kMaxRecordMeta));
     const std::uint64_t off = heap_.allocate(sizeof(std::uint64_t) + meta.size());
     auto *p = static_cast<std::byte *>(heap_.to_ptr(off));
     const std::uint64_t n = meta.size();
@@ -300,19 +322,9 @@ bool Channel::wait_for_room(const Deadline &deadline) {
     if (producer_.writable())
         return true;
     bool peer_dead = false;
-    bool first = true;
-    const bool ok = spin_then_wait(
-        ctl_->ring.not_full, [&] { return producer_.writable(); },
-        [&] {
-            auto s = between_slices(ChannelRole::Receiver, deadline, first);
-            first = false;
-            if (s.count() < 0) {
-                peer_dead = true;
-                return std::chrono::nanoseconds{0};
-            }
-            return s;
-        },
-        spin_for(spin(), deadline));
+    const bool ok = wait_on(
+        ctl_->ring.not_full, [&] { return producer_.writable(); }, ChannelRole::Receiver, deadline,
+        peer_dead);
     if (!ok && peer_dead)
         peer_died(ChannelRole::Receiver);
     return ok;
@@ -320,8 +332,7 @@ bool Channel::wait_for_room(const Deadline &deadline) {
 
 void Channel::check_stream_open() const {
     if (stream_ended())
-        throw std::system_error(EPIPE, std::generic_category(),
-                                "channel '" + name_ + "' was closed by its sender");
+        throw OsError(EPIPE, "channel '" + name_ + "' was closed by its sender");
 }
 
 bool Channel::push_record(const RingRecord &rec, const Deadline &deadline) {
@@ -374,10 +385,10 @@ void Channel::send_block_locked(std::uint64_t off, std::uint64_t len, RecordKind
     ensure_role(ChannelRole::Sender);
     check_stream_open();
     if (heap_.owner_of(off) != heap_.client_id())
-        throw std::invalid_argument("the block at offset " + std::to_string(off) +
-                                    " is not owned by this process (already sent or freed?)");
+        throw InvalidArgument("the block at offset " + std::to_string(off) +
+                              " is not owned by this process (already sent or freed?)");
     if (len > heap_.block_capacity(off))
-        throw std::invalid_argument("length " + std::to_string(len) + " exceeds the block");
+        throw InvalidArgument("length " + std::to_string(len) + " exceeds the block");
     const std::uint64_t meta_off = meta.empty() ? 0 : stash_meta(meta);
     try {
         if (!push_record(RingRecord{off, len, static_cast<std::uint64_t>(kind), meta_off},
@@ -491,19 +502,9 @@ void Channel::wait_for_record(const Deadline &deadline) {
     if (consumer_.readable())
         return;
     bool peer_dead = false;
-    bool first = true;
-    const bool ok = spin_then_wait(
+    const bool ok = wait_on(
         ctl_->ring.not_empty, [&] { return consumer_.readable() || consumer_.closed_and_empty(); },
-        [&] {
-            auto s = between_slices(ChannelRole::Sender, deadline, first);
-            first = false;
-            if (s.count() < 0) {
-                peer_dead = true;
-                return std::chrono::nanoseconds{0};
-            }
-            return s;
-        },
-        spin_for(spin(), deadline));
+        ChannelRole::Sender, deadline, peer_dead);
     if (ok && consumer_.readable())
         return;
     if (consumer_.closed_and_empty())
@@ -540,7 +541,7 @@ ChannelMessage Channel::take(const RingRecord &rec) {
             m.meta.assign(reinterpret_cast<const char *>(p + sizeof n), n);
             heap_.deallocate(rec.aux);
         }
-    } catch (const std::invalid_argument &e) {
+    } catch (const InvalidArgument &e) {
         throw CorruptSegment("channel '" + name_ + "' delivered a bad record: " + e.what());
     }
     return m;
@@ -630,19 +631,7 @@ bool Channel::poll(const Deadline &deadline) {
     if (ready())
         return true;
     bool peer_dead = false;
-    bool first = true;
-    const bool ok = spin_then_wait(
-        ctl_->ring.not_empty, ready,
-        [&] {
-            auto s = between_slices(ChannelRole::Sender, deadline, first);
-            first = false;
-            if (s.count() < 0) {
-                peer_dead = true;
-                return std::chrono::nanoseconds{0};
-            }
-            return s;
-        },
-        spin_for(spin(), deadline));
+    const bool ok = wait_on(ctl_->ring.not_empty, ready, ChannelRole::Sender, deadline, peer_dead);
     return ok || peer_dead;
 }
 
@@ -658,7 +647,7 @@ std::vector<ChannelInfo> Channel::list(Heap &heap) {
         ChannelInfo info;
         info.name = n.name;
         info.capacity = c->ring.capacity;
-        info.queued = c->ring.size_approx();
+        info.queued = std::min<std::uint64_t>(c->ring.size_approx(), info.capacity);
         info.sender_alive = endpoint_alive_at(heap, n.offset, c, ChannelRole::Sender);
         info.receiver_alive = endpoint_alive_at(heap, n.offset, c, ChannelRole::Receiver);
         info.closed = c->ring.closed.load(std::memory_order_acquire) != 0;

@@ -31,9 +31,11 @@
 #pragma once
 
 #include "ipc_core/base/deadline.hpp"
-#include "ipc_core/heap/heap.hpp"
+#include "ipc_core/base/fork_epoch.hpp"
 #include "ipc_core/channel/spsc_ring.hpp"
+#include "ipc_core/heap/heap.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -63,7 +65,7 @@ struct alignas(kCacheLine) ChannelControl {
     std::uint32_t reserved0;
     std::atomic<std::uint64_t> sender;   // claim token of the live sender; 0 = none
     std::atomic<std::uint64_t> receiver; // claim token of the live receiver; 0 = none
-    std::uint64_t lock_index;            // liveness bytes: kUserLockBase + 2*lock_index + role
+    std::uint64_t lock_index; // diagnostics: the liveness bytes are derived from the offset
     std::uint64_t reserved1[3];
     SpscRingControl ring; // followed by its slots
 };
@@ -100,7 +102,7 @@ class Channel {
   public:
     // Opens the channel `name` of `heap`, creating it with `capacity` records if it does not
     // exist (an existing channel keeps the capacity it was created with). The heap must outlive
-    // the channel. std::invalid_argument: bad name or capacity, or the name belongs to a
+    // the channel. InvalidArgument: bad name or capacity, or the name belongs to a
     // non-channel object; CorruptSegment: the object is not a valid channel.
     static std::unique_ptr<Channel> open(Heap &heap, std::string_view name, std::uint64_t capacity);
     ~Channel();
@@ -111,7 +113,7 @@ class Channel {
     // Moves the block at `off` (owned by this heap client, `len` bytes meaningful) into the
     // channel; `meta` (<= kMaxRecordMeta bytes, for Array records) travels with it. Blocks while
     // full. On any failure (Timeout, PeerDied, Ctrl-C...) the block stays the caller's.
-    // ChannelBusy if another live sender exists; EndOfStream-like BrokenPipe (std::system_error
+    // ChannelBusy if another live sender exists; EndOfStream-like BrokenPipe (OsError
     // EPIPE) if the stream was ended; Closed after close().
     void send_block(std::uint64_t off, std::uint64_t len, RecordKind kind, std::string_view meta,
                     const Deadline &deadline);
@@ -178,8 +180,10 @@ class Channel {
     [[nodiscard]] bool poll(const Deadline &deadline);
 
     // --- both ----------------------------------------------------------------------------------
-    [[nodiscard]] std::uint64_t queued() const noexcept { return ctl_->ring.size_approx(); }
-    [[nodiscard]] std::uint64_t capacity() const noexcept { return ctl_->ring.capacity; }
+    [[nodiscard]] std::uint64_t queued() const noexcept {
+        return std::min(ctl_->ring.size_approx(), geometry_.capacity);
+    }
+    [[nodiscard]] std::uint64_t capacity() const noexcept { return geometry_.capacity; }
     [[nodiscard]] bool stream_ended() const noexcept {
         return ctl_->ring.closed.load(std::memory_order_acquire) != 0;
     }
@@ -215,6 +219,11 @@ class Channel {
     void ensure_role(ChannelRole role);
     void check_open() const;
     [[noreturn]] void peer_died(ChannelRole peer);
+    // Spins, then sleeps on `w` until ready(), the deadline, or the death of `peer` (then
+    // peer_dead is set and it returns false). The one wait of every channel operation.
+    template <class Ready>
+    bool wait_on(FutexWord &w, Ready &&ready, ChannelRole peer, const Deadline &deadline,
+                 bool &peer_dead);
     // Between-slices hook of a wait: interrupts, peer liveness, deadline.
     std::chrono::nanoseconds between_slices(ChannelRole peer, const Deadline &deadline, bool first);
     std::uint64_t stash_meta(std::string_view meta);
@@ -228,9 +237,10 @@ class Channel {
     std::string name_;
     std::uint64_t offset_ = 0; // of the control block in the heap
     ChannelControl *ctl_ = nullptr;
+    RingGeometry geometry_; // validated at open, private
     ChannelRole role_ = ChannelRole::None;
     std::uint64_t token_ = 0;
-    std::uint64_t fork_generation_ = 0; // of the claim: a forked child's copy has no role
+    ForkStamp role_stamp_; // of the claim: a forked child's copy has no role
     bool closed_ = false;
     SpscProducer producer_;
     SpscConsumer consumer_;

@@ -19,9 +19,8 @@ std::uint64_t SpscRingControl::size_approx() const noexcept {
 
 std::size_t spsc_ring_bytes(std::uint64_t capacity) {
     if (capacity < 1 || capacity > kRingMaxCapacity)
-        throw std::invalid_argument("channel capacity must be in 1.." +
-                                    std::to_string(kRingMaxCapacity) + ", got " +
-                                    std::to_string(capacity));
+        throw InvalidArgument("channel capacity must be in 1.." + std::to_string(kRingMaxCapacity) +
+                              ", got " + std::to_string(capacity));
     return sizeof(SpscRingControl) + std::bit_ceil(capacity) * sizeof(RingRecord);
 }
 
@@ -34,6 +33,13 @@ SpscRingControl *spsc_ring_init(void *mem, std::uint64_t capacity) {
     r->capacity = static_cast<std::uint32_t>(capacity);
     r->mask = std::bit_ceil(capacity) - 1;
     return r;
+}
+
+RingGeometry spsc_ring_geometry(const SpscRingControl *r) {
+    const std::uint64_t cap = r->capacity, mask = r->mask;
+    if (cap < 1 || cap > kRingMaxCapacity || mask + 1 != std::bit_ceil(cap))
+        throw CorruptSegment("channel ring has an impossible capacity/mask");
+    return RingGeometry{cap, mask};
 }
 
 SpscRingControl *spsc_ring_validate(void *mem, std::size_t avail) {
@@ -60,17 +66,17 @@ SpscRingControl *spsc_ring_validate(void *mem, std::size_t avail) {
 
 std::size_t SpscProducer::try_push_many(const RingRecord *recs, std::size_t n) noexcept {
     const std::uint64_t head = ring_->head.load(std::memory_order_relaxed);
-    std::uint64_t room = ring_->capacity - (head - cached_tail_);
+    std::uint64_t room = cap_ - (head - cached_tail_);
     if (room < n) {
         (void)refresh_tail_has_room(head);
-        room = ring_->capacity - (head - cached_tail_);
+        room = cap_ - (head - cached_tail_);
     }
     const std::size_t k = n < room ? n : static_cast<std::size_t>(room);
     if (k == 0)
         return 0;
     RingRecord *slots = ring_->slots();
     for (std::size_t i = 0; i < k; ++i)
-        slots[(head + i) & ring_->mask] = recs[i];
+        slots[(head + i) & mask_] = recs[i];
     // SYNC POINT: pairs with the head.load(acquire) in SpscConsumer::front / try_pop_many.
     ring_->head.store(head + k, std::memory_order_release);
     wake_if_waiting(ring_->not_empty);
@@ -80,12 +86,12 @@ std::size_t SpscProducer::try_push_many(const RingRecord *recs, std::size_t n) n
 std::uint64_t SpscProducer::free_slots() noexcept {
     const std::uint64_t head = ring_->head.load(std::memory_order_relaxed);
     (void)refresh_tail_has_room(head);
-    return ring_->capacity - (head - cached_tail_);
+    return cap_ - (head - cached_tail_);
 }
 
 bool SpscProducer::writable() noexcept {
     const std::uint64_t head = ring_->head.load(std::memory_order_relaxed);
-    return head - cached_tail_ < ring_->capacity || refresh_tail_has_room(head);
+    return head - cached_tail_ < cap_ || refresh_tail_has_room(head);
 }
 
 void SpscProducer::close() noexcept {
@@ -107,7 +113,7 @@ std::size_t SpscConsumer::try_pop_many(RingRecord *out, std::size_t max) noexcep
         return 0;
     const RingRecord *slots = ring_->slots();
     for (std::size_t i = 0; i < k; ++i)
-        out[i] = slots[(tail + i) & ring_->mask];
+        out[i] = slots[(tail + i) & mask_];
     // SYNC POINT: pairs with the tail.load(acquire) in SpscProducer::refresh_tail_has_room.
     ring_->tail.store(tail + k, std::memory_order_release);
     wake_if_waiting(ring_->not_full);

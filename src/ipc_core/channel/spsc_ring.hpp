@@ -79,65 +79,22 @@ static_assert(sizeof(SpscRingControl) == 5 * kCacheLine);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
-// Bytes needed for a ring of `capacity` records (control + slots). Throws std::invalid_argument
+// Bytes needed for a ring of `capacity` records (control + slots). Throws InvalidArgument
 // for a capacity outside 1..kRingMaxCapacity.
 [[nodiscard]] std::size_t spsc_ring_bytes(std::uint64_t capacity);
 // Builds an empty ring in `mem` (kCacheLine aligned, spsc_ring_bytes(capacity) bytes).
 SpscRingControl *spsc_ring_init(void *mem, std::uint64_t capacity);
+// Geometry of a validated ring, kept privately by each side: the shared copies of capacity and
+// mask are never re-read for indexing (a peer could scribble over them).
+struct RingGeometry {
+    std::uint64_t capacity = 0; // records
+    std::uint64_t mask = 0;     // slots - 1
+};
 // Checks a ring someone else built before trusting it: magic, version, capacity, mask, and that
 // it fits in `avail` bytes; also that head - tail is sane. Throws CorruptSegment.
 SpscRingControl *spsc_ring_validate(void *mem, std::size_t avail);
-
-// Wakes a sleeper of `w` if one announced itself. The caller has just published its change with
-// a release store; the seq_cst fence orders that store before the load of `waiters` (the other
-// half of this Dekker pair is the seq_cst fetch_add in wait_until followed by its re-check).
-inline void wake_if_waiting(FutexWord &w) noexcept {
-    // SYNC POINT: pairs with the waiters.fetch_add + re-check of ready() in wait_until.
-#if defined(__SANITIZE_THREAD__)
-    // TSan does not model fences; a seq_cst RMW orders the same way (slower: it writes the line).
-    if (w.waiters.fetch_add(0, std::memory_order_seq_cst) != 0)
-        notify_all(w);
-#else
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (w.waiters.load(std::memory_order_relaxed) != 0)
-        notify_all(w);
-#endif
-}
-
-// Pure spinning before spin_then_wait starts yielding the core between checks.
-inline constexpr std::chrono::microseconds kYieldAfter{1};
-
-// Spins for `spin` (checking the clock every few hundred iterations), then sleeps on `w` in
-// slices. `between_slices()` returns the next sleep (0 = give up) and may throw (Ctrl-C, a dead
-// peer, a timeout). Returns true once ready(), false if between_slices gave up.
-template <class Ready, class BetweenSlices>
-bool spin_then_wait(FutexWord &w, Ready &&ready, BetweenSlices &&between_slices,
-                    std::chrono::nanoseconds spin) {
-    if (spin.count() > 0) {
-        const auto start = std::chrono::steady_clock::now();
-        const auto end = start + spin;
-        // After kYieldAfter of pure spinning, yield the core between checks: if the peer runs on
-        // the same core (a busy 2-core machine), spinning would only delay it until we sleep.
-        const auto yield_from = start + kYieldAfter;
-        for (unsigned i = 1;; ++i) {
-            if (ready())
-                return true;
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-            // A clock read is ~20 ns, 16 pauses ~0.3 us: a few % of the spin, and the yield
-            // starts within ~0.3 us of kYieldAfter.
-            if ((i & 15) == 0) {
-                const auto now = std::chrono::steady_clock::now();
-                if (now >= end)
-                    break;
-                if (now >= yield_from)
-                    sched_yield();
-            }
-        }
-    }
-    return wait_until(w, ready, between_slices, /*spin=*/0);
-}
+// The geometry of a ring (re-checks capacity against mask). Throws CorruptSegment.
+[[nodiscard]] RingGeometry spsc_ring_geometry(const SpscRingControl *ring);
 
 // The producer's process-local view of a ring. One live SpscProducer per ring at a time (the
 // channel enforces it); it is cheap to construct, so a new producer can take over after the old
@@ -145,8 +102,10 @@ bool spin_then_wait(FutexWord &w, Ready &&ready, BetweenSlices &&between_slices,
 class SpscProducer {
   public:
     SpscProducer() = default;
-    explicit SpscProducer(SpscRingControl *ring) noexcept
-        : ring_(ring), cached_tail_(ring->tail.load(std::memory_order_acquire)) {}
+    SpscProducer(SpscRingControl *ring, RingGeometry g) noexcept
+        : ring_(ring), cap_(g.capacity), mask_(g.mask),
+          cached_tail_(ring->tail.load(std::memory_order_acquire)) {}
+    explicit SpscProducer(SpscRingControl *ring) : SpscProducer(ring, spsc_ring_geometry(ring)) {}
 
     // Appends one record; false if the ring is full. Wakes a sleeping consumer.
     [[nodiscard]] bool try_push(const RingRecord &rec) noexcept {
@@ -171,6 +130,8 @@ class SpscProducer {
     bool refresh_tail_has_room(std::uint64_t head) noexcept;
 
     SpscRingControl *ring_ = nullptr;
+    std::uint64_t cap_ = 0;         // private, validated
+    std::uint64_t mask_ = 0;        // private, validated
     std::uint64_t cached_tail_ = 0; // producer's copy of ring_->tail; never ahead of it
 };
 
@@ -178,8 +139,9 @@ class SpscProducer {
 class SpscConsumer {
   public:
     SpscConsumer() = default;
-    explicit SpscConsumer(SpscRingControl *ring) noexcept
-        : ring_(ring), cached_head_(ring->head.load(std::memory_order_acquire)) {}
+    SpscConsumer(SpscRingControl *ring, RingGeometry g) noexcept
+        : ring_(ring), mask_(g.mask), cached_head_(ring->head.load(std::memory_order_acquire)) {}
+    explicit SpscConsumer(SpscRingControl *ring) : SpscConsumer(ring, spsc_ring_geometry(ring)) {}
 
     // Removes the oldest record into `out`; false if the ring is empty. Wakes a sleeping producer.
     [[nodiscard]] bool try_pop(RingRecord &out) noexcept;
@@ -197,6 +159,7 @@ class SpscConsumer {
 
   private:
     SpscRingControl *ring_ = nullptr;
+    std::uint64_t mask_ = 0;        // private, validated
     std::uint64_t cached_head_ = 0; // consumer's copy of ring_->head; never ahead of it
 };
 
@@ -206,15 +169,15 @@ inline bool SpscProducer::refresh_tail_has_room(std::uint64_t head) noexcept {
     // SYNC POINT: pairs with the tail.store(release) in SpscConsumer::try_pop / pop: the consumer
     // is done reading every slot below tail, so we may overwrite them.
     cached_tail_ = ring_->tail.load(std::memory_order_acquire);
-    return head - cached_tail_ < ring_->capacity;
+    return head - cached_tail_ < cap_;
 }
 
 inline bool SpscProducer::try_push_quiet(const RingRecord &rec) noexcept {
     // Relaxed: only this producer writes head.
     const std::uint64_t head = ring_->head.load(std::memory_order_relaxed);
-    if (head - cached_tail_ >= ring_->capacity && !refresh_tail_has_room(head))
+    if (head - cached_tail_ >= cap_ && !refresh_tail_has_room(head))
         return false;
-    ring_->slots()[head & ring_->mask] = rec;
+    ring_->slots()[head & mask_] = rec;
     // SYNC POINT: pairs with the head.load(acquire) in SpscConsumer: the slot is written first.
     ring_->head.store(head + 1, std::memory_order_release);
     return true;
@@ -238,7 +201,7 @@ inline const RingRecord *SpscConsumer::front() noexcept {
         if (tail == cached_head_)
             return nullptr;
     }
-    return &ring_->slots()[tail & ring_->mask];
+    return &ring_->slots()[tail & mask_];
 }
 
 inline void SpscConsumer::pop() noexcept {

@@ -56,9 +56,8 @@ template <class T> class offset_ptr {
     // void* -> T* and Base* -> Derived*: explicit, as static_cast of the raw pointers (libc++'s
     // node containers static_cast a node-base pointer to a node pointer).
     template <class U>
-    requires(!std::is_convertible_v<U *, T *> && requires(U * u) {
-        static_cast<T *>(u);
-    }) explicit offset_ptr(const offset_ptr<U> &o) noexcept {
+        requires(!std::is_convertible_v<U *, T *> && requires(U *u) { static_cast<T *>(u); })
+    explicit offset_ptr(const offset_ptr<U> &o) noexcept {
         set(static_cast<T *>(o.get()));
     }
     offset_ptr &operator=(const offset_ptr &o) noexcept {
@@ -144,8 +143,10 @@ template <class T> class offset_ptr {
     // A template, so that a literal 0 (libc++'s list compares a node pointer with `0`) is not
     // also a candidate as a `const T*` and picks the nullptr_t overload unambiguously.
     template <class P>
-    requires std::is_pointer_v<P> && std::is_convertible_v<P, const volatile T *>
-    friend bool operator==(const offset_ptr &a, P b) noexcept { return a.get() == b; }
+        requires std::is_pointer_v<P> && std::is_convertible_v<P, const volatile T *>
+    friend bool operator==(const offset_ptr &a, P b) noexcept {
+        return a.get() == b;
+    }
     template <class U>
     friend std::strong_ordering operator<=>(const offset_ptr &a, const offset_ptr<U> &b) noexcept {
         return std::compare_three_way{}(a.get(), b.get());

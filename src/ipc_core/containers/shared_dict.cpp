@@ -2,6 +2,7 @@
 
 #include "ipc_core/base/deadline.hpp"
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/testing/crash_point.hpp"
 
 #include <atomic>
 #include <bit>
@@ -54,17 +55,13 @@ std::uint64_t slot_off(std::uint64_t w) {
     return w & kOffMask;
 }
 
-DictStepHook g_step_hook = nullptr;
+// A crash point at each step of a store (testing/crash_point.hpp: "dict.<step>").
 inline void step(const char *name) {
-    if (g_step_hook) [[unlikely]]
-        g_step_hook(name);
+    if (detail::g_crash_armed.load(std::memory_order_relaxed)) [[unlikely]]
+        detail::crash_point_slow(("dict." + std::string(name)).c_str());
 }
 
 } // namespace
-
-void set_dict_step_hook(DictStepHook hook) noexcept {
-    g_step_hook = hook;
-}
 
 struct DictControl {
     std::uint64_t magic;
@@ -421,9 +418,9 @@ SharedDict::Entry::~Entry() {
 SharedDict::Entry SharedDict::make_entry(std::string_view key, std::uint8_t tag,
                                          std::size_t value_size) {
     if (key.size() > UINT32_MAX)
-        throw std::invalid_argument("key too long");
+        throw InvalidArgument("key too long");
     if (tag == 0)
-        throw std::invalid_argument("value tag 0 is reserved");
+        throw InvalidArgument("value tag 0 is reserved");
     Entry e;
     e.heap_ = heap_;
     e.hash_ = dict_hash(key);
@@ -459,7 +456,7 @@ bool SharedDict::contains(const Guard &, std::string_view key) {
 
 bool SharedDict::publish(const Guard &, Entry &&e, bool only_if_absent, ValueFn fn, void *ctx) {
     if (!e.off_ || e.heap_ != heap_)
-        throw std::invalid_argument("not an unpublished entry");
+        throw InvalidArgument("not an unpublished entry");
     DictOps ops{*this, *heap_, ctl_};
     EntryHeader *eh = ops.entry(e.off_);
     std::string_view key = DictOps::key_of(eh);

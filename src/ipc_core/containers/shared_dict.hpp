@@ -59,7 +59,7 @@ struct DictControl; // in the named block (shared_dict.cpp)
 class SharedDict {
   public:
     // The dict `name` of `heap`, created empty on first use (named object of kind kNamedDict:
-    // std::invalid_argument if the name is used by another kind of object). Waits up to
+    // InvalidArgument if the name is used by another kind of object). Waits up to
     // `timeout_s` for a concurrent creator (Timeout).
     SharedDict(Heap &heap, std::string_view name, std::optional<double> timeout_s = 10.0);
 
@@ -142,10 +142,5 @@ class SharedDict {
 
 // The hash every process uses for keys (stable across processes and builds).
 std::uint64_t dict_hash(std::string_view key) noexcept;
-
-// Tests only: called (when set) at each step of an update where a crash is interesting, with the
-// step's name ("entry_retired", "entry_published", ...), so a test child can SIGKILL itself there.
-using DictStepHook = void (*)(const char *step);
-void set_dict_step_hook(DictStepHook hook) noexcept;
 
 } // namespace shmipc

@@ -26,7 +26,7 @@ HeapRegistration::HeapRegistration(Heap &heap) : heap_(&heap) {
     for (auto &r : g_heaps) {
         if (r.base == heap.base()) {
             if (r.heap != &heap)
-                throw std::logic_error("another Heap handle is registered for this mapping");
+                throw UsageError("another Heap handle is registered for this mapping");
             ++r.refs;
             return;
         }
@@ -57,11 +57,11 @@ Heap *registered_heap(const std::byte *base) noexcept {
 
 void *heap_allocate(const std::byte *base, std::size_t bytes, std::size_t align) {
     if (!base)
-        throw std::logic_error("shmipc::allocator is not bound to a heap");
+        throw UsageError("shmipc::allocator is not bound to a heap");
     Heap *h = registered_heap(base);
     if (!h)
-        throw std::logic_error("shmipc::allocator: this process has no HeapRegistration for the "
-                               "heap (create one before allocating)");
+        throw UsageError("shmipc::allocator: this process has no HeapRegistration for the "
+                         "heap (create one before allocating)");
     std::uint64_t off = 0;
     try {
         // Held by the heap: the container outlives the process that grew it.

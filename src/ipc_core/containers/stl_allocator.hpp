@@ -42,8 +42,8 @@
 // how much was asked and what is free); the heap and the container stay usable.
 #pragma once
 
-#include "ipc_core/heap/heap.hpp"
 #include "ipc_core/containers/offset_ptr.hpp"
+#include "ipc_core/heap/heap.hpp"
 
 #include <algorithm>
 #include <cstddef>
@@ -107,9 +107,11 @@ template <class T> class allocator { // NOLINT: std naming on purpose
     using propagate_on_container_move_assignment = std::true_type;
     using propagate_on_container_swap = std::true_type;
     using is_always_equal = std::false_type;
-    template <class U> struct rebind { using other = allocator<U>; };
+    template <class U> struct rebind {
+        using other = allocator<U>;
+    };
 
-    allocator() noexcept = default; // bound to no heap: allocate() throws std::logic_error
+    allocator() noexcept = default; // bound to no heap: allocate() throws UsageError
     explicit allocator(Heap &heap) noexcept : base_(heap.base()) {}
     allocator(const allocator &o) noexcept : base_(o.base_) {}
     template <class U> allocator(const allocator<U> &o) noexcept : base_(o.base_) {} // NOLINT

@@ -566,10 +566,10 @@ void init_control(std::byte *data, std::size_t size, const HeapOptions &opt, boo
 
 std::size_t checked_size(std::size_t size) {
     if (size < kMinHeapSize)
-        throw std::invalid_argument("heap size must be at least " + std::to_string(kMinHeapSize) +
-                                    " bytes");
+        throw InvalidArgument("heap size must be at least " + std::to_string(kMinHeapSize) +
+                              " bytes");
     if (size > kSegmentOffsetMask)
-        throw std::invalid_argument("heap size must be < 1 TiB");
+        throw InvalidArgument("heap size must be < 1 TiB");
     return round_up(size, page_size());
 }
 
@@ -647,7 +647,7 @@ std::unique_ptr<Heap> Heap::create(std::string_view name, const HeapOptions &opt
     std::size_t size = checked_size(opt.size);
     std::string norm = normalize_shm_name(name);
     if (opt.max_size > size && norm.size() + 3 > kMaxNameLength + 1)
-        throw std::invalid_argument("name too long for a growing heap (extensions add '.N')");
+        throw InvalidArgument("name too long for a growing heap (extensions add '.N')");
     std::unique_ptr<Heap> h(new Heap);
     h->impl_ = std::make_unique<Impl>();
     h->primary_ = MemorySegment::create_named(
@@ -668,8 +668,7 @@ std::unique_ptr<Heap> Heap::attach(std::string_view name, bool thread_cache) {
     h->primary_ = MemorySegment::attach_named(name, SegmentKind::Heap, kHeapLayoutVersion,
                                               sizeof(SegmentHeader) + sizeof(HeapControl));
     if (!h->primary_.writable())
-        throw std::system_error(EACCES, std::system_category(),
-                                "heap '" + h->primary_.name() + "' is not writable for us");
+        throw OsError(EACCES, "heap '" + h->primary_.name() + "' is not writable for us");
     h->ctl_ = validated_control(h->primary_);
     h->impl_->thread_cache = thread_cache;
     h->register_client();
@@ -680,7 +679,7 @@ std::unique_ptr<Heap> Heap::anonymous(const HeapOptions &opt) {
     setup_process_hooks();
     std::size_t size = checked_size(opt.size);
     if (opt.max_size > size)
-        throw std::invalid_argument(
+        throw InvalidArgument(
             "anonymous heaps cannot grow (max_size > size): other processes could not map a "
             "memfd added later; use a named heap");
     std::unique_ptr<Heap> h(new Heap);
@@ -793,8 +792,8 @@ void Heap::register_client() {
         client_ = static_cast<std::uint16_t>(i + 1);
         return;
     }
-    throw OutOfMemory("heap has no free client slot (" + std::to_string(kMaxClients) +
-                      " live handles)");
+    throw LimitReached("heap has no free client slot (" + std::to_string(kMaxClients) +
+                       " live handles)");
 }
 
 void Heap::unregister_client() noexcept {
@@ -884,14 +883,14 @@ std::uint64_t Heap::reap_dead_clients() {
 void *Heap::to_ptr(std::uint64_t off) {
     std::uint64_t s = seg_of(off);
     if (s >= kMaxSegments)
-        throw std::invalid_argument("heap offset out of range");
+        throw InvalidArgument("heap offset out of range");
     std::byte *b = impl_->bases[s].load(std::memory_order_acquire);
     if (!b) {
         std::lock_guard g(impl_->map_mu);
         b = impl_->bases[s].load(std::memory_order_acquire);
         if (!b) {
             if (s >= ctl_->segment_count.load(std::memory_order_acquire) || anonymous())
-                throw std::invalid_argument("heap offset out of range (no such segment)");
+                throw InvalidArgument("heap offset out of range (no such segment)");
             std::uint64_t size = ctl_->segs[s].size;
             MemorySegment seg =
                 MemorySegment::attach_named(extension_name(primary_.name(), s),
@@ -908,7 +907,7 @@ void *Heap::to_ptr(std::uint64_t off) {
     }
     std::uint64_t local = local_of(off);
     if (local >= impl_->sizes[s])
-        throw std::invalid_argument("heap offset out of range");
+        throw InvalidArgument("heap offset out of range");
     return b + local;
 }
 
@@ -919,7 +918,7 @@ std::uint64_t Heap::to_offset(const void *p) const {
         if (b && c >= b && c < b + impl_->sizes[s])
             return make_off(s, static_cast<std::uint64_t>(c - b));
     }
-    throw std::invalid_argument("pointer is not inside this heap");
+    throw InvalidArgument("pointer is not inside this heap");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -932,9 +931,9 @@ std::uint64_t Heap::allocate(std::size_t n, std::size_t align) {
 
 std::uint64_t Heap::allocate_owned(std::size_t n, std::size_t align, std::uint16_t owner) {
     if (n == 0)
-        throw std::invalid_argument("cannot allocate 0 bytes");
+        throw InvalidArgument("cannot allocate 0 bytes");
     if (align == 0 || !std::has_single_bit(align) || align > kMaxAlign)
-        throw std::invalid_argument("align must be a power of two <= " + std::to_string(kMaxAlign));
+        throw InvalidArgument("align must be a power of two <= " + std::to_string(kMaxAlign));
     ensure_process();
     if (owner == kOwnerNone)
         owner = client_;
@@ -1035,8 +1034,8 @@ namespace {
 // Validates a payload offset and returns its header offset and current word.
 std::pair<std::uint64_t, std::uint64_t> live_block(Heap &h, HeapControl *ctl, std::uint64_t off) {
     auto bad = [&](const char *why) {
-        throw std::invalid_argument("offset " + std::to_string(off) +
-                                    " is not a live block of this heap: " + why);
+        throw InvalidArgument("offset " + std::to_string(off) +
+                              " is not a live block of this heap: " + why);
     };
     std::uint64_t s = seg_of(off);
     if (s >= ctl->segment_count.load(std::memory_order_acquire))
@@ -1119,7 +1118,7 @@ void Heap::flush_thread_caches(bool all_threads) {
 
 void Heap::transfer(std::uint64_t off, std::uint16_t new_owner) {
     if (new_owner == kOwnerNone || (new_owner > kMaxClients && new_owner != kOwnerHeld))
-        throw std::invalid_argument("bad owner " + std::to_string(new_owner));
+        throw InvalidArgument("bad owner " + std::to_string(new_owner));
     for (;;) {
         auto [ho, w] = live_block(*this, ctl_, off);
         std::uint64_t nw = make_word(w_units(w), new_owner, kUsed);
@@ -1133,7 +1132,7 @@ void Heap::transfer(std::uint64_t off, std::uint16_t new_owner) {
 
 bool Heap::try_transfer(std::uint64_t off, std::uint16_t expected, std::uint16_t new_owner) {
     if (new_owner == kOwnerNone || (new_owner > kMaxClients && new_owner != kOwnerHeld))
-        throw std::invalid_argument("bad owner " + std::to_string(new_owner));
+        throw InvalidArgument("bad owner " + std::to_string(new_owner));
     auto [ho, w] = live_block(*this, ctl_, off);
     if (w_owner(w) != expected)
         return false;
@@ -1164,10 +1163,10 @@ std::pair<std::uint64_t, bool> Heap::find_or_create_named(std::string_view name,
                                                           std::uint32_t kind,
                                                           std::optional<double> timeout_s) {
     if (name.empty() || name.size() > kMaxNamedLength || name.find('\0') != name.npos)
-        throw std::invalid_argument("a heap object name is 1.." + std::to_string(kMaxNamedLength) +
-                                    " bytes without NUL");
+        throw InvalidArgument("a heap object name is 1.." + std::to_string(kMaxNamedLength) +
+                              " bytes without NUL");
     if (nbytes == 0)
-        throw std::invalid_argument("a named block needs nbytes >= 1");
+        throw InvalidArgument("a named block needs nbytes >= 1");
     ensure_process();
     Deadline deadline(timeout_s);
     HeapOps ops{*this, ctl_, *impl_};
@@ -1191,12 +1190,12 @@ std::pair<std::uint64_t, bool> Heap::find_or_create_named(std::string_view name,
             }
             if (found && found->state.load(std::memory_order_acquire) == kNamedReady) {
                 if (found->kind != kind)
-                    throw std::invalid_argument("heap object '" + std::string(name) +
-                                                "' exists with another kind");
+                    throw InvalidArgument("heap object '" + std::string(name) +
+                                          "' exists with another kind");
                 if (found->nbytes < nbytes)
-                    throw std::invalid_argument("heap object '" + std::string(name) +
-                                                "' exists with " + std::to_string(found->nbytes) +
-                                                " bytes, " + std::to_string(nbytes) + " asked");
+                    throw InvalidArgument("heap object '" + std::string(name) + "' exists with " +
+                                          std::to_string(found->nbytes) + " bytes, " +
+                                          std::to_string(nbytes) + " asked");
                 return {found->offset, false};
             }
             if (found) {

@@ -42,8 +42,8 @@
 // take: the block is still kOwnerHeld and whoever cleans the ring frees it.
 #pragma once
 
-#include "ipc_core/sync/liveness.hpp"
 #include "ipc_core/shm/memory_segment.hpp"
+#include "ipc_core/sync/liveness.hpp"
 
 #include <atomic>
 #include <cstddef>
@@ -77,11 +77,8 @@ inline constexpr std::size_t kMinHeapSize = 128 * 1024; // bytes (the control bl
 inline constexpr std::uint16_t kOwnerNone = 0;      // free block
 inline constexpr std::uint16_t kOwnerHeld = 0xFFFF; // held by a channel / named object
 
-// OFD lock bytes on the primary segment's fds (see liveness.hpp).
-inline constexpr off_t kClientLockBase = kSlotLockBase; // + client slot (0..kMaxClients-1)
-// Free for users of the heap (channels: endpoint liveness locks), kUserLockSpan bytes.
-inline constexpr off_t kUserLockBase = kLockBase + (off_t{1} << 20);
-inline constexpr off_t kUserLockSpan = off_t{1} << 30;
+// OFD lock bytes on the primary segment's fds: client slots at kClientLockBase + slot, users of
+// the heap (channel endpoints) in [kUserLockBase, kUserLockBase + kUserLockSpan) (liveness.hpp).
 
 // Kind tags of named objects (users may add their own values >= 16).
 inline constexpr std::uint32_t kNamedBlock = 1;   // heap.shared_block()
@@ -133,7 +130,7 @@ class Heap {
     // whichever process needs the room; others map them on first use. Growth stops once the
     // primary name is gone (its owner closed it): nobody would remove the derived names then.
     //
-    // Creates a named heap (FileExistsError / std::system_error EEXIST if a live one exists; a
+    // Creates a named heap (FileExistsError / OsError EEXIST if a live one exists; a
     // stale one whose owner died is replaced). Leftover extension segments of a dead previous
     // heap of that name are removed.
     static std::unique_ptr<Heap> create(std::string_view name, const HeapOptions &opt);
@@ -156,11 +153,11 @@ class Heap {
     // <= 64 is free, larger costs padding), owned by `owner` (default: this client).
     // Grows the heap (named heaps, up to max_size) when needed. Throws OutOfMemory whose message
     // says what was asked, what is free and the largest free block; the heap stays usable.
-    // std::invalid_argument for n == 0 or a bad alignment.
+    // InvalidArgument for n == 0 or a bad alignment.
     [[nodiscard]] std::uint64_t allocate(std::size_t n, std::size_t align = 64);
     [[nodiscard]] std::uint64_t allocate_owned(std::size_t n, std::size_t align,
                                                std::uint16_t owner);
-    // Frees a block (any owner, any process). std::invalid_argument if `off` is not the start
+    // Frees a block (any owner, any process). InvalidArgument if `off` is not the start
     // of a live block of this heap (double free, garbage): checked, never corrupting.
     void deallocate(std::uint64_t off);
     // Payload bytes usable at `off` (>= what was asked).
@@ -168,7 +165,7 @@ class Heap {
 
     // --- ownership ------------------------------------------------------------------------
     [[nodiscard]] std::uint16_t client_id() const noexcept { return client_; }
-    // Sets the owner of a live block (kOwnerHeld or a client id). invalid_argument if `off`
+    // Sets the owner of a live block (kOwnerHeld or a client id). InvalidArgument if `off`
     // is not a live block.
     void transfer(std::uint64_t off, std::uint16_t new_owner);
     // Same, but only if the current owner is `expected` (compare-and-swap); false otherwise.
@@ -182,9 +179,9 @@ class Heap {
 
     // --- addressing ---------------------------------------------------------------------
     // Pointer in this process for a heap offset (maps a segment grown by another process on
-    // first use). Throws std::invalid_argument for an offset outside every segment.
+    // first use). Throws InvalidArgument for an offset outside every segment.
     [[nodiscard]] void *to_ptr(std::uint64_t off);
-    // Offset of a pointer into one of this process's mappings (invalid_argument otherwise).
+    // Offset of a pointer into one of this process's mappings (InvalidArgument otherwise).
     [[nodiscard]] std::uint64_t to_offset(const void *p) const;
     [[nodiscard]] std::byte *base() const noexcept { return primary_.data(); }
     // The primary segment's fd (memfd of an anonymous heap: what travels to children).
@@ -205,7 +202,7 @@ class Heap {
     // if absent and runs `init(ptr)` exactly once, in the creator, before anyone else gets it
     // (others wait, up to `timeout_s`; Timeout then). If the creator dies or `init` throws, the
     // entry is removed and the next caller creates it anew. Returns {offset, created}.
-    // A name that exists with another kind or a smaller size: std::invalid_argument.
+    // A name that exists with another kind or a smaller size: InvalidArgument.
     std::pair<std::uint64_t, bool> find_or_create_named(std::string_view name, std::size_t nbytes,
                                                         const std::function<void(void *)> &init,
                                                         std::uint32_t kind = kNamedBlock,

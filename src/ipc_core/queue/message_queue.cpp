@@ -1,6 +1,7 @@
 #include "ipc_core/queue/message_queue.hpp"
 
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/testing/crash_point.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -53,82 +54,24 @@ static_assert(make_state(0, kEmpty, 0) == 0, "a zero-filled slot is EMPTY for la
 static_assert(lap_diff(0, (std::uint64_t{1} << 48) - 1) == 1, "laps wrap");
 
 constexpr std::size_t kControlOffset = sizeof(SegmentHeader);
-constexpr std::size_t kSlotsOffset = kControlOffset + ((sizeof(QueueControl) + 63) / 64) * 64;
+constexpr std::size_t kClientsOffset = kControlOffset + ((sizeof(QueueControl) + 63) / 64) * 64;
+constexpr std::size_t kSlotsOffset =
+    kClientsOffset + ((ClientTable::bytes(kQueueMaxClients) + 63) / 64) * 64;
 constexpr std::chrono::milliseconds kScanInterval{20}; // how often a waiting consumer repairs
 // Before sleeping on the futex a waiter spins (cheap while the peer runs on the other core),
 // then yields the CPU a few times (cheap when processes outnumber cores: the peer may be the
 // one waiting for our core). Waking a sleeper costs the peer a syscall and us 20-60 us here.
-constexpr int kSpins = 2000;
-constexpr auto kYieldPhase = std::chrono::microseconds(200);
+constexpr SpinPolicy kQueueSpin{std::chrono::microseconds(20), std::chrono::microseconds(200)};
 
-// Spin, then yield, until ready() or the yield phase ends; true if ready.
-template <class Ready> bool spin_then_yield(Ready &&ready, const Deadline &dl) {
-    for (int i = 0; i < kSpins; ++i) {
-        if (ready())
-            return true;
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-    }
-    if (dl.remaining() <= std::chrono::nanoseconds{0})
-        return ready();
-    auto end = Clock::now() + kYieldPhase;
-    do {
-        if (ready())
-            return true;
-        ::sched_yield();
-    } while (Clock::now() < end);
-    return ready();
+// The spin of a wait never runs past its deadline.
+SpinPolicy spin_policy(const Deadline &dl) {
+    auto left = dl.remaining();
+    auto pure = std::min(kQueueSpin.pure, left);
+    return SpinPolicy{pure, std::min(kQueueSpin.yielding, left - pure)};
 }
 
 std::size_t stride_for(std::size_t max_message_size) {
     return round_up(sizeof(QueueSlot) + max_message_size, 64);
-}
-
-// ---- test hook ------------------------------------------------------------------------------
-std::atomic<int> g_crash_point{0};
-std::atomic<int> g_crash_countdown{0};
-
-inline void crash_point(int point) noexcept {
-    if (g_crash_point.load(std::memory_order_relaxed) != point) [[likely]]
-        return;
-    if (g_crash_countdown.fetch_sub(1, std::memory_order_relaxed) == 1)
-        ::raise(SIGKILL);
-}
-
-// Wakes sleepers of `w` only if one announced itself: the fast path makes no syscall and no
-// write to a shared line.
-inline void wake(FutexWord &w) noexcept {
-    // SYNC POINT: pairs with the seq_cst `waiters` increment in wait_until (Dekker): either the
-    // sleeper's re-check sees our state change, or we see its announcement.
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (w.waiters.load(std::memory_order_relaxed) != 0)
-        notify_all(w);
-}
-
-// ---- fork: a child must not share the parent's client lock ----------------------------------
-std::atomic<unsigned> g_fork_generation{0};
-std::mutex g_registry_mu;
-std::vector<MessageQueue::Impl *> &registry() {
-    static auto *r = new std::vector<MessageQueue::Impl *>(); // leaked: used by atfork handlers
-    return *r;
-}
-void forget_client_after_fork(MessageQueue::Impl *q) noexcept;
-void atfork_prepare() {
-    g_registry_mu.lock();
-}
-void atfork_parent() {
-    g_registry_mu.unlock();
-}
-void atfork_child() {
-    g_fork_generation.fetch_add(1, std::memory_order_relaxed);
-    for (auto *q : registry())
-        forget_client_after_fork(q);
-    g_registry_mu.unlock();
-}
-void install_atfork_once() {
-    static std::once_flag once;
-    std::call_once(once, [] { ::pthread_atfork(atfork_prepare, atfork_parent, atfork_child); });
 }
 
 } // namespace
@@ -141,12 +84,13 @@ struct MessageQueue::Impl {
     std::uint64_t max_msg = 0;
     std::uint64_t stride = 0;
 
-    // Our own open file description of the segment: it holds our client lock byte. A separate
-    // description from seg.fd() (which holds the owner lock) so that it can be replaced in a
-    // forked child without touching the owner lock.
+    // Our own open file description of the segment: it holds our client lock byte, apart from
+    // seg.fd() (which holds the owner lock). Renewed in forked children (sync/liveness.hpp).
     UniqueFd lock_fd;
+    ClientTable clients;
     std::uint32_t me = kNoClient;
-    std::atomic<unsigned> registered_generation{~0u};
+    ForkStamp stamp;                     // of our registration
+    std::atomic<bool> registered{false}; // in this process (a fork child re-registers)
     std::mutex register_mu;
 
     // Shared by the threads that use this handle, hence atomics (relaxed: hints only).
@@ -154,11 +98,9 @@ struct MessageQueue::Impl {
     std::atomic<bool> orphan_seen{false};      // a dead consumer's message waits for a taker
 
     ~Impl() {
-        {
-            std::lock_guard lk(g_registry_mu);
-            auto &r = registry();
-            r.erase(std::remove(r.begin(), r.end(), this), r.end());
-        }
+        if (registered.load(std::memory_order_relaxed) && !stamp.inherited())
+            clients.unregister_client();
+        forget_in_fork_children(lock_fd.get());
         lock_fd.reset(); // drops the client lock
         seg.reset();
     }
@@ -170,39 +112,29 @@ struct MessageQueue::Impl {
 
     // ---- clients --------------------------------------------------------------------------
     void ensure_registered() {
-        unsigned gen = g_fork_generation.load(std::memory_order_relaxed);
-        if (registered_generation.load(std::memory_order_acquire) == gen) [[likely]]
+        if (registered.load(std::memory_order_acquire) && !stamp.inherited()) [[likely]]
             return;
         std::lock_guard lk(register_mu);
-        if (registered_generation.load(std::memory_order_relaxed) == gen)
+        if (registered.load(std::memory_order_relaxed) && !stamp.inherited())
             return;
+        if (stamp.inherited()) {
+            // A forked child's copy: the slot and its lock are the parent's (our lock_fd was
+            // renewed at fork and holds nothing); the name is the parent's to remove.
+            clients.forget();
+            me = kNoClient;
+            stamp.renew();
+        }
         register_client();
-        registered_generation.store(gen, std::memory_order_release);
+        registered.store(true, std::memory_order_release);
     }
 
     void register_client() {
-        char path[64];
-        std::snprintf(path, sizeof path, "/proc/self/fd/%d", seg.fd());
-        // A fresh open file description, so our lock is ours alone (not shared by a fork).
-        UniqueFd fd(::open(path, O_RDWR | O_CLOEXEC));
-        if (!fd)
-            throw_errno("open(/proc/self/fd) for the queue's client lock");
-        std::uint32_t n = ctl->max_clients;
-        std::uint32_t start = ctl->client_hint.fetch_add(1, std::memory_order_relaxed) % n;
-        std::uint32_t got = kNoClient;
-        for (std::uint32_t k = 0; k < n; ++k) {
-            std::uint32_t idx = (start + k) % n;
-            if (try_lock_byte(fd.get(), kClientLockBase + idx, true)) {
-                got = idx;
-                break;
-            }
-        }
-        if (got == kNoClient)
-            throw Error("message queue '" + seg.name() + "' already has " + std::to_string(n) +
-                        " attached handles");
-        lock_fd = std::move(fd);
-        me = got;
-        repair_recycled_index();
+        // A dead client's slot may be taken over: its claims are repaired first, so a recycled
+        // index never makes a dead claim look alive.
+        me = clients.register_client(true, [&](std::uint32_t slot) {
+            me = slot;
+            repair_recycled_index();
+        });
     }
 
     // A previous holder of our index is dead (we got its lock) but its claims still name the
@@ -228,14 +160,12 @@ struct MessageQueue::Impl {
     bool alive(std::uint32_t client) const {
         if (client == me)
             return true; // another thread of this handle
-        if (client >= ctl->max_clients)
-            return false;
-        return byte_is_locked(lock_fd.get(), kClientLockBase + client);
+        return clients.alive(client);
     }
 
     void wake_all() noexcept {
-        wake(ctl->not_empty);
-        wake(ctl->not_full);
+        wake_if_waiting(ctl->not_empty);
+        wake_if_waiting(ctl->not_full);
     }
 
     static void help_advance(std::atomic<std::uint64_t> &counter, std::uint64_t pos) noexcept {
@@ -255,9 +185,9 @@ struct MessageQueue::Impl {
     // ---- producer -------------------------------------------------------------------------
     bool try_put(const void *src, std::size_t n) {
         if (n > max_msg)
-            throw std::invalid_argument("message of " + std::to_string(n) +
-                                        " bytes exceeds max_message_size (" +
-                                        std::to_string(max_msg) + " bytes)");
+            throw InvalidArgument("message of " + std::to_string(n) +
+                                  " bytes exceeds max_message_size (" + std::to_string(max_msg) +
+                                  " bytes)");
         ensure_registered();
         for (;;) {
             std::uint64_t pos = ctl->tail.load(std::memory_order_acquire);
@@ -273,19 +203,19 @@ struct MessageQueue::Impl {
                                                     std::memory_order_relaxed))
                     continue;
                 help_advance(ctl->tail, pos);
-                crash_point(1);
+                crash_point("queue.put.claimed");
                 auto *dst = data(s);
                 std::size_t half = n / 2;
                 if (half)
                     std::memcpy(dst, src, half);
-                crash_point(2);
+                crash_point("queue.put.half");
                 if (n - half)
                     std::memcpy(dst + half, static_cast<const std::byte *>(src) + half, n - half);
                 s->length = static_cast<std::uint32_t>(n);
                 // SYNC POINT: release pairs with the consumer's acquire of FULL (publishes
                 // data and length).
                 s->state.store(make_state(lap, kFull, 0), std::memory_order_release);
-                wake(ctl->not_empty);
+                wake_if_waiting(ctl->not_empty);
                 return true;
             }
             if (d >= 0) { // position already claimed: help the tail past it
@@ -310,13 +240,13 @@ struct MessageQueue::Impl {
         std::uint32_t n = s->length;
         if (n > max_msg) {
             s->state.store(make_state(lap + 1, kEmpty, 0), std::memory_order_release);
-            wake(ctl->not_full);
+            wake_if_waiting(ctl->not_full);
             throw CorruptSegment("message queue '" + seg.name() + "': a slot claims " +
                                  std::to_string(n) + " bytes, more than max_message_size");
         }
-        crash_point(3);
+        crash_point("queue.get.claimed");
         bool taken = sink(ctx, data(s), n);
-        crash_point(4);
+        crash_point("queue.get.copied");
         if (!taken) {
             // Back to the queue: the next scanning consumer takes it over.
             s->state.store(make_state(lap, kReading, kNoClient), std::memory_order_release);
@@ -325,7 +255,7 @@ struct MessageQueue::Impl {
         }
         // SYNC POINT: release pairs with the producer's acquire of EMPTY in try_put.
         s->state.store(make_state(lap + 1, kEmpty, 0), std::memory_order_release);
-        wake(ctl->not_full);
+        wake_if_waiting(ctl->not_full);
         return true;
     }
 
@@ -434,24 +364,20 @@ struct MessageQueue::Impl {
     // ---- waiting --------------------------------------------------------------------------
     WaitResult wait_put_ready(const Deadline &dl) {
         ensure_registered();
-        if (spin_then_yield([&] { return put_ready(); }, dl))
-            return WaitResult::Ready;
-        bool ok = wait_until(
+        bool ok = spin_then_wait(
             ctl->not_full, [&] { return put_ready(); },
             [&]() -> std::chrono::nanoseconds {
                 check_interrupt();
                 return dl.slice();
             },
-            0);
+            spin_policy(dl));
         return ok ? WaitResult::Ready : WaitResult::Timeout;
     }
 
     WaitResult wait_get_ready(const Deadline &dl) {
         ensure_registered();
         auto ready = [&] { return orphan_seen.load(std::memory_order_relaxed) || get_ready(); };
-        if (spin_then_yield(ready, dl))
-            return WaitResult::Ready;
-        bool ok = wait_until(
+        bool ok = spin_then_wait(
             ctl->not_empty, ready,
             [&]() -> std::chrono::nanoseconds {
                 check_interrupt();
@@ -461,51 +387,41 @@ struct MessageQueue::Impl {
                     return std::chrono::nanoseconds{0};
                 return dl.slice();
             },
-            0);
+            spin_policy(dl));
         return ok ? WaitResult::Ready : WaitResult::Timeout;
     }
 };
-
-namespace {
-void forget_client_after_fork(MessageQueue::Impl *q) noexcept {
-    // Only async-signal-safe work here: the child closes its copy of the parent's client lock
-    // description (the parent keeps its lock) and re-registers on first use. A child never
-    // removes the parent's name.
-    int fd = q->lock_fd.release();
-    if (fd >= 0)
-        ::close(fd);
-    q->me = kNoClient;
-    q->seg.disown();
-}
-} // namespace
 
 // ---- public API -------------------------------------------------------------------------------
 
 namespace {
 void check_sizes(std::size_t capacity, std::size_t max_message_size) {
     if (capacity < 1 || capacity > kQueueMaxCapacity)
-        throw std::invalid_argument("maxsize must be between 1 and " +
-                                    std::to_string(kQueueMaxCapacity) + ", got " +
-                                    std::to_string(capacity));
+        throw InvalidArgument("maxsize must be between 1 and " + std::to_string(kQueueMaxCapacity) +
+                              ", got " + std::to_string(capacity));
     if (max_message_size < 1 || max_message_size > kQueueMaxMessageSize)
-        throw std::invalid_argument("max_message_size must be between 1 and " +
-                                    std::to_string(kQueueMaxMessageSize) + " bytes, got " +
-                                    std::to_string(max_message_size));
+        throw InvalidArgument("max_message_size must be between 1 and " +
+                              std::to_string(kQueueMaxMessageSize) + " bytes, got " +
+                              std::to_string(max_message_size));
 }
 
-std::unique_ptr<MessageQueue::Impl> finish(MemorySegment seg) {
-    install_atfork_once();
+// Geometry comes from the caller (validated, private), never re-read from shared memory.
+std::unique_ptr<MessageQueue::Impl> finish(MemorySegment seg, std::uint64_t cap,
+                                           std::uint64_t max_msg) {
     auto impl = std::make_unique<MessageQueue::Impl>();
     auto *base = seg.data();
     impl->ctl = reinterpret_cast<QueueControl *>(base + kControlOffset);
     impl->slots = base + kSlotsOffset;
-    impl->cap = impl->ctl->capacity;
-    impl->max_msg = impl->ctl->max_message_size;
-    impl->stride = impl->ctl->slot_stride;
+    impl->cap = cap;
+    impl->max_msg = max_msg;
+    impl->stride = stride_for(max_msg);
+    impl->lock_fd = UniqueFd(reopen_description(seg.fd()));
+    renew_in_fork_children(impl->lock_fd.get());
+    impl->clients =
+        ClientTable(base + kClientsOffset, seg.size() - kClientsOffset, kQueueMaxClients,
+                    impl->lock_fd.get(), "message queue '" + seg.name() + "'");
     impl->seg = std::move(seg);
     impl->ensure_registered();
-    std::lock_guard lk(g_registry_mu);
-    registry().push_back(impl.get());
     return impl;
 }
 } // namespace
@@ -527,9 +443,10 @@ MessageQueue MessageQueue::create(std::string_view name, std::size_t capacity,
                                         ctl->slot_stride = stride;
                                         ctl->slots_offset = kSlotsOffset;
                                         ctl->max_clients = kQueueMaxClients;
+                                        ClientTable::init(base + kClientsOffset, kQueueMaxClients);
                                     });
     MessageQueue q;
-    q.impl_ = finish(std::move(seg));
+    q.impl_ = finish(std::move(seg), capacity, max_message_size);
     return q;
 }
 
@@ -537,8 +454,7 @@ MessageQueue MessageQueue::attach(std::string_view name) {
     auto seg = MemorySegment::attach_named(name, SegmentKind::MessageQueue,
                                            kMessageQueueLayoutVersion, kSlotsOffset);
     if (!seg.writable())
-        throw std::system_error(EACCES, std::system_category(),
-                                "message queue '" + seg.name() + "' is not writable by us");
+        throw OsError(EACCES, "message queue '" + seg.name() + "' is not writable by us");
     const auto *ctl = reinterpret_cast<const QueueControl *>(seg.data() + kControlOffset);
     const std::string what = "'" + seg.name() + "' is not a valid message queue: ";
     std::uint64_t cap = ctl->capacity, max = ctl->max_message_size;
@@ -553,7 +469,7 @@ MessageQueue MessageQueue::attach(std::string_view name) {
     if (seg.size() != kSlotsOffset + cap * ctl->slot_stride)
         throw CorruptSegment(what + "size does not match its slots");
     MessageQueue q;
-    q.impl_ = finish(std::move(seg));
+    q.impl_ = finish(std::move(seg), cap, max);
     return q;
 }
 
@@ -645,11 +561,6 @@ std::size_t MessageQueue::recover(Sink sink, void *ctx) {
 
 void MessageQueue::close() noexcept {
     impl_.reset();
-}
-
-void MessageQueue::set_crash_point(int point, int countdown) noexcept {
-    g_crash_countdown.store(countdown, std::memory_order_relaxed);
-    g_crash_point.store(countdown > 0 ? point : 0, std::memory_order_relaxed);
 }
 
 } // namespace shmipc

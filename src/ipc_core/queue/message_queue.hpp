@@ -4,7 +4,14 @@
 // Layout (offsets from the start of the segment; every part cache-line aligned):
 //
 //   [SegmentHeader 64 B][QueueControl: sizes | tail | head | not_empty | not_full]
+//   [ClientTable: kQueueMaxClients slots (sync/client_table.hpp)]
 //   [slot 0: state u64, length u32, pad | data ... max_message_size][slot 1] ... [slot cap-1]
+//
+// QueueControl (offsets from its start):
+//   0 capacity u64 | 8 max_message_size u64 | 16 slot_stride u64 | 24 slots_offset u64 |
+//   32 max_clients u32 | 36..63 reserved | 64 tail u64 | 128 head u64 | 192 not_empty FutexWord |
+//   256 not_full FutexWord | 320 end_marker | 384 end
+// The sizes are written once at creation, validated at attach and kept privately after that.
 //
 // Algorithm: Vyukov's bounded MPMC queue (positions are 64-bit counters, slot = pos % cap,
 // lap = pos / cap), except that a slot is claimed by CAS on the slot's own state word rather
@@ -14,9 +21,9 @@
 // at `tail` (or `head`) is already claimed helps move the counter (so a process killed between
 // its claim and its counter bump stalls nobody).
 //
-// Crash safety: every attached handle is a client holding an OFD lock on byte
-// kClientLockBase + index of the segment's file. The kernel drops it when the process dies, so
-// a claim whose client's byte is unlocked belongs to a dead process:
+// Crash safety: every attached handle is a client of the queue's client table, holding an OFD
+// lock on byte kClientLockBase + index of the segment's file. The kernel drops it when the process
+// dies, so a claim whose client's byte is unlocked belongs to a dead process:
 //   - WRITING(lap, dead): the producer died before publishing: the slot is discarded
 //     (EMPTY of the next lap); the half-written message never becomes visible.
 //   - READING(lap, dead): the consumer died before the message was returned to it: another
@@ -27,9 +34,11 @@
 #pragma once
 
 #include "ipc_core/base/deadline.hpp"
-#include "ipc_core/sync/liveness.hpp"
-#include "ipc_core/shm/memory_segment.hpp"
+#include "ipc_core/base/fork_epoch.hpp"
 #include "ipc_core/base/unique_fd.hpp"
+#include "ipc_core/shm/memory_segment.hpp"
+#include "ipc_core/sync/client_table.hpp"
+#include "ipc_core/sync/liveness.hpp"
 #include "ipc_core/sync/waiter.hpp"
 
 #include <atomic>
@@ -43,9 +52,8 @@
 
 namespace shmipc {
 
-inline constexpr std::uint32_t kMessageQueueLayoutVersion = 1;
-inline constexpr std::uint32_t kQueueMaxClients = 4096; // attached handles at a time
-inline constexpr off_t kClientLockBase = kSlotLockBase; // + client index
+inline constexpr std::uint32_t kMessageQueueLayoutVersion = 2; // 2: client table in the segment
+inline constexpr std::uint32_t kQueueMaxClients = 4096;        // attached handles at a time
 inline constexpr std::size_t kQueueMaxCapacity = std::size_t{1} << 24;
 inline constexpr std::size_t kQueueMaxMessageSize = std::size_t{1} << 30;
 
@@ -56,10 +64,8 @@ struct QueueControl {
     std::uint64_t max_message_size; // bytes
     std::uint64_t slot_stride;      // bytes, multiple of 64
     std::uint64_t slots_offset;     // bytes from the segment start
-    std::uint32_t max_clients;
-    std::uint32_t reserved0;
-    std::atomic<std::uint32_t> client_hint; // where the next registration starts probing
-    std::uint32_t reserved1;
+    std::uint32_t max_clients;      // kQueueMaxClients: slots of the client table
+    std::uint32_t reserved0[7];
     alignas(64) std::atomic<std::uint64_t> tail; // next position to write (producers)
     alignas(64) std::atomic<std::uint64_t> head; // next position to read (consumers)
     alignas(64) FutexWord not_empty;             // consumers sleep here
@@ -67,6 +73,9 @@ struct QueueControl {
     alignas(64) std::uint64_t end_marker;
 };
 static_assert(std::is_standard_layout_v<QueueControl>);
+static_assert(offsetof(QueueControl, max_clients) == 32 && offsetof(QueueControl, tail) == 64);
+static_assert(offsetof(QueueControl, head) == 128 && offsetof(QueueControl, not_empty) == 192);
+static_assert(offsetof(QueueControl, not_full) == 256 && sizeof(QueueControl) == 384);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
 struct QueueSlot {
@@ -76,7 +85,7 @@ struct QueueSlot {
     // followed by max_message_size bytes of data
 };
 static_assert(std::is_standard_layout_v<QueueSlot>);
-static_assert(sizeof(QueueSlot) == 16);
+static_assert(sizeof(QueueSlot) == 16 && offsetof(QueueSlot, length) == 8);
 
 class MessageQueue {
   public:
@@ -98,7 +107,7 @@ class MessageQueue {
     MessageQueue &operator=(MessageQueue &&) noexcept;
     ~MessageQueue();
 
-    // Non-blocking. false: the queue is full. invalid_argument if n > max_message_size.
+    // Non-blocking. false: the queue is full. InvalidArgument if n > max_message_size.
     [[nodiscard]] bool try_put(const void *data, std::size_t n);
     // Non-blocking. false: the queue is empty (no committed message can be claimed now).
     // `sink` runs while the slot is claimed; it must not block.
@@ -129,11 +138,6 @@ class MessageQueue {
 
     // Releases the client lock, unmaps; the owner of a non-persistent queue removes the name.
     void close() noexcept;
-
-    // Test hook: the calling process SIGKILLs itself the `countdown`-th time it reaches
-    // `point` (1: after claiming a slot for writing, 2: after writing half the message,
-    // 3: after claiming a slot for reading, 4: after copying a message out). 0 disables.
-    static void set_crash_point(int point, int countdown) noexcept;
 
     struct Impl;
 

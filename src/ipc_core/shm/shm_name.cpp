@@ -1,4 +1,5 @@
 #include "ipc_core/shm/shm_name.hpp"
+#include "ipc_core/base/errors.hpp"
 
 #include <stdexcept>
 
@@ -9,13 +10,13 @@ std::string normalize_shm_name(std::string_view name) {
     if (!body.empty() && body.front() == '/')
         body.remove_prefix(1);
     if (body.empty() || body.size() > kMaxNameLength)
-        throw std::invalid_argument("invalid shared-memory name '" + std::string(name) +
-                                    "': must be 1..200 characters after an optional '/'");
+        throw InvalidArgument("invalid shared-memory name '" + std::string(name) +
+                              "': must be 1..200 characters after an optional '/'");
     if (body.find('/') != std::string_view::npos || body.find('\0') != std::string_view::npos)
-        throw std::invalid_argument("invalid shared-memory name '" + std::string(name) +
-                                    "': no '/' (after the first) or NUL allowed");
+        throw InvalidArgument("invalid shared-memory name '" + std::string(name) +
+                              "': no '/' (after the first) or NUL allowed");
     if (body == "." || body == "..")
-        throw std::invalid_argument("invalid shared-memory name '" + std::string(name) + "'");
+        throw InvalidArgument("invalid shared-memory name '" + std::string(name) + "'");
     return "/" + std::string(body);
 }
 

@@ -8,7 +8,7 @@ namespace shmipc {
 
 inline constexpr std::size_t kMaxNameLength = 200;
 
-// Returns the name with exactly one leading '/'; throws std::invalid_argument otherwise.
+// Returns the name with exactly one leading '/'; throws InvalidArgument otherwise.
 [[nodiscard]] std::string normalize_shm_name(std::string_view name);
 
 // "/name" -> "/dev/shm/name"

@@ -1,8 +1,8 @@
 #include "ipc_core/stream/inventory.hpp"
 
-#include "ipc_core/sync/liveness.hpp"
-#include "ipc_core/shm/memory_segment.hpp"
 #include "ipc_core/base/unique_fd.hpp"
+#include "ipc_core/shm/memory_segment.hpp"
+#include "ipc_core/sync/liveness.hpp"
 
 #include <algorithm>
 #include <cerrno>

@@ -1,9 +1,10 @@
 #include "ipc_core/stream/shm_stream.hpp"
 
 #include "ipc_core/base/errors.hpp"
-#include "ipc_core/sync/liveness.hpp"
 #include "ipc_core/shm/memory_segment.hpp"
+#include "ipc_core/shm/open_name.hpp"
 #include "ipc_core/shm/shm_name.hpp"
+#include "ipc_core/sync/liveness.hpp"
 
 #include <atomic>
 #include <cerrno>
@@ -50,14 +51,11 @@ void set_xattr(int fd, const char *key, std::string_view value) {
 
 UniqueFd create_stream(std::string_view name, mode_t mode, bool persistent, bool append) {
     const std::string norm = normalize_shm_name(name);
-    if (mode & ~07777u)
-        throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
+    check_mode(mode);
+    // Built under a temporary name (holding its owner lock) and published with one rename, so
+    // nobody ever opens a stream without its owner lock and marks.
     const std::string tmp = temp_shm_path();
-    // Built under a temporary name and published with one rename, so nobody ever opens a
-    // stream without its owner lock and marks.
-    UniqueFd fd(::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
-    if (!fd)
-        throw_errno("open(/dev/shm temporary)");
+    UniqueFd fd = create_temporary(tmp);
     struct TmpGuard {
         const std::string &p;
         bool armed = true;
@@ -66,9 +64,6 @@ UniqueFd create_stream(std::string_view name, mode_t mode, bool persistent, bool
                 ::unlink(p.c_str());
         }
     } guard{tmp};
-    // Held for the owner's whole life (the fd's open file description).
-    if (!try_lock_byte(fd.get(), kOwnerLockByte, true))
-        throw Error("cannot take owner lock");
     set_xattr(fd.get(), kKindXattr, kStreamKind);
     if (persistent)
         set_xattr(fd.get(), kPersistentXattr, "1");
@@ -78,39 +73,33 @@ UniqueFd create_stream(std::string_view name, mode_t mode, bool persistent, bool
         throw_errno("fcntl(O_APPEND)");
     publish_named(tmp, norm, replaceable_stream);
     guard.armed = false;
+    renew_in_fork_children(fd.get()); // a forked child must not keep our owner lock
     return fd;
 }
 
-GuestStream open_stream(std::string_view name, StreamAccess access, bool truncate, bool append) {
-    const std::string path = shm_path(normalize_shm_name(name));
-    // O_NONBLOCK: never hang on a FIFO someone planted under the name.
-    int flags = O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | (append ? O_APPEND : 0);
-    GuestStream g;
-    if (access == StreamAccess::ReadOnly) {
-        g.fd.reset(::open(path.c_str(), flags | O_RDONLY));
-    } else {
-        g.fd.reset(::open(path.c_str(), flags | O_RDWR | (truncate ? O_TRUNC : 0)));
-        g.writable = true;
-        if (!g.fd && errno == EACCES && access == StreamAccess::ReadWriteOrReadOnly) {
-            g.fd.reset(::open(path.c_str(), flags | O_RDONLY));
-            g.writable = false;
-        }
-    }
-    if (!g.fd) {
-        if (errno == ENOENT)
-            throw std::system_error(ENOENT, std::system_category(),
-                                    "no shared-memory stream named '" + std::string(name) + "'");
-        throw_errno("open");
-    }
-    struct stat st {};
-    if (::fstat(g.fd.get(), &st) != 0)
-        throw_errno("fstat");
-    if (!S_ISREG(st.st_mode))
-        throw std::system_error(EINVAL, std::system_category(),
-                                "'" + std::string(name) + "' is not a regular shared-memory file");
+GuestStream open_stream(std::string_view name, StreamAccess access, bool truncate, bool append,
+                        const TrustPolicy &trust) {
+    const std::string norm = normalize_shm_name(name);
+    const std::string what = "stream '" + norm + "'";
+    OpenAccess how = access == StreamAccess::ReadOnly    ? OpenAccess::ReadOnly
+                     : access == StreamAccess::ReadWrite ? OpenAccess::ReadWrite
+                                                         : OpenAccess::PreferWrite;
+    OpenedName o = open_shm_name(norm, how, what);
+    check_owner(o.st, trust, what);
+    // Another shmipc kind under this name (a heap, a queue...): never open, let alone truncate,
+    // it as a stream.
+    SegmentHeader h{};
+    if (read_segment_header(o.fd.get(), h))
+        throw OsError(EEXIST,
+                      "'" + norm + "' holds a shmipc " + kind_name(h.kind) + ", not a stream");
+    if (truncate && o.writable && ::ftruncate(o.fd.get(), 0) != 0)
+        throw_errno("ftruncate");
     // Back to blocking mode for the user's reads and writes.
-    if (::fcntl(g.fd.get(), F_SETFL, append ? O_APPEND : 0) != 0)
+    if (::fcntl(o.fd.get(), F_SETFL, append ? O_APPEND : 0) != 0)
         throw_errno("fcntl(F_SETFL)");
+    GuestStream g;
+    g.fd = std::move(o.fd);
+    g.writable = o.writable;
     return g;
 }
 
@@ -146,8 +135,7 @@ StreamInfo stream_info(std::string_view name) {
 }
 
 void chmod_named(std::string_view name, mode_t mode) {
-    if (mode & ~07777u)
-        throw std::invalid_argument("mode must be permission bits (e.g. 0o600)");
+    check_mode(mode);
     const std::string path = shm_path(normalize_shm_name(name));
     if (::fchmodat(AT_FDCWD, path.c_str(), mode, AT_SYMLINK_NOFOLLOW) != 0)
         throw_errno("chmod");

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "ipc_core/base/unique_fd.hpp"
+#include "ipc_core/shm/open_name.hpp"
 
 #include <cstdint>
 #include <string_view>
@@ -21,7 +22,7 @@ inline constexpr const char *kPersistentXattr = "user.shmipc.persistent";
 inline constexpr std::string_view kStreamKind = "stream";
 
 // Creates an empty stream exclusively and returns its O_RDWR fd, owner lock held, with exactly
-// `mode` permission bits. A live stream (or any other file) of that name: std::system_error
+// `mode` permission bits. A live stream (or any other file) of that name: OsError
 // EEXIST. A non-persistent stream whose owner died is replaced. `append` sets O_APPEND.
 [[nodiscard]] UniqueFd create_stream(std::string_view name, mode_t mode, bool persistent,
                                      bool append);
@@ -37,9 +38,12 @@ struct GuestStream {
     bool writable = false;
 };
 
-// Opens an existing name as a guest (no lock, never removes the name). ENOENT if missing.
+// Opens an existing name as a guest (no lock, never removes the name). ENOENT if missing;
+// CorruptSegment if it is not a regular file; FileExistsError (OsError EEXIST) naming the kind
+// if it holds another shmipc object (checked before any truncation); PermissionError if another
+// user owns it and `trust` does not allow that user (API.md §7).
 [[nodiscard]] GuestStream open_stream(std::string_view name, StreamAccess access, bool truncate,
-                                      bool append);
+                                      bool append, const TrustPolicy &trust = {});
 
 // Owner's close: removes the name if it still refers to the file open as `owner_fd` (never a
 // newer object of the same name). Call before closing the fd. Returns true if removed.

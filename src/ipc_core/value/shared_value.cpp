@@ -1,6 +1,8 @@
 #include "ipc_core/value/shared_value.hpp"
 
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/sync/liveness.hpp"
+#include "ipc_core/testing/crash_point.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -19,25 +21,13 @@ namespace {
 
 constexpr std::size_t kAlign = 64;
 constexpr std::size_t kControlOffset = sizeof(SegmentHeader);
-constexpr std::size_t kFirstSlotOffset =
+constexpr std::size_t kWritersOffset =
     (kControlOffset + sizeof(ValueControl) + kAlign - 1) / kAlign * kAlign;
+constexpr std::size_t kFirstSlotOffset =
+    (kWritersOffset + ClientTable::bytes(kValueMaxWriters) + kAlign - 1) / kAlign * kAlign;
 
 std::size_t slot_stride(std::size_t capacity, std::size_t meta_capacity) {
     return sizeof(ValueSlot) + round_up(meta_capacity, kAlign) + round_up(capacity, kAlign);
-}
-
-void init_robust_mutex(pthread_mutex_t *m) {
-    pthread_mutexattr_t a;
-    int rc = pthread_mutexattr_init(&a);
-    if (rc == 0)
-        rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    if (rc == 0)
-        rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    if (rc == 0)
-        rc = pthread_mutex_init(m, &a);
-    pthread_mutexattr_destroy(&a);
-    if (rc != 0)
-        throw_errno(rc, "pthread_mutex_init");
 }
 
 // Seqlock payload copy: it may race a writer (the seq re-check then discards the copy), which
@@ -52,21 +42,47 @@ __attribute__((no_sanitize("thread"))) void racy_copy(std::byte *dst, const std:
 
 std::size_t shared_value_segment_size(std::size_t capacity) {
     if (capacity == 0 || capacity > kMaxValueCapacity)
-        throw std::invalid_argument("SharedValue size must be 1.." +
-                                    std::to_string(kMaxValueCapacity) + " bytes, not " +
-                                    std::to_string(capacity));
+        throw InvalidArgument("SharedValue size must be 1.." + std::to_string(kMaxValueCapacity) +
+                              " bytes, not " + std::to_string(capacity));
     return kFirstSlotOffset + 2 * slot_stride(capacity, kValueMetaCapacity);
 }
 
 SharedValue::SharedValue(MemorySegment seg)
-    : seg_(std::move(seg)), ctl_(reinterpret_cast<ValueControl *>(seg_.data() + kControlOffset)),
-      capacity_(static_cast<std::size_t>(ctl_->capacity)),
-      meta_capacity_(static_cast<std::size_t>(ctl_->meta_capacity)), opened_by_(::getpid()) {}
+    : seg_(std::move(seg)), ctl_(reinterpret_cast<ValueControl *>(seg_.data() + kControlOffset)) {
+    // Called after validation (create or attach): these are now private, trusted copies.
+    capacity_ = static_cast<std::size_t>(ctl_->capacity);
+    meta_capacity_ = kValueMetaCapacity;
+    const std::size_t stride = slot_stride(capacity_, meta_capacity_);
+    slot_off_[0] = kFirstSlotOffset;
+    slot_off_[1] = kFirstSlotOffset + stride;
+}
 
 SharedValue::~SharedValue() {
-    // After fork() both processes hold this object; only the creating process owns the name.
-    if (::getpid() != opened_by_)
-        seg_.disown();
+    std::lock_guard g(writer_mu_);
+    if (writer_registered_ && !writer_stamp_.inherited())
+        writers_.unregister_client();
+    if (lock_fd_)
+        forget_in_fork_children(lock_fd_.get());
+}
+
+std::uint32_t SharedValue::writer_token() const {
+    std::lock_guard g(writer_mu_);
+    if (writer_registered_ && !writer_stamp_.inherited()) [[likely]]
+        return writers_.token();
+    if (!lock_fd_) {
+        lock_fd_ = UniqueFd(reopen_description(seg_.fd()));
+        renew_in_fork_children(lock_fd_.get());
+        writers_ = ClientTable(seg_.data() + kWritersOffset, seg_.size() - kWritersOffset,
+                               kValueMaxWriters, lock_fd_.get(), "SharedValue '" + name() + "'");
+        writer_mutex_ = RobustMutex(ctl_->writer, writers_, "SharedValue '" + name() + "'");
+    }
+    if (writer_stamp_.inherited()) {
+        writers_.forget(); // the parent's registration; our lock_fd was renewed at fork
+        writer_stamp_.renew();
+    }
+    (void)writers_.register_client();
+    writer_registered_ = true;
+    return writers_.token();
 }
 
 std::unique_ptr<SharedValue> SharedValue::create(std::string_view name, std::size_t capacity,
@@ -77,7 +93,7 @@ std::unique_ptr<SharedValue> SharedValue::create(std::string_view name, std::siz
         [&](std::byte *base) {
             // The file is fresh (zero-filled) and invisible to others until published.
             auto *ctl = new (base + kControlOffset) ValueControl{};
-            init_robust_mutex(&ctl->writer_mutex);
+            ClientTable::init(base + kWritersOffset, kValueMaxWriters);
             ctl->capacity = capacity;
             ctl->meta_capacity = kValueMetaCapacity;
             ctl->slot_stride = slot_stride(capacity, kValueMetaCapacity);
@@ -92,7 +108,7 @@ std::unique_ptr<SharedValue> SharedValue::create(std::string_view name, std::siz
 
 std::unique_ptr<SharedValue> SharedValue::attach(std::string_view name) {
     auto seg = MemorySegment::attach_named(name, SegmentKind::SharedValue, kSharedValueLayout,
-                                           kFirstSlotOffset);
+                                           kFirstSlotOffset + 2 * sizeof(ValueSlot));
     // The header is valid; now check the control block before trusting any offset in it.
     const auto *ctl = reinterpret_cast<const ValueControl *>(seg.data() + kControlOffset);
     const std::string what = "'" + seg.name() + "' is not a valid SharedValue: ";
@@ -107,7 +123,13 @@ std::unique_ptr<SharedValue> SharedValue::attach(std::string_view name) {
     if (seg.size() != kFirstSlotOffset + 2 * stride)
         throw CorruptSegment(what + "size " + std::to_string(seg.size()) +
                              " does not match capacity " + std::to_string(ctl->capacity));
-    return std::unique_ptr<SharedValue>(new SharedValue(std::move(seg)));
+    auto v = std::unique_ptr<SharedValue>(new SharedValue(std::move(seg)));
+    if (v->writable()) {
+        // A scribbled writer lock fails the attach now, not the first write later.
+        (void)v->writer_token();
+        v->writer_mutex_.validate();
+    }
+    return v;
 }
 
 bool SharedValue::persistent() const noexcept {
@@ -124,10 +146,10 @@ std::uint64_t SharedValue::writer_deaths() const noexcept {
 }
 
 ValueSlot &SharedValue::slot(std::uint32_t i) const noexcept {
-    return *reinterpret_cast<ValueSlot *>(seg_.data() + ctl_->slot_offset[i & 1]);
+    return *reinterpret_cast<ValueSlot *>(seg_.data() + slot_off_[i & 1]);
 }
 std::byte *SharedValue::meta_ptr(std::uint32_t i) const noexcept {
-    return seg_.data() + ctl_->slot_offset[i & 1] + sizeof(ValueSlot);
+    return seg_.data() + slot_off_[i & 1] + sizeof(ValueSlot);
 }
 std::byte *SharedValue::data_ptr(std::uint32_t i) const noexcept {
     return meta_ptr(i) + round_up(meta_capacity_, kAlign);
@@ -135,55 +157,36 @@ std::byte *SharedValue::data_ptr(std::uint32_t i) const noexcept {
 
 // ---- writers ---------------------------------------------------------------------------------
 
-SharedValue::WriterLock::WriterLock(const SharedValue &v) : m_(&v.ctl_->writer_mutex) {
-    int rc = pthread_mutex_trylock(m_);
-    while (rc == EBUSY || rc == ETIMEDOUT) {
-        if (v.closing_.load(std::memory_order_relaxed))
-            throw Closed("SharedValue is closed");
-        // timedlock (CLOCK_REALTIME) rather than clocklock: sanitizers intercept it, and a
-        // clock jump only changes the length of one slice, since we loop anyway.
-        timespec abs{};
-        ::clock_gettime(CLOCK_REALTIME, &abs);
-        abs.tv_nsec += static_cast<long>(std::chrono::nanoseconds(kWaitSlice).count());
-        abs.tv_sec += abs.tv_nsec / 1'000'000'000;
-        abs.tv_nsec %= 1'000'000'000;
-        rc = pthread_mutex_timedlock(m_, &abs);
-        if (rc == ETIMEDOUT)
-            check_interrupt(); // a writer may be stopped; let Ctrl-C through
-    }
-    if (rc == EOWNERDEAD) {
+SharedValue::WriterLock::WriterLock(const SharedValue &v, const Deadline &d) : v_(&v) {
+    if (v.closing_.load(std::memory_order_relaxed))
+        throw Closed("SharedValue is closed");
+    std::uint32_t token = v.writer_token();
+    v.writer_mutex_.lock(token, d, [&] {
         // The previous writer died holding the lock. Its slot is the non-current one and is
         // rewritten from scratch by the next write, so the state is consistent as it stands.
-        pthread_mutex_consistent(m_);
         __atomic_fetch_add(&v.ctl_->writer_deaths, 1, __ATOMIC_RELAXED);
-        rc = 0;
-    }
-    if (rc == ENOTRECOVERABLE)
-        throw CorruptSegment("SharedValue writer lock is unrecoverable");
-    if (rc != 0)
-        throw_errno(rc, "pthread_mutex_lock");
+    });
 }
 
 SharedValue::WriterLock::~WriterLock() {
-    pthread_mutex_unlock(m_);
+    v_->writer_mutex_.unlock();
 }
 
 void SharedValue::check_write(std::span<const std::byte> meta,
                               std::span<const std::byte> data) const {
     if (data.size() > capacity_)
-        throw std::invalid_argument("value of " + std::to_string(data.size()) +
-                                    " bytes exceeds the capacity of SharedValue '" + name() +
-                                    "' (" + std::to_string(capacity_) + " bytes)");
+        throw InvalidArgument("value of " + std::to_string(data.size()) +
+                              " bytes exceeds the capacity of SharedValue '" + name() + "' (" +
+                              std::to_string(capacity_) + " bytes)");
     if (meta.size() > meta_capacity_)
-        throw std::invalid_argument("value description of " + std::to_string(meta.size()) +
-                                    " bytes exceeds " + std::to_string(meta_capacity_) + " bytes");
+        throw InvalidArgument("value description of " + std::to_string(meta.size()) +
+                              " bytes exceeds " + std::to_string(meta_capacity_) + " bytes");
     if (!writable())
-        throw std::system_error(EACCES, std::system_category(),
-                                "SharedValue '" + name() + "' is attached read-only");
+        throw OsError(EACCES, "SharedValue '" + name() + "' is attached read-only");
 }
 
 std::uint64_t SharedValue::write_locked(std::uint32_t type, std::span<const std::byte> meta,
-                                        std::span<const std::byte> data, std::size_t stall_at) {
+                                        std::span<const std::byte> data) {
     const std::uint32_t cur = ctl_->current.load(std::memory_order_relaxed) & 1;
     const std::uint32_t next = cur ^ 1;
     ValueSlot &s = slot(next);
@@ -205,13 +208,12 @@ std::uint64_t SharedValue::write_locked(std::uint32_t type, std::span<const std:
     s.nbytes.store(data.size(), std::memory_order_relaxed);
     if (!meta.empty())
         std::memcpy(meta_ptr(next), meta.data(), meta.size());
-    if (stall_at < data.size()) {
-        if (stall_at)
-            std::memcpy(data_ptr(next), data.data(), stall_at);
-        return 0;
-    }
-    if (!data.empty())
-        std::memcpy(data_ptr(next), data.data(), data.size());
+    const std::size_t half = data.size() / 2;
+    if (half)
+        std::memcpy(data_ptr(next), data.data(), half);
+    crash_point("value.write.half");
+    if (data.size() > half)
+        std::memcpy(data_ptr(next) + half, data.data() + half, data.size() - half);
     // SYNC POINT: pairs with the acquire load of seq in try_snapshot.
     s.seq.store(odd + 1, std::memory_order_release);
     // SYNC POINT: pairs with the acquire load of current in try_snapshot.
@@ -223,21 +225,12 @@ std::uint64_t SharedValue::write_locked(std::uint32_t type, std::span<const std:
 }
 
 std::uint64_t SharedValue::write(std::uint32_t type, std::span<const std::byte> meta,
-                                 std::span<const std::byte> data) {
+                                 std::span<const std::byte> data, const Deadline &deadline) {
     if (type == 0)
-        throw std::invalid_argument("value type tag 0 is reserved for 'never written'");
+        throw InvalidArgument("value type tag 0 is reserved for 'never written'");
     check_write(meta, data);
-    WriterLock lock(*this);
-    return write_locked(type, meta, data, static_cast<std::size_t>(-1));
-}
-
-void SharedValue::write_and_stall_for_test(std::uint32_t type, std::span<const std::byte> meta,
-                                           std::span<const std::byte> data, std::size_t stall_at) {
-    check_write(meta, data);
-    WriterLock lock(*this);
-    (void)write_locked(type, meta, data, std::min(stall_at, data.size() ? data.size() - 1 : 0));
-    for (;;)
-        std::this_thread::sleep_for(std::chrono::seconds(1));
+    WriterLock lock(*this, deadline);
+    return write_locked(type, meta, data);
 }
 
 // ---- readers ---------------------------------------------------------------------------------
@@ -301,7 +294,12 @@ bool SharedValue::wait(std::uint64_t since, const Deadline &deadline, int spin) 
         return true;
     if (deadline.remaining().count() == 0)
         return false;
-    return wait_until(ctl_->changed, ready, between, spin);
+    for (int i = 0; i < spin; ++i) {
+        if (ready())
+            return true;
+        cpu_relax();
+    }
+    return wait_until(ctl_->changed, ready, between);
 }
 
 SharedValue::DebugState SharedValue::debug_state() const noexcept {

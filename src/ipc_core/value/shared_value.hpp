@@ -4,12 +4,20 @@
 // Layout of the named segment (offsets from its start, every part 64-byte aligned):
 //
 //   0     SegmentHeader (kind SharedValue)
-//   64    ValueControl: robust writer mutex | version, current slot, sizes | FutexWord
+//   64    ValueControl (192 B): writer mutex | version, current slot, sizes | FutexWord
+//   256   ClientTable of writers (kValueMaxWriters slots, sync/client_table.hpp)
 //   ...   slot 0: ValueSlot (64 B) | meta (meta_capacity B) | data (capacity B)
 //   ...   slot 1: same
 //
-// Writers are serialized by a robust process-shared pthread mutex: a writer that dies holding it
-// hands the next locker EOWNERDEAD, which we accept because of the two slots. A writer always
+// ValueControl (offsets from its start): 0 writer RobustMutexWord | 64 version u64 |
+// 72 current u32 | 80 capacity u64 | 88 meta_capacity u64 | 96 slot_offset[2] u64 |
+// 112 slot_stride u64 | 120 writer_deaths u64 | 128 changed FutexWord | 192 end.
+// The sizes and offsets are validated at attach and kept privately; nothing re-reads them.
+//
+// Writers are serialized by a robust mutex (sync/robust_mutex.hpp): each writing handle registers
+// in the value's client table on its first write; a writer that dies holding the mutex is
+// detected by its client lock, and the next writer takes over, which is safe because of the two
+// slots. A writer always
 // fills the slot that is NOT current, so the current slot is never touched while it is current;
 // a writer killed mid-write leaves readers on the last complete value. Each slot is also a
 // seqlock (its `seq` is odd while a writer fills it), so a reader that raced two writes (the
@@ -17,14 +25,17 @@
 #pragma once
 
 #include "ipc_core/base/deadline.hpp"
+#include "ipc_core/base/unique_fd.hpp"
 #include "ipc_core/shm/memory_segment.hpp"
+#include "ipc_core/sync/client_table.hpp"
+#include "ipc_core/sync/robust_mutex.hpp"
 #include "ipc_core/sync/waiter.hpp"
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <pthread.h>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -32,7 +43,9 @@
 
 namespace shmipc {
 
-inline constexpr std::uint32_t kSharedValueLayout = 1;
+inline constexpr std::uint32_t kSharedValueLayout = 2; // 2: robust_mutex + writer table
+// Handles that have written, at a time.
+inline constexpr std::uint32_t kValueMaxWriters = 1024;
 // Bytes of type metadata (dtype description, shape) stored next to each value.
 inline constexpr std::size_t kValueMetaCapacity = 2048;
 // A value is at most this big (a sanity bound on sizes read back from a segment).
@@ -48,11 +61,13 @@ struct alignas(64) ValueSlot {
     std::atomic<std::uint32_t> meta_len; // bytes of meta
 };
 static_assert(std::is_standard_layout_v<ValueSlot>);
-static_assert(sizeof(ValueSlot) == 64);
+static_assert(sizeof(ValueSlot) == 64 && alignof(ValueSlot) == 64);
+static_assert(offsetof(ValueSlot, version) == 8 && offsetof(ValueSlot, nbytes) == 16);
+static_assert(offsetof(ValueSlot, type) == 24 && offsetof(ValueSlot, meta_len) == 28);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
 struct ValueControl {
-    pthread_mutex_t writer_mutex;                   // robust, process-shared; writers only
+    RobustMutexWord writer;                         // serializes writers
     alignas(64) std::atomic<std::uint64_t> version; // completed writes; never decreases
     std::atomic<std::uint32_t> current;             // slot (0/1) holding the latest complete value
     std::uint32_t reserved0;
@@ -64,6 +79,10 @@ struct ValueControl {
     alignas(64) FutexWord changed; // notified after every write
 };
 static_assert(std::is_standard_layout_v<ValueControl>);
+static_assert(offsetof(ValueControl, version) == 64 && offsetof(ValueControl, current) == 72);
+static_assert(offsetof(ValueControl, capacity) == 80 && offsetof(ValueControl, slot_offset) == 96);
+static_assert(offsetof(ValueControl, writer_deaths) == 120);
+static_assert(offsetof(ValueControl, changed) == 128 && sizeof(ValueControl) == 192);
 
 // What a reader saw in a slot: everything but the payload, plus the seq to validate the copy.
 struct ValueSnapshot {
@@ -98,10 +117,11 @@ class SharedValue {
 
     // Replaces the value. `type` is the caller's tag (nonzero); `meta` describes the payload
     // (e.g. dtype and shape). A payload over capacity() or meta over kValueMetaCapacity is
-    // std::invalid_argument and changes nothing. Blocks only while another writer writes.
-    // Returns the version of this write.
+    // InvalidArgument and changes nothing. Blocks only while another writer writes (Timeout
+    // after `deadline`: a writer may be stopped). Returns the version of this write.
     std::uint64_t write(std::uint32_t type, std::span<const std::byte> meta,
-                        std::span<const std::byte> data);
+                        std::span<const std::byte> data,
+                        const Deadline &deadline = Deadline::never());
 
     // Read protocol (lock-free for readers): take a snapshot of the current slot's description,
     // copy the payload into a buffer of snapshot.nbytes, then confirm the slot did not change.
@@ -147,11 +167,6 @@ class SharedValue {
     // while another thread may be blocked in wait()).
     void request_close() noexcept { closing_.store(true, std::memory_order_relaxed); }
 
-    // For tests: the writer protocol up to `stall_at` payload bytes, then sleeps forever holding
-    // the writer mutex with the target slot half written (to be SIGKILLed).
-    [[noreturn]] void write_and_stall_for_test(std::uint32_t type, std::span<const std::byte> meta,
-                                               std::span<const std::byte> data,
-                                               std::size_t stall_at);
     // For tests: current slot and each slot's seq.
     struct DebugState {
         std::uint32_t current;
@@ -159,16 +174,16 @@ class SharedValue {
     };
     [[nodiscard]] DebugState debug_state() const noexcept;
 
-    // Robust writer mutex, recovered on EOWNERDEAD. Waits in slices (check_interrupt()).
+    // The writer mutex, taken over from a dead writer. Waits in slices (check_interrupt()).
     class WriterLock {
       public:
-        explicit WriterLock(const SharedValue &v);
+        explicit WriterLock(const SharedValue &v, const Deadline &d = Deadline::never());
         ~WriterLock();
         WriterLock(const WriterLock &) = delete;
         WriterLock &operator=(const WriterLock &) = delete;
 
       private:
-        pthread_mutex_t *m_;
+        const SharedValue *v_;
     };
 
   private:
@@ -179,17 +194,28 @@ class SharedValue {
     [[nodiscard]] std::byte *meta_ptr(std::uint32_t i) const noexcept;
     [[nodiscard]] std::byte *data_ptr(std::uint32_t i) const noexcept;
     void check_write(std::span<const std::byte> meta, std::span<const std::byte> data) const;
-    // Fills the non-current slot and publishes it (returns its version); stops (returns 0)
-    // after `stall_at` bytes.
+    // Fills the non-current slot and publishes it; returns its version.
     std::uint64_t write_locked(std::uint32_t type, std::span<const std::byte> meta,
-                               std::span<const std::byte> data, std::size_t stall_at);
+                               std::span<const std::byte> data);
+
+    // Registers this handle as a writer (first write; again in a forked child). Returns the
+    // lock token.
+    std::uint32_t writer_token() const;
 
     MemorySegment seg_;
     ValueControl *ctl_ = nullptr;
+    // Geometry validated at attach (never re-read from shared memory).
     std::size_t capacity_ = 0;
     std::size_t meta_capacity_ = 0;
+    std::size_t slot_off_[2] = {0, 0};
     std::atomic<bool> closing_{false};
-    pid_t opened_by_; // the process that created/attached this handle
+    // Writer registration (lazy: readers never register).
+    mutable std::mutex writer_mu_;
+    mutable UniqueFd lock_fd_;
+    mutable ClientTable writers_;
+    mutable RobustMutex writer_mutex_;
+    mutable ForkStamp writer_stamp_;
+    mutable bool writer_registered_ = false;
 };
 
 // Bytes of the segment for a value of `capacity` payload bytes.

@@ -1,5 +1,5 @@
-#include "ipc_core/buffer/buffer.hpp"
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/buffer/buffer.hpp"
 #include "ipc_core/buffer/fd_passing.hpp"
 
 #include <cstring>

@@ -1,5 +1,5 @@
-#include "ipc_core/channel/channel.hpp"
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/channel/channel.hpp"
 #include "ipc_core/heap/heap.hpp"
 
 #include <atomic>
@@ -122,7 +122,7 @@ TEST(Channel, a_second_sender_or_receiver_in_the_same_process_is_refused) {
     auto d = Channel::open(*heap, "c", 4);
     heap->deallocate(c->recv(secs(1)).offset);
     EXPECT_THROW((void)d->recv(secs(0)), ChannelBusy);
-    EXPECT_THROW((void)a->recv(secs(0)), std::invalid_argument) << "a sender cannot receive";
+    EXPECT_THROW((void)a->recv(secs(0)), InvalidArgument) << "a sender cannot receive";
     a->release();
     b->send_bytes("y", 1, RecordKind::Block, {}, secs(1)); // the role is free again
     heap->deallocate(c->recv(secs(1)).offset);
@@ -172,7 +172,7 @@ TEST(Channel, the_receiver_drains_then_sees_end_of_stream_and_later_sends_are_re
     try {
         tx2->send_bytes("d", 1, RecordKind::Block, {}, secs(1));
         FAIL() << "expected EPIPE";
-    } catch (const std::system_error &e) {
+    } catch (const OsError &e) {
         EXPECT_EQ(e.code().value(), EPIPE);
     }
 }
@@ -201,10 +201,10 @@ TEST(Channel, an_existing_channel_keeps_its_capacity_and_other_objects_are_not_c
     auto b = Channel::open(*heap, "c", 1024);
     EXPECT_EQ(b->capacity(), 16u);
     (void)heap->find_or_create_named("blk", 64, [](void *) {});
-    EXPECT_THROW(Channel::open(*heap, "blk", 4), std::invalid_argument);
-    EXPECT_THROW(Channel::open(*heap, "", 4), std::invalid_argument);
-    EXPECT_THROW(Channel::open(*heap, std::string(200, 'x'), 4), std::invalid_argument);
-    EXPECT_THROW(Channel::open(*heap, "zero", 0), std::invalid_argument);
+    EXPECT_THROW(Channel::open(*heap, "blk", 4), InvalidArgument);
+    EXPECT_THROW(Channel::open(*heap, "", 4), InvalidArgument);
+    EXPECT_THROW(Channel::open(*heap, std::string(200, 'x'), 4), InvalidArgument);
+    EXPECT_THROW(Channel::open(*heap, "zero", 0), InvalidArgument);
 }
 
 TEST(Channel, list_reports_capacity_queue_and_endpoint_liveness) {

@@ -47,7 +47,9 @@ bool bounded_wait(FutexWord &w, Ready ready, std::chrono::nanoseconds spin,
                   std::chrono::milliseconds limit = 30s) {
     Deadline d(std::chrono::duration<double>(limit).count());
     return spin_then_wait(
-        w, ready, [&] { return d.slice(); }, spin);
+        w, ready, [&] { return d.slice(); },
+        SpinPolicy{std::min<std::chrono::nanoseconds>(spin, 1us),
+                   spin - std::min<std::chrono::nanoseconds>(spin, 1us)});
 }
 
 // Pushes `n` records, blocking (spin then futex) when full, in batches of 1..7.
@@ -197,8 +199,8 @@ TEST(SpscRing, consumer_drains_queued_records_before_it_sees_the_close) {
 }
 
 TEST(SpscRing, capacity_outside_the_allowed_range_is_an_invalid_argument) {
-    EXPECT_THROW((void)spsc_ring_bytes(0), std::invalid_argument);
-    EXPECT_THROW((void)spsc_ring_bytes(std::uint64_t{kRingMaxCapacity} + 1), std::invalid_argument);
+    EXPECT_THROW((void)spsc_ring_bytes(0), InvalidArgument);
+    EXPECT_THROW((void)spsc_ring_bytes(std::uint64_t{kRingMaxCapacity} + 1), InvalidArgument);
     EXPECT_EQ(spsc_ring_bytes(1), sizeof(SpscRingControl) + sizeof(RingRecord));
 }
 
@@ -240,7 +242,7 @@ TEST(SpscRing, a_sleeping_consumer_is_woken_by_a_push_and_a_timeout_is_reported)
     // Nothing pushed: a 20 ms deadline expires and the wait says so.
     Deadline d(0.02);
     EXPECT_FALSE(spin_then_wait(
-        r->not_empty, [&] { return c.readable(); }, [&] { return d.slice(); }, 0ns));
+        r->not_empty, [&] { return c.readable(); }, [&] { return d.slice(); }, SpinPolicy{}));
 
     std::thread producer([&] {
         std::this_thread::sleep_for(30ms); // long enough for the consumer to be asleep

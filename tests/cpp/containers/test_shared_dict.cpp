@@ -1,8 +1,9 @@
 // SharedDict: semantics, visibility across processes mapped at different addresses, and crash
 // consistency (a child SIGKILLs itself at every interesting step of an update).
 #include "ipc_core/base/errors.hpp"
-#include "ipc_core/heap/heap.hpp"
 #include "ipc_core/containers/shared_dict.hpp"
+#include "ipc_core/heap/heap.hpp"
+#include "ipc_core/testing/crash_point.hpp"
 
 #include <gtest/gtest.h>
 
@@ -88,13 +89,6 @@ void expect_untorn(SharedDict &d) {
     }
 }
 
-const char *g_crash_step = nullptr;
-int g_crash_skip = 0; // occurrences to let pass first
-void crash_at_step(const char *step) {
-    if (g_crash_step && std::strcmp(step, g_crash_step) == 0 && g_crash_skip-- == 0)
-        ::raise(SIGKILL);
-}
-
 } // namespace
 
 TEST(SharedDict, set_get_erase_and_iterate_in_one_process) {
@@ -154,7 +148,7 @@ TEST(SharedDict, set_if_absent_keeps_the_first_value) {
 TEST(SharedDict, a_name_of_another_kind_is_refused) {
     auto h = Heap::anonymous(opts(1 << 20));
     (void)h->find_or_create_named("blk", 64, [](void *) {});
-    EXPECT_THROW(SharedDict(*h, "blk"), std::invalid_argument);
+    EXPECT_THROW(SharedDict(*h, "blk"), InvalidArgument);
 }
 
 TEST(SharedDict, a_child_at_another_address_sees_and_changes_the_same_entries) {
@@ -235,9 +229,7 @@ TEST(SharedDict, a_process_killed_at_any_step_of_an_update_leaves_no_torn_entry_
                 ::alarm(30);
                 auto mine = Heap::attach(name);
                 SharedDict cd(*mine, "d");
-                g_crash_step = step;
-                g_crash_skip = skip;
-                set_dict_step_hook(crash_at_step);
+                arm_crash_point("dict." + std::string(step), skip + 1);
                 // Replace, insert (growing the table), erase, then clear: every step occurs.
                 for (int i = 0; i < 20; ++i)
                     set(cd, "k" + std::to_string(i), value_for("k" + std::to_string(i), 1));

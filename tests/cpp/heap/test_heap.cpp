@@ -137,19 +137,19 @@ TEST(Heap, alignment_is_honoured_up_to_a_page) {
         }
     }
     h->check_invariants();
-    EXPECT_THROW((void)h->allocate(8, 3), std::invalid_argument);
-    EXPECT_THROW((void)h->allocate(8, 8192), std::invalid_argument);
+    EXPECT_THROW((void)h->allocate(8, 3), InvalidArgument);
+    EXPECT_THROW((void)h->allocate(8, 8192), InvalidArgument);
 }
 
 TEST(Heap, zero_bytes_and_bad_frees_are_refused_without_damage) {
     auto h = Heap::anonymous(opts(1 << 20));
-    EXPECT_THROW((void)h->allocate(0), std::invalid_argument);
+    EXPECT_THROW((void)h->allocate(0), InvalidArgument);
     auto off = h->allocate(100);
-    EXPECT_THROW(h->deallocate(off + 64), std::invalid_argument);
-    EXPECT_THROW(h->deallocate(3), std::invalid_argument);
-    EXPECT_THROW(h->deallocate(std::uint64_t{5} << kSegmentShift), std::invalid_argument);
+    EXPECT_THROW(h->deallocate(off + 64), InvalidArgument);
+    EXPECT_THROW(h->deallocate(3), InvalidArgument);
+    EXPECT_THROW(h->deallocate(std::uint64_t{5} << kSegmentShift), InvalidArgument);
     h->deallocate(off);
-    EXPECT_THROW(h->deallocate(off), std::invalid_argument); // double free
+    EXPECT_THROW(h->deallocate(off), InvalidArgument); // double free
     h->check_invariants();
     EXPECT_TRUE(h->all_freed());
 }
@@ -232,7 +232,7 @@ TEST(Heap, named_heap_grows_by_extension_segments_up_to_max_size) {
 TEST(Heap, anonymous_heap_refuses_growth) {
     HeapOptions o = opts(1 << 20);
     o.max_size = 2 << 20;
-    EXPECT_THROW(Heap::anonymous(o), std::invalid_argument);
+    EXPECT_THROW(Heap::anonymous(o), InvalidArgument);
 }
 
 TEST(Heap, named_objects_are_created_once_and_listed_by_kind) {
@@ -251,8 +251,8 @@ TEST(Heap, named_objects_are_created_once_and_listed_by_kind) {
     EXPECT_EQ(h->list_named(kNamedChannel).size(), 1u);
     EXPECT_EQ(h->list_named().size(), 2u);
     EXPECT_EQ(h->owner_of(off), kOwnerHeld);
-    EXPECT_THROW(h->find_or_create_named("state", 100, {}, kNamedChannel), std::invalid_argument);
-    EXPECT_THROW(h->find_or_create_named("state", 1000, {}), std::invalid_argument);
+    EXPECT_THROW(h->find_or_create_named("state", 100, {}, kNamedChannel), InvalidArgument);
+    EXPECT_THROW(h->find_or_create_named("state", 1000, {}), InvalidArgument);
     EXPECT_TRUE(h->remove_named("state"));
     EXPECT_FALSE(h->find_named("state"));
 }
@@ -278,7 +278,7 @@ TEST(Heap, transfer_changes_the_owner_and_held_blocks_survive_their_allocator) {
     EXPECT_EQ(h->owner_of(held), kOwnerHeld);
     EXPECT_FALSE(h->try_transfer(held, a->client_id(), h->client_id()));
     a.reset(); // like a death: its own blocks go back, the held one stays
-    EXPECT_THROW(h->deallocate(mine), std::invalid_argument);
+    EXPECT_THROW(h->deallocate(mine), InvalidArgument);
     EXPECT_TRUE(h->try_transfer(held, kOwnerHeld, h->client_id()));
     h->deallocate(held);
     EXPECT_TRUE(h->all_freed());

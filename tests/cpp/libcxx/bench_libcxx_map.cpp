@@ -3,8 +3,8 @@
 // offset_ptr), plus shmipc::flat_map for comparison. Built by the libc++ sub-build
 // (tests/cpp/libcxx/CMakeLists.txt) as bench_libcxx_map; run: <build>/libcxx-tests/bench_libcxx_map
 // [N]
-#include "ipc_core/heap/heap.hpp"
 #include "ipc_core/containers/stl_allocator.hpp"
+#include "ipc_core/heap/heap.hpp"
 
 #include <algorithm>
 #include <chrono>

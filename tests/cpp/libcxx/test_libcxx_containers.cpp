@@ -8,9 +8,9 @@
 // because libc++'s basic_string keeps its pointer in a union it copies as a whole, which needs a
 // trivially copyable pointer; a self-relative pointer cannot be one. Keys here are therefore
 // shmipc::vector<char> (a byte string compared like one).
-#include "ipc_core/heap/heap.hpp"
 #include "ipc_core/containers/offset_ptr.hpp"
 #include "ipc_core/containers/stl_allocator.hpp"
+#include "ipc_core/heap/heap.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,5 +1,6 @@
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/queue/message_queue.hpp"
+#include "ipc_core/testing/crash_point.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -17,6 +18,9 @@
 using namespace shmipc;
 
 namespace {
+
+const char *const kPointNames[] = {"", "queue.put.claimed", "queue.put.half", "queue.get.claimed",
+                                   "queue.get.copied"};
 
 std::string fresh(const char *tag) {
     static int n = 0;
@@ -80,17 +84,17 @@ TEST(MessageQueue, messages_come_out_in_order_and_full_and_empty_are_reported) {
 TEST(MessageQueue, a_message_larger_than_the_maximum_is_refused_and_changes_nothing) {
     auto q = MessageQueue::create(fresh("big"), 2, 8, 0600, false);
     std::string big(9, 'x');
-    EXPECT_THROW((void)q.try_put(big.data(), big.size()), std::invalid_argument);
+    EXPECT_THROW((void)q.try_put(big.data(), big.size()), InvalidArgument);
     EXPECT_EQ(q.size(), 0u);
     EXPECT_TRUE(put_str(q, "ok"));
     EXPECT_EQ(get_str(q), "ok");
 }
 
 TEST(MessageQueue, bad_sizes_are_invalid_arguments) {
-    EXPECT_THROW(MessageQueue::create(fresh("s"), 0, 8, 0600, false), std::invalid_argument);
-    EXPECT_THROW(MessageQueue::create(fresh("s"), 4, 0, 0600, false), std::invalid_argument);
+    EXPECT_THROW(MessageQueue::create(fresh("s"), 0, 8, 0600, false), InvalidArgument);
+    EXPECT_THROW(MessageQueue::create(fresh("s"), 4, 0, 0600, false), InvalidArgument);
     EXPECT_THROW(MessageQueue::create(fresh("s"), kQueueMaxCapacity + 1, 8, 0600, false),
-                 std::invalid_argument);
+                 InvalidArgument);
 }
 
 TEST(MessageQueue, a_second_handle_sees_the_same_queue_and_has_its_own_client_index) {
@@ -187,7 +191,7 @@ TEST(MessageQueue, a_producer_killed_after_claiming_a_slot_does_not_block_consum
     ASSERT_TRUE(put_str(q, "before"));
     int status = in_child([&] {
         auto c = MessageQueue::attach(name);
-        MessageQueue::set_crash_point(1, 1);
+        arm_crash_point("queue.put.claimed", 1);
         (void)put_str(c, "never seen");
     });
     ASSERT_TRUE(killed(status));
@@ -207,7 +211,7 @@ TEST(MessageQueue, a_half_written_message_is_discarded_when_its_producer_dies) {
     auto q = MessageQueue::create(name, 4, 64, 0600, false);
     int status = in_child([&] {
         auto c = MessageQueue::attach(name);
-        MessageQueue::set_crash_point(2, 1);
+        arm_crash_point("queue.put.half", 1);
         (void)put_str(c, std::string(40, 'h'));
     });
     ASSERT_TRUE(killed(status));
@@ -224,7 +228,7 @@ TEST(MessageQueue, a_consumer_killed_before_returning_a_message_hands_it_to_anot
         ASSERT_TRUE(put_str(q, "second"));
         int status = in_child([&] {
             auto c = MessageQueue::attach(name);
-            MessageQueue::set_crash_point(point, 1);
+            arm_crash_point(kPointNames[point], 1);
             (void)get_str(c, 1);
         });
         ASSERT_TRUE(killed(status)) << "crash point " << point;
@@ -269,7 +273,7 @@ TEST(MessageQueue, a_handle_that_recycles_a_dead_clients_index_repairs_its_claim
         auto c = MessageQueue::attach(name);
         std::uint32_t idx = c.client_index();
         (void)!::write(pipefd[1], &idx, sizeof idx);
-        MessageQueue::set_crash_point(1, 1); // dies holding WRITING(lap 0, idx) at the head
+        arm_crash_point("queue.put.claimed", 1); // dies holding WRITING(lap 0, idx) at the head
         (void)put_str(c, "never seen");
     });
     ::close(pipefd[1]);

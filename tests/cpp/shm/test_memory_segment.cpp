@@ -1,6 +1,6 @@
 #include "ipc_core/base/errors.hpp"
-#include "ipc_core/sync/liveness.hpp"
 #include "ipc_core/shm/memory_segment.hpp"
+#include "ipc_core/sync/liveness.hpp"
 
 #include <cstring>
 #include <fcntl.h>
@@ -57,7 +57,7 @@ TEST(MemorySegment, second_create_of_a_live_name_fails_with_eexist) {
     try {
         (void)MemorySegment::create_named(name, 4096, 0600, SegmentKind::Heap, 1, false);
         FAIL() << "expected EEXIST";
-    } catch (const std::system_error &e) {
+    } catch (const OsError &e) {
         EXPECT_EQ(e.code().value(), EEXIST);
     }
 }
@@ -83,7 +83,7 @@ TEST(MemorySegment, persistent_objects_outlive_their_owner_and_block_create) {
     { auto s = MemorySegment::create_named(name, 4096, 0600, SegmentKind::Heap, 1, true); }
     EXPECT_TRUE(exists(name));
     EXPECT_THROW((void)MemorySegment::create_named(name, 4096, 0600, SegmentKind::Heap, 1, false),
-                 std::system_error);
+                 OsError);
     EXPECT_TRUE(unlink_named(name));
     EXPECT_FALSE(unlink_named(name));
 }
@@ -115,7 +115,7 @@ TEST(MemorySegment, attach_of_a_missing_name_is_enoent) {
     try {
         (void)MemorySegment::attach_named(fresh("missing"), SegmentKind::Heap, 1, 64);
         FAIL();
-    } catch (const std::system_error &e) {
+    } catch (const OsError &e) {
         EXPECT_EQ(e.code().value(), ENOENT);
     }
 }
@@ -128,7 +128,7 @@ TEST(Liveness, an_ofd_lock_tells_a_live_holder_from_a_dead_one) {
     if (pid == 0) {
         UniqueFd own =
             UniqueFd(::open(("/proc/self/fd/" + std::to_string(s.fd())).c_str(), O_RDWR));
-        bool ok = try_lock_byte(own.get(), kSlotLockBase, true);
+        bool ok = try_lock_byte(own.get(), kClientLockBase, true);
         char c = ok ? '1' : '0';
         (void)::write(pipefd[1], &c, 1);
         ::pause();
@@ -137,10 +137,10 @@ TEST(Liveness, an_ofd_lock_tells_a_live_holder_from_a_dead_one) {
     char c = 0;
     ASSERT_EQ(::read(pipefd[0], &c, 1), 1);
     EXPECT_EQ(c, '1');
-    EXPECT_TRUE(byte_is_locked(s.fd(), kSlotLockBase));
+    EXPECT_TRUE(byte_is_locked(s.fd(), kClientLockBase));
     ::kill(pid, SIGKILL);
     ::waitpid(pid, nullptr, 0);
-    EXPECT_FALSE(byte_is_locked(s.fd(), kSlotLockBase));
+    EXPECT_FALSE(byte_is_locked(s.fd(), kClientLockBase));
     ::close(pipefd[0]);
     ::close(pipefd[1]);
 }

@@ -1,5 +1,6 @@
-#include "ipc_core/sync/liveness.hpp"
+#include "ipc_core/base/errors.hpp"
 #include "ipc_core/stream/shm_stream.hpp"
+#include "ipc_core/sync/liveness.hpp"
 
 #include <cerrno>
 #include <fcntl.h>
@@ -24,7 +25,7 @@ bool exists(const std::string &name) {
 int errno_of(auto &&f) {
     try {
         f();
-    } catch (const std::system_error &e) {
+    } catch (const OsError &e) {
         return e.code().value();
     }
     return 0;
@@ -117,9 +118,8 @@ TEST(ShmStream, release_never_removes_a_newer_object_of_the_same_name) {
 
 TEST(ShmStream, invalid_names_are_invalid_argument) {
     for (const char *bad : {"", "/", "a/b", "//a"}) {
-        EXPECT_THROW((void)create_stream(bad, 0600, false, false), std::invalid_argument) << bad;
-        EXPECT_THROW((void)open_stream(bad, StreamAccess::ReadOnly, false, false),
-                     std::invalid_argument);
+        EXPECT_THROW((void)create_stream(bad, 0600, false, false), InvalidArgument) << bad;
+        EXPECT_THROW((void)open_stream(bad, StreamAccess::ReadOnly, false, false), InvalidArgument);
     }
-    EXPECT_THROW((void)create_stream(fresh("mode"), 0170000, false, false), std::invalid_argument);
+    EXPECT_THROW((void)create_stream(fresh("mode"), 0170000, false, false), InvalidArgument);
 }
