@@ -1,5 +1,4 @@
 #include "ipc_core/base/fork_epoch.hpp"
-#include "ipc_core/sync/liveness.hpp"
 #include "testutil.hpp"
 
 #include <fcntl.h>
@@ -40,34 +39,4 @@ TEST(ForkEpoch, child_hooks_run_in_the_child_only) {
     pid_t pid = fork_child([&] { return g_hook_runs.load() == before + 1 ? 0 : 1; });
     EXPECT_EQ(wait_child(pid), 0);
     EXPECT_EQ(g_hook_runs.load(), before);
-}
-
-TEST(Liveness, a_forked_child_does_not_keep_its_parents_locks) {
-    int fd = ::memfd_create("liveness-fork", MFD_CLOEXEC);
-    ASSERT_GE(fd, 0);
-    int mine = reopen_description(fd);
-    ASSERT_TRUE(try_lock_byte(mine, kOwnerLockByte, true));
-    renew_in_fork_children(mine);
-    int other = reopen_description(fd);
-    // The child sleeps while the parent checks: the lock must be seen as the parent's alone, so
-    // it is free once the parent drops it although the child still has `mine` open.
-    auto *flag = static_cast<std::atomic<int> *>(
-        ::mmap(nullptr, 64, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-    pid_t pid = fork_child([&] {
-        flag->store(1);
-        while (flag->load() != 2)
-            ::usleep(1000);
-        return try_lock_byte(mine, kOwnerLockByte, true) ? 0 : 1; // free: the parent let go
-    });
-    while (flag->load() != 1)
-        ::usleep(1000);
-    EXPECT_TRUE(byte_is_locked(other, kOwnerLockByte));
-    forget_in_fork_children(mine);
-    ::close(mine); // the parent's only copy: its lock goes, although the child lives
-    EXPECT_FALSE(byte_is_locked(other, kOwnerLockByte));
-    flag->store(2);
-    EXPECT_EQ(wait_child(pid), 0);
-    ::munmap(flag, 64);
-    ::close(other);
-    ::close(fd);
 }

@@ -119,28 +119,3 @@ TEST(MemorySegment, attach_of_a_missing_name_is_enoent) {
         EXPECT_EQ(e.code().value(), ENOENT);
     }
 }
-
-TEST(Liveness, an_ofd_lock_tells_a_live_holder_from_a_dead_one) {
-    auto s = MemorySegment::anonymous(4096);
-    int pipefd[2];
-    ASSERT_EQ(::pipe(pipefd), 0);
-    pid_t pid = ::fork();
-    if (pid == 0) {
-        UniqueFd own =
-            UniqueFd(::open(("/proc/self/fd/" + std::to_string(s.fd())).c_str(), O_RDWR));
-        bool ok = try_lock_byte(own.get(), kClientLockBase, true);
-        char c = ok ? '1' : '0';
-        (void)::write(pipefd[1], &c, 1);
-        ::pause();
-        ::_exit(0);
-    }
-    char c = 0;
-    ASSERT_EQ(::read(pipefd[0], &c, 1), 1);
-    EXPECT_EQ(c, '1');
-    EXPECT_TRUE(byte_is_locked(s.fd(), kClientLockBase));
-    ::kill(pid, SIGKILL);
-    ::waitpid(pid, nullptr, 0);
-    EXPECT_FALSE(byte_is_locked(s.fd(), kClientLockBase));
-    ::close(pipefd[0]);
-    ::close(pipefd[1]);
-}
