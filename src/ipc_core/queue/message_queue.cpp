@@ -58,6 +58,9 @@ constexpr std::size_t kClientsOffset = kControlOffset + ((sizeof(QueueControl) +
 constexpr std::size_t kSlotsOffset =
     kClientsOffset + ((ClientTable::bytes(kQueueMaxClients) + 63) / 64) * 64;
 constexpr std::chrono::milliseconds kScanInterval{20}; // how often a waiting consumer repairs
+// A non-blocking attempt gives up after this many rounds (CAS losses, counter help): it never
+// spins unboundedly, whatever the shared counters say; the blocking caller then waits and retries.
+constexpr unsigned kMaxRounds = 1u << 16;
 // Before sleeping on the futex a waiter spins (cheap while the peer runs on the other core),
 // then yields the CPU a few times (cheap when processes outnumber cores: the peer may be the
 // one waiting for our core). Waking a sleeper costs the peer a syscall and us 20-60 us here.
@@ -163,6 +166,15 @@ struct MessageQueue::Impl {
         return clients.alive(client);
     }
 
+    // A slot can be at most one lap ahead of the position we just read (the counter moved on
+    // meanwhile); more means someone scribbled over the queue.
+    [[noreturn]] void corrupt_lap(std::uint64_t pos, std::uint64_t st) const {
+        throw CorruptSegment("message queue '" + seg.name() + "': slot " +
+                             std::to_string(pos % cap) + " is at lap " +
+                             std::to_string(lap_of(st)) + ", far ahead of position " +
+                             std::to_string(pos) + " (scribbled shared memory)");
+    }
+
     void wake_all() noexcept {
         wake_if_waiting(ctl->not_empty);
         wake_if_waiting(ctl->not_full);
@@ -189,12 +201,15 @@ struct MessageQueue::Impl {
                                   " bytes exceeds max_message_size (" + std::to_string(max_msg) +
                                   " bytes)");
         ensure_registered();
-        for (;;) {
+        seg.check_intact("message queue");
+        for (unsigned round = 0; round < kMaxRounds; ++round) {
             std::uint64_t pos = ctl->tail.load(std::memory_order_acquire);
             std::uint64_t lap = pos / cap;
             QueueSlot *s = slot(pos % cap);
             std::uint64_t st = s->state.load(std::memory_order_acquire);
             std::int64_t d = lap_diff(lap_of(st), lap);
+            if (d > 1)
+                corrupt_lap(pos, st);
             if (d == 0 && phase_of(st) == kEmpty) {
                 // SYNC POINT: acquire pairs with the consumer's release of EMPTY (it finished
                 // reading the slot's previous message before we overwrite it).
@@ -226,6 +241,7 @@ struct MessageQueue::Impl {
             if (ctl->tail.load(std::memory_order_acquire) == pos)
                 return false;
         }
+        return false; // too much contention (or scribbled counters): the caller waits and retries
     }
 
     bool put_ready() const noexcept {
@@ -261,12 +277,15 @@ struct MessageQueue::Impl {
 
     bool try_get(Sink sink, void *ctx) {
         ensure_registered();
-        for (;;) {
+        seg.check_intact("message queue");
+        for (unsigned round = 0; round < kMaxRounds; ++round) {
             std::uint64_t pos = ctl->head.load(std::memory_order_acquire);
             std::uint64_t lap = pos / cap;
             QueueSlot *s = slot(pos % cap);
             std::uint64_t st = s->state.load(std::memory_order_acquire);
             std::int64_t d = lap_diff(lap_of(st), lap);
+            if (d > 1)
+                corrupt_lap(pos, st);
             Phase ph = phase_of(st);
             if (d == 0 && ph == kFull) {
                 // SYNC POINT: acquire pairs with the producer's release of FULL.
@@ -298,6 +317,7 @@ struct MessageQueue::Impl {
             }
             return false;
         }
+        return false; // too much contention (or scribbled counters): the caller waits and retries
     }
 
     bool get_ready() const noexcept {

@@ -2,6 +2,7 @@
 
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/shm/shm_name.hpp"
+#include "ipc_core/shm/sigbus_guard.hpp"
 #include "ipc_core/sync/liveness.hpp"
 
 #include <cerrno>
@@ -66,6 +67,7 @@ MemorySegment &MemorySegment::operator=(MemorySegment &&o) noexcept {
         owner_ = std::exchange(o.owner_, false);
         persistent_ = o.persistent_;
         renewed_ = std::exchange(o.renewed_, false);
+        truncated_ = std::move(o.truncated_);
         stamp_ = o.stamp_;
         name_ = std::move(o.name_);
         dev_ = o.dev_;
@@ -93,6 +95,18 @@ void MemorySegment::set_name(const std::string &norm) {
     name_ = norm;
     dev_ = st.st_dev;
     ino_ = st.st_ino;
+    // A named file can be shrunk by anyone who may write it: never let that SIGBUS us.
+    if (data_ && !truncated_) {
+        truncated_ = std::make_unique<std::atomic<bool>>(false);
+        guard_mapping(data_, size_, truncated_.get());
+    }
+}
+
+void MemorySegment::check_intact(const char *what) const {
+    if (truncated())
+        throw CorruptSegment(std::string(what) + " '" + name_ +
+                             "' was truncated by another process (its file is shorter than its "
+                             "mapping)");
 }
 
 std::size_t MemorySegment::file_size() const {
@@ -103,6 +117,8 @@ std::size_t MemorySegment::file_size() const {
 }
 
 void MemorySegment::reset() noexcept {
+    if (data_ && truncated_)
+        unguard_mapping(data_);
     if (data_)
         ::munmap(data_, size_);
     data_ = nullptr;
@@ -122,6 +138,8 @@ void MemorySegment::reset() noexcept {
 }
 
 UniqueFd MemorySegment::release_fd() noexcept {
+    if (data_ && truncated_)
+        unguard_mapping(data_);
     if (data_)
         ::munmap(data_, size_);
     data_ = nullptr;

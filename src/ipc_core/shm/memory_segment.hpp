@@ -13,9 +13,11 @@
 #include "ipc_core/shm/reserve.hpp"
 #include "ipc_core/shm/segment_header.hpp"
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <sys/types.h>
@@ -56,6 +58,13 @@ class MemorySegment {
     }
     // The file's current size (fstat): a peer may have shrunk it. Throws OsError.
     [[nodiscard]] std::size_t file_size() const;
+    // A named mapping whose file another process shrank under us: an access beyond the new end
+    // was absorbed (shm/sigbus_guard.hpp). One relaxed load.
+    [[nodiscard]] bool truncated() const noexcept {
+        return truncated_ && truncated_->load(std::memory_order_relaxed);
+    }
+    // CorruptSegment naming `what` if truncated().
+    void check_intact(const char *what) const;
 
     // mprotect the whole mapping.
     void protect(bool writable);
@@ -80,6 +89,8 @@ class MemorySegment {
     bool owner_ = false; // we created it and hold the owner lock
     bool persistent_ = false;
     bool renewed_ = false; // fd_ registered with renew_in_fork_children
+    // Set by the SIGBUS guard of a named mapping; on the heap so moves keep its address.
+    std::unique_ptr<std::atomic<bool>> truncated_;
     ForkStamp stamp_;
     std::string name_; // normalized, for named objects
     dev_t dev_ = 0;

@@ -230,7 +230,9 @@ std::uint64_t SharedValue::write(std::uint32_t type, std::span<const std::byte> 
         throw InvalidArgument("value type tag 0 is reserved for 'never written'");
     check_write(meta, data);
     WriterLock lock(*this, deadline);
-    return write_locked(type, meta, data);
+    std::uint64_t v = write_locked(type, meta, data);
+    seg_.check_intact("SharedValue");
+    return v;
 }
 
 // ---- readers ---------------------------------------------------------------------------------
@@ -267,6 +269,7 @@ bool SharedValue::try_snapshot(ValueSnapshot &out) const {
 bool SharedValue::try_copy(const ValueSnapshot &snap, std::byte *dst) const {
     const ValueSlot &s = slot(snap.slot);
     racy_copy(dst, data_ptr(snap.slot), static_cast<std::size_t>(snap.nbytes));
+    seg_.check_intact("SharedValue"); // zeros from a page beyond a shrunk file are not a value
     // SYNC POINT: pairs with the release fence after seq turned odd in write_locked.
     std::atomic_thread_fence(std::memory_order_acquire);
     return s.seq.load(std::memory_order_relaxed) == snap.seq;

@@ -1,0 +1,93 @@
+#include "ipc_core/base/errors.hpp"
+#include "ipc_core/queue/message_queue.hpp"
+#include "ipc_core/shm/memory_segment.hpp"
+#include "ipc_core/shm/sigbus_guard.hpp"
+#include "ipc_core/value/shared_value.hpp"
+#include "testutil.hpp"
+
+#include <cstring>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <span>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+using namespace shmipc;
+using shmipc::testing::fresh_name;
+
+namespace {
+// What a hostile peer (or `open_stream(name, "wb")` by accident) does: shrink the file.
+void shrink(const std::string &name, off_t to) {
+    int fd = ::open(("/dev/shm/" + name).c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::ftruncate(fd, to), 0);
+    ::close(fd);
+}
+std::span<const std::byte> bytes_of(const std::vector<std::byte> &v) {
+    return {v.data(), v.size()};
+}
+} // namespace
+
+TEST(SigbusGuard, touching_a_shrunk_named_mapping_reads_zeros_instead_of_dying) {
+    auto name = fresh_name("bus");
+    auto s = MemorySegment::create_named(name, 1 << 20, 0600, SegmentKind::SharedValue, 99, false);
+    std::memset(s.data() + 4096, 0x5a, (1 << 20) - 4096);
+    shrink(name, 4096);
+    std::size_t before = absorbed_sigbus_faults();
+    std::vector<std::byte> copy((1 << 20) - 4096);
+    std::memcpy(copy.data(), s.data() + 4096, copy.size()); // would be SIGBUS without the guard
+    EXPECT_GT(absorbed_sigbus_faults(), before);
+    EXPECT_TRUE(s.truncated());
+    EXPECT_THROW(s.check_intact("segment"), CorruptSegment);
+    s.data()[1 << 19] = std::byte{1}; // writes land on a private page: no crash either
+}
+
+TEST(SigbusGuard, a_truncated_value_is_a_corrupt_segment_for_its_readers_and_writers) {
+    auto name = fresh_name("busv");
+    auto v = SharedValue::create(name, 1 << 20, 0600, false);
+    std::vector<std::byte> data(1 << 20, std::byte{7});
+    v->write(1, {}, bytes_of(data));
+    auto r = SharedValue::attach(name);
+    shrink(name, 4096);
+    std::vector<std::byte> out;
+    EXPECT_THROW((void)r->read([&](const ValueSnapshot &snap) {
+        out.resize(snap.nbytes);
+        return out.data();
+    }),
+                 CorruptSegment);
+    EXPECT_THROW(v->write(1, {}, bytes_of(data)), CorruptSegment);
+}
+
+TEST(SigbusGuard, a_truncated_queue_is_a_corrupt_segment_not_a_crash) {
+    auto name = fresh_name("busq");
+    auto q = MessageQueue::create(name, 64, 4096, 0600, false);
+    auto other = MessageQueue::attach(name);
+    shrink(name, 8192);
+    std::string msg(3000, 'x');
+    bool failed_cleanly = false;
+    for (int i = 0; i < 64 && !failed_cleanly; ++i) {
+        try {
+            (void)other.try_put(msg.data(), msg.size());
+        } catch (const CorruptSegment &) {
+            failed_cleanly = true;
+        }
+    }
+    EXPECT_TRUE(failed_cleanly);
+}
+
+TEST(SigbusGuard, an_unguarded_address_still_gets_the_previous_behaviour) {
+    // Guarding one mapping must not swallow faults elsewhere: a private mapping of a shrunk
+    // memfd still dies of SIGBUS, in a child.
+    pid_t pid = shmipc::testing::fork_child([] {
+        auto name = fresh_name("busx");
+        auto s = MemorySegment::create_named(name, 8192, 0600, SegmentKind::SharedValue, 99, false);
+        int fd = ::memfd_create("x", MFD_CLOEXEC);
+        (void)::ftruncate(fd, 8192);
+        auto *p = static_cast<volatile char *>(
+            ::mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+        (void)::ftruncate(fd, 0);
+        return p[4096]; // SIGBUS
+    });
+    EXPECT_EQ(shmipc::testing::wait_child(pid), 128 + SIGBUS);
+}
