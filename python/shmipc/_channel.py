@@ -252,7 +252,13 @@ class Channel(_core.ChannelCore):
             raise ValueError("Channel is closed")
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None and not self.closed:
+            # An exception inside `with`: the stream did not end well. The receiver drains what
+            # was sent, then gets PeerDiedError (not a clean EOFError).
+            _open.discard(self)
+            self._abort()
+            return
         self.close()
 
     def __repr__(self) -> str:

@@ -443,6 +443,7 @@ void bind_channel(py::module_ &m) {
             },
             py::arg("timeout") = 0.0)
         .def("_release", [](ChannelCore &s) { s.get().release(); })
+        .def("_abort", [](ChannelCore &s) { s.get().abort(); })
         .def("_close", [](ChannelCore &s) { s.close(); });
     g_core_type = reinterpret_cast<PyTypeObject *>(cls.ptr());
     for (PyMethodDef &def : g_fast_methods) {

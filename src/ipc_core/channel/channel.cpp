@@ -35,6 +35,10 @@ RegistryKey key_of(const Heap &h, std::uint64_t off, ChannelRole r) {
 
 std::atomic<std::uint32_t> g_token_serial{0};
 
+// The claim token of an endpoint that went away without ending the stream (a real token is
+// pid << 32 | serial, never 1).
+constexpr std::uint64_t kDepartedToken = 1;
+
 std::uint64_t make_token() {
     // pid for diagnostics, a serial so two claims in one process differ; never 0.
     std::uint32_t serial = g_token_serial.fetch_add(1, std::memory_order_relaxed) + 1;
@@ -154,7 +158,8 @@ Channel::Channel(Heap &heap, std::string name, std::uint64_t offset, ChannelCont
       geometry_(spsc_ring_geometry(&ctl->ring)) {}
 
 Channel::~Channel() {
-    release();
+    // Dropped without close(): like a process that exits without closing its end of a pipe.
+    release(/*departed=*/true);
 }
 
 void Channel::check_open() const {
@@ -219,15 +224,18 @@ void Channel::ensure_role(ChannelRole role) {
     claim(role);
 }
 
-void Channel::release() {
+void Channel::release(bool departed) {
     std::lock_guard g(g_registry_mu);
     forget_role_after_fork();
     if (role_ == ChannelRole::None)
         return;
-    // Clear the token before unlocking: a peer that sees the lock free with a token still set
-    // would think we died.
+    // Before unlocking: token 0 says "left cleanly, another endpoint may come" (an explicit
+    // hand-over); kDepartedToken says "gone without ending the stream", which the peer treats
+    // like a death (channels end like pipes). A peer that sees the lock free with our real token
+    // still set would think we died, which is also right for the departed case.
     std::uint64_t mine = token_;
-    token_word(ctl_, role_).compare_exchange_strong(mine, 0, std::memory_order_acq_rel);
+    token_word(ctl_, role_)
+        .compare_exchange_strong(mine, departed ? kDepartedToken : 0, std::memory_order_acq_rel);
     unlock_byte(heap_.lock_fd(), lock_byte(offset_, role_));
     registry().erase(key_of(heap_, offset_, role_));
     role_ = ChannelRole::None;
@@ -251,9 +259,26 @@ void Channel::close() {
     std::lock_guard g(mu_);
     if (closed_)
         return;
-    if (role_ == ChannelRole::Sender)
+    // The sender's close ends the stream (the receiver drains, then EOF); a receiver's close
+    // means nobody reads any more: a sender blocked on a full ring gets PeerDied.
+    const bool sender = role_ == ChannelRole::Sender;
+    if (sender)
         producer_.close();
-    release();
+    release(/*departed=*/!sender);
+    closed_ = true;
+}
+
+void Channel::abort() {
+    closing_.store(true, std::memory_order_relaxed);
+    notify_all(ctl_->ring.not_empty);
+    notify_all(ctl_->ring.not_full);
+    std::lock_guard g(mu_);
+    if (closed_)
+        return;
+    // No end-of-stream mark: the peer drains what was sent, then gets PeerDied, as if we died.
+    release(/*departed=*/true);
+    notify_all(ctl_->ring.not_empty);
+    notify_all(ctl_->ring.not_full);
     closed_ = true;
 }
 
@@ -265,9 +290,23 @@ void Channel::peer_died(ChannelRole peer) {
     // Free what the dead process held (blocks it had received, its caches); best effort.
     try {
         (void)heap_.reap_dead_clients();
+        if (peer == ChannelRole::Sender)
+            free_inflight();
     } catch (...) {
     }
-    throw PeerDied("the " + std::string(role_name(peer)) + " of channel '" + name_ + "' died");
+    throw PeerDied("the " + std::string(role_name(peer)) + " of channel '" + name_ +
+                   "' is gone (it died or left without closing the stream)");
+}
+
+void Channel::free_inflight() {
+    // Called by the receiver once the ring is drained and the sender is gone: a block the sender
+    // handed to the heap but never pushed is still named here, held by nobody. (A pushed one was
+    // cleared when we popped it.) Only a block still held by the heap is ours to free.
+    for (auto *w : {&ctl_->inflight_block, &ctl_->inflight_meta}) {
+        std::uint64_t off = w->exchange(0, std::memory_order_acq_rel);
+        if (off && heap_.try_transfer(off, kOwnerHeld, heap_.client_id()))
+            heap_.deallocate(off);
+    }
 }
 
 template <class Ready>
@@ -341,11 +380,17 @@ bool Channel::push_record(const RingRecord &rec, const Deadline &deadline) {
     // room we saw (we are the only producer).
     if (!wait_for_room(deadline))
         return false;
+    // SYNC POINT: release, pairs with the acq_rel exchange in free_inflight: whoever finds the
+    // sender dead sees which blocks were on their way (killed between transfer and push).
+    ctl_->inflight_block.store(rec.offset, std::memory_order_release);
+    ctl_->inflight_meta.store(rec.aux, std::memory_order_release);
     heap_.transfer(rec.offset, kOwnerHeld);
     if (rec.aux)
         heap_.transfer(rec.aux, kOwnerHeld);
     const bool pushed = producer_.try_push(rec);
     (void)pushed; // room was checked above and only this handle pushes
+    ctl_->inflight_block.store(0, std::memory_order_relaxed);
+    ctl_->inflight_meta.store(0, std::memory_order_relaxed);
     return true;
 }
 
@@ -521,6 +566,13 @@ ChannelMessage Channel::take(const RingRecord &rec) {
     m.offset = rec.offset;
     m.length = rec.length;
     m.kind = static_cast<RecordKind>(rec.tag);
+    // A sender killed right after its push never cleared these: the block is delivered, not
+    // in flight.
+    std::uint64_t x = rec.offset;
+    ctl_->inflight_block.compare_exchange_strong(x, 0, std::memory_order_acq_rel);
+    x = rec.aux;
+    if (x)
+        ctl_->inflight_meta.compare_exchange_strong(x, 0, std::memory_order_acq_rel);
     try {
         if (!heap_.try_transfer(rec.offset, kOwnerHeld, heap_.client_id()))
             throw CorruptSegment("channel '" + name_ + "' delivered a block it did not hold");
@@ -551,6 +603,9 @@ ChannelMessage Channel::recv(const Deadline &deadline) {
     std::lock_guard g(mu_);
     ensure_role(ChannelRole::Receiver);
     wait_for_record(deadline);
+    // What can fail for lack of resources (mapping a segment the sender's side grew: EMFILE)
+    // happens before the pop, so a failed receive leaves the record queued.
+    heap_.map_all_segments();
     RingRecord rec{};
     const bool popped = consumer_.try_pop(rec);
     (void)popped; // wait_for_record saw it and only this handle pops
@@ -562,6 +617,7 @@ std::optional<ChannelMessage> Channel::try_recv() {
     if (!g)
         return std::nullopt; // another thread is inside this handle
     ensure_role(ChannelRole::Receiver);
+    heap_.map_all_segments(); // before the pop (see recv)
     RingRecord rec{};
     if (!consumer_.try_pop(rec)) {
         if (consumer_.closed_and_empty())
@@ -589,6 +645,7 @@ std::size_t Channel::recv_many_impl(std::size_t max, const Deadline *deadline, S
             throw EndOfStream("channel '" + name_ + "' was closed by its sender");
         return 0;
     }
+    heap_.map_all_segments(); // before any pop (see recv)
     constexpr std::size_t kBatch = 256;
     RingRecord recs[kBatch];
     std::size_t done = 0;

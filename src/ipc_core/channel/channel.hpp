@@ -51,7 +51,7 @@
 namespace shmipc {
 
 inline constexpr std::uint64_t kChannelMagic = 0x314c4e4e41484353ULL; // "SCHANNL1" little endian
-inline constexpr std::uint32_t kChannelLayoutVersion = 1;
+inline constexpr std::uint32_t kChannelLayoutVersion = 2;             // 2: in-flight blocks
 
 // What a record carries (RingRecord::tag).
 enum class RecordKind : std::uint32_t {
@@ -66,12 +66,18 @@ struct alignas(kCacheLine) ChannelControl {
     std::atomic<std::uint64_t> sender;   // claim token of the live sender; 0 = none
     std::atomic<std::uint64_t> receiver; // claim token of the live receiver; 0 = none
     std::uint64_t lock_index; // diagnostics: the liveness bytes are derived from the offset
-    std::uint64_t reserved1[3];
+    std::atomic<std::uint64_t> inflight_block; // sender: handed to the heap, not yet pushed
+    std::atomic<std::uint64_t> inflight_meta;  // its metadata block
+    std::uint64_t reserved1;
     SpscRingControl ring; // followed by its slots
 };
 static_assert(std::is_standard_layout_v<ChannelControl>);
 static_assert(sizeof(ChannelControl) == kCacheLine + sizeof(SpscRingControl));
 static_assert(offsetof(ChannelControl, ring) == kCacheLine);
+static_assert(offsetof(ChannelControl, sender) == 16 && offsetof(ChannelControl, receiver) == 24);
+static_assert(offsetof(ChannelControl, lock_index) == 32);
+static_assert(offsetof(ChannelControl, inflight_block) == 40);
+static_assert(offsetof(ChannelControl, inflight_meta) == 48);
 
 enum class ChannelRole : int { None = -1, Sender = 0, Receiver = 1 };
 
@@ -191,7 +197,13 @@ class Channel {
     [[nodiscard]] const std::string &name() const noexcept { return name_; }
     [[nodiscard]] bool closed() const noexcept { return closed_; }
     // Releases the role without ending the stream (the handle may claim a role again).
-    void release();
+    // departed=false: a hand-over (another endpoint may come; the peer keeps waiting);
+    // departed=true: gone for good (the peer, once it drained, gets PeerDied: the destructor,
+    // a receiver's close(), abort()).
+    void release(bool departed = false);
+    // Ends this endpoint as a failure, not as the end of the stream: the peer drains what was
+    // sent, then gets PeerDied (an exception inside a `with` block). The handle is closed.
+    void abort();
     // Forgets the role without touching the heap, for when the heap handle was closed first
     // (its lock fd, and so the liveness lock, is gone already). The handle is closed.
     void abandon() noexcept;
@@ -231,6 +243,7 @@ class Channel {
     bool push_record(const RingRecord &rec, const Deadline &deadline);
     bool wait_for_room(const Deadline &deadline); // false on timeout
     void check_stream_open() const;
+    void free_inflight();
     void wait_for_record(const Deadline &deadline);
 
     Heap &heap_;

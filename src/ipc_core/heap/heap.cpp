@@ -911,6 +911,12 @@ void *Heap::to_ptr(std::uint64_t off) {
     return b + local;
 }
 
+void Heap::map_all_segments() {
+    std::uint32_t n = ctl_->segment_count.load(std::memory_order_acquire);
+    for (std::uint32_t i = 1; i < n && i < kMaxSegments; ++i)
+        (void)to_ptr(make_off(i, first_header_at(sizeof(SegmentHeader))));
+}
+
 std::uint64_t Heap::to_offset(const void *p) const {
     auto *c = static_cast<const std::byte *>(p);
     for (std::size_t s = 0; s < kMaxSegments; ++s) {

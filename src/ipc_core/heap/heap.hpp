@@ -181,6 +181,10 @@ class Heap {
     // Pointer in this process for a heap offset (maps a segment grown by another process on
     // first use). Throws InvalidArgument for an offset outside every segment.
     [[nodiscard]] void *to_ptr(std::uint64_t off);
+    // Maps every segment the heap has now (an extension another process added needs an fd:
+    // OsError EMFILE at the fd limit). Callers that must not fail half-way (a channel receive
+    // that has popped its record) call this first.
+    void map_all_segments();
     // Offset of a pointer into one of this process's mappings (InvalidArgument otherwise).
     [[nodiscard]] std::uint64_t to_offset(const void *p) const;
     [[nodiscard]] std::byte *base() const noexcept { return primary_.data(); }
