@@ -44,7 +44,12 @@ def put_then_report(q: shmipc.MessageQueue, result: Any) -> None:
 def crash_at(name: str, point: int, action: str, payload: bytes) -> None:
     """SIGKILLs itself at an engine crash point while putting or getting."""
     q = shmipc.MessageQueue.attach(name)
-    names = {1: "queue.put.claimed", 2: "queue.put.half", 3: "queue.get.claimed", 4: "queue.get.copied"}
+    names = {
+        1: "queue.put.claimed",
+        2: "queue.put.half",
+        3: "queue.get.claimed",
+        4: "queue.get.copied",
+    }
     shmipc._core._arm_crash_point(names[point], 1)
     if action == "put":
         q.put_bytes(payload, timeout=10)

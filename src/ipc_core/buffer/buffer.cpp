@@ -2,7 +2,9 @@
 
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/base/fork_epoch.hpp"
+#include "ipc_core/buffer/fd_passing.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -10,6 +12,7 @@
 #include <mutex>
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,6 +33,7 @@ class Pool {
         static Pool *p = [] {
             auto *pool = new Pool(); // never destroyed: buffers may outlive static destruction
             on_fork_child([] { Pool::instance().forget_after_fork(); });
+            set_fd_pressure_hook([] { Pool::instance().clear(); });
             return pool;
         }();
         return *p;
@@ -77,7 +81,8 @@ class Pool {
                 return;
             entries_.push_front(PoolEntry{std::move(seg), st.st_dev, st.st_ino, reusable});
             bytes_ += size;
-            while (bytes_ > limit_ || entries_.size() > kMaxEntries) {
+            const std::size_t max_entries = max_idle_fds();
+            while (bytes_ > limit_ || entries_.size() > max_entries) {
                 bytes_ -= entries_.back().seg.size();
                 evicted.push_back(std::move(entries_.back()));
                 entries_.pop_back();
@@ -118,6 +123,14 @@ class Pool {
     }
 
     static constexpr std::size_t kMaxEntries = 64;
+    // Every idle entry keeps an fd open: never more than a sixteenth of the process's fd limit,
+    // so the pool alone cannot push the user's own open() into EMFILE.
+    static std::size_t max_idle_fds() noexcept {
+        struct rlimit rl {};
+        if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+            return kMaxEntries;
+        return std::min<std::size_t>(kMaxEntries, static_cast<std::size_t>(rl.rlim_cur / 16));
+    }
     std::mutex mu_;
     std::deque<PoolEntry> entries_;
     std::size_t bytes_ = 0;
@@ -148,7 +161,15 @@ std::unique_ptr<Buffer> Buffer::create(std::size_t nbytes, bool zero) {
         if (zero)
             std::memset(seg.data(), 0, nbytes);
     } else {
-        seg = MemorySegment::anonymous(mapped, "shmipc-buffer");
+        try {
+            seg = MemorySegment::anonymous(mapped, "shmipc-buffer");
+        } catch (const OsError &e) {
+            if (e.err() != EMFILE && e.err() != ENFILE)
+                throw;
+            // Out of fds: our idle buffers hold some; give them back and try once more.
+            Pool::instance().clear();
+            seg = MemorySegment::anonymous(mapped, "shmipc-buffer");
+        }
     }
     b->seg_ = std::move(seg);
     b->nbytes_ = nbytes;
@@ -162,13 +183,17 @@ std::unique_ptr<Buffer> Buffer::adopt(UniqueFd fd, std::size_t nbytes, std::size
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0)
         throw_errno("fstat");
-    MemorySegment seg = Pool::instance().take_by_file(st.st_dev, st.st_ino, file_size);
+    // Map what was announced (a sender's file may be far larger, even sparse: mapping all of it
+    // could exhaust the address space), never more than the file.
+    const std::size_t mapped =
+        std::min(round_up(std::max<std::size_t>(nbytes, 1), page_size()), file_size);
+    MemorySegment seg = Pool::instance().take_by_file(st.st_dev, st.st_ino, mapped);
     if (seg.data()) {
         // Our old mapping of the same file: keep it (warm pages), drop the duplicate fd.
         if (seg.writable() != !write_sealed)
             seg.protect(!write_sealed);
     } else {
-        seg = MemorySegment::map_fd(std::move(fd), file_size, !write_sealed);
+        seg = MemorySegment::map_fd(std::move(fd), mapped, !write_sealed);
     }
     b->seg_ = std::move(seg);
     b->nbytes_ = nbytes;
@@ -186,8 +211,9 @@ std::unique_ptr<Buffer> Buffer::share(UniqueFd fd, std::size_t nbytes) {
     if (static_cast<std::size_t>(st.st_size) < nbytes)
         throw CorruptSegment("shared fd too small");
     std::unique_ptr<Buffer> b(new Buffer());
-    b->seg_ =
-        MemorySegment::map_fd(std::move(fd), static_cast<std::size_t>(st.st_size), !write_sealed);
+    const std::size_t mapped = std::min(round_up(std::max<std::size_t>(nbytes, 1), page_size()),
+                                        static_cast<std::size_t>(st.st_size));
+    b->seg_ = MemorySegment::map_fd(std::move(fd), mapped, !write_sealed);
     b->nbytes_ = nbytes;
     b->sealed_ = write_sealed;
     b->writable_ = !write_sealed;

@@ -2,6 +2,8 @@
 
 #include "ipc_core/base/errors.hpp"
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -9,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <system_error>
+#include <unistd.h>
 #include <vector>
 
 namespace shmipc {
@@ -35,7 +38,55 @@ void check_unix(int sock) {
         throw InvalidArgument("fd passing needs an AF_UNIX socket");
 }
 
+std::atomic<void (*)()> g_fd_pressure_hook{nullptr};
+
+// Receiving an fd needs a free descriptor slot: at the fd limit the kernel drops the fd
+// (MSG_CTRUNC) after we consumed the message's bytes, and the message is lost. So check that
+// there is room for every fd a message may carry first (dups of `sock`, closed again at once);
+// if not, let the buffer pool give back its idle fds and look again. Without room: EMFILE, and
+// the message stays queued. (Another thread can still take the room in between; best effort.)
+void ensure_fd_room(int sock) {
+    for (int attempt = 0; attempt < 2; ++attempt) {
+        int got[kMaxFdsAccepted];
+        int n = 0;
+        for (; n < kMaxFdsAccepted; ++n) {
+            got[n] = ::fcntl(sock, F_DUPFD_CLOEXEC, 0);
+            if (got[n] < 0)
+                break;
+        }
+        int err = errno;
+        for (int i = 0; i < n; ++i)
+            ::close(got[i]);
+        if (n == kMaxFdsAccepted)
+            return;
+        if (err != EMFILE && err != ENFILE)
+            throw_errno(err, "fcntl(F_DUPFD_CLOEXEC)");
+        if (auto hook = g_fd_pressure_hook.load(std::memory_order_acquire); hook && attempt == 0)
+            hook();
+        else
+            break;
+    }
+    throw OsError(EMFILE, "no free file descriptor to receive a buffer into (the message stays "
+                          "queued; close some files, or raise RLIMIT_NOFILE)");
+}
+
+// The first bytes of a stream message are the wire header: bytes that cannot start one are
+// garbage at once, not a reason to wait for the rest.
+void check_header_prefix(const char *p, std::size_t n) {
+    const std::uint32_t magic = kWireMagic;
+    const std::uint16_t version = kWireVersion;
+    char expect[6];
+    std::memcpy(expect, &magic, 4);
+    std::memcpy(expect + 4, &version, 2);
+    if (std::memcmp(p, expect, std::min<std::size_t>(n, sizeof expect)) != 0)
+        throw CorruptSegment("not a shmipc message (bad magic)");
+}
+
 } // namespace
+
+void set_fd_pressure_hook(void (*hook)()) noexcept {
+    g_fd_pressure_hook.store(hook, std::memory_order_release);
+}
 
 void wait_fd(int fd, bool for_write, const Deadline &deadline) {
     for (;;) {
@@ -159,6 +210,7 @@ void read_exact_stream(int sock, char *p, std::size_t n, const Deadline &deadlin
 
 FdMessage recv_fd_message(int sock, const Deadline &deadline) {
     int type = socket_type(sock);
+    check_unix(sock); // a TCP socket: refused before a byte is consumed
     const bool stream = type == SOCK_STREAM;
     std::vector<char> data(stream ? sizeof(WireHeader)
                                   : sizeof(WireHeader) + kMaxMetaBytes + kMaxDescBytes + 1);
@@ -173,6 +225,7 @@ FdMessage recv_fd_message(int sock, const Deadline &deadline) {
         msg.msg_iovlen = 1;
         msg.msg_control = ctrl;
         msg.msg_controllen = sizeof ctrl;
+        ensure_fd_room(sock);
         n = ::recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (n >= 0) {
             fds = take_fds(msg);
@@ -202,10 +255,11 @@ FdMessage recv_fd_message(int sock, const Deadline &deadline) {
         throw CorruptSegment(fds.empty() ? "message carries no fd"
                                          : "message carries " + std::to_string(fds.size()) +
                                                " fds, expected 1");
-    if (stream && static_cast<std::size_t>(n) < sizeof(WireHeader))
+    if (stream && static_cast<std::size_t>(n) < sizeof(WireHeader)) {
+        check_header_prefix(data.data(), static_cast<std::size_t>(n));
         read_exact_stream(sock, data.data() + n, sizeof(WireHeader) - static_cast<std::size_t>(n),
                           deadline);
-    else if (!stream && static_cast<std::size_t>(n) < sizeof(WireHeader))
+    } else if (!stream && static_cast<std::size_t>(n) < sizeof(WireHeader))
         throw CorruptSegment("short message");
 
     WireHeader h{};

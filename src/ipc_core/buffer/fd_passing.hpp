@@ -45,11 +45,17 @@ struct FdMessage {
     std::string desc;
 };
 
-// Receives one message. EndOfStream if the peer closed, Timeout when the deadline passes,
+// Receives one message. InvalidArgument for a socket that is not AF_UNIX (nothing consumed);
+// OsError EMFILE when no fd could be received (nothing consumed); EndOfStream if the peer closed,
+// Timeout when the deadline passes,
 // CorruptSegment for garbage (wrong header, no fd, extra fds, MSG_CTRUNC, an fd that is not a
 // memfd sealed against shrinking, or smaller than announced). Every received fd is owned before
 // anything can fail, so none leaks.
 [[nodiscard]] FdMessage recv_fd_message(int sock, const Deadline &deadline);
+
+// Called when a receive finds no free fd slot, before it gives up with EMFILE (the buffer pool
+// registers itself: it gives back the fds of its idle buffers).
+void set_fd_pressure_hook(void (*hook)()) noexcept;
 
 // Waits until the fd is readable (or writable); throws Timeout, runs check_interrupt().
 void wait_fd(int fd, bool for_write, const Deadline &deadline);

@@ -302,9 +302,16 @@ struct MessageQueue::Impl {
             }
             if (ctl->head.load(std::memory_order_acquire) != pos)
                 continue; // stale head
-            if (d == 0 && ph == kWriting && !alive(client_of(st))) {
-                discard(s, st);
-                continue;
+            if (d == 0 && ph == kWriting) {
+                if (!alive(client_of(st))) {
+                    discard(s, st);
+                    continue;
+                }
+                // A live producer is still writing the head message (or is stopped: SIGSTOP):
+                // messages committed behind it are not held hostage. Per-producer order holds
+                // (a producer finishes one message before it claims the next).
+                if (take_ahead(pos, sink, ctx))
+                    return true;
             }
             // Empty (or the next message is still being written): maybe a dead consumer
             // left one behind.
@@ -324,7 +331,47 @@ struct MessageQueue::Impl {
         std::uint64_t pos = ctl->head.load(std::memory_order_acquire);
         std::uint64_t st = slot(pos % cap)->state.load(std::memory_order_acquire);
         std::int64_t d = lap_diff(lap_of(st), pos / cap);
-        return d > 0 || (d == 0 && (phase_of(st) == kFull || phase_of(st) == kReading));
+        if (d > 0 || (d == 0 && (phase_of(st) == kFull || phase_of(st) == kReading)))
+            return true;
+        return d == 0 && phase_of(st) == kWriting && committed_ahead(pos) != kNone;
+    }
+
+    static constexpr std::uint64_t kNone = ~std::uint64_t{0};
+
+    // The first position after `head` (up to the tail, at most one lap) whose message is
+    // committed (FULL of its lap), or kNone.
+    std::uint64_t committed_ahead(std::uint64_t head) const noexcept {
+        std::uint64_t tail = ctl->tail.load(std::memory_order_acquire);
+        std::uint64_t n = tail - head;
+        if (n > cap)
+            n = cap; // a scribbled tail: never look further than one lap
+        for (std::uint64_t k = 1; k < n; ++k) {
+            std::uint64_t pos = head + k;
+            std::uint64_t st = slot(pos % cap)->state.load(std::memory_order_acquire);
+            if (phase_of(st) == kFull && lap_diff(lap_of(st), pos / cap) == 0)
+                return pos;
+        }
+        return kNone;
+    }
+
+    // Claims and delivers a committed message behind a head still being written. The head
+    // counter stays where it is; it skips the taken slot later (EMPTY of the next lap).
+    bool take_ahead(std::uint64_t head, Sink sink, void *ctx) {
+        for (int attempt = 0; attempt < 4; ++attempt) {
+            std::uint64_t pos = committed_ahead(head);
+            if (pos == kNone)
+                return false;
+            QueueSlot *s = slot(pos % cap);
+            std::uint64_t st = s->state.load(std::memory_order_acquire);
+            const std::uint64_t lap = pos / cap;
+            if (phase_of(st) != kFull || lap_diff(lap_of(st), lap) != 0)
+                continue;
+            // SYNC POINT: acquire pairs with the producer's release of FULL.
+            if (s->state.compare_exchange_strong(st, make_state(lap, kReading, me),
+                                                 std::memory_order_acquire))
+                return deliver(s, lap, sink, ctx);
+        }
+        return false;
     }
 
     // ---- repair of dead clients' claims ---------------------------------------------------

@@ -293,3 +293,28 @@ TEST(MessageQueue, a_handle_that_recycles_a_dead_clients_index_repairs_its_claim
     ASSERT_TRUE(put_str(q, "after"));
     EXPECT_EQ(get_str(q, 2), "after");
 }
+
+TEST(MessageQueue, a_stopped_producer_does_not_hold_the_messages_behind_it_hostage) {
+    std::string name = fresh("stall");
+    auto q = MessageQueue::create(name, 16, 64, 0600, false);
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        auto mine = MessageQueue::attach(name);
+        arm_crash_point("queue.put.half", 1, CrashAction::Stall); // stops holding WRITING
+        (void)put_str(mine, "stuck");
+        ::_exit(1);
+    }
+    // Wait until the child holds the head slot half written.
+    for (int i = 0; i < 30000 && q.size() == 0; ++i)
+        ::usleep(100);
+    ASSERT_EQ(q.size(), 1u) << "the child claimed the head slot";
+    for (int i = 0; i < 4; ++i)
+        ASSERT_TRUE(put_str(q, "m" + std::to_string(i)));
+    for (int i = 0; i < 4; ++i)
+        EXPECT_EQ(get_str(q, 5.0), "m" + std::to_string(i)) << "delivered past the stuck head";
+    EXPECT_FALSE(get_str(q, 0.05).has_value()) << "the half-written message is never delivered";
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    ASSERT_TRUE(put_str(q, "after"));
+    EXPECT_EQ(get_str(q, 5.0), "after") << "the dead writer's slot is discarded";
+}
