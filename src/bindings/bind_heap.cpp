@@ -569,12 +569,9 @@ void bind_heap(py::module_ &m) {
              })
         .def("_lock_for_crash_test",
              [](PyHeap &h) {
-                 // Test hook: takes the heap's robust lock and never gives it back, so a test
-                 // can SIGKILL a process "inside the allocator". HeapControl::mutex is at byte
-                 // 64 of the control block (static_assert in heap.cpp).
-                 auto *mu = reinterpret_cast<pthread_mutex_t *>(h.get().base() +
-                                                                sizeof(SegmentHeader) + 64);
-                 ::pthread_mutex_lock(mu);
+                 // Test hook: takes the heap's lock and never gives it back, so a test can
+                 // SIGKILL a process "inside the allocator".
+                 h.get().hold_lock_for_tests();
              })
         .def("_adopt", [](py::object self, std::uint64_t offset,
                           std::size_t nbytes) { return make_block(self, offset, nbytes, true); })

@@ -24,7 +24,7 @@ def test_a_receiver_at_its_fd_limit_gets_emfile_and_loses_no_buffer(
 ) -> None:
     a, b = socket.socketpair()
     q = spawn.Queue()
-    p = spawn.Process(target=w.recv_at_the_fd_limit, args=(b.fileno(), 50, q))
+    p = spawn.Process(target=w.recv_at_the_fd_limit, args=(b, 50, q))
     p.start()
     b.close()
     for i in range(50):

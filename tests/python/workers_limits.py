@@ -10,10 +10,10 @@ from typing import Any
 import shmipc
 
 
-def recv_at_the_fd_limit(fd: int, count: int, q: Any) -> None:
+def recv_at_the_fd_limit(sock: socket.socket, count: int, q: Any) -> None:
     """Fills every free fd slot, tries to receive (EMFILE expected, nothing lost), then frees the
-    slots and receives all `count` buffers; reports what it saw."""
-    sock = socket.socket(fileno=fd)
+    slots and receives all `count` buffers; reports what it saw. (`sock` travels by fd:
+    multiprocessing pickles sockets with DupFd.)"""
     resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
     hogs = []
     try:

@@ -79,6 +79,11 @@ class Pool {
             std::lock_guard lk(mu_);
             if (size > limit_)
                 return;
+            // One mapping per file: a second one (a sender that reuses its memfd for many
+            // messages) would keep the file mapped writable twice, and seal() would refuse.
+            for (const auto &e : entries_)
+                if (e.dev == st.st_dev && e.ino == st.st_ino)
+                    return;
             entries_.push_front(PoolEntry{std::move(seg), st.st_dev, st.st_ino, reusable});
             bytes_ += size;
             const std::size_t max_entries = max_idle_fds();

@@ -73,7 +73,10 @@ UniqueFd create_stream(std::string_view name, mode_t mode, bool persistent, bool
         throw_errno("fcntl(O_APPEND)");
     publish_named(tmp, norm, replaceable_stream);
     guard.armed = false;
-    renew_in_fork_children(fd.get()); // a forked child must not keep our owner lock
+    // Not registered for renewal in fork children (sync/liveness.hpp): the fd goes to the caller
+    // (a Python file object closes it), so no one here could unregister it, and a later fd of the
+    // same number would be replaced in every forked child. A forked child keeps the owner lock
+    // until it closes its copy or exits: the name is then replaced only once both are gone.
     return fd;
 }
 

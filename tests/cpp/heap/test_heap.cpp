@@ -1,5 +1,6 @@
 // The shared heap, Boost.Interprocess-style: exhaust it, free in direct / inverse / mixed order,
 // and interrogate it (check_invariants, free_bytes, all_freed); then threads and processes.
+#include "heap/heap_helpers.hpp"
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/heap/heap.hpp"
 
@@ -47,6 +48,8 @@ std::vector<std::uint64_t> exhaust(Heap &h) {
     }
     return blocks;
 }
+
+using shmipc::testing::header_at;
 
 void fill(Heap &h, std::uint64_t off, std::size_t n, unsigned char v) {
     std::memset(h.to_ptr(off), v, n);
@@ -404,9 +407,7 @@ TEST(Heap, a_process_killed_inside_the_allocator_does_not_block_the_others) {
         auto c = Heap::attach(name, false);
         (void)c->allocate(5000);
         // Simulate dying in the middle: take the heap lock and never give it back.
-        auto *ctl = reinterpret_cast<pthread_mutex_t *>(c->base() + sizeof(SegmentHeader) +
-                                                        64); // HeapControl::mutex is at offset 64
-        ::pthread_mutex_lock(ctl);
+        c->hold_lock_for_tests();
         ::raise(SIGKILL);
         ::_exit(3);
     }
@@ -472,4 +473,291 @@ TEST(Heap, blocks_allocated_in_one_thread_and_freed_concurrently_in_another_are_
     h->flush_thread_caches();
     h->check_invariants();
     EXPECT_TRUE(h->all_freed());
+}
+
+// --- the robust lock -------------------------------------------------------------------------
+
+namespace {
+using shmipc::testing::control_of;
+using shmipc::testing::corrupt_or_fine;
+using shmipc::testing::expect_in_child;
+using shmipc::testing::fork_child;
+using shmipc::testing::links_at;
+using shmipc::testing::must_be_corrupt;
+using shmipc::testing::Signal;
+using shmipc::testing::wait_child;
+
+bool name_exists(const std::string &name) {
+    return ::access(("/dev/shm/" + name).c_str(), F_OK) == 0;
+}
+} // namespace
+
+TEST(Heap, a_stopped_process_holding_the_lock_makes_every_locking_call_time_out_not_hang) {
+    auto name = fresh("stopped");
+    auto h = Heap::create(name, opts(1 << 20, false));
+    auto mine = h->allocate(100);
+    Signal locked;
+    pid_t pid = fork_child([&] {
+        auto c = Heap::attach(name, false);
+        c->hold_lock_for_tests();
+        locked.post();
+        ::raise(SIGSTOP);
+        return 0;
+    });
+    ASSERT_TRUE(locked.wait());
+    EXPECT_THROW((void)h->allocate(100, Deadline(0.3)), Timeout);
+    EXPECT_THROW(h->deallocate(mine, Deadline(0.1)), Timeout);
+    EXPECT_THROW((void)h->stats(Deadline(0.1)), Timeout);
+    EXPECT_THROW((void)h->free_bytes(Deadline(0.1)), Timeout);
+    EXPECT_THROW((void)h->all_freed(Deadline(0.1)), Timeout);
+    EXPECT_THROW(h->check_invariants(Deadline(0.1)), Timeout);
+    EXPECT_THROW(h->flush_thread_caches(false, Deadline(0.1)), Timeout);
+    EXPECT_THROW((void)h->remove_named("x", Deadline(0.1)), Timeout);
+    EXPECT_THROW(h->find_or_create_named("x", 8, {}, kNamedBlock, Deadline(0.1)), Timeout);
+    EXPECT_THROW((void)h->allocate_owned(10, 64, kOwnerHeld, Deadline(0.1)), Timeout);
+    // Attaching never waits for the lock (its reaping only tries it).
+    pid_t dead = fork_child([&] {
+        auto c = Heap::attach(name, false);
+        ::raise(SIGKILL);
+        return 0;
+    });
+    EXPECT_EQ(wait_child(dead), 128 + SIGKILL);
+    auto third = Heap::attach(name, false);
+    EXPECT_NE(third->client_id(), h->client_id());
+    // Lock-free calls still work.
+    EXPECT_EQ(h->owner_of(mine), h->client_id());
+    EXPECT_FALSE(h->find_named("x"));
+    ::kill(pid, SIGKILL);
+    EXPECT_EQ(wait_child(pid), 128 + SIGKILL);
+    // Its death frees the lock for the next locker, which recovers.
+    auto b = h->allocate(100, Deadline(10.0));
+    h->deallocate(b);
+    h->deallocate(mine);
+    third.reset();
+    h->check_invariants();
+    EXPECT_TRUE(h->all_freed());
+}
+
+TEST(Heap, a_process_killed_holding_the_lock_and_blocks_is_recovered_by_the_next_allocate) {
+    auto name = fresh("killed");
+    auto h = Heap::create(name, opts(1 << 20, false));
+    pid_t pid = fork_child([&] {
+        auto c = Heap::attach(name, true);
+        for (int i = 0; i < 10; ++i)
+            (void)c->allocate(5000);
+        c->deallocate(c->allocate(64)); // one cached block too
+        c->hold_lock_for_tests();
+        ::raise(SIGKILL);
+        return 0;
+    });
+    EXPECT_EQ(wait_child(pid), 128 + SIGKILL);
+    auto b = h->allocate(100, Deadline(10.0));
+    h->deallocate(b);
+    h->check_invariants();
+    EXPECT_TRUE(h->all_freed()); // rebuild + reap freed the dead client's blocks
+    EXPECT_EQ(h->stats().clients, 1u);
+}
+
+TEST(Heap, a_recovery_that_finds_a_broken_chain_poisons_the_lock_for_everyone) {
+    expect_in_child([] {
+        auto name = fresh("poison");
+        auto h = Heap::create(name, opts(1 << 20, false));
+        auto a = h->allocate(100);
+        pid_t pid = fork_child([&] {
+            auto c = Heap::attach(name, false);
+            c->hold_lock_for_tests();
+            ::raise(SIGKILL);
+            return 0;
+        });
+        if (wait_child(pid) != 128 + SIGKILL)
+            return 10;
+        header_at(*h, a)->word.store(0xBAD); // the chain itself is broken: nothing to rebuild
+        int bad = 0;
+        bad += must_be_corrupt("recovering allocate", [&] { (void)h->allocate(64); });
+        bad += must_be_corrupt("next allocate", [&] { (void)h->allocate(64, Deadline(5.0)); });
+        bad += must_be_corrupt("attach", [&] { (void)Heap::attach(name); });
+        h.reset(); // close cannot free through a poisoned lock, and must not hang
+        return bad;
+    });
+}
+
+// --- scribbles: a peer wrote garbage into the heap --------------------------------------------
+
+TEST(Heap, a_scribbled_lock_word_is_corrupt_at_once_not_a_wait) {
+    expect_in_child([] {
+        auto h = Heap::anonymous(opts(1 << 20, false));
+        // Written by another process, as a peer would.
+        const int heap_fd = h->fd();
+        pid_t pid = fork_child([&] {
+            control_of(*h)->lock.word.store(0x12345);
+            (void)heap_fd;
+            return 0;
+        });
+        if (wait_child(pid) != 0)
+            return 10;
+        int bad = 0;
+        bad += must_be_corrupt("allocate", [&] { (void)h->allocate(100); });
+        bad += must_be_corrupt("stats", [&] { (void)h->stats(); });
+        bad += must_be_corrupt("attach", [&] { (void)Heap::from_fd(UniqueFd(::dup(heap_fd))); });
+        control_of(*h)->lock.word.store(0);
+        return bad;
+    });
+}
+
+TEST(Heap, a_self_linked_or_out_of_range_free_list_is_corrupt_for_allocate_not_a_spin) {
+    for (std::uint64_t which = 0; which < 3; ++which) {
+        expect_in_child([which] {
+            auto h = Heap::anonymous(opts(1 << 20, false));
+            // Three free blocks of 64..80 units in one bin, kept apart by used blocks.
+            std::vector<std::uint64_t> big;
+            for (std::size_t n : {4000, 4400, 5000}) {
+                big.push_back(h->allocate(n));
+                (void)h->allocate(10);
+            }
+            for (auto b : big)
+                h->deallocate(b);
+            HeapControl *c = control_of(*h);
+            const std::uint64_t head = c->bins[33];
+            if (head == 0)
+                return 10;
+            links_at(*h, head)->next = which == 0   ? head
+                                       : which == 1 ? std::uint64_t{1} << 39
+                                                    : links_at(*h, head)->next | 8;
+            int bad = 0;
+            bad += must_be_corrupt("allocate", [&] { (void)h->allocate(6000); });
+            bad += must_be_corrupt("check_invariants", [&] { h->check_invariants(); });
+            return bad;
+        });
+    }
+}
+
+TEST(Heap, a_scribbled_block_word_fails_safely) {
+    expect_in_child([] {
+        auto h = Heap::anonymous(opts(1 << 20, false));
+        auto a = h->allocate(100);
+        auto b = h->allocate(100);
+        auto c = h->allocate(100);
+        header_at(*h, b)->word.store(0xFFFFFFFFFFFFFFFFull);
+        int bad = 0;
+        try {
+            h->deallocate(b); // not a live block any more
+            ++bad;
+        } catch (const InvalidArgument &) {
+        }
+        bad += must_be_corrupt("free next to it", [&] { h->deallocate(a); });
+        bad += must_be_corrupt("stats", [&] { (void)h->stats(); });
+        bad += corrupt_or_fine("free on its other side", [&] { h->deallocate(c); });
+        // A size that would run past the arena.
+        header_at(*h, b)->word.store(make_word(std::uint64_t{1} << 34, h->client_id(), kUsed));
+        bad += must_be_corrupt("walk", [&] { (void)h->free_bytes(); });
+        try {
+            h->deallocate(b);
+            ++bad;
+        } catch (const InvalidArgument &) {
+        }
+        return bad;
+    });
+}
+
+// --- clients and fork ------------------------------------------------------------------------
+
+TEST(Heap, lock_token_names_a_live_holder_for_a_mutex_of_our_own_in_the_heap) {
+    auto h = Heap::anonymous(opts(1 << 20));
+    auto other = Heap::from_fd(UniqueFd(::dup(h->fd())), false);
+    const std::uint32_t t = h->lock_token();
+    EXPECT_NE(t, 0u);
+    EXPECT_NE(other->lock_token(), t);
+    EXPECT_EQ(h->clients().holder(t), HolderState::Alive);
+    EXPECT_EQ(other->clients().holder(t), HolderState::Alive);
+    auto off = h->allocate(sizeof(RobustMutexWord));
+    auto *w = new (h->to_ptr(off)) RobustMutexWord{};
+    RobustMutex m(*w, other->clients(), "dict lock");
+    m.lock(other->lock_token(), Deadline(1.0), [] {});
+    EXPECT_EQ(m.holder_token(), other->lock_token());
+    m.unlock();
+    const std::uint32_t gone = other->lock_token();
+    other.reset();
+    EXPECT_EQ(h->clients().holder(gone), HolderState::Dead);
+    h->deallocate(off);
+}
+
+TEST(Heap, the_client_table_holds_kMaxClients_handles_and_refuses_one_more) {
+    auto h = Heap::anonymous(opts(1 << 20));
+    std::vector<std::unique_ptr<Heap>> handles;
+    for (std::size_t i = 1; i < kMaxClients; ++i)
+        handles.push_back(Heap::from_fd(UniqueFd(::dup(h->fd())), false));
+    EXPECT_EQ(h->stats().clients, kMaxClients);
+    EXPECT_THROW(Heap::from_fd(UniqueFd(::dup(h->fd())), false), LimitReached);
+    handles.pop_back();
+    EXPECT_NO_THROW(handles.push_back(Heap::from_fd(UniqueFd(::dup(h->fd())), false)));
+}
+
+TEST(Heap, a_forked_child_becomes_a_client_of_its_own_and_leaves_the_parents_blocks_and_names) {
+    auto name = fresh("fork");
+    auto h = Heap::create(name, opts(1 << 20, true));
+    auto parent_block = h->allocate(100);
+    const ForkStamp taken;
+    const std::uint16_t parent_id = h->client_id();
+    expect_in_child([&] {
+        int bad = 0;
+        const std::uint16_t id = h->client_id(); // first use: registers
+        bad += id == parent_id;
+        bad += !h->client_alive(parent_id);
+        h->deallocate(parent_block, taken); // the parent's: a no-op here
+        bad += h->owner_of(parent_block) != parent_id;
+        auto mine = h->allocate(100);
+        bad += h->owner_of(mine) != id;
+        const ForkStamp now;
+        h->deallocate(h->allocate(200), now); // taken here: really freed (cached)
+        h.reset();                            // frees our blocks, never the parent's or its names
+        return bad;
+    });
+    EXPECT_TRUE(name_exists(name));
+    EXPECT_EQ(h->owner_of(parent_block), parent_id);
+    EXPECT_EQ(h->client_id(), parent_id);
+    h->deallocate(parent_block, taken);
+    h->flush_thread_caches();
+    EXPECT_TRUE(h->all_freed());
+    EXPECT_EQ(h->stats().clients, 1u);
+}
+
+TEST(Heap, a_forked_child_that_closes_an_unused_copy_touches_nothing_of_the_parent) {
+    auto name = fresh("fork-unused");
+    auto h = Heap::create(name, opts(1 << 20, true));
+    auto b = h->allocate(100);
+    h->deallocate(h->allocate(64)); // cached
+    expect_in_child([&] {
+        h.reset();
+        return 0;
+    });
+    EXPECT_TRUE(name_exists(name));
+    EXPECT_EQ(h->owner_of(b), h->client_id());
+    EXPECT_GT(h->stats().cached, 0u);
+    EXPECT_EQ(h->stats().clients, 1u);
+}
+
+TEST(Heap, a_dead_parent_is_seen_while_its_forked_child_keeps_copies_of_its_descriptors) {
+    auto name = fresh("fork-dead-parent");
+    auto h = Heap::create(name, opts(1 << 20, false));
+    shmipc::testing::SharedMem shm(sizeof(pid_t));
+    Signal ready;
+    pid_t parent = fork_child([&] {
+        auto c = Heap::attach(name, false);
+        (void)c->allocate(5000);
+        pid_t kid = ::fork();
+        if (kid == 0) {
+            ::pause(); // holds copies of c's fds (renewed: without c's locks)
+            ::_exit(0);
+        }
+        *shm.as<pid_t>() = kid;
+        ready.post();
+        ::pause();
+        return 0;
+    });
+    ASSERT_TRUE(ready.wait());
+    ::kill(parent, SIGKILL);
+    EXPECT_EQ(wait_child(parent), 128 + SIGKILL);
+    EXPECT_GT(h->reap_dead_clients(Deadline(10.0)), 0u);
+    EXPECT_TRUE(h->all_freed());
+    ::kill(*shm.as<pid_t>(), SIGKILL);
 }
