@@ -166,8 +166,9 @@ struct MessageQueue::Impl {
         return clients.alive(client);
     }
 
-    // A slot can be at most one lap ahead of the position we just read (the counter moved on
-    // meanwhile); more means someone scribbled over the queue.
+    // A slot can be at most one lap ahead of the counter it is read against (the tail stops a
+    // lap ahead of the head's slot); more, with the counter re-read unchanged, means someone
+    // scribbled over the queue.
     [[noreturn]] void corrupt_lap(std::uint64_t pos, std::uint64_t st) const {
         throw CorruptSegment("message queue '" + seg.name() + "': slot " +
                              std::to_string(pos % cap) + " is at lap " +
@@ -208,8 +209,13 @@ struct MessageQueue::Impl {
             QueueSlot *s = slot(pos % cap);
             std::uint64_t st = s->state.load(std::memory_order_acquire);
             std::int64_t d = lap_diff(lap_of(st), lap);
-            if (d > 1)
+            if (d > 1) {
+                // We may have been preempted between the two loads while the queue went round
+                // many times: only a counter that has not moved proves the slot scribbled.
+                if (ctl->tail.load(std::memory_order_acquire) != pos)
+                    continue;
                 corrupt_lap(pos, st);
+            }
             if (d == 0 && phase_of(st) == kEmpty) {
                 // SYNC POINT: acquire pairs with the consumer's release of EMPTY (it finished
                 // reading the slot's previous message before we overwrite it).
@@ -284,8 +290,13 @@ struct MessageQueue::Impl {
             QueueSlot *s = slot(pos % cap);
             std::uint64_t st = s->state.load(std::memory_order_acquire);
             std::int64_t d = lap_diff(lap_of(st), lap);
-            if (d > 1)
+            if (d > 1) {
+                // We may have been preempted between the two loads while the queue went round
+                // many times: only a counter that has not moved proves the slot scribbled.
+                if (ctl->head.load(std::memory_order_acquire) != pos)
+                    continue;
                 corrupt_lap(pos, st);
+            }
             Phase ph = phase_of(st);
             if (d == 0 && ph == kFull) {
                 // SYNC POINT: acquire pairs with the producer's release of FULL.
@@ -345,11 +356,34 @@ struct MessageQueue::Impl {
         std::uint64_t n = tail - head;
         if (n > cap)
             n = cap; // a scribbled tail: never look further than one lap
-        for (std::uint64_t k = 1; k < n; ++k) {
-            std::uint64_t pos = head + k;
+        return first_committed(head + 1, head + n);
+    }
+
+    // The first position in [from, to) whose message is committed (FULL of its lap), or kNone.
+    std::uint64_t first_committed(std::uint64_t from, std::uint64_t to) const noexcept {
+        for (std::uint64_t pos = from; pos < to; ++pos) {
             std::uint64_t st = slot(pos % cap)->state.load(std::memory_order_acquire);
             if (phase_of(st) == kFull && lap_diff(lap_of(st), pos / cap) == 0)
                 return pos;
+        }
+        return kNone;
+    }
+
+    // The committed position to take ahead of `head`, lowest first, or kNone (also when the
+    // head itself got committed meanwhile: the caller takes it the normal way). One pass is not
+    // enough: a producer may commit message i at p1 after the scan passed p1 and then message
+    // i+1 at p2 > p1 before the scan reaches p2. Seeing p2 FULL (acquire) makes that earlier
+    // commit visible, so scanning [head, p2) again finds p1; repeated until nothing lower is
+    // committed, it keeps every producer's messages in order for each consumer.
+    std::uint64_t lowest_committed_ahead(std::uint64_t head) const noexcept {
+        std::uint64_t pos = committed_ahead(head);
+        while (pos != kNone) {
+            std::uint64_t lower = first_committed(head, pos);
+            if (lower == head)
+                return kNone;
+            if (lower == kNone)
+                return pos;
+            pos = lower;
         }
         return kNone;
     }
@@ -358,7 +392,7 @@ struct MessageQueue::Impl {
     // counter stays where it is; it skips the taken slot later (EMPTY of the next lap).
     bool take_ahead(std::uint64_t head, Sink sink, void *ctx) {
         for (int attempt = 0; attempt < 4; ++attempt) {
-            std::uint64_t pos = committed_ahead(head);
+            std::uint64_t pos = lowest_committed_ahead(head);
             if (pos == kNone)
                 return false;
             QueueSlot *s = slot(pos % cap);
