@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _core, _validate
 from ._multiprocessing import register_fd_reducer
 
 __all__ = ["Buffer", "send", "recv", "send_array", "recv_array", "Meta"]
@@ -97,11 +97,7 @@ class Buffer(_core.Buffer):
         if isinstance(nbytes, _core.PendingBuffer):
             super().__init__(nbytes)
         else:
-            if isinstance(nbytes, bool) or not isinstance(nbytes, int):
-                raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
-            if nbytes < 0:
-                raise ValueError(f"nbytes must be >= 0, got {nbytes}")
-            super().__init__(nbytes, _zero)
+            super().__init__(_validate.integer(nbytes, "nbytes"), _zero)
         self.meta = None
 
     @classmethod

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _core
+from . import _core, _validate
 from ._buffer import array_spec
 
 if TYPE_CHECKING:
@@ -76,14 +76,13 @@ class Heap(_core.HeapCore):
         ``NAME.2``... that other processes map when they first meet them. ``FileExistsError``
         if a live heap of that name exists; a stale one (owner died) is replaced.
         """
-        _check_int("size", size)
-        _check_int("mode", mode)
+        _validate.name(name)
+        _validate.integer(size, "size", minimum=1)
+        _validate.mode(mode)
         if max_size is not None:
-            _check_int("max_size", max_size)
+            _validate.integer(max_size, "max_size", minimum=1)
             if max_size < size:
                 raise ValueError(f"max_size ({max_size}) must be >= size ({size})")
-        if mode < 0 or mode & ~0o7777:
-            raise ValueError(f"mode must be permission bits like 0o600, got {mode!r}")
         self = cls.__new__(cls)
         _core.HeapCore.__init__(
             self,
@@ -99,13 +98,20 @@ class Heap(_core.HeapCore):
         return self
 
     @classmethod
-    def attach(cls, name: str, *, thread_cache: bool = True) -> Heap:
+    def attach(
+        cls, name: str, *, thread_cache: bool = True, trust_owner: int | str | None = None
+    ) -> Heap:
         """Opens the existing named heap ``name`` (``FileNotFoundError`` if there is none,
-        ``CorruptSegmentError`` if it is not a valid shmipc heap)."""
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        ``CorruptSegmentError`` if it is not a valid shmipc heap).
+
+        ``PermissionError`` if another user owns it, unless ``trust_owner`` is that user's uid
+        or ``"any"`` (API.md §7): by default only our own user's heaps are trusted.
+        """
+        _validate.name(name)
+        uid = _validate.trust_uid(trust_owner)
         self = cls.__new__(cls)
-        _core.HeapCore.__init__(self, "attach", name, 0, 0, 0o600, False, -1, thread_cache)
+        _core.HeapCore.__init__(self, "attach", name, 0, 0, 0o600, False, -1, thread_cache, uid)
+        self._trust_uid = uid
         return self
 
     @classmethod
@@ -228,7 +234,7 @@ class Heap(_core.HeapCore):
                 "an anonymous shmipc.Heap cannot be pickled outside multiprocessing: it travels "
                 "by fd. Pass it to a multiprocessing Process, Queue or Pipe, or use a named heap."
             )
-        return (type(self).attach, (self.name,))
+        return (_rebuild_named, (type(self), self.name, getattr(self, "_trust_uid", None)))
 
     # Last in the class: from here on `dict` in this class body means this method.
     def dict(self, name: str) -> SharedDict:
@@ -238,8 +244,14 @@ class Heap(_core.HeapCore):
         return SharedDict._open(self, name)
 
 
-def _rebuild_named(cls: Any, name: str) -> Heap:
-    heap: Heap = cls.attach(name)
+def _rebuild_named(cls: Any, name: str, trust_uid: int | None = None) -> Heap:
+    # The receiver trusts whom the sender trusted when it attached (its own user by default).
+    trust: int | str | None = None
+    if trust_uid == _validate.ANY_OWNER:
+        trust = "any"
+    elif trust_uid is not None and trust_uid != _validate.OWN_USER:
+        trust = trust_uid
+    heap: Heap = cls.attach(name, trust_owner=trust)
     return heap
 
 
@@ -249,7 +261,7 @@ def _reduce_for_mp(obj: Heap) -> Any:
 
     obj._check_open()
     if not obj._anonymous():
-        return _rebuild_named, (type(obj), obj.name)
+        return _rebuild_named, (type(obj), obj.name, getattr(obj, "_trust_uid", None))
     from ._multiprocessing import _rebuild
 
     return _rebuild, (type(obj), reduction.DupFd(obj.fileno()), None)

@@ -7,7 +7,7 @@ import queue
 from types import TracebackType
 from typing import Any
 
-from . import _core
+from . import _core, _validate
 
 __all__ = ["MessageQueue"]
 
@@ -37,11 +37,12 @@ class MessageQueue:
     timeout, as ``queue.Queue`` does.
     """
 
-    __slots__ = ("_q", "_name", "__weakref__")
+    __slots__ = ("_q", "_name", "_trust", "__weakref__")
 
     def __init__(self, _handle: _core.MessageQueue) -> None:
         self._q: _core.MessageQueue | None = _handle
         self._name: str = _handle.name
+        self._trust: int | str | None = None
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -62,28 +63,27 @@ class MessageQueue:
         ``persistent=False`` the name is removed when this handle is closed or its process
         exits; with ``persistent=True`` it stays until ``shmipc.unlink(name)``.
         """
-        for arg, value in (
-            ("maxsize", maxsize),
-            ("max_message_size", max_message_size),
-            ("mode", mode),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{arg} must be an int, not {type(value).__name__}")
-        if maxsize < 1:
-            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
-        if max_message_size < 1:
-            raise ValueError(f"max_message_size must be >= 1, got {max_message_size}")
-        if mode < 0 or mode > 0o7777:
-            raise ValueError(f"mode must be permission bits (e.g. 0o600), got {mode:#o}")
+        _validate.name(name)
+        _validate.integer(maxsize, "maxsize", minimum=1)
+        _validate.integer(max_message_size, "max_message_size", minimum=1)
+        _validate.mode(mode)
         return cls(
             _core.MessageQueue.create(name, maxsize, max_message_size, mode, bool(persistent))
         )
 
     @classmethod
-    def attach(cls, name: str) -> MessageQueue:
+    def attach(cls, name: str, *, trust_owner: int | str | None = None) -> MessageQueue:
         """Opens the existing queue ``name`` (``FileNotFoundError`` if there is none,
-        ``CorruptSegmentError`` if the name is not a valid shmipc queue)."""
-        return cls(_core.MessageQueue.attach(name))
+        ``CorruptSegmentError`` if the name is not a valid shmipc queue).
+
+        ``PermissionError`` if another user owns it, unless ``trust_owner`` is that user's uid
+        or ``"any"`` (API.md §7): ``get()`` unpickles what the queue holds, so by default only a
+        queue of our own user is opened — never one another user planted under the name.
+        """
+        _validate.name(name)
+        self = cls(_core.MessageQueue.attach(name, _validate.trust_uid(trust_owner)))
+        self._trust = trust_owner
+        return self
 
     # ---- objects ---------------------------------------------------------------------------
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
@@ -212,10 +212,11 @@ class MessageQueue:
     ) -> None:
         self.close()
 
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        # Travels by name (multiprocessing with any start method, plain pickle too).
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Travels by name (multiprocessing with any start method, plain pickle too); the
+        # receiver trusts whom this handle trusted.
         self._handle()
-        return (type(self).attach, (self._name,))
+        return (_attach, (type(self), self._name, self._trust))
 
     def __repr__(self) -> str:
         if self._q is None:
@@ -230,3 +231,8 @@ class MessageQueue:
         if q is None:
             raise _closed()
         return q
+
+
+def _attach(cls: Any, name: str, trust_owner: int | str | None) -> MessageQueue:
+    q: MessageQueue = cls.attach(name, trust_owner=trust_owner)
+    return q

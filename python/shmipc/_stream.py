@@ -18,7 +18,7 @@ import os
 import weakref
 from typing import IO, Any
 
-from . import _core
+from . import _core, _validate
 
 __all__ = ["open_stream", "chmod", "chgrp", "stream_info"]
 
@@ -95,6 +95,7 @@ def open_stream(
     encoding: str | None = None,
     errors: str | None = None,
     newline: str | None = None,
+    trust_owner: int | str | None = None,
 ) -> IO[Any]:
     """Opens the shared-memory stream ``name`` (``/dev/shm/<name>``) as an io file object.
 
@@ -110,7 +111,10 @@ def open_stream(
     Guest (default): opens an existing name, ``FileNotFoundError`` otherwise. ``"w"`` truncates
     it, ``"a"`` appends, ``"r"`` reads. ``"r+"`` falls back to read-only when the permission
     bits grant this process only read (check ``f.writable()``); ``"w"``/``"a"`` then raise
-    ``PermissionError``. A guest's close never removes the name.
+    ``PermissionError``. A guest's close never removes the name. A guest refuses
+    (``PermissionError``) a stream owned by another user unless ``trust_owner`` is that user's
+    uid or ``"any"`` (API.md §7), and any name that holds another shmipc kind
+    (``FileExistsError`` naming the kind).
 
     Names: one optional leading '/', then 1..200 characters without '/' or NUL (ValueError).
     """
@@ -122,8 +126,9 @@ def open_stream(
         raise ValueError("can't have unbuffered text I/O")
     else:
         codecs.lookup(encoding or "utf-8")  # LookupError now, before anything is created
-    if not isinstance(mode, int) or isinstance(mode, bool):
-        raise TypeError("mode must be permission bits such as 0o600")
+    _validate.name(name)
+    _validate.mode(mode)
+    trust_uid = _validate.trust_uid(trust_owner)
     if not isinstance(buffering, int):
         raise TypeError("buffering must be an int")
     norm = _core.normalize_name(name)
@@ -141,7 +146,7 @@ def open_stream(
             access = _READ_WRITE_OR_READ_ONLY if plus else _READ_ONLY
         else:
             access = _READ_WRITE
-        fd, can_write = _core.stream_open(norm, access, primary == "w", append)
+        fd, can_write = _core.stream_open(norm, access, primary == "w", append, trust_uid)
         readable = primary == "r" or plus
         writable = bool(can_write) and (primary != "r" or plus)
     remove = bool(owner) and not persistent

@@ -21,7 +21,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, _validate
 
 __all__ = ["SharedValue", "Subscription", "Value"]
 
@@ -190,7 +190,7 @@ class SharedValue:
     in on ``write`` and out on ``read``: ``read`` returns a private, consistent copy.
     """
 
-    __slots__ = ("_handle", "_name", "_seen", "_subs", "_lock", "__weakref__")
+    __slots__ = ("_handle", "_name", "_seen", "_subs", "_lock", "_trust", "__weakref__")
 
     def __init__(self, handle: Any) -> None:
         # Use create() or attach().
@@ -199,6 +199,7 @@ class SharedValue:
         self._seen: int = handle.version
         self._subs: list[Subscription] = []
         self._lock = threading.Lock()
+        self._trust: int | str | None = None
         _live.add(self)
 
     # -- construction -------------------------------------------------------------------------
@@ -214,23 +215,30 @@ class SharedValue:
         ``persistent=True`` (then ``shmipc.unlink(name)`` does). ``mode`` is exact permission
         bits, whatever the umask.
         """
-        if not isinstance(size, int) or isinstance(size, bool):
-            raise TypeError("size must be an int (bytes)")
-        if not isinstance(mode, int) or isinstance(mode, bool):
-            raise TypeError("mode must be an int such as 0o600")
+        _validate.name(name)
+        _validate.integer(size, "size", minimum=1)
+        _validate.mode(mode)
         return cls(_core.SharedValue.create(name, size, mode, bool(persistent)))
 
     @classmethod
-    def attach(cls, name: str) -> SharedValue:
+    def attach(cls, name: str, *, trust_owner: int | str | None = None) -> SharedValue:
         """Opens an existing value: ``FileNotFoundError`` if absent, ``CorruptSegmentError`` if
         the name is not a SharedValue (or is truncated). Read-only if the permission bits grant
-        only read (then ``write`` raises ``PermissionError``)."""
-        return cls(_core.SharedValue.attach(name))
+        only read (then ``write`` raises ``PermissionError``).
 
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        # Named objects travel by name: the receiver attaches (and is not the owner).
+        ``PermissionError`` if another user owns it, unless ``trust_owner`` is that user's uid
+        or ``"any"`` (API.md §7).
+        """
+        _validate.name(name)
+        self = cls(_core.SharedValue.attach(name, _validate.trust_uid(trust_owner)))
+        self._trust = trust_owner
+        return self
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Named objects travel by name: the receiver attaches (and is not the owner), trusting
+        # whom this handle trusted.
         self._h()
-        return (type(self).attach, (self._name,))
+        return (_attach, (type(self), self._name, self._trust))
 
     # -- state --------------------------------------------------------------------------------
 
@@ -424,3 +432,8 @@ class SharedValue:
             f"<shmipc.SharedValue {self._name!r} size={self.size} version={self.version}"
             f"{' owner' if self.owner else ''}>"
         )
+
+
+def _attach(cls: Any, name: str, trust_owner: int | str | None) -> SharedValue:
+    v: SharedValue = cls.attach(name, trust_owner=trust_owner)
+    return v

@@ -188,7 +188,7 @@ void bind_buffer(py::module_ &m) {
 
     m.def(
         "recv_buffer",
-        [](int sock, std::optional<double> timeout) {
+        [](int sock, TimeoutArg timeout) {
             FdMessage msg;
             {
                 GilRelease nogil;

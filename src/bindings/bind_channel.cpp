@@ -79,7 +79,7 @@ struct ChannelCore {
     }
 };
 
-Deadline deadline_of(std::optional<double> timeout) {
+Deadline deadline_of(TimeoutArg timeout) {
     return Deadline(timeout);
 }
 
@@ -92,7 +92,7 @@ py::object message_block(ChannelCore &self, const ChannelMessage &m) {
 }
 
 // recv with the GIL held when a record is there, released while waiting.
-ChannelMessage recv_message(ChannelCore &self, std::optional<double> timeout) {
+ChannelMessage recv_message(ChannelCore &self, TimeoutArg timeout) {
     Channel &ch = self.get();
     if (auto m = ch.try_recv())
         return std::move(*m);
@@ -102,7 +102,7 @@ ChannelMessage recv_message(ChannelCore &self, std::optional<double> timeout) {
 }
 
 void send_block_impl(ChannelCore &s, py::handle blk, const std::string &md,
-                     std::optional<double> timeout, bool allow_exports) {
+                     TimeoutArg timeout, bool allow_exports) {
     Channel &ch = s.get();
     auto ref = block_ref(blk);
     if (!ref || ref->heap != s.heap.ptr())
@@ -132,7 +132,7 @@ void send_block_impl(ChannelCore &s, py::handle blk, const std::string &md,
 }
 
 void send_bytes_impl(ChannelCore &s, const void *data, std::size_t n, const std::string &md,
-                     std::optional<double> timeout) {
+                     TimeoutArg timeout) {
     Channel &ch = s.get();
     const RecordKind kind = md.empty() ? RecordKind::Block : RecordKind::Array;
     if (n <= kCopyWithoutGil && ch.try_send_bytes(data, n, kind, md))
@@ -165,7 +165,7 @@ PyObject *translate_current() {
 
 // Parses (x, timeout=None) / (timeout=None); returns false with an exception set.
 bool parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                int npos, PyObject **first, std::optional<double> &timeout) {
+                int npos, PyObject **first, TimeoutArg &timeout) {
     PyObject *t = nullptr;
     if (nargs > npos + 1) {
         PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments", fname, npos + 1);
@@ -193,18 +193,21 @@ bool parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyOb
         PyErr_Format(PyExc_TypeError, "%s() missing its argument", fname);
         return false;
     }
-    if (t && t != Py_None) {
-        const double v = PyFloat_AsDouble(t);
-        if (v == -1.0 && PyErr_Occurred())
-            return false;
-        timeout = v;
+    try {
+        timeout = timeout_of(t);
+    } catch (py::error_already_set &e) {
+        e.restore();
+        return false;
+    } catch (py::builtin_exception &e) {
+        e.set_error();
+        return false;
     }
     return true;
 }
 
 PyObject *ch_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     PyObject *obj = nullptr;
-    std::optional<double> timeout;
+    TimeoutArg timeout;
     if (!parse_args("send", args, nargs, kwnames, 1, &obj, timeout))
         return nullptr;
     try {
@@ -239,7 +242,7 @@ PyObject *ch_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObj
 
 PyObject *ch_recv_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                         PyObject *kwnames) {
-    std::optional<double> timeout;
+    TimeoutArg timeout;
     if (!parse_args("recv_bytes", args, nargs, kwnames, 0, nullptr, timeout))
         return nullptr;
     try {
@@ -265,7 +268,7 @@ PyObject *ch_recv_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
 }
 
 PyObject *ch_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
-    std::optional<double> timeout;
+    TimeoutArg timeout;
     if (!parse_args("recv", args, nargs, kwnames, 0, nullptr, timeout))
         return nullptr;
     try {
@@ -346,7 +349,7 @@ void bind_channel(py::module_ &m) {
         .def(
             "_send_block",
             [](ChannelCore &s, py::handle blk, std::optional<py::bytes> meta,
-               std::optional<double> timeout, bool allow_exports) {
+               TimeoutArg timeout, bool allow_exports) {
                 send_block_impl(s, blk, meta_of(meta), timeout, allow_exports);
             },
             py::arg("blk"), py::arg("meta") = py::none(), py::arg("timeout") = py::none(),
@@ -354,14 +357,14 @@ void bind_channel(py::module_ &m) {
         .def(
             "_send_bytes",
             [](ChannelCore &s, py::handle obj, std::optional<py::bytes> meta,
-               std::optional<double> timeout) {
+               TimeoutArg timeout) {
                 BufferView v(obj);
                 send_bytes_impl(s, v.data(), v.size(), meta_of(meta), timeout);
             },
             py::arg("obj"), py::arg("meta") = py::none(), py::arg("timeout") = py::none())
         .def(
             "_send_many",
-            [](ChannelCore &s, py::object items_in, std::optional<double> timeout) {
+            [](ChannelCore &s, py::object items_in, TimeoutArg timeout) {
                 Channel &ch = s.get();
                 // A list or tuple (PySequence_Fast makes one of anything iterable).
                 py::object items = py::reinterpret_steal<py::object>(
@@ -391,13 +394,13 @@ void bind_channel(py::module_ &m) {
             py::arg("items"), py::arg("timeout") = py::none())
         .def(
             "_recv",
-            [](ChannelCore &s, std::optional<double> timeout) {
+            [](ChannelCore &s, TimeoutArg timeout) {
                 return message_block(s, recv_message(s, timeout));
             },
             py::arg("timeout") = py::none())
         .def(
             "_recv_message",
-            [](ChannelCore &s, std::optional<double> timeout) {
+            [](ChannelCore &s, TimeoutArg timeout) {
                 ChannelMessage m = recv_message(s, timeout);
                 py::object meta = m.kind == RecordKind::Array ? py::object(py::bytes(m.meta))
                                                               : py::object(py::none());
@@ -406,7 +409,7 @@ void bind_channel(py::module_ &m) {
             py::arg("timeout") = py::none())
         .def(
             "_recv_many",
-            [](ChannelCore &s, std::size_t max, std::optional<double> timeout) {
+            [](ChannelCore &s, std::size_t max, TimeoutArg timeout) {
                 Channel &ch = s.get();
                 py::list out;
                 auto sink = [&](const void *p, std::size_t n) {
@@ -431,7 +434,7 @@ void bind_channel(py::module_ &m) {
             py::arg("max"), py::arg("timeout") = py::none())
         .def(
             "_poll",
-            [](ChannelCore &s, std::optional<double> timeout) {
+            [](ChannelCore &s, TimeoutArg timeout) {
                 Channel &ch = s.get();
                 if (ch.queued() > 0 || ch.stream_ended())
                     return true;

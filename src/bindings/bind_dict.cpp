@@ -38,7 +38,7 @@ struct PyDict {
     py::object heap; // the shmipc.Heap (keeps it referenced); None once closed
     std::optional<SharedDict> dict;
     std::string name;
-    std::optional<double> timeout; // lock waits; None: forever (Ctrl-C still works)
+    TimeoutArg timeout; // lock waits; None: forever (Ctrl-C still works)
 
     SharedDict &get() {
         if (!dict)
@@ -245,7 +245,7 @@ void bind_dict(py::module_ &m) {
     });
 
     py::class_<PyDict> cls(m, "DictCore");
-    cls.def(py::init([](py::object heap, const std::string &name, std::optional<double> timeout) {
+    cls.def(py::init([](py::object heap, const std::string &name, TimeoutArg timeout) {
                 Heap &h = heap_of(heap);
                 if (name.empty() || name.size() > kMaxNamedLength)
                     throw InvalidArgument("a dict name has 1.." + std::to_string(kMaxNamedLength) +
@@ -266,7 +266,7 @@ void bind_dict(py::module_ &m) {
         .def_property_readonly("heap", [](const PyDict &d) { return d.heap; })
         .def_property(
             "timeout", [](const PyDict &d) { return d.timeout; },
-            [](PyDict &d, std::optional<double> t) {
+            [](PyDict &d, TimeoutArg t) {
                 if (t && !(*t >= 0))
                     throw InvalidArgument("timeout must be >= 0 or None");
                 d.timeout = t;

@@ -99,11 +99,12 @@ PyObject *translate() {
     return nullptr;
 }
 
-// heap.allocate(nbytes, align=64) -> Block
+// heap.allocate(nbytes, align=64, timeout=0) -> Block
 PyObject *heap_allocate(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                         PyObject *kwnames) {
     PyObject *nbytes_o = nargs > 0 ? args[0] : nullptr;
     PyObject *align_o = nargs > 1 ? args[1] : nullptr;
+    PyObject *timeout_o = nullptr;
     if (nargs > 2) {
         PyErr_SetString(PyExc_TypeError, "allocate() takes at most 2 positional arguments");
         return nullptr;
@@ -117,6 +118,8 @@ PyObject *heap_allocate(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                 nbytes_o = v;
             else if (PyUnicode_CompareWithASCIIString(k, "align") == 0 && !align_o)
                 align_o = v;
+            else if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0 && !timeout_o)
+                timeout_o = v;
             else {
                 PyErr_Format(PyExc_TypeError, "allocate() got an unexpected keyword argument %R",
                              k);
@@ -158,7 +161,18 @@ PyObject *heap_allocate(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     std::uint64_t off;
     try {
-        off = ph->heap->allocate(static_cast<std::size_t>(n), static_cast<std::size_t>(align));
+        // timeout=0 (the default): MemoryError at once when full. > 0 or None: wait for memory
+        // another client frees (back-pressure), with the GIL released.
+        TimeoutArg t = timeout_o ? timeout_of(timeout_o) : TimeoutArg{0.0};
+        if (t.seconds && *t.seconds == 0.0) {
+            off = ph->heap->allocate(static_cast<std::size_t>(n), static_cast<std::size_t>(align));
+        } else {
+            // The deadline bounds the lock waits too: a stopped lock holder is TimeoutError.
+            const Deadline dl(t.seconds);
+            GilRelease nogil;
+            off = ph->heap->allocate_waiting(static_cast<std::size_t>(n),
+                                             static_cast<std::size_t>(align), dl);
+        }
     } catch (...) {
         return translate();
     }
@@ -175,10 +189,12 @@ PyObject *heap_allocate(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
 PyMethodDef g_allocate_def = {
     "allocate", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(heap_allocate)),
     METH_FASTCALL | METH_KEYWORDS,
-    "allocate(nbytes, align=64) -> Block\n\n"
+    "allocate(nbytes, align=64, timeout=0) -> Block\n\n"
     "A writable Block of nbytes (>= 1) shared-memory bytes, aligned to `align` (a power of two,\n"
     "at most the page size). MemoryError (saying what was asked, what is free and the largest\n"
-    "free block) if the heap is full and cannot grow; the heap stays usable."};
+    "free block) if the heap is full and cannot grow; the heap stays usable. timeout > 0 or\n"
+    "None waits (that long, or until memory comes) for another process to free memory first\n"
+    "(back-pressure); Ctrl-C ends the wait."};
 
 // --- Block -----------------------------------------------------------------------------
 
@@ -491,7 +507,7 @@ void bind_heap(py::module_ &m) {
     py::class_<PyHeap> cls(m, "HeapCore");
     cls.def(py::init([](const std::string &how, const std::string &name, std::size_t size,
                         std::size_t max_size, unsigned mode, bool persistent, int fd,
-                        bool thread_cache) {
+                        bool thread_cache, std::uint32_t trust_uid) {
                 auto ph = std::make_unique<PyHeap>();
                 GilRelease nogil;
                 HeapOptions o;
@@ -503,7 +519,8 @@ void bind_heap(py::module_ &m) {
                 if (how == "create")
                     ph->heap = Heap::create(name, o);
                 else if (how == "attach")
-                    ph->heap = Heap::attach(name, thread_cache);
+                    ph->heap = Heap::attach(name, thread_cache,
+                                            TrustPolicy{static_cast<uid_t>(trust_uid)});
                 else if (how == "anonymous")
                     ph->heap = Heap::anonymous(o);
                 else if (how == "fd")
@@ -514,7 +531,7 @@ void bind_heap(py::module_ &m) {
             }),
             py::arg("how"), py::arg("name") = "", py::arg("size") = 0, py::arg("max_size") = 0,
             py::arg("mode") = 0600, py::arg("persistent") = false, py::arg("fd") = -1,
-            py::arg("thread_cache") = true)
+            py::arg("thread_cache") = true, py::arg("trust_uid") = TrustPolicy::kOwnUser)
         .def_property_readonly("closed", [](const PyHeap &h) { return !h.heap; })
         .def_property_readonly("_exports", [](const PyHeap &h) { return h.exports; })
         .def("_close",
@@ -587,7 +604,7 @@ void bind_heap(py::module_ &m) {
         .def(
             "_shared_block",
             [](py::object self, const std::string &name, std::int64_t nbytes, py::object init,
-               std::optional<double> timeout) {
+               TimeoutArg timeout) {
                 if (nbytes <= 0)
                     throw InvalidArgument("a shared block needs nbytes >= 1, got " +
                                           std::to_string(nbytes));

@@ -44,7 +44,7 @@ struct QueueHandle {
 }
 
 // queue.Queue semantics: block=False ignores timeout; a negative timeout is a ValueError.
-Deadline make_deadline(bool block, std::optional<double> timeout) {
+Deadline make_deadline(bool block, TimeoutArg timeout) {
     if (!block)
         return Deadline(0.0);
     if (timeout && !(*timeout >= 0))
@@ -79,7 +79,7 @@ bool make_bytes(void *ctx, const std::byte *data, std::size_t n) {
 }
 
 void put_bytes(const QueueHandle &h, const py::object &data, bool block,
-               std::optional<double> timeout) {
+               TimeoutArg timeout) {
     auto q = h.get();
     Bytes b(data);
     auto n = static_cast<std::size_t>(b.view.len);
@@ -115,7 +115,7 @@ void put_bytes(const QueueHandle &h, const py::object &data, bool block,
     }
 }
 
-py::object get_bytes(const QueueHandle &h, bool block, std::optional<double> timeout) {
+py::object get_bytes(const QueueHandle &h, bool block, TimeoutArg timeout) {
     auto q = h.get();
     GetCtx ctx;
     auto take = [&]() -> bool {
@@ -163,10 +163,11 @@ void bind_queue(py::module_ &m) {
             py::arg("persistent"))
         .def_static(
             "attach",
-            [](const std::string &name) {
-                return QueueHandle{std::make_shared<MessageQueue>(MessageQueue::attach(name))};
+            [](const std::string &name, std::uint32_t trust_uid) {
+                return QueueHandle{std::make_shared<MessageQueue>(
+                    MessageQueue::attach(name, TrustPolicy{static_cast<uid_t>(trust_uid)}))};
             },
-            py::arg("name"))
+            py::arg("name"), py::arg("trust_uid") = TrustPolicy::kOwnUser)
         .def("put_bytes", &put_bytes, py::arg("data"), py::arg("block") = true,
              py::arg("timeout") = py::none())
         .def("get_bytes", &get_bytes, py::arg("block") = true, py::arg("timeout") = py::none())

@@ -17,14 +17,17 @@ void bind_stream(py::module_ &m) {
         "Creates a stream exclusively; returns its fd (the caller owns it).");
     m.def(
         "stream_open",
-        [](const std::string &name, int access, bool truncate, bool append) {
+        [](const std::string &name, int access, bool truncate, bool append,
+           std::uint32_t trust_uid) {
             if (access < 0 || access > 2)
                 throw InvalidArgument("bad stream access");
-            GuestStream g = open_stream(name, static_cast<StreamAccess>(access), truncate, append);
+            GuestStream g = open_stream(name, static_cast<StreamAccess>(access), truncate, append,
+                                        TrustPolicy{static_cast<uid_t>(trust_uid)});
             bool w = g.writable;
             return py::make_tuple(g.fd.release(), w);
         },
         py::arg("name"), py::arg("access"), py::arg("truncate"), py::arg("append"),
+        py::arg("trust_uid") = TrustPolicy::kOwnUser,
         "Opens an existing stream as a guest; returns (fd, writable) (the caller owns the fd).");
     m.def("stream_release_name", &release_stream_name, py::arg("name"), py::arg("owner_fd"));
     m.def(

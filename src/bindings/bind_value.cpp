@@ -104,8 +104,11 @@ void bind_value(py::module_ &m) {
             py::arg("name"), py::arg("size"), py::arg("mode") = 0600, py::arg("persistent") = false)
         .def_static(
             "attach",
-            [](const std::string &name) { return ValueHandle(SharedValue::attach(name)); },
-            py::arg("name"))
+            [](const std::string &name, std::uint32_t trust_uid) {
+                return ValueHandle(
+                    SharedValue::attach(name, TrustPolicy{static_cast<uid_t>(trust_uid)}));
+            },
+            py::arg("name"), py::arg("trust_uid") = TrustPolicy::kOwnUser)
         .def("close", &ValueHandle::close)
         .def_property_readonly("closed", &ValueHandle::closed)
         .def_property_readonly("name", [](const ValueHandle &h) { return h.get()->name(); })
@@ -136,7 +139,7 @@ void bind_value(py::module_ &m) {
         .def("read", &read_raw)
         .def(
             "wait",
-            [](const ValueHandle &h, std::uint64_t since, std::optional<double> timeout, int spin) {
+            [](const ValueHandle &h, std::uint64_t since, TimeoutArg timeout, int spin) {
                 auto v = h.get();
                 Deadline d(timeout);
                 GilRelease nogil;

@@ -3,6 +3,10 @@
 
 #include <pybind11/pybind11.h>
 
+#include <cmath>
+#include <optional>
+#include <string>
+
 namespace shmipc::bindings {
 namespace py = pybind11;
 
@@ -49,4 +53,50 @@ class GilRelease {
 };
 using release_gil = py::call_guard<GilRelease>;
 
+// A `timeout` argument (API.md §0): None waits forever, a number of seconds >= 0 bounds the
+// wait. Anything else is refused while the arguments are converted, with one message for every
+// call: TypeError for a non-number (a bool or a str such as '1' included), ValueError for a
+// negative or NaN number.
+struct TimeoutArg {
+    std::optional<double> seconds;
+    operator std::optional<double>() const noexcept { return seconds; } // NOLINT: implicit
+    explicit operator bool() const noexcept { return seconds.has_value(); }
+    double operator*() const noexcept { return *seconds; }
+};
+
+// The conversion: throws py::type_error / py::value_error (or the pending Python error).
+inline TimeoutArg timeout_of(PyObject *o) {
+    TimeoutArg out;
+    if (o == nullptr || o == Py_None)
+        return out;
+    if (PyBool_Check(o) || !(PyFloat_Check(o) || PyLong_Check(o)))
+        throw py::type_error(std::string("timeout must be a number of seconds or None, not ") +
+                             Py_TYPE(o)->tp_name);
+    const double t = PyFloat_AsDouble(o);
+    if (t == -1.0 && PyErr_Occurred())
+        throw py::error_already_set();
+    if (std::isnan(t))
+        throw py::value_error("timeout must be a number of seconds, not NaN");
+    if (t < 0)
+        throw py::value_error("timeout must be >= 0 seconds (or None to wait forever), got " +
+                              std::string(py::str(o)));
+    out.seconds = t;
+    return out;
+}
+
 } // namespace shmipc::bindings
+
+namespace pybind11::detail {
+template <> struct type_caster<shmipc::bindings::TimeoutArg> {
+    PYBIND11_TYPE_CASTER(shmipc::bindings::TimeoutArg, const_name("float | None"));
+    bool load(handle src, bool /*convert*/) {
+        value = shmipc::bindings::timeout_of(src.ptr());
+        return true;
+    }
+    static handle cast(const shmipc::bindings::TimeoutArg &t, return_value_policy, handle) {
+        if (!t.seconds)
+            return none().release();
+        return PyFloat_FromDouble(*t.seconds);
+    }
+};
+} // namespace pybind11::detail

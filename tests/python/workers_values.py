@@ -46,7 +46,8 @@ def stream_owner_then_wait(name: str, ready: Any, done: Any, persistent: bool = 
 def stream_open_as_nobody(name: str, io_mode: str, q: Any) -> None:
     drop_privileges()
     try:
-        with shmipc.open_stream(name, io_mode) as f:
+        # The stream is root's: another user trusts it explicitly (API.md §7).
+        with shmipc.open_stream(name, io_mode, trust_owner=0) as f:
             q.put(("ok", f.readable(), f.writable(), f.read()))
     except OSError as e:
         q.put(("error", type(e).__name__, e.errno))
@@ -144,7 +145,7 @@ def value_write_forever(name: str, nbytes: int, started: Any) -> None:
 
 def value_attach_as_nobody(name: str, q: Any) -> None:
     drop_privileges()
-    with shmipc.SharedValue.attach(name) as v:
+    with shmipc.SharedValue.attach(name, trust_owner=0) as v:  # root's value, trusted
         result: list[Any] = [v.readonly, v.read()]
         try:
             v.write(b"nope")

@@ -174,9 +174,9 @@ void Channel::claim(ChannelRole role) {
         throw ChannelBusy("channel '" + name_ + "' already has a live " + role_name(role) +
                           " in this process");
     // A heap handle copied by fork() becomes this process's own (new client, new open file
-    // description) on its first allocation-side call; lock_fd() alone does not do it, so make
-    // one (claims are rare: the cost of flushing the thread caches does not matter here).
-    heap_.flush_thread_caches();
+    // description) before we take a lock byte on its fd; no heap lock (a stopped holder must
+    // not block a claim).
+    heap_.own_process();
     const int fd = heap_.lock_fd();
     const off_t byte = lock_byte(offset_, role);
     if (!try_lock_byte(fd, byte, /*exclusive=*/true))
@@ -289,7 +289,7 @@ bool Channel::endpoint_alive(ChannelRole role) const {
 void Channel::peer_died(ChannelRole peer) {
     // Free what the dead process held (blocks it had received, its caches); best effort.
     try {
-        (void)heap_.reap_dead_clients();
+        (void)heap_.reap_dead_clients(Deadline(1.0)); // bounded: the lock may be held
         if (peer == ChannelRole::Sender)
             free_inflight();
     } catch (...) {
@@ -305,7 +305,7 @@ void Channel::free_inflight() {
     for (auto *w : {&ctl_->inflight_block, &ctl_->inflight_meta}) {
         std::uint64_t off = w->exchange(0, std::memory_order_acq_rel);
         if (off && heap_.try_transfer(off, kOwnerHeld, heap_.client_id()))
-            heap_.deallocate(off);
+            heap_.deallocate(off, Deadline(1.0)); // ours now: at worst kept until we exit
     }
 }
 
@@ -345,16 +345,25 @@ std::chrono::nanoseconds Channel::between_slices(ChannelRole peer, const Deadlin
     return deadline.slice();
 }
 
-std::uint64_t Channel::stash_meta(std::string_view meta) {
+std::uint64_t Channel::stash_meta(std::string_view meta, const Deadline &deadline) {
     if (meta.size() > kMaxRecordMeta)
         throw InvalidArgument("record metadata of " + std::to_string(meta.size()) +
                               " bytes exceeds " + std::to_string(kMaxRecordMeta));
-    const std::uint64_t off = heap_.allocate(sizeof(std::uint64_t) + meta.size());
+    const std::uint64_t off = heap_.allocate(sizeof(std::uint64_t) + meta.size(), deadline);
     auto *p = static_cast<std::byte *>(heap_.to_ptr(off));
     const std::uint64_t n = meta.size();
     std::memcpy(p, &n, sizeof n);
     std::memcpy(p + sizeof n, meta.data(), meta.size());
     return off;
+}
+
+void Channel::free_unsent(std::uint64_t off, const Deadline &deadline) noexcept {
+    // Bounded like the send: with the heap lock held by a stopped process the block stays ours
+    // (reclaimed with this client) rather than hanging the failed send.
+    try {
+        heap_.deallocate(off, deadline.expired() ? Deadline(0.05) : deadline);
+    } catch (...) {
+    }
 }
 
 bool Channel::wait_for_room(const Deadline &deadline) {
@@ -434,14 +443,14 @@ void Channel::send_block_locked(std::uint64_t off, std::uint64_t len, RecordKind
                               " is not owned by this process (already sent or freed?)");
     if (len > heap_.block_capacity(off))
         throw InvalidArgument("length " + std::to_string(len) + " exceeds the block");
-    const std::uint64_t meta_off = meta.empty() ? 0 : stash_meta(meta);
+    const std::uint64_t meta_off = meta.empty() ? 0 : stash_meta(meta, deadline);
     try {
         if (!push_record(RingRecord{off, len, static_cast<std::uint64_t>(kind), meta_off},
                          deadline))
             throw Timeout("channel '" + name_ + "' stayed full until the timeout");
     } catch (...) {
         if (meta_off)
-            heap_.deallocate(meta_off);
+            free_unsent(meta_off, deadline);
         throw;
     }
 }
@@ -470,13 +479,14 @@ void Channel::send_bytes(const void *data, std::size_t n, RecordKind kind, std::
     std::lock_guard g(mu_);
     ensure_role(ChannelRole::Sender);
     check_stream_open();
-    const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1));
+    // The send's deadline bounds the heap lock waits too (a stopped lock holder is Timeout).
+    const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1), deadline);
     try {
         if (n)
             std::memcpy(heap_.to_ptr(off), data, n);
         send_block_locked(off, n, kind, meta, deadline);
     } catch (...) {
-        heap_.deallocate(off);
+        free_unsent(off, deadline);
         throw;
     }
 }
@@ -490,13 +500,14 @@ bool Channel::try_send_bytes(const void *data, std::size_t n, RecordKind kind,
     check_stream_open();
     if (!producer_.writable())
         return false; // checked before the copy, not after
-    const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1));
+    const Deadline now(0.0);
+    const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1), now);
     try {
         if (n)
             std::memcpy(heap_.to_ptr(off), data, n);
-        send_block_locked(off, n, kind, meta, Deadline(0.0));
+        send_block_locked(off, n, kind, meta, now);
     } catch (...) {
-        heap_.deallocate(off);
+        free_unsent(off, now);
         throw;
     }
     return true;
@@ -525,7 +536,7 @@ std::size_t Channel::send_many(const std::vector<std::pair<const void *, std::si
         try {
             for (; built < k; ++built) {
                 const auto &[p, n] = msgs[sent + built];
-                const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1));
+                const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1), deadline);
                 if (n)
                     std::memcpy(heap_.to_ptr(off), p, n);
                 heap_.transfer(off, kOwnerHeld);
@@ -533,7 +544,7 @@ std::size_t Channel::send_many(const std::vector<std::pair<const void *, std::si
             }
         } catch (...) {
             for (std::size_t i = 0; i < built; ++i)
-                heap_.deallocate(recs[i].offset);
+                free_unsent(recs[i].offset, deadline);
             throw;
         }
         const std::size_t pushed = producer_.try_push_many(recs, k);

@@ -238,7 +238,8 @@ class Channel {
                  bool &peer_dead);
     // Between-slices hook of a wait: interrupts, peer liveness, deadline.
     std::chrono::nanoseconds between_slices(ChannelRole peer, const Deadline &deadline, bool first);
-    std::uint64_t stash_meta(std::string_view meta);
+    std::uint64_t stash_meta(std::string_view meta, const Deadline &deadline);
+    void free_unsent(std::uint64_t off, const Deadline &deadline) noexcept;
     ChannelMessage take(const RingRecord &rec);
     bool push_record(const RingRecord &rec, const Deadline &deadline);
     bool wait_for_room(const Deadline &deadline); // false on timeout

@@ -75,11 +75,19 @@ std::unique_ptr<Heap> Heap::create(std::string_view name, const HeapOptions &opt
     return h;
 }
 
-std::unique_ptr<Heap> Heap::attach(std::string_view name, bool thread_cache) {
+std::unique_ptr<Heap> Heap::attach(std::string_view name, bool thread_cache,
+                                   const TrustPolicy &trust) {
     std::unique_ptr<Heap> h(new Heap);
-    h->primary_ = MemorySegment::attach_named(name, SegmentKind::Heap, kHeapLayout, kControlEnd);
+    h->primary_ =
+        MemorySegment::attach_named(name, SegmentKind::Heap, kHeapLayout, kControlEnd, trust);
     if (!h->primary_.writable())
         throw OsError(EACCES, "heap '" + h->primary_.name() + "' is not writable for us");
+    // Extensions: whoever grew the heap was a process of a trusted owner; the primary's owner
+    // (whom we just trusted) may grow it as well as we may.
+    struct stat st {};
+    if (::fstat(h->primary_.fd(), &st) != 0)
+        throw OsError(errno, "fstat of heap '" + h->primary_.name() + "'");
+    h->segs_.set_trust(trust.any() || st.st_uid == ::geteuid() ? trust : TrustPolicy{st.st_uid});
     h->open(false, thread_cache);
     return h;
 }
@@ -267,8 +275,14 @@ std::uint64_t Heap::reap_dead_clients(const Deadline &deadline) {
     clients_.for_each_dead([&](std::uint32_t) { any = true; });
     if (!any)
         return 0;
-    auto lk = locked(deadline);
-    return reap_locked();
+    std::uint64_t reaped = 0;
+    {
+        auto lk = locked(deadline);
+        reaped = reap_locked();
+    }
+    if (reaped > 0)
+        notify_freed(); // waiters in allocate_waiting of other processes
+    return reaped;
 }
 
 void Heap::hold_lock_for_tests() {

@@ -104,8 +104,10 @@ class Heap {
     // is replaced). Leftover extension segments of a dead previous heap of that name are
     // removed.
     static std::unique_ptr<Heap> create(std::string_view name, const HeapOptions &opt);
-    // Attaches to a named heap: ENOENT if absent, CorruptSegment if it is not a valid heap.
-    static std::unique_ptr<Heap> attach(std::string_view name, bool thread_cache = true);
+    // Attaches to a named heap: ENOENT if absent, CorruptSegment if it is not a valid heap,
+    // PermissionError (OsError EPERM) if another user owns it and `trust` does not allow them.
+    static std::unique_ptr<Heap> attach(std::string_view name, bool thread_cache = true,
+                                        const TrustPolicy &trust = {});
     // A memfd-backed heap. Anonymous heaps cannot grow (max_size must be 0 or <= size):
     // another process could not map a memfd added later.
     static std::unique_ptr<Heap> anonymous(const HeapOptions &opt);
@@ -133,6 +135,11 @@ class Heap {
                                          const Deadline &deadline) {
         return allocate_impl(n, align, kOwnerNone, &deadline);
     }
+    // Back-pressure: like allocate(n, align, deadline), but when the heap is full it waits
+    // (until `deadline`, Ctrl-C through the interrupt hook) for another client to free memory,
+    // reaping dead clients between slices, before OutOfMemory.
+    [[nodiscard]] std::uint64_t allocate_waiting(std::size_t n, std::size_t align,
+                                                 const Deadline &deadline);
     [[nodiscard]] std::uint64_t allocate_owned(std::size_t n, std::size_t align,
                                                std::uint16_t owner) {
         return allocate_impl(n, align, owner, nullptr);
@@ -267,6 +274,13 @@ class Heap {
         if (stamp_.inherited()) [[unlikely]]
             adopt_after_fork();
     }
+
+  public:
+    // Makes a handle copied by fork() this process's own client now (new client slot, new open
+    // file description), as every allocation-side call does first. Takes no heap lock.
+    void own_process() { ensure_process(); }
+
+  private:
     void adopt_after_fork();
     void register_client();
     void unregister_client() noexcept;
@@ -275,6 +289,7 @@ class Heap {
     void recover_locked();
     std::uint64_t reap_locked();
     [[nodiscard]] LiveBlock live_block(std::uint64_t off) const;
+    void notify_freed() noexcept;
     std::uint64_t allocate_impl(std::size_t n, std::size_t align, std::uint16_t owner,
                                 const Deadline *deadline);
     std::uint64_t allocate_locked(std::size_t n, std::uint64_t units, std::size_t align,

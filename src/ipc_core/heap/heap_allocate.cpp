@@ -83,6 +83,39 @@ std::uint64_t Heap::allocate_locked(std::size_t n, std::uint64_t units, std::siz
     }
 }
 
+void Heap::notify_freed() noexcept {
+    wake_if_waiting(ctl_->memory_freed);
+}
+
+std::uint64_t Heap::allocate_waiting(std::size_t n, std::size_t align, const Deadline &deadline) {
+    for (;;) {
+        // The sequence before trying: a free after this point ends the sleep below.
+        const std::uint32_t seen = ctl_->memory_freed.seq.load(std::memory_order_acquire);
+        try {
+            return allocate_impl(n, align, kOwnerNone, &deadline);
+        } catch (const OutOfMemory &) {
+            if (deadline.expired())
+                throw;
+            // Also a request larger than the heap can ever hold fails at once.
+            if (units_for(n) * kHeapUnit > segs_.max_size())
+                throw;
+            // Sleep until someone frees (or a dead client's blocks come back, or time is up);
+            // then the loop tries again, and fails for good once the deadline has passed.
+            (void)wait_until(
+                ctl_->memory_freed,
+                [&] { return ctl_->memory_freed.seq.load(std::memory_order_acquire) != seen; },
+                [&]() -> std::chrono::nanoseconds {
+                    check_interrupt();
+                    if (deadline.expired())
+                        return std::chrono::nanoseconds{0};
+                    if (reap_dead_clients(deadline) > 0)
+                        return std::chrono::nanoseconds{0};
+                    return deadline.slice();
+                });
+        }
+    }
+}
+
 void Heap::deallocate_impl(std::uint64_t off, const Deadline *deadline) {
     ensure_process();
     for (;;) {
@@ -101,24 +134,34 @@ void Heap::deallocate_impl(std::uint64_t off, const Deadline *deadline) {
                 return;
             }
         }
-        auto lk = locked(deadline ? *deadline : forever());
-        if (free_.release(b.header, b.word))
-            return;
+        {
+            auto lk = locked(deadline ? *deadline : forever());
+            if (!free_.release(b.header, b.word))
+                continue;
+        }
+        notify_freed();
+        return;
     }
 }
 
 void Heap::flush_thread_caches(bool all_threads, const Deadline &deadline) {
     ensure_process();
-    auto lk = locked(deadline);
-    caches_.for_flushable(all_threads, [&](ThreadCache &c) {
-        c.drain([&](std::uint64_t ho) {
-            // Only what is still our cached block: a reaper may have freed it if we were
-            // considered dead, and the header offset is ours (private), but the word is shared.
-            const std::uint64_t w = free_.checked_word(ho);
-            if (word_state(w) == kCached && word_owner(w) == client_)
-                (void)free_.release(ho, w);
+    bool flushed = false;
+    {
+        auto lk = locked(deadline);
+        caches_.for_flushable(all_threads, [&](ThreadCache &c) {
+            c.drain([&](std::uint64_t ho) {
+                // Only what is still our cached block: a reaper may have freed it if we were
+                // considered dead, and the header offset is ours (private), but the word is
+                // shared.
+                const std::uint64_t w = free_.checked_word(ho);
+                if (word_state(w) == kCached && word_owner(w) == client_)
+                    flushed = free_.release(ho, w) || flushed;
+            });
         });
-    });
+    }
+    if (flushed)
+        notify_freed();
 }
 
 } // namespace shmipc

@@ -10,7 +10,7 @@ void format_control(std::byte *segment, std::size_t size, const HeapFormat &form
     std::memset(static_cast<void *>(ctl), 0, sizeof(HeapControl));
     ctl->magic = kHeapControlMagic;
     ctl->layout = kHeapLayout;
-    ctl->mode = format.mode & 07777;
+    ctl->mode = format.mode & 0777;
     ctl->max_size = format.max_size < size ? size : format.max_size;
     ctl->persistent = format.persistent ? 1 : 0;
     ctl->anonymous = format.anonymous ? 1 : 0;

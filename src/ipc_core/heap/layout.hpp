@@ -226,7 +226,7 @@ static_assert(offsetof(NamedEntry, state) == 64 && offsetof(NamedEntry, kind) ==
 //   offset  size     field
 //   0       8        magic          kHeapControlMagic
 //   8       4        layout         kHeapLayout
-//   12      4        mode           permission bits of extensions (<= 07777)
+//   12      4        mode           permission bits of extensions (<= 0777)
 //   16      8        max_size       bytes, all segments; == segs[0].size if it cannot grow
 //   24      4        persistent     0/1: names survive the owner
 //   28      4        anonymous      0/1: memfd heap (never grows)
@@ -248,7 +248,8 @@ struct HeapControl {
     std::uint64_t max_size;
     std::uint32_t persistent;
     std::uint32_t anonymous;
-    std::uint64_t reserved0[4];
+    FutexWord memory_freed; // bumped (when someone waits) by every free under the lock
+    std::uint64_t reserved0[3];
     RobustMutexWord lock;
     std::atomic<std::uint32_t> segment_count;
     std::uint32_t reserved1;
@@ -264,6 +265,7 @@ static_assert(alignof(HeapControl) == 64 && sizeof(HeapControl) == 43200);
 static_assert(offsetof(HeapControl, layout) == 8 && offsetof(HeapControl, mode) == 12 &&
               offsetof(HeapControl, max_size) == 16 && offsetof(HeapControl, persistent) == 24 &&
               offsetof(HeapControl, anonymous) == 28);
+static_assert(offsetof(HeapControl, memory_freed) == 32);
 static_assert(offsetof(HeapControl, lock) == 64 && offsetof(HeapControl, segment_count) == 72 &&
               offsetof(HeapControl, segs) == 80 && offsetof(HeapControl, bins) == 1616 &&
               offsetof(HeapControl, named_changed) == 2128 &&

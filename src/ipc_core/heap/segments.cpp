@@ -37,7 +37,7 @@ HeapControl *Segments::attach_primary(const MemorySegment &primary, bool anonymo
     if (max_size < size || max_size > kMaxTotalSize || (anonymous && max_size != size))
         fail("bad max_size " + std::to_string(max_size));
     const std::uint32_t mode = ctl->mode, persistent = ctl->persistent, anon = ctl->anonymous;
-    if (mode > 07777)
+    if (mode > 0777)
         fail("bad mode");
     if (persistent > 1 || anon != (anonymous ? 1u : 0u))
         fail("bad flags");
@@ -94,7 +94,7 @@ std::byte *Segments::map_extension(std::uint32_t s) {
         const SegmentInfo info = ctl_->segs[i]; // one read; only this copy is checked and kept
         check_extension(i, info, info.size);    // before attach sizes anything by it
         MemorySegment seg = MemorySegment::attach_named(
-            extension_name(name_, i), SegmentKind::HeapExtension, kHeapLayout, info.size);
+            extension_name(name_, i), SegmentKind::HeapExtension, kHeapLayout, info.size, trust_);
         check_extension(i, info, seg.size());
         if (!seg.writable())
             throw OsError(EACCES, what_ + ": extension segment " + std::to_string(i) +

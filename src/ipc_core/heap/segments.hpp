@@ -38,6 +38,9 @@ class Segments {
     // its geometry. `name`: the primary's name ("" for an anonymous heap), `what`: for messages.
     // Returns the validated control block.
     HeapControl *attach_primary(const MemorySegment &primary, bool anonymous, std::string what);
+    // Whose extension segments may be mapped: any process of a trusted owner may have grown the
+    // heap, so the attacher's policy plus the primary's owner (our own uid always).
+    void set_trust(const TrustPolicy &t) noexcept { trust_ = t; }
 
     // Pointer for a heap offset: maps a segment grown by another process on first use.
     // InvalidArgument for an offset outside every segment; CorruptSegment if the shared segment
@@ -143,6 +146,7 @@ class Segments {
 
     HeapControl *ctl_ = nullptr;
     std::string name_; // primary's normalized name, "" for an anonymous heap
+    TrustPolicy trust_{}; // owners whose extension segments we map (set by set_trust)
     std::string what_; // "heap '/frames'" or "anonymous heap"
     int primary_fd_ = -1;
     std::uint64_t max_size_ = 0;

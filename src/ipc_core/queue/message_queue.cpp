@@ -551,9 +551,9 @@ MessageQueue MessageQueue::create(std::string_view name, std::size_t capacity,
     return q;
 }
 
-MessageQueue MessageQueue::attach(std::string_view name) {
+MessageQueue MessageQueue::attach(std::string_view name, const TrustPolicy &trust) {
     auto seg = MemorySegment::attach_named(name, SegmentKind::MessageQueue,
-                                           kMessageQueueLayoutVersion, kSlotsOffset);
+                                           kMessageQueueLayoutVersion, kSlotsOffset, trust);
     if (!seg.writable())
         throw OsError(EACCES, "message queue '" + seg.name() + "' is not writable by us");
     const auto *ctl = reinterpret_cast<const QueueControl *>(seg.data() + kControlOffset);

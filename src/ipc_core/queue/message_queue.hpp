@@ -100,7 +100,7 @@ class MessageQueue {
     static MessageQueue create(std::string_view name, std::size_t capacity,
                                std::size_t max_message_size, mode_t mode, bool persistent);
     // Attaches to an existing queue; CorruptSegment if it is not a valid one, ENOENT if absent.
-    static MessageQueue attach(std::string_view name);
+    static MessageQueue attach(std::string_view name, const TrustPolicy &trust = {});
 
     MessageQueue();
     MessageQueue(MessageQueue &&) noexcept;

@@ -36,9 +36,9 @@ struct OpenedName {
 struct TrustPolicy {
     static constexpr uid_t kAnyOwner = static_cast<uid_t>(-2);
     static constexpr uid_t kOwnUser = static_cast<uid_t>(-1);
-    // kOwnUser: only objects of our own effective uid; kAnyOwner: anyone's; else that uid's (and
-    // ours). The default stays kAnyOwner until every binding passes trust_owner (API.md §7).
-    uid_t uid = kAnyOwner;
+    // kOwnUser (the default): only objects of our own effective uid; kAnyOwner: anyone's; else
+    // that uid's (and ours). Python's trust_owner= maps to it (None, "any", a uid).
+    uid_t uid = kOwnUser;
     [[nodiscard]] bool any() const noexcept { return uid == kAnyOwner; }
     [[nodiscard]] static TrustPolicy own_user() noexcept { return TrustPolicy{kOwnUser}; }
 };

@@ -106,9 +106,10 @@ std::unique_ptr<SharedValue> SharedValue::create(std::string_view name, std::siz
     return std::unique_ptr<SharedValue>(new SharedValue(std::move(seg)));
 }
 
-std::unique_ptr<SharedValue> SharedValue::attach(std::string_view name) {
+std::unique_ptr<SharedValue> SharedValue::attach(std::string_view name,
+                                                 const TrustPolicy &trust) {
     auto seg = MemorySegment::attach_named(name, SegmentKind::SharedValue, kSharedValueLayout,
-                                           kFirstSlotOffset + 2 * sizeof(ValueSlot));
+                                           kFirstSlotOffset + 2 * sizeof(ValueSlot), trust);
     // The header is valid; now check the control block before trusting any offset in it.
     const auto *ctl = reinterpret_cast<const ValueControl *>(seg.data() + kControlOffset);
     const std::string what = "'" + seg.name() + "' is not a valid SharedValue: ";

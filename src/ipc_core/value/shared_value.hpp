@@ -100,7 +100,8 @@ class SharedValue {
     static std::unique_ptr<SharedValue> create(std::string_view name, std::size_t capacity,
                                                mode_t mode, bool persistent);
     // Opens an existing one: ENOENT if absent, CorruptSegment if it is not a valid SharedValue.
-    static std::unique_ptr<SharedValue> attach(std::string_view name);
+    static std::unique_ptr<SharedValue> attach(std::string_view name,
+                                               const TrustPolicy &trust = {});
 
     SharedValue(const SharedValue &) = delete;
     SharedValue &operator=(const SharedValue &) = delete;

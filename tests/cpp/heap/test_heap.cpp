@@ -746,10 +746,17 @@ TEST(Heap, a_dead_parent_is_seen_while_its_forked_child_keeps_copies_of_its_desc
         (void)c->allocate(5000);
         pid_t kid = ::fork();
         if (kid == 0) {
-            ::pause(); // holds copies of c's fds (renewed: without c's locks)
+            // fork() returned here only after the child handlers renewed c's fds (without c's
+            // locks): say so, then hold the copies.
+            reinterpret_cast<std::atomic<pid_t> *>(shm.as<pid_t>())->store(::getpid());
+            ::pause();
             ::_exit(0);
         }
-        *shm.as<pid_t>() = kid;
+        // Wait for the renewal: until then the kid shares c's open file description, and with
+        // it c's lock, so c would not look dead yet.
+        auto *seen = reinterpret_cast<std::atomic<pid_t> *>(shm.as<pid_t>());
+        for (int i = 0; i < 10000 && seen->load() != kid; ++i)
+            ::usleep(1000);
         ready.post();
         ::pause();
         return 0;
@@ -760,4 +767,32 @@ TEST(Heap, a_dead_parent_is_seen_while_its_forked_child_keeps_copies_of_its_desc
     EXPECT_GT(h->reap_dead_clients(Deadline(10.0)), 0u);
     EXPECT_TRUE(h->all_freed());
     ::kill(*shm.as<pid_t>(), SIGKILL);
+}
+
+// Back-pressure (API.md §8): a full heap makes allocate_waiting sleep until another client
+// frees, then succeed; with nobody freeing it fails with OutOfMemory once the deadline passed.
+TEST(Heap, allocate_waiting_gets_memory_another_thread_frees) {
+    auto h = Heap::anonymous(opts(1 << 20));
+    const std::uint64_t big = h->allocate(700 << 10);
+    EXPECT_THROW((void)h->allocate(600 << 10), OutOfMemory);
+    std::thread freer([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        h->deallocate(big);
+    });
+    const std::uint64_t got = h->allocate_waiting(600 << 10, 64, Deadline(30.0));
+    freer.join();
+    EXPECT_NE(got, 0u);
+    h->deallocate(got);
+    EXPECT_TRUE(h->all_freed());
+}
+
+TEST(Heap, allocate_waiting_fails_after_its_deadline_and_at_once_for_the_impossible) {
+    auto h = Heap::anonymous(opts(1 << 20));
+    const std::uint64_t big = h->allocate(700 << 10);
+    const auto t0 = Clock::now();
+    EXPECT_THROW((void)h->allocate_waiting(600 << 10, 64, Deadline(0.2)), OutOfMemory);
+    EXPECT_GE(Clock::now() - t0, std::chrono::milliseconds(190));
+    // More than the heap can ever hold: no point in waiting.
+    EXPECT_THROW((void)h->allocate_waiting(4 << 20, 64, Deadline::never()), OutOfMemory);
+    h->deallocate(big);
 }
