@@ -75,9 +75,19 @@ def cmd_rm(args: argparse.Namespace) -> int:
     if args.stale:
         for name in _core.remove_stale_objects(args.dir):
             print(f"removed stale {name}")
+    ours = {o["name"].lstrip("/") for o in _core.list_objects(args.dir)}
     for name in args.names:
         try:
             norm = _core.normalize_name(name)
+            base = norm.lstrip("/")
+            known = base in ours or _core.stream_info(norm)["is_stream"]
+            if not known and not args.force and os.path.lexists(os.path.join(args.dir, base)):
+                print(
+                    f"shmipc rm: {name}: not a shmipc object (left alone; --force removes it)",
+                    file=sys.stderr,
+                )
+                rc = 1
+                continue
             if not _core.unlink(norm):
                 print(f"shmipc rm: {name}: no such object", file=sys.stderr)
                 rc = 1
@@ -186,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rm = sub.add_parser("rm", help="unlink objects by name (recovery)")
     rm.add_argument("names", nargs="*", metavar="NAME")
     rm.add_argument("--stale", action="store_true", help="remove every stale object")
+    rm.add_argument(
+        "--force", action="store_true", help="also remove a NAME that is not a shmipc object"
+    )
     rm.set_defaults(fn=cmd_rm)
     info = sub.add_parser("info", help="/dev/shm size and use, kernel features, limits")
     info.set_defaults(fn=cmd_info)

@@ -8,8 +8,12 @@ NumPy views, pickling for multiprocessing.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import threading
+import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +32,30 @@ _DEFAULT_SIZE = 64 << 20
 
 
 Block = _core.Block  # a C type for speed: its docstring documents it
+
+# Open heaps, closed at interpreter exit (see _close_all_at_exit).
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    """Closes every open Heap before the interpreter finalizes, as SharedValue does.
+
+    A daemon thread blocked in one of its channels keeps the heap referenced forever, so
+    neither close() nor the finalizer would run: the owner's name would stay behind, stale.
+    Closing ends such waits (ValueError in that thread) and removes the names of
+    non-persistent heaps this process owns. A heap whose Blocks still have views is skipped.
+    """
+    heaps = list(_live)
+    for h in heaps:
+        try:
+            h.close()
+        except Exception:  # noqa: BLE001 -- best effort at exit
+            pass
+    if heaps and threading.active_count() > 1:
+        time.sleep(0.1)  # let threads woken by close() get back to Python
+
+
+atexit.register(_close_all_at_exit)
 
 
 def _block_as_array(
@@ -95,6 +123,7 @@ class Heap(_core.HeapCore):
             -1,
             thread_cache,
         )
+        _live.add(self)
         return self
 
     @classmethod
@@ -112,6 +141,7 @@ class Heap(_core.HeapCore):
         self = cls.__new__(cls)
         _core.HeapCore.__init__(self, "attach", name, 0, 0, 0o600, False, -1, thread_cache, uid)
         self._trust_uid = uid
+        _live.add(self)
         return self
 
     @classmethod
@@ -124,6 +154,7 @@ class Heap(_core.HeapCore):
         _core.HeapCore.__init__(
             self, "anonymous", "", _size(size), 0, 0o600, False, -1, thread_cache
         )
+        _live.add(self)
         return self
 
     @classmethod
@@ -134,6 +165,7 @@ class Heap(_core.HeapCore):
         except BaseException:
             os.close(fd)
             raise
+        _live.add(self)
         return self
 
     # --- allocation (``allocate`` itself is implemented in C++ for speed) -------------------

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import pickle
 import queue
+import threading
+import time
+import weakref
 from types import TracebackType
 from typing import Any
 
@@ -43,6 +47,7 @@ class MessageQueue:
         self._q: _core.MessageQueue | None = _handle
         self._name: str = _handle.name
         self._trust: int | str | None = None
+        _live.add(self)
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -194,8 +199,8 @@ class MessageQueue:
 
     def close(self) -> None:
         """Detaches (idempotent). The creator of a non-persistent queue also removes its name;
-        other processes keep working on their mapping. Calls still waiting in other threads
-        finish first."""
+        other processes keep working on their mapping. A get() or put() waiting in another
+        thread of this handle ends with ``ValueError`` (closed); nothing it had is lost."""
         q, self._q = self._q, None
         if q is not None:
             q.close()
@@ -236,3 +241,22 @@ class MessageQueue:
 def _attach(cls: Any, name: str, trust_owner: int | str | None) -> MessageQueue:
     q: MessageQueue = cls.attach(name, trust_owner=trust_owner)
     return q
+
+
+# Open queues, closed at interpreter exit: a daemon thread blocked in get() keeps its queue
+# referenced, so the owner's name would otherwise stay behind (see _heap._close_all_at_exit).
+_live: weakref.WeakSet[MessageQueue] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    queues = list(_live)
+    for q in queues:
+        try:
+            q.close()
+        except Exception:  # noqa: BLE001 -- best effort at exit
+            pass
+    if queues and threading.active_count() > 1:
+        time.sleep(0.1)
+
+
+atexit.register(_close_all_at_exit)

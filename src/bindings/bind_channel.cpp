@@ -65,15 +65,37 @@ struct ChannelCore {
     void close() {
         if (!ch)
             return;
+        remove_heap_dependent(heap, this);
         if (heap_open()) {
-            GilRelease nogil; // may wait for a thread inside the handle to leave
-            ch->close();
+            {
+                GilRelease nogil; // may wait for a thread inside the handle to leave
+                ch->close();
+            }
+            ch.reset();
         } else {
             ch->abandon(); // the heap (and its lock fd) is gone: nothing left to release
+            ch.reset();
         }
-        ch.reset();
+    }
+    static void close_for_heap(void *self) {
+        auto *core = static_cast<ChannelCore *>(self);
+        // The Python object of this core, kept alive across the close: while the GIL is
+        // released a woken thread may drop the last other reference to the channel.
+        py::object keep = py::cast(core, py::return_value_policy::reference);
+        try {
+            core->close();
+        } catch (...) {
+            // The heap is closing anyway: what the channel could not release goes with it.
+            remove_heap_dependent(core->heap, core);
+            if (core->ch) {
+                core->ch->abandon();
+                core->ch.reset();
+            }
+        }
     }
     ~ChannelCore() {
+        if (heap)
+            remove_heap_dependent(heap, this);
         if (ch && !heap_open())
             ch->abandon();
     }
@@ -312,6 +334,7 @@ void bind_channel(py::module_ &m) {
                     GilRelease nogil; // may wait for a concurrent creator
                     core->ch = Channel::open(h, name, capacity);
                 }
+                add_heap_dependent(core->heap, core.get(), &ChannelCore::close_for_heap);
                 return core;
             }),
             py::arg("heap"), py::arg("name"), py::arg("capacity"))

@@ -20,6 +20,7 @@ namespace {
 struct PyHeap {
     std::unique_ptr<Heap> heap;
     Py_ssize_t exports = 0; // live buffer views of its Blocks: close() refuses while > 0
+    std::vector<std::pair<void *, void (*)(void *)>> dependents; // see add_heap_dependent
     Heap &get() {
         if (!heap)
             throw Closed("Heap is closed");
@@ -430,6 +431,26 @@ py::dict stats_dict(const HeapStats &s) {
 
 } // namespace
 
+void add_heap_dependent(py::handle py_heap, void *key, void (*close)(void *key)) {
+    PyHeap *ph = pyheap_of(py_heap.ptr());
+    if (!ph)
+        throw InvalidArgument("not a shmipc.Heap");
+    ph->dependents.emplace_back(key, close);
+}
+
+void remove_heap_dependent(py::handle py_heap, void *key) noexcept {
+    PyHeap *ph = pyheap_of(py_heap.ptr());
+    if (!ph)
+        return;
+    auto &d = ph->dependents;
+    for (auto it = d.begin(); it != d.end(); ++it) {
+        if (it->first == key) {
+            d.erase(it);
+            return;
+        }
+    }
+}
+
 Heap &heap_of(py::handle py_heap) {
     PyHeap *ph = pyheap_of(py_heap.ptr());
     if (!ph)
@@ -541,6 +562,16 @@ void bind_heap(py::module_ &m) {
                  if (h.exports > 0)
                      throw BufferBusy("cannot close the heap while " + std::to_string(h.exports) +
                                       " view(s) of its Blocks exist");
+                 // Its channels first: a thread blocked in one leaves with ClosedError, and
+                 // their roles in this process are released.
+                 while (!h.dependents.empty() && h.heap) {
+                     auto [key, close] = h.dependents.back();
+                     close(key); // unregisters itself
+                     if (!h.dependents.empty() && h.dependents.back().first == key)
+                         h.dependents.pop_back(); // a closer that failed to: never loop
+                 }
+                 if (!h.heap)
+                     return; // closed meanwhile by another thread
                  std::unique_ptr<Heap> hp = std::move(h.heap);
                  GilRelease nogil;
                  hp.reset();

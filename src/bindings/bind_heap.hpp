@@ -20,6 +20,13 @@ Heap &heap_of(py::handle py_heap);
 py::object make_block(py::handle py_heap, std::uint64_t offset, std::size_t nbytes,
                       bool owned = true);
 
+// Objects living in a Python heap that must end before it does (channels: a thread may be
+// blocked in one, and each holds a role registered for this process). heap.close() runs every
+// registered closer first (with the GIL held; a closer may release it), so no thread is left
+// inside an object whose heap is gone. A closer unregisters itself.
+void add_heap_dependent(py::handle py_heap, void *key, void (*close)(void *key));
+void remove_heap_dependent(py::handle py_heap, void *key) noexcept;
+
 struct BlockRef {
     PyObject *heap;       // borrowed: the Python heap the block belongs to
     std::uint64_t offset; // payload offset in the heap

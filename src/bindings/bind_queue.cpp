@@ -185,7 +185,13 @@ void bind_queue(py::module_ &m) {
                  return h.get()->recover();
              })
         .def_property_readonly("closed", [](const QueueHandle &h) { return !h.q; })
-        .def("close", [](QueueHandle &h) { h.q.reset(); });
+        .def("close", [](QueueHandle &h) {
+            // A thread blocked in get()/put() of this handle leaves with ValueError (closed),
+            // then the last reference unmaps.
+            if (h.q)
+                h.q->request_close();
+            h.q.reset();
+        });
 }
 
 } // namespace shmipc::bindings

@@ -45,3 +45,19 @@ def hold_memory_and_wait(name: str, nbytes: int, ready: Any) -> None:
     blk._detach()
     ready.value = 1
     time.sleep(600)
+
+
+def exit_with_a_daemon_thread_blocked(name: str, kind: str, ready: Any) -> None:
+    """Creates a named heap (blocked in a channel recv) or queue (blocked in get) in a daemon
+    thread, then returns: the interpreter exits with the thread still waiting."""
+    import threading
+
+    if kind == "heap":
+        heap = shmipc.Heap.create(name, 1 << 20)
+        ch = heap.channel("c")
+        threading.Thread(target=lambda: ch.recv(), daemon=True).start()
+    else:
+        q = shmipc.MessageQueue.create(name)
+        threading.Thread(target=lambda: q.get(), daemon=True).start()
+    time.sleep(0.2)
+    ready.value = 1

@@ -99,6 +99,7 @@ struct MessageQueue::Impl {
     // Shared by the threads that use this handle, hence atomics (relaxed: hints only).
     std::atomic<std::int64_t> next_scan_ns{0}; // steady clock
     std::atomic<bool> orphan_seen{false};      // a dead consumer's message waits for a taker
+    std::atomic<bool> closing{false};          // request_close(): waits of this handle end
 
     ~Impl() {
         if (registered.load(std::memory_order_relaxed) && !stamp.inherited())
@@ -469,10 +470,16 @@ struct MessageQueue::Impl {
             ctl->not_full, [&] { return put_ready(); },
             [&]() -> std::chrono::nanoseconds {
                 check_interrupt();
+                check_closing();
                 return dl.slice();
             },
             spin_policy(dl));
         return ok ? WaitResult::Ready : WaitResult::Timeout;
+    }
+
+    void check_closing() const {
+        if (closing.load(std::memory_order_relaxed))
+            throw Closed("message queue '" + seg.name() + "' was closed while waiting");
     }
 
     WaitResult wait_get_ready(const Deadline &dl) {
@@ -482,6 +489,7 @@ struct MessageQueue::Impl {
             ctl->not_empty, ready,
             [&]() -> std::chrono::nanoseconds {
                 check_interrupt();
+                check_closing();
                 if (scan_due())
                     scan(nullptr, nullptr);
                 if (orphan_seen.load(std::memory_order_relaxed))
@@ -662,6 +670,16 @@ std::size_t MessageQueue::recover(Sink sink, void *ctx) {
 
 void MessageQueue::close() noexcept {
     impl_.reset();
+}
+
+void MessageQueue::request_close() noexcept {
+    if (!impl_)
+        return;
+    impl_->closing.store(true, std::memory_order_relaxed);
+    // Wakes every sleeper on the queue's words (in other processes too: they re-check and sleep
+    // again), so this handle's waiters see the flag now rather than at their next slice.
+    notify_all(impl_->ctl->not_empty);
+    notify_all(impl_->ctl->not_full);
 }
 
 } // namespace shmipc

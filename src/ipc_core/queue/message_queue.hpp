@@ -138,6 +138,9 @@ class MessageQueue {
 
     // Releases the client lock, unmaps; the owner of a non-persistent queue removes the name.
     void close() noexcept;
+    // Asks threads waiting in this handle (put/get) to leave: they throw Closed. Call before
+    // dropping the handle from another thread.
+    void request_close() noexcept;
 
     struct Impl;
 
