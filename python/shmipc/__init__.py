@@ -52,6 +52,11 @@ def unlink(name: str) -> None:
     """
     if not _core.unlink(name):
         raise FileNotFoundError(2, f"no shared-memory object named {_core.normalize_name(name)!r}")
+    # A MessageQueue's companion heap of out-of-band buffers (NAME.oob, NAME.oob.1, ...).
+    oob = _core.normalize_name(name) + ".oob"
+    if len(oob) <= 197 and _core.unlink(oob):
+        for i in range(1, 64):
+            _core.unlink(f"{oob}.{i}")
 
 
 def set_pool_limit(nbytes: int) -> None:
