@@ -11,6 +11,7 @@ from ._channel import Channel
 from ._dict import SharedDict
 from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
 from ._heap import Block, Heap
+from ._ndarray import asarray, empty, full, full_like, ndarray, zeros, zeros_like
 from ._queue import MessageQueue
 from ._stream import chgrp, chmod, open_stream, stream_info
 from ._value import SharedValue, Subscription
@@ -41,6 +42,13 @@ __all__ = [
     "stream_info",
     "SharedValue",
     "Subscription",
+    "ndarray",
+    "zeros",
+    "empty",
+    "full",
+    "asarray",
+    "zeros_like",
+    "full_like",
 ]
 
 
