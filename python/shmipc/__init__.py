@@ -11,6 +11,7 @@ from ._channel import Channel
 from ._dict import SharedDict
 from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
 from ._heap import Block, Heap
+from ._ndarray import asarray, empty, full, full_like, ndarray, zeros, zeros_like
 from ._queue import MessageQueue
 from ._stream import chgrp, chmod, open_stream, stream_info
 from ._value import SharedValue, Subscription
@@ -41,6 +42,13 @@ __all__ = [
     "stream_info",
     "SharedValue",
     "Subscription",
+    "ndarray",
+    "zeros",
+    "empty",
+    "full",
+    "asarray",
+    "zeros_like",
+    "full_like",
 ]
 
 
@@ -52,6 +60,11 @@ def unlink(name: str) -> None:
     """
     if not _core.unlink(name):
         raise FileNotFoundError(2, f"no shared-memory object named {_core.normalize_name(name)!r}")
+    # A MessageQueue's companion heap of out-of-band buffers (NAME.oob, NAME.oob.1, ...).
+    oob = _core.normalize_name(name) + ".oob"
+    if len(oob) <= 197 and _core.unlink(oob):
+        for i in range(1, 64):
+            _core.unlink(f"{oob}.{i}")
 
 
 def set_pool_limit(nbytes: int) -> None:

@@ -158,6 +158,7 @@ class Buffer(_core.Buffer):
 
     def _mp_state(self) -> tuple[int, Any]:
         self._check_open()
+        self._mark_shared()  # the child maps these bytes: never reuse them for a new buffer
         return self.nbytes, self.meta
 
     @classmethod

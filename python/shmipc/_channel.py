@@ -166,6 +166,26 @@ class Channel(_core.ChannelCore):
         meta = _encode_meta(a.dtype, a.shape, 0, fortran)
         self._send_bytes(_as_bytes_view(data), meta, timeout)
 
+    def send_obj(self, obj: Any, timeout: float | None = None) -> None:
+        """Sends any picklable object (pickle protocol 5); ``recv_obj`` returns it.
+
+        Buffers of at least 64 KiB inside it (NumPy arrays, bytes, bytearray,
+        ``pickle.PickleBuffer``, pandas/pyarrow buffers) travel out of band as blocks of this
+        heap: one copy each, none for an array that is the sole view of a Block of this heap
+        (that block moves, as with :meth:`send_array`). ``timeout`` bounds the whole call.
+        """
+        from ._objects import channel_send_obj
+
+        channel_send_obj(self, obj, timeout)
+
+    def recv_obj(self, timeout: float | None = None) -> Any:
+        """The next object sent with :meth:`send_obj`. Its arrays view blocks of this heap
+        (zero copy), freed when they are garbage-collected; ``bytes``/``bytearray`` arrive as
+        their own copies. Raises as :meth:`recv` does."""
+        from ._objects import channel_recv_obj
+
+        return channel_recv_obj(self, timeout)
+
     def send_many(self, items: Iterable[Any], timeout: float | None = None) -> int:
         """Copies and sends each buffer of ``items`` in order, as separate records, with far
         less overhead per message than ``send`` (one call, one wake-up per ring-full).

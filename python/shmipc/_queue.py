@@ -11,7 +11,7 @@ import weakref
 from types import TracebackType
 from typing import Any
 
-from . import _core, _validate
+from . import _core, _objects, _validate
 
 __all__ = ["MessageQueue"]
 
@@ -41,13 +41,16 @@ class MessageQueue:
     timeout, as ``queue.Queue`` does.
     """
 
-    __slots__ = ("_q", "_name", "_trust", "__weakref__")
+    __slots__ = ("_q", "_name", "_trust", "_oob", "__weakref__")
 
-    def __init__(self, _handle: _core.MessageQueue) -> None:
+    def __init__(self, _handle: _core.MessageQueue, _oob: Any = None) -> None:
         self._q: _core.MessageQueue | None = _handle
         self._name: str = _handle.name
         self._trust: int | str | None = None
         _live.add(self)
+        # The companion heap of out-of-band buffers (shmipc/_objects.py): a Heap, None (not
+        # looked up yet) or False (this queue has none).
+        self._oob: Any = _oob
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -58,9 +61,18 @@ class MessageQueue:
         max_message_size: int = 1 << 16,
         mode: int = 0o600,
         persistent: bool = False,
+        *,
+        oob_size: int = 4 << 20,
+        oob_max_size: int = 1 << 40,
     ) -> MessageQueue:
         """Creates the queue ``name`` with room for ``maxsize`` messages of at most
         ``max_message_size`` bytes each.
+
+        Buffers of at least 64 KiB inside objects given to :meth:`put` (NumPy arrays, pandas and
+        pyarrow buffers, large bytes) travel out of band, through the companion heap
+        ``NAME.oob`` created here with ``oob_size`` bytes; it grows by segments up to
+        ``oob_max_size`` bytes as needed (``MemoryError`` beyond, or when /dev/shm is full).
+        ``oob_size=0``: no companion heap, everything travels in band.
 
         Reserves ``maxsize * round_up(max_message_size + 16, 64)`` bytes of shared memory now
         (``MemoryError`` if ``/dev/shm`` cannot hold them). ``FileExistsError`` if a live queue
@@ -72,9 +84,26 @@ class MessageQueue:
         _validate.integer(maxsize, "maxsize", minimum=1)
         _validate.integer(max_message_size, "max_message_size", minimum=1)
         _validate.mode(mode)
-        return cls(
-            _core.MessageQueue.create(name, maxsize, max_message_size, mode, bool(persistent))
-        )
+        for arg, value in (("oob_size", oob_size), ("oob_max_size", oob_max_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{arg} must be an int >= 0, got {value!r}")
+        h = _core.MessageQueue.create(name, maxsize, max_message_size, mode, bool(persistent))
+        oob: Any = False
+        if oob_size > 0 and len(_oob_name(h.name)) <= 196:  # room for extension suffixes
+            from ._heap import Heap
+
+            try:
+                oob = Heap.create(
+                    _oob_name(h.name),
+                    size=oob_size,
+                    mode=mode,
+                    max_size=max(oob_size, oob_max_size),
+                    persistent=bool(persistent),
+                )
+            except BaseException:
+                h.close()
+                raise
+        return cls(h, oob)
 
     @classmethod
     def attach(cls, name: str, *, trust_owner: int | str | None = None) -> MessageQueue:
@@ -100,7 +129,7 @@ class MessageQueue:
         q = self._q
         if q is None:
             raise _closed()
-        q.put_bytes(_dumps(obj, _PROTOCOL), block, timeout)
+        self._put_obj(q, obj, block, timeout)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Removes and returns the next object; waits if ``block`` (at most ``timeout``
@@ -108,21 +137,55 @@ class MessageQueue:
         q = self._q
         if q is None:
             raise _closed()
-        return _loads(q.get_bytes(block, timeout))
+        raw = q.get_bytes(block, timeout)
+        if _objects.is_oob_message(raw):
+            return _objects.decode_queue_message(raw, self._oob_heap)
+        return _loads(raw)
 
     def put_nowait(self, obj: Any) -> None:
         """``put(obj, block=False)``."""
         q = self._q
         if q is None:
             raise _closed()
-        q.put_bytes(_dumps(obj, _PROTOCOL), False, None)
+        self._put_obj(q, obj, False, None)
 
     def get_nowait(self) -> Any:
         """``get(block=False)``."""
-        q = self._q
-        if q is None:
-            raise _closed()
-        return _loads(q.get_bytes(False, None))
+        return self.get(False, None)
+
+    # ---- out-of-band buffers (shmipc/_objects.py) -------------------------------------------
+    def _put_obj(self, q: _core.MessageQueue, obj: Any, block: bool, timeout: float | None) -> None:
+        data, buffers = _objects.dumps(obj)
+        if not buffers:
+            q.put_bytes(data, block, timeout)
+            return
+        heap = self._oob_heap()
+        if heap is None:  # a queue without a companion heap: everything in band
+            q.put_bytes(_dumps(obj, _PROTOCOL), block, timeout)
+            return
+        if _objects.queue_header_size(len(buffers)) + len(data) > q.max_message_size:
+            raise ValueError(
+                f"the in-band part of this object is {len(data)} bytes (+ 16 per out-of-band "
+                f"buffer); the queue's max_message_size is {q.max_message_size}"
+            )
+        msg, refs = _objects.encode_queue_message(heap, data, buffers)
+        try:
+            q.put_bytes(msg, block, timeout)
+        except BaseException:
+            _objects.drop_refs(heap, refs)
+            raise
+
+    def _oob_heap(self) -> Any:
+        oob = self._oob
+        if oob is None:
+            from ._heap import Heap
+
+            try:
+                oob = Heap.attach(_oob_name(self._name), trust_owner=self._trust)
+            except FileNotFoundError:
+                oob = False
+            self._oob = oob
+        return oob or None
 
     # ---- raw bytes -------------------------------------------------------------------------
     def put_bytes(self, data: Any, block: bool = True, timeout: float | None = None) -> None:
@@ -202,6 +265,12 @@ class MessageQueue:
         other processes keep working on their mapping. A get() or put() waiting in another
         thread of this handle ends with ``ValueError`` (closed); nothing it had is lost."""
         q, self._q = self._q, None
+        oob, self._oob = self._oob, False
+        if oob:
+            try:
+                oob.close()
+            except BufferError:
+                pass  # received arrays still view it: it closes when they are gone
         if q is not None:
             q.close()
 
@@ -230,6 +299,14 @@ class MessageQueue:
             f"<shmipc.MessageQueue {self._name!r} qsize={self._q.qsize()} "
             f"maxsize={self._q.maxsize} max_message_size={self._q.max_message_size}>"
         )
+
+    @property
+    def oob_stats(self) -> dict[str, int] | None:
+        """``Heap.stats()`` of the companion heap that holds out-of-band buffers (None if the
+        queue has none)."""
+        self._handle()
+        heap = self._oob_heap()
+        return None if heap is None else heap.stats()
 
     def _handle(self) -> _core.MessageQueue:
         q = self._q
@@ -260,3 +337,7 @@ def _close_all_at_exit() -> None:
 
 
 atexit.register(_close_all_at_exit)
+
+
+def _oob_name(queue_name: str) -> str:
+    return queue_name.lstrip("/") + ".oob"

@@ -162,6 +162,8 @@ void bind_buffer(py::module_ &m) {
             py::arg("dtype"), py::arg("shape"), py::arg("fortran"), py::arg("offset"),
             py::arg("writable"))
         .def("fileno", &Buffer::fileno)
+        .def("_mark_shared", &Buffer::mark_shared)
+        .def_property_readonly("_shared", &Buffer::shared)
         .def("seal", &Buffer::seal)
         .def("_close", &Buffer::close);
 

@@ -623,6 +623,27 @@ void bind_heap(py::module_ &m) {
              })
         .def("_adopt", [](py::object self, std::uint64_t offset,
                           std::size_t nbytes) { return make_block(self, offset, nbytes, true); })
+        // Out-of-band buffers of pickled objects (shmipc/_objects.py): a block that travels in
+        // a message is held by the heap while in flight (it survives its sender), and taken back
+        // by exactly one receiver (then reclaimed if that receiver dies).
+        .def("_hold_block",
+             [](py::object self, py::handle blk) {
+                 Heap &hp = heap_of(self);
+                 const std::uint64_t off = detach_block(blk);
+                 hp.transfer(off, kOwnerHeld);
+                 return off;
+             })
+        .def("_take_held",
+             [](py::object self, std::uint64_t offset, std::size_t nbytes) {
+                 Heap &hp = heap_of(self);
+                 if (hp.block_capacity(offset) < nbytes)
+                     throw CorruptSegment("block at offset " + std::to_string(offset) +
+                                          " is smaller than " + std::to_string(nbytes) + " bytes");
+                 if (!hp.try_transfer(offset, kOwnerHeld, hp.client_id()))
+                     throw CorruptSegment("block at offset " + std::to_string(offset) +
+                                          " is not held for a message (taken twice?)");
+                 return make_block(self, offset, nbytes, true);
+             })
         .def(
             "_named",
             [](PyHeap &h, std::uint32_t kind) {

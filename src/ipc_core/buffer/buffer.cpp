@@ -204,6 +204,7 @@ std::unique_ptr<Buffer> Buffer::adopt(UniqueFd fd, std::size_t nbytes, std::size
     b->nbytes_ = nbytes;
     b->sealed_ = write_sealed;
     b->writable_ = !write_sealed;
+    b->shared_ = true; // the process that handed it over still uses these bytes
     return b;
 }
 
@@ -222,6 +223,7 @@ std::unique_ptr<Buffer> Buffer::share(UniqueFd fd, std::size_t nbytes) {
     b->nbytes_ = nbytes;
     b->sealed_ = write_sealed;
     b->writable_ = !write_sealed;
+    b->shared_ = true; // the process that handed it over still uses these bytes
     return b;
 }
 
@@ -235,7 +237,7 @@ void Buffer::give_back() noexcept {
     released_ = true;
     // Sealed files can never be written again: no use for new buffers.
     if (!sealed_ && seg_.data())
-        Pool::instance().put(std::move(seg_), !moved_);
+        Pool::instance().put(std::move(seg_), !moved_ && !shared_);
     seg_.reset();
 }
 

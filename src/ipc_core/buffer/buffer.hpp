@@ -66,6 +66,10 @@ class Buffer {
     [[nodiscard]] int prepare_send(std::size_t allowed_writable_exports) const;
     // After a successful send: the sender keeps a read-only mapping (move semantics).
     void mark_sent();
+    // Another process maps these bytes too (multiprocessing hand-over, shmipc.ndarray): once
+    // closed, the pool must never reuse them for a new buffer of this process.
+    void mark_shared() noexcept { shared_ = true; }
+    [[nodiscard]] bool shared() const noexcept { return shared_; }
 
   private:
     Buffer() = default;
@@ -78,6 +82,7 @@ class Buffer {
     std::size_t writable_exports_ = 0;
     bool sealed_ = false;
     bool moved_ = false;
+    bool shared_ = false; // other processes map the same bytes (never reused for new buffers)
     bool closed_ = false;
     bool released_ = false;
 };
