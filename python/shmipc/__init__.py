@@ -6,6 +6,7 @@ Everything public is importable from here; see docs/ and API.md for the contract
 from __future__ import annotations
 
 from . import _core
+from ._async import arecv, arecv_array, reactor_info
 from ._buffer import Buffer, recv, recv_array, send, send_array
 from ._channel import Channel
 from ._dict import SharedDict
@@ -14,6 +15,7 @@ from ._heap import Block, Heap
 from ._queue import MessageQueue
 from ._stream import chgrp, chmod, open_stream, stream_info
 from ._value import SharedValue, Subscription
+from ._wait import wait
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,10 @@ __all__ = [
     "stream_info",
     "SharedValue",
     "Subscription",
+    "wait",
+    "arecv",
+    "arecv_array",
+    "reactor_info",
 ]
 
 

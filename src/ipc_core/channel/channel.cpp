@@ -286,6 +286,24 @@ bool Channel::endpoint_alive(ChannelRole role) const {
     return endpoint_alive_at(heap_, offset_, ctl_, role);
 }
 
+bool Channel::peer_dead(ChannelRole role) const {
+    return endpoint_dead_at(heap_, offset_, ctl_, role);
+}
+
+void Channel::check_peer() {
+    std::unique_lock g(mu_, std::try_to_lock);
+    if (!g || closed_)
+        return;
+    if (role_ == ChannelRole::Receiver) {
+        if (!consumer_.readable() && !consumer_.closed_and_empty() &&
+            endpoint_dead_at(heap_, offset_, ctl_, ChannelRole::Sender))
+            peer_died(ChannelRole::Sender);
+    } else if (role_ == ChannelRole::Sender) {
+        if (!producer_.writable() && endpoint_dead_at(heap_, offset_, ctl_, ChannelRole::Receiver))
+            peer_died(ChannelRole::Receiver);
+    }
+}
+
 void Channel::peer_died(ChannelRole peer) {
     // Free what the dead process held (blocks it had received, its caches); best effort.
     try {

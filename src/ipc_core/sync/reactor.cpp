@@ -112,6 +112,16 @@ constexpr std::chrono::seconds kIdleSleep{5};
 
 } // namespace
 
+void Reactor::release_owner(const void *owner) noexcept {
+    Reactor *r = nullptr;
+    {
+        std::lock_guard g(*g_instance_mu);
+        r = g_instance;
+    }
+    if (r)
+        (void)r->disarm_owner(owner);
+}
+
 Reactor &Reactor::instance() {
     std::lock_guard g(*g_instance_mu);
     if (!g_instance)
@@ -313,6 +323,7 @@ std::size_t Reactor::disarm_owner(const void *owner) noexcept {
                 unlink_locked(r);
                 if (mode_ == ReactorMode::Threads)
                     futex_wake(r.spec.word->seq, INT_MAX);
+                r.signal->fire(r.token);
                 try {
                     gone.push_back(std::move(it->second));
                 } catch (...) {

@@ -99,8 +99,11 @@ class Reactor {
     // Forgets the registration. True if it was still armed (it never fires then), false if it
     // had fired or never existed.
     bool disarm(std::uint64_t id) noexcept;
-    // Forgets every registration of `owner`; returns how many.
+    // Fires and forgets every registration of `owner` (which is about to close: its waiters
+    // retry and find it closed); returns how many.
     std::size_t disarm_owner(const void *owner) noexcept;
+    // disarm_owner on the process's reactor, if one was ever made (no reactor is created).
+    static void release_owner(const void *owner) noexcept;
 
     [[nodiscard]] std::size_t armed() const;
     [[nodiscard]] std::size_t threads() const; // threads running now

@@ -2,6 +2,7 @@
 #include "ipc_core/sync/waiter.hpp"
 #include "testutil.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <gtest/gtest.h>
@@ -123,7 +124,7 @@ TEST_P(ReactorModes, a_disarmed_registration_never_fires) {
     EXPECT_EQ(r.armed(), 0u);
 }
 
-TEST_P(ReactorModes, disarm_owner_forgets_every_registration_of_an_owner) {
+TEST_P(ReactorModes, disarm_owner_fires_and_forgets_every_registration_of_an_owner) {
     Reactor r(GetParam());
     FutexWord a, b;
     int owner1 = 0, owner2 = 0;
@@ -133,7 +134,11 @@ TEST_P(ReactorModes, disarm_owner_forgets_every_registration_of_an_owner) {
     (void)r.arm(WatchSpec{&b, &owner2, nullptr, {}}, sig, 3);
     EXPECT_EQ(r.disarm_owner(&owner1), 2u);
     EXPECT_EQ(a.waiters.load(), 0u);
+    auto first = sig->take();
+    std::sort(first.begin(), first.end());
+    EXPECT_EQ(first, (std::vector<std::uint64_t>{1, 2})) << "their waiters retry (and find it closed)";
     notify_all(a);
+    EXPECT_FALSE(readable(*sig, 50ms)) << "forgotten";
     notify_all(b);
     EXPECT_TRUE(readable(*sig, 10s));
     EXPECT_EQ(sig->take(), (std::vector<std::uint64_t>{3}));
