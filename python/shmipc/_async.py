@@ -194,7 +194,9 @@ def _check_timeout(timeout: float | None) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+        raise TypeError(
+            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
     t = float(timeout)
     if t != t:
         raise ValueError("timeout must not be NaN")
@@ -281,7 +283,9 @@ class ChannelAsync:
         """``await ch.arecv()``: :meth:`recv` without blocking the event loop."""
         t = _check_timeout(timeout)
         r = await _await_op(
-            self._wait_arm, self._recv_attempt(self.recv), t  # type: ignore[attr-defined]
+            self._wait_arm,
+            self._recv_attempt(self.recv),
+            t,  # type: ignore[attr-defined]
         )
         if r is _NO:
             raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")  # type: ignore[attr-defined]

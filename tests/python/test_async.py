@@ -139,8 +139,10 @@ def test_the_loop_keeps_ticking_while_100_coroutines_await(heap, name) -> None:
     assert len(lags) >= need
     lags.sort()
     p99 = lags[int(len(lags) * 0.99)]
-    print(f"loop lag with 100 awaiting coroutines: median {statistics.median(lags) * 1e6:.0f} us, "
-          f"p99 {p99 * 1e6:.0f} us over {len(lags)} ticks")
+    print(
+        f"loop lag with 100 awaiting coroutines: median {statistics.median(lags) * 1e6:.0f} us, "
+        f"p99 {p99 * 1e6:.0f} us over {len(lags)} ticks"
+    )
 
 
 def test_a_dead_sender_ends_the_await_with_peer_died(heap) -> None:

@@ -116,7 +116,9 @@ def socket_sender(path: str, count: int) -> None:
 def send_to_some(heap: shmipc.Heap, names: list[str], picks: list[int], delay: float) -> None:
     time.sleep(delay)
     for i in picks:
-        heap.channel(names[i]).send(i.to_bytes(4, "little"), timeout=60)
+        ch = heap.channel(names[i])
+        ch.send(i.to_bytes(4, "little"), timeout=60)
+        ch.close()  # end of stream: the receiver gets EOFError once it took the record
 
 
 def wait_in_child(heap: shmipc.Heap, names: list[str], out: Any) -> None:
