@@ -8,9 +8,10 @@ import socket
 
 import pytest
 import workers_async as w
-from testutil import join_all
 
 import shmipc
+
+from testutil import join_all
 
 ctx = mp.get_context("spawn")
 
