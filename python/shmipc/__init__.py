@@ -6,6 +6,7 @@ Everything public is importable from here; see docs/ and API.md for the contract
 from __future__ import annotations
 
 from . import _core
+from ._async import arecv, arecv_array, reactor_info
 from ._buffer import Buffer, recv, recv_array, send, send_array
 from ._channel import Channel
 from ._dict import SharedDict
@@ -15,6 +16,7 @@ from ._ndarray import asarray, empty, full, full_like, ndarray, zeros, zeros_lik
 from ._queue import MessageQueue
 from ._stream import chgrp, chmod, open_stream, stream_info
 from ._value import SharedValue, Subscription
+from ._wait import wait
 
 __version__ = "0.1.0"
 
@@ -49,6 +51,10 @@ __all__ = [
     "asarray",
     "zeros_like",
     "full_like",
+    "wait",
+    "arecv",
+    "arecv_array",
+    "reactor_info",
 ]
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from . import _core
+from ._async import ChannelAsync
 from ._errors import PeerDiedError
 from ._heap import Block
 
@@ -33,7 +34,7 @@ _SPIN_TRUE = 0.01  # spin=True: busy-wait up to 10 ms (latency-critical ping-pon
 _open: weakref.WeakSet[Channel] = weakref.WeakSet()
 
 
-class Channel(_core.ChannelCore):
+class Channel(ChannelAsync, _core.ChannelCore):
     """One end of a named single-producer/single-consumer channel of a :class:`Heap`.
 
     Get one with ``heap.channel(name, capacity=1024)``; the channel is created on first use

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from . import _core, _objects, _validate
+from ._async import QueueAsync
 
 __all__ = ["MessageQueue"]
 
@@ -24,7 +25,7 @@ def _closed() -> ValueError:
     return ValueError("MessageQueue is closed")
 
 
-class MessageQueue:
+class MessageQueue(QueueAsync):
     """A bounded queue of messages shared by any number of producer and consumer processes.
 
     Messages are Python objects (pickled with protocol 5, like ``multiprocessing.Queue``) or raw

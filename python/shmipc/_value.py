@@ -22,6 +22,7 @@ from typing import Any, Union
 import numpy as np
 
 from . import _core, _validate
+from ._async import ValueAsync
 
 __all__ = ["SharedValue", "Subscription", "Value"]
 
@@ -177,7 +178,7 @@ def _close_all_at_exit() -> None:
 atexit.register(_close_all_at_exit)
 
 
-class SharedValue:
+class SharedValue(ValueAsync):
     """The latest value of something, shared by name, with change notification.
 
     >>> w = SharedValue.create("jsonPipe", size=65535)          # doctest: +SKIP

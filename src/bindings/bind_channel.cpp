@@ -9,6 +9,7 @@
 
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/channel/channel.hpp"
+#include "ipc_core/sync/reactor.hpp"
 
 #include <pybind11/stl.h>
 
@@ -66,6 +67,7 @@ struct ChannelCore {
         if (!ch)
             return;
         remove_heap_dependent(heap, this);
+        Reactor::release_owner(ch.get()); // awaiting coroutines retry and find it closed
         if (heap_open()) {
             {
                 GilRelease nogil; // may wait for a thread inside the handle to leave
@@ -96,6 +98,8 @@ struct ChannelCore {
     ~ChannelCore() {
         if (heap)
             remove_heap_dependent(heap, this);
+        if (ch)
+            Reactor::release_owner(ch.get());
         if (ch && !heap_open())
             ch->abandon();
     }
@@ -469,7 +473,31 @@ void bind_channel(py::module_ &m) {
             },
             py::arg("timeout") = 0.0)
         .def("_release", [](ChannelCore &s) { s.get().release(); })
-        .def("_abort", [](ChannelCore &s) { s.get().abort(); })
+        .def("_abort",
+             [](ChannelCore &s) {
+                 Reactor::release_owner(s.ch.get());
+                 s.get().abort();
+             })
+        .def(
+            "_arm",
+            [](ChannelCore &s, bool recv, std::shared_ptr<ReadySignal> sig, std::uint64_t token) {
+                Channel &c = s.get();
+                FutexWord *w = recv ? &c.recv_word() : &c.send_word();
+                const ChannelRole peer = recv ? ChannelRole::Sender : ChannelRole::Receiver;
+                Channel *cp = &c; // disarmed (release_owner) before the handle goes
+                return Reactor::instance().arm(
+                    WatchSpec{w, cp, nullptr, [cp, peer] { return cp->peer_dead(peer); }},
+                    std::move(sig), token);
+            },
+            py::arg("recv"), py::arg("signal"), py::arg("token"))
+        .def("_check_peer", [](ChannelCore &s) { s.get().check_peer(); })
+        .def("_recv_ready",
+             [](ChannelCore &s) {
+                 // Would a receive return at once (a record, the end, a dead sender)? Claims no
+                 // role; never waits.
+                 Channel &c = s.get();
+                 return c.queued() > 0 || c.stream_ended() || c.peer_dead(ChannelRole::Sender);
+             })
         .def("_close", [](ChannelCore &s) { s.close(); });
     g_core_type = reinterpret_cast<PyTypeObject *>(cls.ptr());
     for (PyMethodDef &def : g_fast_methods) {

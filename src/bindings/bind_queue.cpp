@@ -8,7 +8,9 @@
 #include "ipc_core/base/deadline.hpp"
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/queue/message_queue.hpp"
+#include "ipc_core/sync/reactor.hpp"
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -185,11 +187,29 @@ void bind_queue(py::module_ &m) {
                  return h.get()->recover();
              })
         .def_property_readonly("closed", [](const QueueHandle &h) { return !h.q; })
+        .def(
+            "_arm",
+            [](const QueueHandle &h, bool get, std::shared_ptr<ReadySignal> sig,
+               std::uint64_t token) {
+                auto q = h.get();
+                FutexWord *w = get ? &q->get_word() : &q->put_word();
+                const void *owner = q.get();
+                // Every second the waiter retries through the blocking path with a zero
+                // timeout, which repairs what dead clients left claimed (their messages).
+                std::function<bool()> check;
+                if (get)
+                    check = [n = 0]() mutable { return ++n >= 20; };
+                return Reactor::instance().arm(WatchSpec{w, owner, std::move(q), std::move(check)},
+                                               std::move(sig), token);
+            },
+            py::arg("get"), py::arg("signal"), py::arg("token"))
         .def("close", [](QueueHandle &h) {
             // A thread blocked in get()/put() of this handle leaves with ValueError (closed),
-            // then the last reference unmaps.
-            if (h.q)
+            // awaiting coroutines find it closed, then the last reference unmaps.
+            if (h.q) {
+                Reactor::release_owner(h.q.get());
                 h.q->request_close();
+            }
             h.q.reset();
         });
 }

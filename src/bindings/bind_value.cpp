@@ -4,6 +4,7 @@
 
 #include "ipc_core/base/deadline.hpp"
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/sync/reactor.hpp"
 #include "ipc_core/value/shared_value.hpp"
 
 #include <memory>
@@ -37,8 +38,10 @@ class ValueHandle {
         return v;
     }
     void close() {
-        if (v_)
+        if (v_) {
             v_->request_close();
+            Reactor::release_owner(v_.get()); // awaiting coroutines retry and find it closed
+        }
         v_.reset();
     }
     bool closed() const { return !v_; }
@@ -147,6 +150,16 @@ void bind_value(py::module_ &m) {
             },
             py::arg("since"), py::arg("timeout") = py::none(),
             py::arg("spin") = SharedValue::kDefaultWaitSpin)
+        .def(
+            "_arm",
+            [](const ValueHandle &h, std::shared_ptr<ReadySignal> sig, std::uint64_t token) {
+                auto v = h.get();
+                FutexWord *w = &v->changed_word();
+                const void *owner = v.get();
+                return Reactor::instance().arm(WatchSpec{w, owner, std::move(v), {}},
+                                               std::move(sig), token);
+            },
+            py::arg("signal"), py::arg("token"))
         .def("_debug_state", [](const ValueHandle &h) {
             auto s = h.get()->debug_state();
             return py::make_tuple(s.current, s.seq[0], s.seq[1]);

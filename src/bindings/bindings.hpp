@@ -20,6 +20,7 @@ void bind_value(py::module_ &m);
 void bind_channel(py::module_ &m);
 void bind_queue(py::module_ &m);
 void bind_testing(py::module_ &m);
+void bind_reactor(py::module_ &m);
 
 // True while the interpreter shuts down. A thread other than the main one that takes the GIL
 // then is ended by CPython with pthread_exit; the forced unwinding through a noexcept

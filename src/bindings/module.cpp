@@ -12,4 +12,5 @@ PYBIND11_MODULE(_core, m) {
     shmipc::bindings::bind_channel(m);
     shmipc::bindings::bind_queue(m);
     shmipc::bindings::bind_testing(m);
+    shmipc::bindings::bind_reactor(m);
 }

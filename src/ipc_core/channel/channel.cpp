@@ -286,6 +286,24 @@ bool Channel::endpoint_alive(ChannelRole role) const {
     return endpoint_alive_at(heap_, offset_, ctl_, role);
 }
 
+bool Channel::peer_dead(ChannelRole role) const {
+    return endpoint_dead_at(heap_, offset_, ctl_, role);
+}
+
+void Channel::check_peer() {
+    std::unique_lock g(mu_, std::try_to_lock);
+    if (!g || closed_)
+        return;
+    if (role_ == ChannelRole::Receiver) {
+        if (!consumer_.readable() && !consumer_.closed_and_empty() &&
+            endpoint_dead_at(heap_, offset_, ctl_, ChannelRole::Sender))
+            peer_died(ChannelRole::Sender);
+    } else if (role_ == ChannelRole::Sender) {
+        if (!producer_.writable() && endpoint_dead_at(heap_, offset_, ctl_, ChannelRole::Receiver))
+            peer_died(ChannelRole::Receiver);
+    }
+}
+
 void Channel::peer_died(ChannelRole peer) {
     // Free what the dead process held (blocks it had received, its caches); best effort.
     try {
@@ -373,7 +391,7 @@ bool Channel::wait_for_room(const Deadline &deadline) {
     const bool ok = wait_on(
         ctl_->ring.not_full, [&] { return producer_.writable(); }, ChannelRole::Receiver, deadline,
         peer_dead);
-    if (!ok && peer_dead)
+    if (!ok && (peer_dead || endpoint_dead_at(heap_, offset_, ctl_, ChannelRole::Receiver)))
         peer_died(ChannelRole::Receiver);
     return ok;
 }
@@ -565,7 +583,9 @@ void Channel::wait_for_record(const Deadline &deadline) {
         return;
     if (consumer_.closed_and_empty())
         throw EndOfStream("channel '" + name_ + "' was closed by its sender");
-    if (peer_dead)
+    // A zero (or already expired) deadline never reached a liveness slice: a dead sender is
+    // still reported as such, not as a timeout (wait()/ready_fd() call the channel ready then).
+    if (peer_dead || endpoint_dead_at(heap_, offset_, ctl_, ChannelRole::Sender))
         peer_died(ChannelRole::Sender);
     throw Timeout("nothing arrived on channel '" + name_ + "' before the timeout");
 }

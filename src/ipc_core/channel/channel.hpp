@@ -215,6 +215,18 @@ class Channel {
     // Is the live endpoint of `role` (of any process) alive?
     [[nodiscard]] bool endpoint_alive(ChannelRole role) const;
 
+    // --- waiting elsewhere (the reactor, shmipc.wait, asyncio) ---------------------------------
+    // The futex words a receiver (not_empty) and a sender (not_full) sleep on.
+    [[nodiscard]] FutexWord &recv_word() noexcept { return ctl_->ring.not_empty; }
+    [[nodiscard]] FutexWord &send_word() noexcept { return ctl_->ring.not_full; }
+    // True if the endpoint of `role` was claimed and its process is gone (never blocks long:
+    // one load and at most one fcntl). Safe from any thread while the handle is open.
+    [[nodiscard]] bool peer_dead(ChannelRole role) const;
+    // The end of a non-blocking attempt that found nothing: throws what a blocking call would
+    // (PeerDied once drained with the sender gone, PeerDied when the receiver is gone for a
+    // sender). A no-op without a role, or while another thread is inside this handle.
+    void check_peer();
+
     // Every channel of the heap with its state (heap.channels()).
     static std::vector<ChannelInfo> list(Heap &heap);
 

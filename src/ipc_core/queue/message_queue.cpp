@@ -609,6 +609,13 @@ MessageQueue::WaitResult MessageQueue::wait_get_ready(const Deadline &deadline) 
     return open_impl(impl_).wait_get_ready(deadline);
 }
 
+FutexWord &MessageQueue::get_word() {
+    return open_impl(impl_).ctl->not_empty;
+}
+FutexWord &MessageQueue::put_word() {
+    return open_impl(impl_).ctl->not_full;
+}
+
 bool MessageQueue::put(const void *data, std::size_t n, const Deadline &deadline) {
     auto &q = open_impl(impl_);
     for (;;) {

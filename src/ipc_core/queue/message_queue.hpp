@@ -119,6 +119,11 @@ class MessageQueue {
     WaitResult wait_put_ready(const Deadline &deadline);
     WaitResult wait_get_ready(const Deadline &deadline);
 
+    // The futex words consumers (not_empty) and producers (not_full) sleep on, for waiting
+    // elsewhere (the reactor). Closed if the queue is closed.
+    [[nodiscard]] FutexWord &get_word();
+    [[nodiscard]] FutexWord &put_word();
+
     // Blocking convenience: false on timeout.
     bool put(const void *data, std::size_t n, const Deadline &deadline);
     bool get(Sink sink, void *ctx, const Deadline &deadline);

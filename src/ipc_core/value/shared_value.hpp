@@ -115,6 +115,8 @@ class SharedValue {
     [[nodiscard]] bool persistent() const noexcept;
     [[nodiscard]] std::uint64_t version() const noexcept;
     [[nodiscard]] std::uint64_t writer_deaths() const noexcept;
+    // The futex word notified after every write, for waiting elsewhere (the reactor).
+    [[nodiscard]] FutexWord &changed_word() noexcept { return ctl_->changed; }
 
     // Replaces the value. `type` is the caller's tag (nonzero); `meta` describes the payload
     // (e.g. dtype and shape). A payload over capacity() or meta over kValueMetaCapacity is

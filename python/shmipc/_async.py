@@ -1,0 +1,594 @@
+"""asyncio, uvloop and trio/anyio support (API.md section 9).
+
+Every awaitable here follows one pattern, so that no call ever holds the event loop while it
+waits and cancellation never loses a message:
+
+1. try the non-blocking operation (a receive with ``timeout=0``, ``get_nowait``...);
+2. if it would block, *arm* the object: the engine's reactor (``src/ipc_core/sync/reactor``,
+   a C++ thread that never takes the GIL) announces itself on the object's futex word, so the
+   peer's next change issues a FUTEX_WAKE, and fires an eventfd when the word moves;
+3. try again (a change published before the announcement is seen here);
+4. await the eventfd: under asyncio/uvloop one eventfd per event loop, registered once with
+   ``loop.add_reader``, wakes the future of the awaiting task; under trio (directly or through
+   anyio) the task waits for its own eventfd with ``wait_readable``;
+5. go to 1.
+
+The only suspension point is step 4, where nothing has been taken yet: a task cancelled there
+(``asyncio.wait_for``, ``task.cancel()``, a trio cancel scope) leaves every message queued.
+A dead peer makes the reactor fire on its liveness slices; the retry then raises
+:class:`~shmipc.PeerDiedError` as the blocking call would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import queue
+import select
+import socket
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from . import _core
+
+__all__ = ["arecv", "arecv_array", "reactor_info"]
+
+_NO: Any = object()  # "would block" from an attempt
+
+# --- per event loop (asyncio, uvloop) ----------------------------------------------------------
+
+
+class _Hub:
+    """One eventfd per asyncio event loop: the reactor fires tokens into it, the loop's reader
+    callback resolves the futures of the tokens that fired."""
+
+    __slots__ = ("loop", "signal", "futs", "next", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.signal = _core.ReadySignal()
+        self.futs: dict[int, asyncio.Future[None]] = {}
+        self.next = 1
+        loop.add_reader(self.signal.fileno(), self._on_ready)
+
+    def _on_ready(self) -> None:
+        futs = self.futs
+        for tok in self.signal.take():
+            fut = futs.pop(tok, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def token(self, fut: asyncio.Future[None]) -> int:
+        tok = self.next
+        self.next = tok + 1
+        self.futs[tok] = fut
+        return tok
+
+
+_hubs: dict[int, _Hub] = {}
+
+
+def _hub(loop: asyncio.AbstractEventLoop) -> _Hub:
+    h = _hubs.get(id(loop))
+    if h is not None and h.loop is loop:
+        return h
+    # Forget hubs of closed loops (their eventfds close with them).
+    for key, old in list(_hubs.items()):
+        if old.loop.is_closed():
+            del _hubs[key]
+    h = _Hub(loop)
+    _hubs[id(loop)] = h
+    return h
+
+
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _library() -> str:
+    try:
+        asyncio.get_running_loop()
+        return "asyncio"
+    except RuntimeError:
+        pass
+    try:
+        import sniffio
+
+        return str(sniffio.current_async_library())
+    except Exception:  # noqa: BLE001 -- no sniffio, or no async library at all
+        raise RuntimeError("shmipc awaitables need a running asyncio or trio event loop") from None
+
+
+async def _await_op(
+    arm: Callable[[Any, int], int],
+    attempt: Callable[[bool], Any],
+    timeout: float | None,
+) -> Any:
+    """Runs attempt(after_wake) until it returns something other than _NO, waiting between
+    attempts on the object's word through the reactor. Returns _NO when the timeout passed."""
+    r = attempt(False)
+    if r is not _NO:
+        return r
+    if timeout is not None and timeout <= 0:
+        return _NO
+    if _library() != "asyncio":
+        return await _await_op_fd(arm, attempt, timeout)
+    loop = asyncio.get_running_loop()
+    hub = _hub(loop)
+    deadline = None if timeout is None else loop.time() + timeout
+    while True:
+        fut: asyncio.Future[None] = loop.create_future()
+        tok = hub.token(fut)
+        timer = None
+        try:
+            reg = arm(hub.signal, tok)
+            try:
+                r = attempt(True)  # re-check after the announcement
+                if r is not _NO:
+                    return r
+                if deadline is not None:
+                    delay = deadline - loop.time()
+                    if delay <= 0:
+                        return _NO
+                    timer = loop.call_later(delay, _expire, fut)
+                await fut  # the only suspension point: nothing taken yet
+            finally:
+                _core.reactor_disarm(reg)
+        finally:
+            hub.futs.pop(tok, None)
+            if timer is not None:
+                timer.cancel()
+        r = attempt(True)
+        if r is not _NO:
+            return r
+        if deadline is not None and loop.time() >= deadline:
+            return _NO
+
+
+async def _await_op_fd(
+    arm: Callable[[Any, int], int],
+    attempt: Callable[[bool], Any],
+    timeout: float | None,
+) -> Any:
+    """The same loop for trio (and anyio on trio): the task waits on its own eventfd."""
+    try:
+        import anyio
+
+        wait_readable: Any = anyio.wait_readable
+        move_on: Any = anyio.move_on_after
+    except (ImportError, AttributeError):
+        import trio
+
+        wait_readable = trio.lowlevel.wait_readable
+        move_on = trio.move_on_after
+    sig = _core.ReadySignal()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        reg = arm(sig, 1)
+        try:
+            r = attempt(True)
+            if r is not _NO:
+                return r
+            if deadline is None:
+                await wait_readable(sig.fileno())
+            else:
+                delay = deadline - time.monotonic()
+                if delay <= 0:
+                    return _NO
+                with move_on(delay):
+                    await wait_readable(sig.fileno())
+        finally:
+            _core.reactor_disarm(reg)
+            sig.take()
+        r = attempt(True)
+        if r is not _NO:
+            return r
+        if deadline is not None and time.monotonic() >= deadline:
+            return _NO
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(
+            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
+    t = float(timeout)
+    if t != t:
+        raise ValueError("timeout must not be NaN")
+    return max(t, 0.0)
+
+
+# --- ready_fd(): one eventfd per object, re-armed on every call --------------------------------
+
+
+class _ReadyState:
+    __slots__ = ("signal", "reg")
+
+    def __init__(self) -> None:
+        self.signal = _core.ReadySignal()
+        self.reg = 0
+
+    def __del__(self) -> None:
+        if self.reg:
+            _core.reactor_disarm(self.reg)
+
+
+_ready: weakref.WeakKeyDictionary[Any, _ReadyState] = weakref.WeakKeyDictionary()
+
+
+def _ready_fd(obj: Any) -> int:
+    """The object's eventfd, armed: readable once it may have something. Every call re-arms
+    (drains the fd, announces again, and makes it readable at once if something is there)."""
+    st = _ready.get(obj)
+    if st is None:
+        st = _ReadyState()
+        _ready[obj] = st
+    if st.reg:
+        _core.reactor_disarm(st.reg)
+        st.reg = 0
+    st.signal.take()
+    st.reg = obj._wait_arm(st.signal, 0)
+    if obj._wait_probe():
+        st.signal.raise_()
+    fd: int = st.signal.fileno()
+    return fd
+
+
+# --- channels ----------------------------------------------------------------------------------
+
+
+class ChannelAsync:
+    """Awaitables and ready_fd() of :class:`~shmipc.Channel` (a mixin)."""
+
+    # Receiving side -----------------------------------------------------------------------
+
+    def _wait_probe(self) -> bool:
+        ready: bool = self._recv_ready()  # type: ignore[attr-defined]
+        return ready
+
+    def _wait_arm(self, signal: Any, token: int) -> int:
+        reg: int = self._arm(True, signal, token)  # type: ignore[attr-defined]
+        return reg
+
+    def ready_fd(self) -> int:
+        """An eventfd that is readable when this channel may have a record to receive (or its
+        stream ended, or its sender died). For selectors, trio/anyio ``wait_readable``, Qt's
+        QSocketNotifier, GLib's ``unix_fd_add``. When it fires, receive with ``timeout=0``
+        until ``TimeoutError``, then call ``ready_fd()`` again: each call re-arms the same fd
+        (and returns it). The fd belongs to the channel: do not close it."""
+        return _ready_fd(self)
+
+    def _recv_attempt(self, how: Callable[[float], Any]) -> Callable[[bool], Any]:
+        def attempt(after_wake: bool) -> Any:
+            if (
+                not after_wake
+                or self._queued()  # type: ignore[attr-defined]
+                or self._stream_ended()  # type: ignore[attr-defined]
+            ):
+                try:
+                    return how(0)
+                except TimeoutError:
+                    pass
+            self._check_peer()  # type: ignore[attr-defined]  # PeerDiedError once drained
+            return _NO
+
+        return attempt
+
+    async def arecv(self, timeout: float | None = None) -> Any:
+        """``await ch.arecv()``: :meth:`recv` without blocking the event loop."""
+        t = _check_timeout(timeout)
+        r = await _await_op(
+            self._wait_arm,
+            self._recv_attempt(self.recv),
+            t,  # type: ignore[attr-defined]
+        )
+        if r is _NO:
+            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")  # type: ignore[attr-defined]
+        return r
+
+    async def arecv_array(self, timeout: float | None = None) -> Any:
+        """``await ch.arecv_array()``: :meth:`recv_array` without blocking the event loop."""
+        t = _check_timeout(timeout)
+        r = await _await_op(
+            self._wait_arm,
+            self._recv_attempt(self.recv_array),  # type: ignore[attr-defined]
+            t,
+        )
+        if r is _NO:
+            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")  # type: ignore[attr-defined]
+        return r
+
+    async def arecv_bytes(self, timeout: float | None = None) -> bytes:
+        """``await ch.arecv_bytes()``: :meth:`recv_bytes` without blocking the event loop."""
+        t = _check_timeout(timeout)
+        r = await _await_op(
+            self._wait_arm,
+            self._recv_attempt(self.recv_bytes),  # type: ignore[attr-defined]
+            t,
+        )
+        if r is _NO:
+            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")  # type: ignore[attr-defined]
+        out: bytes = r
+        return out
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """``async for blk in ch``: Blocks until the end of the stream (a dead sender raises
+        :class:`~shmipc.PeerDiedError`)."""
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[Any]:
+        from ._errors import PeerDiedError
+
+        while True:
+            try:
+                blk = await self.arecv()
+            except PeerDiedError:
+                raise
+            except EOFError:
+                return
+            yield blk
+
+    # Sending side -------------------------------------------------------------------------
+
+    def _send_attempt(self, how: Callable[[float], Any]) -> Callable[[bool], Any]:
+        def attempt(after_wake: bool) -> Any:
+            try:
+                how(0)
+                return True
+            except TimeoutError:
+                pass
+            self._check_peer()  # type: ignore[attr-defined]  # PeerDiedError: receiver gone
+            return _NO
+
+        return attempt
+
+    def _send_arm(self, signal: Any, token: int) -> int:
+        reg: int = self._arm(False, signal, token)  # type: ignore[attr-defined]
+        return reg
+
+    async def asend(self, obj: Any, timeout: float | None = None) -> None:
+        """``await ch.asend(x)``: :meth:`send` without blocking the event loop while the
+        channel is full (a Block stays the caller's until it is sent)."""
+        t = _check_timeout(timeout)
+        r = await _await_op(
+            self._send_arm,
+            self._send_attempt(lambda to: self.send(obj, timeout=to)),  # type: ignore[attr-defined]
+            t,
+        )
+        if r is _NO:
+            raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")  # type: ignore[attr-defined]
+
+    async def asend_array(self, arr: Any, timeout: float | None = None) -> None:
+        """``await ch.asend_array(arr)``: :meth:`send_array` without blocking the loop."""
+        t = _check_timeout(timeout)
+        r = await _await_op(
+            self._send_arm,
+            self._send_attempt(lambda to: self.send_array(arr, timeout=to)),  # type: ignore[attr-defined]
+            t,
+        )
+        if r is _NO:
+            raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")  # type: ignore[attr-defined]
+
+
+# --- message queues ----------------------------------------------------------------------------
+
+
+class QueueAsync:
+    """Awaitables and ready_fd() of :class:`~shmipc.MessageQueue` (a mixin)."""
+
+    __slots__ = ()
+
+    def _wait_probe(self) -> bool:
+        return bool(self._handle().qsize() > 0)  # type: ignore[attr-defined]
+
+    def _wait_arm(self, signal: Any, token: int) -> int:
+        reg: int = self._handle()._arm(True, signal, token)  # type: ignore[attr-defined]
+        return reg
+
+    def _put_arm(self, signal: Any, token: int) -> int:
+        reg: int = self._handle()._arm(False, signal, token)  # type: ignore[attr-defined]
+        return reg
+
+    def ready_fd(self) -> int:
+        """An eventfd that is readable when the queue may hold a message (see
+        ``Channel.ready_fd``: get without blocking until ``queue.Empty``, then call
+        ``ready_fd()`` again to re-arm it)."""
+        return _ready_fd(self)
+
+    def _get_attempt(self) -> Callable[[bool], Any]:
+        h = self._handle()  # type: ignore[attr-defined]
+
+        def attempt(after_wake: bool) -> Any:
+            try:
+                # After a wake, the zero-timeout blocking path also repairs messages that dead
+                # consumers had claimed (it is only a few microseconds more).
+                return h.get_bytes(after_wake, 0.0)
+            except queue.Empty:
+                return _NO
+
+        return attempt
+
+    async def aget_bytes(self, timeout: float | None = None) -> bytes:
+        """``await q.aget_bytes()``: :meth:`get_bytes` without blocking the event loop;
+        ``queue.Empty`` after ``timeout`` seconds."""
+        t = _check_timeout(timeout)
+        r = await _await_op(self._wait_arm, self._get_attempt(), t)
+        if r is _NO:
+            raise queue.Empty
+        out: bytes = r
+        return out
+
+    async def aget(self, timeout: float | None = None) -> Any:
+        """``await q.aget()``: :meth:`get` without blocking the event loop."""
+        return pickle.loads(await self.aget_bytes(timeout))
+
+    async def aput_bytes(self, data: Any, timeout: float | None = None) -> None:
+        """``await q.aput_bytes(b)``: :meth:`put_bytes` without blocking the event loop;
+        ``queue.Full`` after ``timeout`` seconds."""
+        t = _check_timeout(timeout)
+        h = self._handle()  # type: ignore[attr-defined]
+
+        def attempt(after_wake: bool) -> Any:
+            try:
+                h.put_bytes(data, False, None)
+                return True
+            except queue.Full:
+                return _NO
+
+        r = await _await_op(self._put_arm, attempt, t)
+        if r is _NO:
+            raise queue.Full
+
+    async def aput(self, obj: Any, timeout: float | None = None) -> None:
+        """``await q.aput(obj)``: :meth:`put` without blocking the event loop."""
+        await self.aput_bytes(pickle.dumps(obj, 5), timeout)
+
+
+# --- shared values -----------------------------------------------------------------------------
+
+
+class ValueAsync:
+    """await_change(), changes() and ready_fd() of :class:`~shmipc.SharedValue` (a mixin)."""
+
+    __slots__ = ()
+
+    def _wait_probe(self) -> bool:
+        return bool(self._h().version > self._seen)  # type: ignore[attr-defined]
+
+    def _wait_arm(self, signal: Any, token: int) -> int:
+        reg: int = self._h()._arm(signal, token)  # type: ignore[attr-defined]
+        return reg
+
+    def ready_fd(self) -> int:
+        """An eventfd that is readable when the value has a version this handle has not seen
+        (``read``/``wait``/``await_change`` mark versions seen); call ``ready_fd()`` again
+        after reading to re-arm it."""
+        return _ready_fd(self)
+
+    async def await_change(self, since: int | None = None, timeout: float | None = None) -> int:
+        """``await v.await_change()``: :meth:`wait` without blocking the event loop. Returns the
+        new version (> ``since``; ``None``: the last version this handle has seen);
+        ``TimeoutError`` after ``timeout`` seconds."""
+        t = _check_timeout(timeout)
+        h = self._h()  # type: ignore[attr-defined]
+        base = self._seen if since is None else int(since)  # type: ignore[attr-defined]
+        if base < 0:
+            raise ValueError("since must be >= 0")
+
+        def attempt(after_wake: bool) -> Any:
+            v = int(h.version)
+            return v if v > base else _NO
+
+        r = await _await_op(self._wait_arm, attempt, t)
+        if r is _NO:
+            raise TimeoutError(f"no new version of {self._name} after {base} within {timeout} s")  # type: ignore[attr-defined]
+        if r > self._seen:  # type: ignore[attr-defined]
+            self._seen = r  # type: ignore[attr-defined]
+        version: int = r
+        return version
+
+    async def changes(self) -> AsyncIterator[Any]:
+        """``async for value in v.changes()``: the value after each change (versions written
+        in quick succession may be coalesced: you get the latest, never a stale one)."""
+        while True:
+            await self.await_change()
+            yield self.read()  # type: ignore[attr-defined]
+
+
+# --- sockets -----------------------------------------------------------------------------------
+
+
+async def _sock_readable(fd: int, timeout: float | None) -> bool:
+    if _library() != "asyncio":
+        try:
+            import anyio
+
+            wait_readable: Any = anyio.wait_readable
+            move_on: Any = anyio.move_on_after
+        except (ImportError, AttributeError):
+            import trio
+
+            wait_readable = trio.lowlevel.wait_readable
+            move_on = trio.move_on_after
+        if timeout is None:
+            await wait_readable(fd)
+            return True
+        with move_on(timeout) as scope:
+            await wait_readable(fd)
+        return not scope.cancelled_caught
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, _expire, fut)
+    try:
+        if timeout is None:
+            await fut
+            return True
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+    finally:
+        loop.remove_reader(fd)
+
+
+def _fd_of(sock: Any) -> int:
+    fd = sock if isinstance(sock, int) else sock.fileno()
+    if not isinstance(fd, int) or fd < 0:
+        raise ValueError("the socket is closed")
+    return fd
+
+
+# A message is one sendmsg: once its first byte is readable the rest is there (or follows at
+# once); the receive of the rest is bounded by this, so a peer stalled mid-message cannot hold
+# the loop for long.
+_REST_OF_MESSAGE = 1.0
+
+
+def _readable_now(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
+
+
+async def _arecv_with(sock: Any, recv: Callable[..., Any], timeout: float | None) -> Any:
+    t = _check_timeout(timeout)
+    fd = _fd_of(sock)
+    deadline = None if t is None else time.monotonic() + t
+    while True:
+        if _readable_now(fd):  # a message, or EOF (recv raises EOFError)
+            return recv(sock, timeout=_REST_OF_MESSAGE)
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError(f"nothing arrived on the socket within {timeout} s")
+        await _sock_readable(fd, remaining)
+
+
+async def arecv(sock: socket.socket | int, timeout: float | None = None) -> Any:
+    """``await shmipc.arecv(sock)``: :func:`shmipc.recv` without blocking the event loop (the
+    socket is watched by the loop itself: ``add_reader`` under asyncio, ``wait_readable`` under
+    trio; no thread)."""
+    from ._buffer import recv
+
+    return await _arecv_with(sock, recv, timeout)
+
+
+async def arecv_array(sock: socket.socket | int, timeout: float | None = None) -> Any:
+    """``await shmipc.arecv_array(sock)``: :func:`shmipc.recv_array` without blocking the loop."""
+    from ._buffer import recv_array
+
+    return await _arecv_with(sock, recv_array, timeout)
+
+
+def reactor_info() -> dict[str, Any]:
+    """How this process waits: ``{"mode": "futex_waitv" | "threads", "armed", "threads"}``."""
+    return {
+        "mode": _core.reactor_mode(),
+        "armed": int(_core.reactor_armed()),
+        "threads": int(_core.reactor_threads()),
+    }
