@@ -8,6 +8,7 @@ from __future__ import annotations
 from . import _core
 from ._buffer import Buffer, recv, recv_array, send, send_array
 from ._channel import Channel
+from ._cpp import get_cmake_dir, get_include
 from ._dict import SharedDict
 from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
 from ._heap import Block, Heap
@@ -41,6 +42,8 @@ __all__ = [
     "stream_info",
     "SharedValue",
     "Subscription",
+    "get_include",
+    "get_cmake_dir",
 ]
 
 
