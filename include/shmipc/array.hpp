@@ -40,7 +40,9 @@ template <class T> [[nodiscard]] std::string dtype_of() {
     using U = std::remove_cv_t<T>;
     constexpr char order = std::endian::native == std::endian::little ? '<' : '>';
     auto make = [](char o, char kind, std::size_t n) {
-        return std::string{o, kind} + std::to_string(n);
+        std::string s{o, kind};
+        s += std::to_string(n);
+        return s;
     };
     if constexpr (std::is_same_v<U, bool>) {
         return "|b1";
@@ -68,13 +70,24 @@ template <class T> [[nodiscard]] ArrayInfo array_info(std::vector<std::int64_t> 
 template <class T>
 [[nodiscard]] std::span<const T> array_cast(std::span<const std::byte> bytes,
                                             const ArrayInfo &info) {
-    if (info.dtype != dtype_of<T>())
-        throw InvalidArgument("array of dtype '" + info.dtype + "' read as '" + dtype_of<T>() +
-                              "'");
+    // (Messages are built with +=: GCC 12's -Wrestrict misfires on "literal" + std::string&&.)
+    if (info.dtype != dtype_of<T>()) {
+        std::string msg = "array of dtype '";
+        msg += info.dtype;
+        msg += "' read as '";
+        msg += dtype_of<T>();
+        msg += "'";
+        throw InvalidArgument(msg);
+    }
     std::size_t n = info.size();
-    if (bytes.size() < n * sizeof(T))
-        throw InvalidArgument("array of " + std::to_string(n) + " elements in " +
-                              std::to_string(bytes.size()) + " bytes");
+    if (bytes.size() < n * sizeof(T)) {
+        std::string msg = "array of ";
+        msg += std::to_string(n);
+        msg += " elements in ";
+        msg += std::to_string(bytes.size());
+        msg += " bytes";
+        throw InvalidArgument(msg);
+    }
     return {reinterpret_cast<const T *>(bytes.data()), n};
 }
 

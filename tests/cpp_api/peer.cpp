@@ -40,15 +40,21 @@ constexpr std::chrono::seconds kWait{20}; // every wait is bounded
 
 std::string join(const std::vector<std::int64_t> &v) {
     std::string s;
-    for (std::size_t i = 0; i < v.size(); ++i)
-        s += (i ? "," : "") + std::to_string(v[i]);
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        if (i)
+            s += ',';
+        s += std::to_string(v[i]);
+    }
     return s;
 }
 
 template <class T> std::string join_values(std::span<const T> v) {
     std::string s;
-    for (std::size_t i = 0; i < v.size(); ++i)
-        s += (i ? "," : "") + std::to_string(v[i]);
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        if (i)
+            s += ',';
+        s += std::to_string(v[i]);
+    }
     return s;
 }
 
