@@ -435,3 +435,54 @@ def test_stream_both_directions(build: Path) -> None:
         f.seek(0)
         assert f.read() == b"from C++"
     assert not os.path.exists(f"/dev/shm/{n}")
+
+
+# --- examples/cpp: every pair runs, the creator first ---------------------------------------
+
+EXAMPLES = ROOT / "examples" / "cpp"
+PAIRS = {
+    # name: (creator, other, what the creator prints); "x.py" runs in Python, "x" is C++
+    "channel_cpp_to_py": ("channel_consumer.py", "channel_producer", "consumer: got 10 frames"),
+    "channel_py_to_cpp": (
+        "channel_consumer",
+        "channel_producer.py",
+        "consumer: 5 arrays, total 10000.0",
+    ),
+    "value_cpp_to_py": ("value_reader.py", "value_writer", "reader: version 6, last value 'done'"),
+    "value_py_to_cpp": ("value_reader", "value_writer.py", "reader: int32 array of 10, last 9"),
+    "queue_cpp_to_py": ("queue_consumer.py", "queue_producer", "consumer: 10 jobs, last 'job 9'"),
+    "queue_py_to_cpp": (
+        "queue_consumer",
+        "queue_producer.py",
+        "consumer: 10 messages, last 'result 9'",
+    ),
+    "buffer_cpp_to_py": (
+        "buffer_receiver.py",
+        "buffer_sender",
+        "receiver: float32 (480, 640), mean 319.5",
+    ),
+    "buffer_py_to_cpp": ("buffer_receiver", "buffer_sender.py", "int64 array of 100, last 99"),
+}
+
+
+@pytest.mark.parametrize("pair", sorted(PAIRS))
+def test_example_pair(build: Path, pair: str, tmp_path: Path) -> None:
+    creator, other, expected = PAIRS[pair]
+    arg = str(tmp_path / "sock") if pair.startswith("buffer") else fresh_name("ex")
+
+    def command(prog: str) -> list[str]:
+        if prog.endswith(".py"):
+            return [sys.executable, str(EXAMPLES / prog), arg]
+        return [str(build / prog), arg]
+
+    first = subprocess.Popen(command(creator), stdout=subprocess.PIPE, text=True)
+    try:
+        second = subprocess.run(command(other), capture_output=True, text=True, timeout=TIMEOUT)
+        out, _ = first.communicate(timeout=TIMEOUT)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate(timeout=TIMEOUT)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert first.returncode == 0, out
+    assert expected in out, out
