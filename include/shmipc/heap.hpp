@@ -14,6 +14,7 @@
 #include "shmipc/config.hpp"
 #include "shmipc/errors.hpp"
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -148,6 +149,9 @@ class Channel {
     [[nodiscard]] std::size_t size() const;     // records queued (Python: len(ch))
     [[nodiscard]] std::size_t capacity() const; // records
     [[nodiscard]] const std::string &name() const;
+    // How long a wait busy-waits before it sleeps on a futex (default 50 µs, as Python's
+    // Channel.spin; 0 sleeps at once).
+    void set_spin(std::chrono::nanoseconds spin);
     // Sender: end of stream. Receiver: leaves for good. Idempotent.
     void close();
     [[nodiscard]] bool closed() const noexcept;

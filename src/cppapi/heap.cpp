@@ -178,6 +178,11 @@ ArrayBlock Channel::recv_array(WaitFor timeout) {
     return out;
 }
 
+void Channel::set_spin(std::chrono::nanoseconds spin) {
+    if (spin.count() < 0)
+        throw InvalidArgument("spin must be >= 0");
+    channel_of(impl_).set_spin(spin);
+}
 bool Channel::poll(WaitFor timeout) { return channel_of(impl_).poll(to_deadline(timeout)); }
 std::size_t Channel::size() const { return channel_of(impl_).queued(); }
 std::size_t Channel::capacity() const { return channel_of(impl_).capacity(); }
