@@ -184,7 +184,7 @@ def py_consume(heap: shmipc.Heap, n: int) -> float:
 def frames_round(kind: str, peer: Path, n: int) -> float:
     name = fresh()
     ctx = mp.get_context("spawn")
-    with shmipc.Heap.create(name, size=96 << 20) as heap:
+    with shmipc.Heap.create(name, size=256 << 20) as heap:
         heap.channel("frames", capacity=8)  # created here: capacity 8 for everyone
         if kind in ("cpp->py", "cpp(fill)->py"):
             fill = "1" if kind == "cpp(fill)->py" else "0"
@@ -275,7 +275,7 @@ def main() -> None:
     )
     print(
         table(
-            ["pair", "frames/s", "GB/s", "this / mp.Pipe"],
+            ["pair", "frames/s", "GB/s handed over", "this / mp.Pipe"],
             [
                 [flabels[k], f"{v:,.0f}", f"{v * FRAME / 1e9:.1f}", fmt_ratio(v / fr["mp.Pipe"])]
                 for k, v in fr.items()
