@@ -43,16 +43,13 @@ def _cmake_dir() -> str:
     return out.stdout.strip()
 
 
-@pytest.fixture(scope="session")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/cpp_api built against the installed package, as a user's project would be."""
+def _build_project(bdir: Path, compiler: str) -> Path:
     if shutil.which("cmake") is None:
         pytest.fail("cmake is needed to build the C++ API tests")
-    bdir = tmp_path_factory.mktemp("cpp_api")
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
     cfg = subprocess.run(
         ["cmake", "-S", str(PROJECT), "-B", str(bdir), *gen, "-DCMAKE_BUILD_TYPE=Release"]
-        + [f"-Dshmipc_DIR={_cmake_dir()}", "-DCMAKE_CXX_COMPILER=g++"],
+        + [f"-Dshmipc_DIR={_cmake_dir()}", f"-DCMAKE_CXX_COMPILER={compiler}"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -63,6 +60,12 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     return bdir
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/cpp_api built against the installed package, as a user's project would be."""
+    return _build_project(tmp_path_factory.mktemp("cpp_api"), "g++")
 
 
 def run(build: Path, *args: str) -> list[str]:
@@ -127,6 +130,31 @@ def test_gtest_suite_of_the_public_api(build: Path) -> None:
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "PASSED" in p.stdout
+
+
+def test_project_builds_with_clang_and_its_gtest_suite_passes(tmp_path: Path) -> None:
+    if shutil.which("clang++-16") is None:
+        pytest.skip("clang++-16 is not installed (.ci/run installs clang-16)")
+    bdir = _build_project(tmp_path / "clang", "clang++-16")
+    p = subprocess.run(
+        [str(bdir / "shmipc_api_tests"), "--gtest_brief=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_cli_prints_the_directories() -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shmipc", *args], capture_output=True, text=True, timeout=TIMEOUT
+        )
+
+    assert cli("--include").stdout.strip() == shmipc.get_include()
+    assert cli("--pkgconfig-dir").stdout.strip() == shmipc._cpp.get_pkgconfig_dir()
+    none = cli()
+    assert none.returncode == 2 and "a command is required" in none.stderr
 
 
 @pytest.mark.parametrize("compiler", ["g++", "clang++-16"])
