@@ -9,6 +9,7 @@ from . import _core
 from ._async import arecv, arecv_array, reactor_info
 from ._buffer import Buffer, recv, recv_array, send, send_array
 from ._channel import Channel
+from ._cpp import get_cmake_dir, get_include
 from ._dict import SharedDict
 from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
 from ._heap import Block, Heap
@@ -55,6 +56,8 @@ __all__ = [
     "arecv",
     "arecv_array",
     "reactor_info",
+    "get_include",
+    "get_cmake_dir",
 ]
 
 

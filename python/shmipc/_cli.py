@@ -80,8 +80,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
         try:
             norm = _core.normalize_name(name)
             base = norm.lstrip("/")
-            known = base in ours or _core.stream_info(norm)["is_stream"]
-            if not known and not args.force and os.path.lexists(os.path.join(args.dir, base)):
+            present = os.path.lexists(os.path.join(args.dir, base))
+            known = base in ours or (present and _core.stream_info(norm)["is_stream"])
+            if present and not known and not args.force:
                 print(
                     f"shmipc rm: {name}: not a shmipc object (left alone; --force removes it)",
                     file=sys.stderr,
@@ -188,7 +189,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="shmipc", description="Inspect and manage shmipc objects.")
     p.add_argument("--dir", default=SHM_DIR, help=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    # Where the C++ API is (as `python -m pybind11 --cmakedir`): print and exit.
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--cmake-dir", action="store_true", help="print the directory of shmipcConfig.cmake"
+    )
+    where.add_argument("--include", action="store_true", help="print the C++ include directory")
+    where.add_argument(
+        "--pkgconfig-dir", action="store_true", help="print the directory of shmipc.pc"
+    )
+    sub = p.add_subparsers(dest="cmd")
     ls = sub.add_parser("ls", help="list live and stale shmipc objects in /dev/shm")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--stale", action="store_true", help="only stale objects")
@@ -206,4 +216,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--full", action="store_true", help="longer runs, bigger sizes")
     bench.set_defaults(fn=cmd_bench)
     args = p.parse_args(argv)
+    if args.cmake_dir or args.include or args.pkgconfig_dir:
+        from . import _cpp
+
+        if args.cmake_dir:
+            print(_cpp.get_cmake_dir())
+        elif args.include:
+            print(_cpp.get_include())
+        else:
+            print(_cpp.get_pkgconfig_dir())
+        return 0
+    if args.cmd is None:
+        p.error("a command is required (ls, rm, info, bench) or --cmake-dir / --include")
     return int(args.fn(args))

@@ -70,8 +70,17 @@ def test_rm_of_a_missing_or_invalid_name_fails_with_a_message(name: str) -> None
 
 def test_rm_removes_a_named_object(name: str) -> None:
     path = os.path.join("/dev/shm", name)
+    shmipc.SharedValue.create(name, 64, persistent=True).close()
+    r = run("rm", name)
+    assert r.returncode == 0 and not os.path.exists(path)
+
+
+def test_rm_needs_force_for_a_file_that_is_not_a_shmipc_object(name: str) -> None:
+    path = os.path.join("/dev/shm", name)
     open(path, "wb").close()
     r = run("rm", name)
+    assert r.returncode == 1 and os.path.exists(path) and "--force" in r.stderr
+    r = run("rm", "--force", name)
     assert r.returncode == 0 and not os.path.exists(path)
 
 
