@@ -12,6 +12,7 @@ from ._dict import SharedDict
 from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
 from ._heap import Block, Heap
 from ._queue import MessageQueue
+from ._topic import Publisher, Subscriber
 from ._stream import chgrp, chmod, open_stream, stream_info
 from ._value import SharedValue, Subscription
 
@@ -23,6 +24,8 @@ __all__ = [
     "Block",
     "SharedDict",
     "Channel",
+    "Publisher",
+    "Subscriber",
     "send",
     "recv",
     "send_array",

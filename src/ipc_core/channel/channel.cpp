@@ -713,4 +713,36 @@ std::vector<ChannelInfo> Channel::list(Heap &heap) {
     return out;
 }
 
+bool Channel::remove(Heap &heap, std::string_view name, const Deadline &deadline) {
+    auto info = heap.find_named(name);
+    if (!info)
+        return false;
+    if (info->kind != kNamedChannel)
+        throw InvalidArgument("'" + std::string(name) + "' is not a channel");
+    ChannelControl *c =
+        validate_control(heap.to_ptr(info->offset), heap.block_capacity(info->offset), name);
+    for (ChannelRole r : {ChannelRole::Sender, ChannelRole::Receiver})
+        if (endpoint_alive_at(heap, info->offset, c, r))
+            throw ChannelBusy("channel '" + std::string(name) + "' still has a live " +
+                              role_name(r) + " (close it first)");
+    auto free_held = [&](std::uint64_t off) {
+        try {
+            if (off && heap.try_transfer(off, kOwnerHeld, heap.client_id()))
+                heap.deallocate(off);
+        } catch (const InvalidArgument &) {
+            // not a live block (scribbled record): nothing to free
+        }
+    };
+    const RingGeometry g = spsc_ring_geometry(&c->ring);
+    SpscConsumer consumer(&c->ring, g);
+    RingRecord rec{};
+    for (std::uint64_t n = 0; n < g.capacity && consumer.try_pop(rec); ++n) {
+        free_held(rec.offset);
+        free_held(rec.aux);
+    }
+    free_held(c->inflight_block.exchange(0));
+    free_held(c->inflight_meta.exchange(0));
+    return heap.remove_named(name, deadline);
+}
+
 } // namespace shmipc

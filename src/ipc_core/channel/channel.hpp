@@ -217,6 +217,10 @@ class Channel {
 
     // Every channel of the heap with its state (heap.channels()).
     static std::vector<ChannelInfo> list(Heap &heap);
+    // Deletes the channel `name` once neither endpoint is alive, freeing the blocks still queued
+    // (heap.remove()). False if absent; ChannelBusy if an endpoint lives; InvalidArgument if the
+    // name is not a channel.
+    static bool remove(Heap &heap, std::string_view name, const Deadline &deadline = Deadline(10.0));
 
   private:
     using SinkFn = void (*)(void *ctx, const void *data, std::size_t n);

@@ -495,6 +495,13 @@ bool TopicPublisher::ready() {
     return has_room();
 }
 
+void TopicPublisher::wait_ready(const Deadline &deadline) {
+    std::lock_guard g(mu_);
+    ensure_role();
+    if (!has_room())
+        wait_for_room(deadline);
+}
+
 void TopicPublisher::wait_for_room(const Deadline &deadline) {
     TopicRef &t = *t_;
     bool first = true;

@@ -95,6 +95,9 @@ class TopicPublisher {
     [[nodiscard]] bool try_publish_bytes(const void *data, std::size_t n, std::string_view meta);
     // True if a publish would not wait now (overflow=drop_oldest: always).
     [[nodiscard]] bool ready();
+    // Waits until a publish would not wait (then a publish with a zero deadline succeeds, unless
+    // a subscriber with a full history joins meanwhile). Timeout.
+    void wait_ready(const Deadline &deadline);
     // End of stream (idempotent): subscribers drain, then EndOfStream.
     void close();
     // Forgets the role without touching the heap (its handle is gone already).
