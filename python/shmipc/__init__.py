@@ -12,8 +12,8 @@ from ._dict import SharedDict
 from ._errors import ChannelBusyError, CorruptSegmentError, PeerDiedError, ShmipcError
 from ._heap import Block, Heap
 from ._queue import MessageQueue
-from ._topic import Publisher, Subscriber
 from ._stream import chgrp, chmod, open_stream, stream_info
+from ._topic import Publisher, Subscriber
 from ._value import SharedValue, Subscription
 
 __version__ = "0.1.0"

@@ -194,6 +194,7 @@ class SharedValue:
     def _debug_state(self) -> tuple[int, int, int]: ...
 
 def shared_value_segment_size(capacity: int) -> int: ...
+
 # --- channels (src/bindings/bind_channel.cpp) ---
 
 class ChannelCore:
@@ -234,6 +235,7 @@ class ChannelCore:
 
 def list_channels(heap: HeapCore) -> dict[str, dict[str, object]]: ...
 def _set_channel_send_fallback(fn: Any) -> None: ...
+
 # --- message queues
 class MessageQueue:
     @staticmethod
