@@ -125,28 +125,15 @@ class Publisher(_core.PublisherCore):
         """Seconds a full-queue wait busy-waits before it sleeps (default 50 µs)."""
         self._set_spin(_spin_seconds(value))
 
-    def publish(self, obj: Any, timeout: float | None = None) -> None:
-        """Publishes one sample to every subscriber.
+    # publish(obj, timeout=None) is PublisherCore.publish (C, METH_FASTCALL: the per-sample
+    # hot path); it calls _publish_slow for ndarrays and other buffer types.
 
-        A :class:`~shmipc.Block` of this heap is *moved* (zero copy): every subscriber receives
-        that block, and it is released in the publisher (``BufferError`` while views of it
-        exist). An ndarray is copied once with its dtype and shape (``recv_array`` rebuilds
-        it); any other buffer (bytes, bytearray, memoryview...) is copied once.
-
-        ``overflow="block"``: waits while a live subscriber's queue is full
-        (``TimeoutError`` after ``timeout``; a dead subscriber never blocks it for more than
-        about a second). ``overflow="drop_oldest"`` never waits.
-        """
+    def _publish_slow(self, obj: Any, timeout: float | None) -> None:
         if isinstance(obj, np.ndarray):
             self.publish_array(obj, timeout)
             return
-        try:
-            self._publish(obj, None, timeout)
-        except BufferError:
-            raise
-        except TypeError:
-            memoryview(obj)  # the TypeError of an object without the buffer protocol
-            self._publish(bytes(memoryview(obj)), None, timeout)
+        memoryview(obj)  # the TypeError of an object without the buffer protocol
+        self._publish(obj, None, timeout)
 
     def publish_array(self, arr: Any, timeout: float | None = None) -> None:
         """Publishes an ndarray with its dtype and shape (one copy; non-contiguous arrays are
@@ -248,20 +235,8 @@ class Subscriber(_core.SubscriberCore):
         """Seconds a wait busy-waits before it sleeps (default 50 µs)."""
         self._set_spin(_spin_seconds(value))
 
-    def recv(self, timeout: float | None = None) -> Block:
-        """The next sample as a read-only Block (shared with every other subscriber).
-
-        Raises ``TimeoutError``; ``EOFError`` once the publisher closed and everything was
-        received; :class:`~shmipc.PeerDiedError` if the publisher died (or left without
-        closing) and everything was received.
-        """
-        blk: Block = self._recv(timeout)
-        return blk
-
-    def recv_bytes(self, timeout: float | None = None) -> bytes:
-        """The next sample copied into bytes (the reference is released at once)."""
-        out: bytes = self._recv_bytes(timeout)
-        return out
+    # recv(timeout=None) -> Block and recv_bytes(timeout=None) -> bytes are SubscriberCore
+    # methods (C, METH_FASTCALL: the per-sample hot paths).
 
     def recv_array(self, timeout: float | None = None) -> np.ndarray:
         """The next sample as a read-only ndarray view (zero copy); samples published as
@@ -318,6 +293,9 @@ class Subscriber(_core.SubscriberCore):
         if self.closed:
             raise ValueError("Subscriber is closed")
         return (_rebuild_subscriber, (self._heap, self.name))
+
+
+_core._set_topic_publish_fallback(Publisher._publish_slow)
 
 
 def _rebuild_publisher(

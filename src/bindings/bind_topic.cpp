@@ -181,10 +181,191 @@ void publish_impl(PublisherCore &s, py::handle obj, const std::string &meta,
     pub.publish_bytes(view.buf, n, meta, d);
 }
 
+// --- METH_FASTCALL methods: the per-message hot paths skip pybind11's generic dispatch -----
+
+PyObject *g_publish_fallback = nullptr; // Publisher._publish_slow(self, obj, timeout)
+
+template <class Core> Core *core_of(PyObject *self) {
+    auto *inst = reinterpret_cast<py::detail::instance *>(self);
+    if (inst->simple_layout)
+        return static_cast<Core *>(inst->simple_value_holder[0]);
+    return py::handle(self).cast<Core *>();
+}
+
+PyObject *translate_current() {
+    try {
+        py::detail::try_translate_exceptions();
+    } catch (...) {
+        PyErr_SetString(PyExc_RuntimeError, "unknown C++ exception");
+    }
+    return nullptr;
+}
+
+// Parses (x, timeout=None) / (timeout=None); false with an exception set.
+bool parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                int npos, PyObject **first, std::optional<double> &timeout) {
+    PyObject *t = nullptr;
+    if (nargs > npos + 1) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments", fname, npos + 1);
+        return false;
+    }
+    if (npos == 1)
+        *first = nargs > 0 ? args[0] : nullptr;
+    if (nargs > npos)
+        t = args[npos];
+    if (kwnames) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); ++i) {
+            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+            if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0 && !t) {
+                t = args[nargs + i];
+            } else if (npos == 1 && PyUnicode_CompareWithASCIIString(k, "obj") == 0 && !*first) {
+                *first = args[nargs + i];
+            } else {
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname,
+                             k);
+                return false;
+            }
+        }
+    }
+    if (npos == 1 && !*first) {
+        PyErr_Format(PyExc_TypeError, "%s() missing its argument", fname);
+        return false;
+    }
+    if (t && t != Py_None) {
+        const double v = PyFloat_AsDouble(t);
+        if (v == -1.0 && PyErr_Occurred())
+            return false;
+        timeout = v;
+    }
+    return true;
+}
+
+PyObject *pub_publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames) {
+    PyObject *obj = nullptr;
+    std::optional<double> timeout;
+    if (!parse_args("publish", args, nargs, kwnames, 1, &obj, timeout))
+        return nullptr;
+    try {
+        PublisherCore &s = *core_of<PublisherCore>(self);
+        const bool fast = PyBytes_CheckExact(obj) || PyByteArray_CheckExact(obj) ||
+                          PyMemoryView_Check(obj) || block_ref(obj).has_value();
+        if (!fast) {
+            // ndarrays (dtype and shape travel), other buffers, errors: the Python layer.
+            if (!g_publish_fallback) {
+                PyErr_SetString(PyExc_RuntimeError, "shmipc._topic is not imported");
+                return nullptr;
+            }
+            PyObject *t = timeout ? PyFloat_FromDouble(*timeout) : Py_NewRef(Py_None);
+            if (!t)
+                return nullptr;
+            PyObject *r = PyObject_CallFunctionObjArgs(g_publish_fallback, self, obj, t, nullptr);
+            Py_DECREF(t);
+            return r;
+        }
+        publish_impl(s, obj, std::string(), timeout);
+        Py_RETURN_NONE;
+    } catch (...) {
+        return translate_current();
+    }
+}
+
+PyObject *sub_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    std::optional<double> timeout;
+    if (!parse_args("recv", args, nargs, kwnames, 0, nullptr, timeout))
+        return nullptr;
+    try {
+        SubscriberCore &s = *core_of<SubscriberCore>(self);
+        TopicSample m = recv_sample(s, timeout);
+        return sample_block(self, s, m).release().ptr();
+    } catch (...) {
+        return translate_current();
+    }
+}
+
+PyObject *sub_recv_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                         PyObject *kwnames) {
+    std::optional<double> timeout;
+    if (!parse_args("recv_bytes", args, nargs, kwnames, 0, nullptr, timeout))
+        return nullptr;
+    try {
+        SubscriberCore &s = *core_of<SubscriberCore>(self);
+        TopicSubscriber &sub = s.get();
+        struct Ctx {
+            PyObject *out = nullptr;
+            std::string buf; // without the GIL: the copy (never take the GIL under the lock)
+            bool gil = true;
+        } ctx;
+        auto sink = [](void *c, const void *p, std::size_t n) {
+            auto *x = static_cast<Ctx *>(c);
+            if (!x->gil) {
+                x->buf.assign(static_cast<const char *>(p), n);
+                return;
+            }
+            x->out =
+                PyBytes_FromStringAndSize(static_cast<const char *>(p), static_cast<Py_ssize_t>(n));
+            if (!x->out)
+                throw py::error_already_set();
+        };
+        if (sub.try_recv_copy(sink, &ctx))
+            return ctx.out;
+        Deadline d(timeout);
+        {
+            GilRelease nogil;
+            ctx.gil = false;
+            sub.recv_copy(d, sink, &ctx);
+        }
+        return PyBytes_FromStringAndSize(ctx.buf.data(), static_cast<Py_ssize_t>(ctx.buf.size()));
+    } catch (...) {
+        return translate_current();
+    }
+}
+
+PyMethodDef g_pub_methods[] = {
+    {"publish", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(pub_publish)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "publish(obj, timeout=None)\n\n"
+     "Publishes one sample to every subscriber.\n\n"
+     "A Block of this heap is *moved* (zero copy): every subscriber receives that block, and it\n"
+     "is released in the publisher (BufferError while views of it exist). An ndarray is copied\n"
+     "once with its dtype and shape (recv_array rebuilds it); any other buffer (bytes,\n"
+     "bytearray, memoryview...) is copied once.\n\n"
+     "overflow='block': waits while a live subscriber's queue is full (TimeoutError after\n"
+     "`timeout`; a dead subscriber never blocks it for more than about a second).\n"
+     "overflow='drop_oldest' never waits."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyMethodDef g_sub_methods[] = {
+    {"recv", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(sub_recv)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "recv(timeout=None) -> Block\n\n"
+     "The next sample as a read-only Block shared with every other subscriber (its memory is\n"
+     "freed when the last holder releases it). Raises TimeoutError; EOFError once the\n"
+     "publisher closed and everything was received; PeerDiedError if the publisher died (or\n"
+     "left without closing) and everything was received."},
+    {"recv_bytes", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(sub_recv_bytes)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "recv_bytes(timeout=None) -> bytes\n\n"
+     "The next sample copied into bytes (no reference is kept). Raises like recv()."},
+    {nullptr, nullptr, 0, nullptr}};
+
+void add_fast_methods(py::handle cls, PyMethodDef *defs) {
+    auto *type = reinterpret_cast<PyTypeObject *>(cls.ptr());
+    for (PyMethodDef *def = defs; def->ml_name; ++def) {
+        PyObject *descr = PyDescr_NewMethod(type, def);
+        if (!descr || PyObject_SetAttrString(cls.ptr(), def->ml_name, descr) != 0) {
+            Py_XDECREF(descr);
+            throw py::error_already_set();
+        }
+        Py_DECREF(descr);
+    }
+}
+
 } // namespace
 
 void bind_topic(py::module_ &m) {
-    py::class_<PublisherCore>(m, "PublisherCore")
+    py::class_<PublisherCore> pub_cls(m, "PublisherCore");
+    pub_cls
         .def(py::init([](py::object heap, const std::string &name, std::uint32_t capacity,
                          std::uint32_t history, const std::string &overflow,
                          std::uint32_t max_subscribers, std::uint32_t max_held) {
@@ -232,7 +413,10 @@ void bind_topic(py::module_ &m) {
         .def("_ready", [](PublisherCore &s) { return s.get().ready(); })
         .def("_close", [](PublisherCore &s) { s.close(); });
 
-    py::class_<SubscriberCore>(m, "SubscriberCore")
+    add_fast_methods(pub_cls, g_pub_methods);
+
+    py::class_<SubscriberCore> sub_cls(m, "SubscriberCore");
+    sub_cls
         .def(py::init([](py::object heap, const std::string &name) {
                  Heap &h = heap_of(heap);
                  auto core = std::make_unique<SubscriberCore>();
@@ -280,31 +464,6 @@ void bind_topic(py::module_ &m) {
             },
             py::arg("timeout") = py::none())
         .def(
-            "_recv_bytes",
-            [](SubscriberCore &s, std::optional<double> timeout) -> py::object {
-                TopicSubscriber &sub = s.get();
-                PyObject *out = nullptr;
-                auto sink = [&](const void *p, std::size_t n) {
-                    out = PyBytes_FromStringAndSize(static_cast<const char *>(p),
-                                                    static_cast<Py_ssize_t>(n));
-                };
-                if (!sub.try_recv_copy(sink)) {
-                    TopicSample m;
-                    {
-                        Deadline d(timeout);
-                        GilRelease nogil;
-                        m = sub.recv(d);
-                    }
-                    out = PyBytes_FromStringAndSize(static_cast<const char *>(sub.sample_ptr(m)),
-                                                    static_cast<Py_ssize_t>(m.length));
-                    sub.release(m);
-                }
-                if (!out)
-                    throw py::error_already_set();
-                return py::reinterpret_steal<py::object>(out);
-            },
-            py::arg("timeout") = py::none())
-        .def(
             "_poll",
             [](SubscriberCore &s, std::optional<double> timeout) {
                 TopicSubscriber &sub = s.get();
@@ -318,6 +477,12 @@ void bind_topic(py::module_ &m) {
             },
             py::arg("timeout") = 0.0)
         .def("_close", [](SubscriberCore &s) { s.close(); });
+
+    add_fast_methods(sub_cls, g_sub_methods);
+    m.def("_set_topic_publish_fallback", [](py::object fn) {
+        Py_XDECREF(g_publish_fallback);
+        g_publish_fallback = fn.release().ptr(); // kept for the life of the process
+    });
 
     m.def("list_topics", [](py::object heap) {
         Heap &h = heap_of(heap);

@@ -160,6 +160,13 @@ class TopicRef {
         return *reinterpret_cast<SubscriberSlot *>(reinterpret_cast<std::byte *>(ctl) +
                                                    g.subs_offset + std::size_t{i} * g.sub_bytes);
     }
+    // Slots worth scanning: [0, limit()). A scribbled one that hides a subscriber shows later as
+    // its cursor outside the ring (CorruptSegment).
+    [[nodiscard]] std::uint32_t limit() const noexcept {
+        // SYNC POINT: acquire, pairs with the release store in subscribe().
+        const std::uint32_t n = ctl->sub_limit.load(std::memory_order_acquire);
+        return n < g.max_subscribers ? n : g.max_subscribers;
+    }
     [[nodiscard]] bool holder_alive(std::uint32_t token) const {
         return token != 0 && heap.clients().holder(token) == HolderState::Alive;
     }
@@ -265,7 +272,7 @@ class TopicRef {
     std::uint32_t reap_dead_locked(bool only_full) {
         std::uint32_t n = 0;
         const std::uint64_t head = ctl->head.load(std::memory_order_relaxed);
-        for (std::uint32_t i = 0; i < g.max_subscribers; ++i) {
+        for (std::uint32_t i = 0; i < limit(); ++i) {
             SubscriberSlot &s = sub(i);
             const std::uint32_t st = s.state.load(std::memory_order_acquire);
             if (st == kSubFree)
@@ -380,7 +387,7 @@ namespace {
 // has room.
 bool make_room_locked(TopicRef &t, std::uint64_t head) {
     bool room = true;
-    for (std::uint32_t i = 0; i < t.g.max_subscribers; ++i) {
+    for (std::uint32_t i = 0; i < t.limit(); ++i) {
         SubscriberSlot &s = t.sub(i);
         if (s.state.load(std::memory_order_relaxed) != kSubLive)
             continue;
@@ -474,7 +481,7 @@ bool TopicPublisher::has_room() {
     if (t.g.overflow == Overflow::DropOldest)
         return true;
     const std::uint64_t head = t.ctl->head.load(std::memory_order_relaxed);
-    for (std::uint32_t i = 0; i < t.g.max_subscribers; ++i) {
+    for (std::uint32_t i = 0; i < t.limit(); ++i) {
         SubscriberSlot &s = t.sub(i);
         // SYNC POINT: acquire, pairs with the release of state in subscribe(): its cursor is set.
         if (s.state.load(std::memory_order_acquire) != kSubLive)
@@ -704,7 +711,7 @@ void TopicPublisher::abandon() noexcept {
 
 std::uint32_t TopicPublisher::subscribers() const {
     std::uint32_t n = 0;
-    for (std::uint32_t i = 0; i < t_->g.max_subscribers; ++i)
+    for (std::uint32_t i = 0; i < t_->limit(); ++i)
         n += t_->sub(i).state.load(std::memory_order_relaxed) == kSubLive;
     return n;
 }
@@ -762,6 +769,8 @@ void TopicSubscriber::subscribe() {
         const std::uint64_t head = t.ctl->head.load(std::memory_order_relaxed);
         s.cursor.store(head - std::min<std::uint64_t>(t.g.history, head),
                        std::memory_order_relaxed);
+        if (t.ctl->sub_limit.load(std::memory_order_relaxed) < i + 1)
+            t.ctl->sub_limit.store(i + 1, std::memory_order_release);
         // SYNC POINT: release, pairs with the acquire load of state in has_room().
         s.state.store(kSubLive, std::memory_order_release);
         index_ = i;
@@ -789,7 +798,7 @@ const void *TopicSubscriber::sample_ptr(const TopicSample &s) const {
     return t_->heap.to_ptr(s.data);
 }
 
-std::optional<TopicSample> TopicSubscriber::take_locked() {
+std::optional<TopicSubscriber::Located> TopicSubscriber::locate_locked() {
     TopicRef &t = *t_;
     SubscriberSlot &me = t.sub(index_);
     if (me.state.load(std::memory_order_relaxed) != kSubLive ||
@@ -814,6 +823,17 @@ std::optional<TopicSample> TopicSubscriber::take_locked() {
     } catch (const InvalidArgument &) {
         corrupt(t, "a sample names a block that is not a heap block");
     }
+    return Located{c, hoff, data, len, h};
+}
+
+std::optional<TopicSample> TopicSubscriber::take_locked() {
+    TopicRef &t = *t_;
+    SubscriberSlot &me = t.sub(index_);
+    const auto loc = locate_locked();
+    if (!loc)
+        return std::nullopt;
+    const std::uint64_t c = loc->cursor, hoff = loc->header, data = loc->data, len = loc->length;
+    SampleHeader *h = loc->h;
     if (me.held_count.load(std::memory_order_relaxed) >= t.g.max_held)
         throw LimitReached("subscriber of " + t.what() + " holds " +
                            std::to_string(t.g.max_held) +
@@ -865,6 +885,73 @@ std::optional<TopicSample> TopicSubscriber::try_recv() {
     if (s && t.g.overflow == Overflow::Block)
         wake_if_waiting(t.ctl->room);
     return s;
+}
+
+namespace {
+// Samples up to this size are copied out with the topic lock held (no reference taken).
+constexpr std::uint64_t kCopyUnderLock = 64 * 1024;
+} // namespace
+
+bool TopicSubscriber::copy_out(bool wait, const Deadline *deadline, SinkFn fn, void *ctx) {
+    TopicRef &t = *t_;
+    SubscriberSlot &me = t.sub(index_);
+    for (;;) {
+        if (wait) {
+            wait_for_sample(*deadline);
+        } else if (me.cursor.load(std::memory_order_acquire) ==
+                   t.ctl->head.load(std::memory_order_acquire)) {
+            const std::uint32_t st = t.ctl->pub_state.load(std::memory_order_acquire);
+            if (st == kPubClosed || st == kPubDeparted)
+                end_of_stream(st);
+            return false;
+        }
+        t.heap.map_all_segments(); // EMFILE before anything changes
+        std::optional<TopicSample> taken;
+        {
+            topic_detail::Held lk = wait ? t.lock(*deadline) : t.try_lock();
+            if (!lk)
+                return false;
+            const auto loc = locate_locked();
+            if (!loc) {
+                if (!wait)
+                    return false;
+                continue;
+            }
+            if (loc->length <= kCopyUnderLock) {
+                // The sample cannot be freed while we hold the lock: copy, then consume.
+                fn(ctx, t.heap.to_ptr(loc->data), static_cast<std::size_t>(loc->length));
+                // SYNC POINT: release, pairs with the acquire load of cursors in has_room().
+                me.cursor.store(loc->cursor + 1, std::memory_order_release);
+            } else {
+                taken = take_locked();
+            }
+        }
+        if (t.g.overflow == Overflow::Block)
+            wake_if_waiting(t.ctl->room);
+        if (taken) {
+            struct Guard {
+                TopicSubscriber *self;
+                TopicSample *s;
+                ~Guard() { self->release_noexcept(*s); }
+            } g{this, &*taken};
+            fn(ctx, t.heap.to_ptr(taken->data), static_cast<std::size_t>(taken->length));
+        }
+        return true;
+    }
+}
+
+bool TopicSubscriber::try_recv_copy(SinkFn fn, void *ctx) {
+    std::unique_lock g(mu_, std::try_to_lock);
+    if (!g)
+        return false;
+    ensure_subscribed();
+    return copy_out(false, nullptr, fn, ctx);
+}
+
+void TopicSubscriber::recv_copy(const Deadline &deadline, SinkFn fn, void *ctx) {
+    std::lock_guard g(mu_);
+    ensure_subscribed();
+    (void)copy_out(true, &deadline, fn, ctx);
 }
 
 void TopicSubscriber::end_of_stream(std::uint32_t st) {

@@ -148,19 +148,12 @@ class TopicSubscriber {
     // Never waits: nullopt if nothing is pending (or another thread is inside this handle);
     // EndOfStream / PeerDied as recv.
     [[nodiscard]] std::optional<TopicSample> try_recv();
-    // Copies the next sample to `sink(data, n)` and releases it at once (no reference is kept).
-    template <class Sink> bool try_recv_copy(Sink &&sink) {
-        auto s = try_recv();
-        if (!s)
-            return false;
-        struct Guard {
-            TopicSubscriber *self;
-            TopicSample *s;
-            ~Guard() { self->release_noexcept(*s); }
-        } g{this, &*s};
-        sink(sample_ptr(*s), static_cast<std::size_t>(s->length));
-        return true;
-    }
+    // Copies the next sample out through `fn(ctx, data, n)` without keeping a reference (small
+    // samples are copied with the topic lock held, so no reference is taken at all). `fn` may
+    // throw; the sample is then not consumed. try_: false if nothing is pending.
+    using SinkFn = void (*)(void *ctx, const void *data, std::size_t n);
+    [[nodiscard]] bool try_recv_copy(SinkFn fn, void *ctx);
+    void recv_copy(const Deadline &deadline, SinkFn fn, void *ctx);
     // Drops the reference of a received sample (the last one frees its blocks). Safe after
     // close(); a no-op in a forked child for a sample its parent received.
     void release(const TopicSample &s);
@@ -186,6 +179,13 @@ class TopicSubscriber {
     void subscribe();
     void ensure_subscribed();
     std::optional<TopicSample> take_locked();
+    // With the lock: the sample at the cursor, checked; nullopt if none.
+    struct Located {
+        std::uint64_t cursor, header, data, length;
+        SampleHeader *h;
+    };
+    std::optional<Located> locate_locked();
+    bool copy_out(bool wait, const Deadline *deadline, SinkFn fn, void *ctx);
     void release_noexcept(const TopicSample &s) noexcept;
     void wait_for_sample(const Deadline &deadline);
     [[noreturn]] void end_of_stream(std::uint32_t st);

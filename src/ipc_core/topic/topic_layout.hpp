@@ -101,7 +101,9 @@ struct alignas(64) TopicControl {
     std::atomic<std::uint64_t> inflight;  // header of the sample being published (lock held)
     std::atomic<std::uint64_t> evicting;  // header leaving the ring (lock held)
     std::atomic<std::uint64_t> freeing;   // header whose blocks are being freed (lock held)
-    std::atomic<std::uint64_t> reserved1[2];
+    std::atomic<std::uint32_t> sub_limit; // slots [0, sub_limit) were ever used (scan bound)
+    std::uint32_t reserved1;
+    std::uint64_t reserved2;
     // --- line 2: subscribers sleep here; the publisher wakes them ---------------------------
     alignas(64) FutexWord data;
     // --- line 3: the publisher sleeps here (overflow=block); subscribers wake it -----------
@@ -112,6 +114,7 @@ static_assert(sizeof(TopicControl) == 256);
 static_assert(offsetof(TopicControl, capacity) == 12 && offsetof(TopicControl, max_held) == 32);
 static_assert(offsetof(TopicControl, lock) == 64 && offsetof(TopicControl, pub_token) == 72);
 static_assert(offsetof(TopicControl, head) == 80 && offsetof(TopicControl, freeing) == 104);
+static_assert(offsetof(TopicControl, sub_limit) == 112);
 static_assert(offsetof(TopicControl, data) == 128 && offsetof(TopicControl, room) == 192);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
