@@ -16,6 +16,7 @@ from ._heap import Block, Heap
 from ._ndarray import asarray, empty, full, full_like, ndarray, zeros, zeros_like
 from ._queue import MessageQueue
 from ._stream import chgrp, chmod, open_stream, stream_info
+from ._topic import Publisher, Subscriber
 from ._value import SharedValue, Subscription
 from ._wait import wait
 
@@ -27,6 +28,8 @@ __all__ = [
     "Block",
     "SharedDict",
     "Channel",
+    "Publisher",
+    "Subscriber",
     "send",
     "recv",
     "send_array",

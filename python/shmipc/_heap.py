@@ -25,6 +25,7 @@ from ._buffer import array_spec
 if TYPE_CHECKING:
     from ._channel import Channel  # type: ignore[import-not-found,import-untyped,unused-ignore]
     from ._dict import SharedDict
+    from ._topic import Publisher, Subscriber
 
 __all__ = ["Heap", "Block"]
 
@@ -206,6 +207,46 @@ class Heap(_core.HeapCore):
 
         channels: dict[str, dict[str, object]] = list_channels(self)
         return channels
+
+    def publisher(
+        self,
+        name: str,
+        capacity: int = 8,
+        history: int = 0,
+        overflow: str = "block",
+        max_subscribers: int = 64,
+        *,
+        max_held: int | None = None,
+    ) -> Publisher:
+        """The publisher of topic ``name``, created on first use (see Publisher)."""
+        from ._topic import Publisher
+
+        self._check_open()
+        return Publisher._open(self, name, capacity, history, overflow, max_subscribers, max_held)
+
+    def subscriber(self, name: str) -> Subscriber:
+        """A new subscriber of the existing topic ``name`` (see Subscriber)."""
+        from ._topic import Subscriber
+
+        self._check_open()
+        return Subscriber._open(self, name)
+
+    def topics(self) -> dict[str, dict[str, object]]:
+        """Every topic of this heap: {name: {"capacity", "history", "overflow", "subscribers",
+        "publisher_alive", "max_subscribers", "closed", "published"}}."""
+        from ._topic import list_topics
+
+        self._check_open()
+        return list_topics(self)
+
+    def remove(self, name: str) -> None:
+        """Deletes the channel, topic or shared block ``name`` whose endpoints are all closed
+        or dead, with what it still holds. ``FileNotFoundError`` if there is none,
+        ChannelBusyError while an endpoint lives."""
+        from ._topic import remove
+
+        self._check_open()
+        remove(self, name)
 
     # --- introspection -------------------------------------------------------------------
 

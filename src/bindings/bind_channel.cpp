@@ -513,6 +513,11 @@ void bind_channel(py::module_ &m) {
         g_send_fallback = fn.release().ptr(); // kept for the life of the process
     });
 
+    m.def("remove_channel", [](py::object heap, const std::string &name) {
+        Heap &h = heap_of(heap);
+        GilRelease nogil;
+        return Channel::remove(h, name);
+    });
     m.def("list_channels", [](py::object heap) {
         Heap &h = heap_of(heap);
         py::dict out;

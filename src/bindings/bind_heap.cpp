@@ -37,8 +37,15 @@ struct BlockObject {
     Py_ssize_t exports;
     bool released;
     bool owned;          // release()/GC frees the memory
+    bool readonly;       // buffer views are read-only (a topic sample shared by subscribers)
     unsigned generation; // process_generation() at creation: a fork child never frees
                          // the blocks it inherited (they are its parent's)
+    // Not owned, but a reference to give back on release (a topic sample): called once, with
+    // the GIL held, in the process that received it.
+    BlockReleaseHook on_release;
+    PyObject *keeper; // strong reference kept for on_release (the subscriber)
+    std::uint64_t cookie_a;
+    std::uint64_t cookie_b;
 };
 
 PyTypeObject *g_block_base = nullptr; // _core.Block
@@ -86,8 +93,21 @@ PyObject *new_block(PyObject *owner, PyHeap *ph, std::uint64_t off, Py_ssize_t n
     b->exports = 0;
     b->released = false;
     b->owned = owned;
+    b->readonly = false;
     b->generation = process_generation();
+    b->on_release = nullptr;
+    b->keeper = nullptr;
+    b->cookie_a = b->cookie_b = 0;
     return o;
+}
+
+// Gives a topic sample's reference back (once), then drops the keeper.
+void run_release_hook(BlockObject *b) noexcept {
+    BlockReleaseHook fn = b->on_release;
+    b->on_release = nullptr;
+    if (fn && b->keeper && b->generation == process_generation())
+        fn(b->keeper, b->cookie_a, b->cookie_b);
+    Py_CLEAR(b->keeper);
 }
 
 // Translates the C++ exception being handled into a Python one (the module's translators).
@@ -210,6 +230,8 @@ int block_release_memory(BlockObject *b) {
         return -1;
     }
     b->released = true;
+    if (b->on_release || b->keeper)
+        run_release_hook(b);
     if (b->owned && b->heap->heap && b->generation == process_generation()) {
         try {
             b->heap->heap->deallocate(b->offset);
@@ -230,6 +252,9 @@ void block_dealloc(PyObject *self) {
         } catch (...) {
         }
     }
+    if (!b->released && (b->on_release || b->keeper))
+        run_release_hook(b);
+    Py_CLEAR(b->keeper);
     b->released = true;
     Py_CLEAR(b->owner);
     if (Py_TYPE(self) == g_block_base && g_block_freelist_len < kBlockFreelistMax) {
@@ -301,7 +326,7 @@ int block_getbuffer(PyObject *self, Py_buffer *view, int flags) {
         view->obj = nullptr;
         return -1;
     }
-    if (PyBuffer_FillInfo(view, self, b->ptr, b->nbytes, 0, flags) != 0)
+    if (PyBuffer_FillInfo(view, self, b->ptr, b->nbytes, b->readonly ? 1 : 0, flags) != 0)
         return -1;
     ++b->exports;
     ++b->heap->exports;
@@ -327,6 +352,9 @@ PyObject *block_get_heap(PyObject *self, void *) {
     auto *b = reinterpret_cast<BlockObject *>(self);
     Py_INCREF(b->owner);
     return b->owner;
+}
+PyObject *block_get_readonly(PyObject *self, void *) {
+    return PyBool_FromLong(reinterpret_cast<BlockObject *>(self)->readonly);
 }
 PyObject *block_get_exports(PyObject *self, void *) {
     return PyLong_FromSsize_t(reinterpret_cast<BlockObject *>(self)->exports);
@@ -385,6 +413,8 @@ PyGetSetDef g_block_getset[] = {
     {"released", block_get_released, nullptr, "True after release().", nullptr},
     {"closed", block_get_released, nullptr, "Same as released.", nullptr},
     {"heap", block_get_heap, nullptr, "The Heap the block belongs to.", nullptr},
+    {"readonly", block_get_readonly, nullptr,
+     "True for a topic sample: every subscriber shares it, nobody may write it.", nullptr},
     {"_exports", block_get_exports, nullptr, nullptr, nullptr},
     {"_address", block_get_address, nullptr, nullptr, nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
@@ -470,6 +500,27 @@ py::object make_block(py::handle py_heap, std::uint64_t offset, std::size_t nbyt
     PyObject *o = new_block(py_heap.ptr(), ph, offset, static_cast<Py_ssize_t>(nbytes), owned);
     if (!o)
         throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(o);
+}
+
+py::object make_sample_block(py::handle py_heap, std::uint64_t offset, std::size_t nbytes,
+                             BlockReleaseHook on_release, py::handle keeper, std::uint64_t a,
+                             std::uint64_t b) {
+    PyHeap *ph = pyheap_of(py_heap.ptr());
+    if (!ph)
+        throw InvalidArgument("not a shmipc.Heap");
+    if (ph->get().block_capacity(offset) < nbytes)
+        throw InvalidArgument("block at offset " + std::to_string(offset) + " is smaller than " +
+                              std::to_string(nbytes) + " bytes");
+    PyObject *o = new_block(py_heap.ptr(), ph, offset, static_cast<Py_ssize_t>(nbytes), false);
+    if (!o)
+        throw py::error_already_set();
+    auto *blk = reinterpret_cast<BlockObject *>(o);
+    blk->readonly = true;
+    blk->on_release = on_release;
+    blk->keeper = Py_NewRef(keeper.ptr());
+    blk->cookie_a = a;
+    blk->cookie_b = b;
     return py::reinterpret_steal<py::object>(o);
 }
 
@@ -644,6 +695,12 @@ void bind_heap(py::module_ &m) {
                                           " is not held for a message (taken twice?)");
                  return make_block(self, offset, nbytes, true);
              })
+        .def("_remove_named",
+             [](PyHeap &h, const std::string &name) {
+                 Heap &hp = h.get();
+                 GilRelease nogil;
+                 return hp.remove_named(name);
+             })
         .def(
             "_named",
             [](PyHeap &h, std::uint32_t kind) {
@@ -693,6 +750,7 @@ void bind_heap(py::module_ &m) {
 
     m.attr("HEAP_NAMED_BLOCK") = kNamedBlock;
     m.attr("HEAP_NAMED_CHANNEL") = kNamedChannel;
+    m.attr("HEAP_NAMED_TOPIC") = kNamedTopic;
 }
 
 } // namespace shmipc::bindings

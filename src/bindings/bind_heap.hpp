@@ -27,6 +27,14 @@ py::object make_block(py::handle py_heap, std::uint64_t offset, std::size_t nbyt
 void add_heap_dependent(py::handle py_heap, void *key, void (*close)(void *key));
 void remove_heap_dependent(py::handle py_heap, void *key) noexcept;
 
+// Called when a sample Block is released or collected (GIL held, in the receiving process):
+// gives the reference (a, b) back to `keeper`. Must not throw or raise.
+using BlockReleaseHook = void (*)(PyObject *keeper, std::uint64_t a, std::uint64_t b) noexcept;
+// A read-only, not-owned Block over a shared sample whose release calls `on_release`.
+py::object make_sample_block(py::handle py_heap, std::uint64_t offset, std::size_t nbytes,
+                             BlockReleaseHook on_release, py::handle keeper, std::uint64_t a,
+                             std::uint64_t b);
+
 struct BlockRef {
     PyObject *heap;       // borrowed: the Python heap the block belongs to
     std::uint64_t offset; // payload offset in the heap

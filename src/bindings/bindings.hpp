@@ -18,6 +18,7 @@ void bind_dict(py::module_ &m);
 void bind_stream(py::module_ &m);
 void bind_value(py::module_ &m);
 void bind_channel(py::module_ &m);
+void bind_topic(py::module_ &m);
 void bind_queue(py::module_ &m);
 void bind_testing(py::module_ &m);
 void bind_reactor(py::module_ &m);

@@ -10,6 +10,7 @@ PYBIND11_MODULE(_core, m) {
     shmipc::bindings::bind_stream(m);
     shmipc::bindings::bind_value(m);
     shmipc::bindings::bind_channel(m);
+    shmipc::bindings::bind_topic(m);
     shmipc::bindings::bind_queue(m);
     shmipc::bindings::bind_testing(m);
     shmipc::bindings::bind_reactor(m);

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import workers_hostile as W
 
 import shmipc
 
+import workers_hostile as W
 from testutil import join_all
 
 

@@ -10,10 +10,10 @@ import time
 from typing import Any
 
 import pytest
-import workers_hostile as W
 
 import shmipc
 
+import workers_hostile as W
 from testutil import join_all
 
 FRAME = 1080 * 1920 * 3

@@ -4,6 +4,7 @@
 #include "ipc_core/sync/liveness.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
@@ -69,8 +70,17 @@ std::uint64_t lock_index_for(std::uint64_t off) {
     return (unit + seg * 0x9E3779B1ULL) % std::uint64_t(kUserLockSpan / 2);
 }
 
-std::size_t control_bytes(std::uint64_t capacity) {
+std::uint32_t inline_bytes_for(std::uint64_t capacity) {
+    return std::bit_ceil(capacity) <= kMaxInlineSlots ? kInlineSlotBytes : 0;
+}
+
+// Bytes from the control block to the inline buffers.
+std::size_t inline_offset(std::uint64_t capacity) {
     return sizeof(ChannelControl) - sizeof(SpscRingControl) + spsc_ring_bytes(capacity);
+}
+
+std::size_t control_bytes(std::uint64_t capacity) {
+    return inline_offset(capacity) + std::bit_ceil(capacity) * inline_bytes_for(capacity);
 }
 
 ChannelControl *validate_control(void *p, std::size_t avail, std::string_view name) {
@@ -79,6 +89,9 @@ ChannelControl *validate_control(void *p, std::size_t avail, std::string_view na
         c->layout_version != kChannelLayoutVersion)
         throw CorruptSegment("channel '" + std::string(name) + "' has a corrupt control block");
     spsc_ring_validate(&c->ring, avail - (sizeof(ChannelControl) - sizeof(SpscRingControl)));
+    const std::uint64_t cap = c->ring.capacity;
+    if (c->inline_bytes != inline_bytes_for(cap) || control_bytes(cap) > avail)
+        throw CorruptSegment("channel '" + std::string(name) + "' has a corrupt inline area");
     return c;
 }
 
@@ -137,6 +150,7 @@ std::unique_ptr<Channel> Channel::open(Heap &heap, std::string_view name, std::u
                               c->magic = kChannelMagic;
                               c->layout_version = kChannelLayoutVersion;
                               c->lock_index = lock_index_for(heap.to_offset(p));
+                              c->inline_bytes = inline_bytes_for(capacity);
                               spsc_ring_init(&c->ring, capacity);
                           },
                           kNamedChannel)
@@ -155,7 +169,9 @@ std::unique_ptr<Channel> Channel::open(Heap &heap, std::string_view name, std::u
 
 Channel::Channel(Heap &heap, std::string name, std::uint64_t offset, ChannelControl *ctl)
     : heap_(heap), name_(std::move(name)), offset_(offset), ctl_(ctl),
-      geometry_(spsc_ring_geometry(&ctl->ring)) {}
+      geometry_(spsc_ring_geometry(&ctl->ring)),
+      inline_(reinterpret_cast<std::byte *>(ctl) + inline_offset(geometry_.capacity)),
+      inline_bytes_(inline_bytes_for(geometry_.capacity)) {}
 
 Channel::~Channel() {
     // Dropped without close(): like a process that exits without closing its end of a pipe.
@@ -492,11 +508,28 @@ bool Channel::try_send_block(std::uint64_t off, std::uint64_t len, RecordKind ki
     return true;
 }
 
+void Channel::push_inline(const void *data, std::size_t n) {
+    // Only this handle pushes: head is ours to read relaxed; the release store of the push
+    // publishes the bytes with the record.
+    const std::uint64_t head = ctl_->ring.head.load(std::memory_order_relaxed);
+    if (n)
+        std::memcpy(inline_slot(head & geometry_.mask), data, n);
+    const bool pushed =
+        producer_.try_push(RingRecord{0, n, static_cast<std::uint64_t>(RecordKind::Inline), 0});
+    (void)pushed; // room was checked by the caller
+}
+
 void Channel::send_bytes(const void *data, std::size_t n, RecordKind kind, std::string_view meta,
                          const Deadline &deadline) {
     std::lock_guard g(mu_);
     ensure_role(ChannelRole::Sender);
     check_stream_open();
+    if (fits_inline(n, meta)) {
+        if (!wait_for_room(deadline))
+            throw Timeout("channel '" + name_ + "' stayed full until the timeout");
+        push_inline(data, n);
+        return;
+    }
     // The send's deadline bounds the heap lock waits too (a stopped lock holder is Timeout).
     const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1), deadline);
     try {
@@ -518,6 +551,10 @@ bool Channel::try_send_bytes(const void *data, std::size_t n, RecordKind kind,
     check_stream_open();
     if (!producer_.writable())
         return false; // checked before the copy, not after
+    if (fits_inline(n, meta)) {
+        push_inline(data, n);
+        return true;
+    }
     const Deadline now(0.0);
     const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1), now);
     try {
@@ -550,10 +587,18 @@ std::size_t Channel::send_many(const std::vector<std::pair<const void *, std::si
             room = producer_.free_slots();
         }
         const std::size_t k = std::min<std::size_t>({kBatch, msgs.size() - sent, room});
+        const std::uint64_t head = ctl_->ring.head.load(std::memory_order_relaxed);
         std::size_t built = 0;
         try {
             for (; built < k; ++built) {
                 const auto &[p, n] = msgs[sent + built];
+                if (n <= inline_bytes_) {
+                    if (n)
+                        std::memcpy(inline_slot((head + built) & geometry_.mask), p, n);
+                    recs[built] =
+                        RingRecord{0, n, static_cast<std::uint64_t>(RecordKind::Inline), 0};
+                    continue;
+                }
                 const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1), deadline);
                 if (n)
                     std::memcpy(heap_.to_ptr(off), p, n);
@@ -562,7 +607,8 @@ std::size_t Channel::send_many(const std::vector<std::pair<const void *, std::si
             }
         } catch (...) {
             for (std::size_t i = 0; i < built; ++i)
-                free_unsent(recs[i].offset, deadline);
+                if (recs[i].offset)
+                    free_unsent(recs[i].offset, deadline);
             throw;
         }
         const std::size_t pushed = producer_.try_push_many(recs, k);
@@ -637,10 +683,30 @@ ChannelMessage Channel::recv(const Deadline &deadline) {
     // What can fail for lack of resources (mapping a segment the sender's side grew: EMFILE)
     // happens before the pop, so a failed receive leaves the record queued.
     heap_.map_all_segments();
+    if (consumer_.front()->tag == static_cast<std::uint64_t>(RecordKind::Inline))
+        return take_inline();
     RingRecord rec{};
     const bool popped = consumer_.try_pop(rec);
     (void)popped; // wait_for_record saw it and only this handle pops
     return take(rec);
+}
+
+ChannelMessage Channel::take_inline() {
+    const std::uint64_t n = consumer_.peek(0).length;
+    if (n > inline_bytes_) {
+        consumer_.pop();
+        throw CorruptSegment("channel '" + name_ + "' has an inline record longer than its slot");
+    }
+    // Allocate before the pop: out of memory leaves the record queued.
+    const std::uint64_t off = heap_.allocate(std::max<std::uint64_t>(n, 1));
+    if (n)
+        std::memcpy(heap_.to_ptr(off), inline_slot(consumer_.peek_slot(0)), n);
+    consumer_.pop();
+    ChannelMessage m;
+    m.offset = off;
+    m.length = n;
+    m.kind = RecordKind::Block;
+    return m;
 }
 
 std::optional<ChannelMessage> Channel::try_recv() {
@@ -649,6 +715,9 @@ std::optional<ChannelMessage> Channel::try_recv() {
         return std::nullopt; // another thread is inside this handle
     ensure_role(ChannelRole::Receiver);
     heap_.map_all_segments(); // before the pop (see recv)
+    if (const RingRecord *f = consumer_.front();
+        f && f->tag == static_cast<std::uint64_t>(RecordKind::Inline))
+        return take_inline();
     RingRecord rec{};
     if (!consumer_.try_pop(rec)) {
         if (consumer_.closed_and_empty())
@@ -678,37 +747,45 @@ std::size_t Channel::recv_many_impl(std::size_t max, const Deadline *deadline, S
     }
     heap_.map_all_segments(); // before any pop (see recv)
     constexpr std::size_t kBatch = 256;
-    RingRecord recs[kBatch];
     std::size_t done = 0;
     while (done < max) {
-        const std::size_t k = consumer_.try_pop_many(recs, std::min(kBatch, max - done));
+        // Inline records are read in place (straight from the ring) and popped together after
+        // them: the producer reuses none of their slots before we are done. A block record is
+        // popped first and taken after, as recv() does.
+        const std::size_t k = consumer_.peek_count(std::min(kBatch, max - done));
         if (k == 0)
             break;
         std::size_t i = 0;
+        RingRecord rec{};
         try {
             for (; i < k; ++i) {
-                ChannelMessage m = take(recs[i]);
-                try {
-                    fn(ctx, heap_.to_ptr(m.offset), m.length);
-                } catch (...) {
-                    heap_.deallocate(m.offset);
-                    throw;
-                }
-                heap_.deallocate(m.offset);
+                rec = consumer_.peek(i);
+                if (rec.tag != static_cast<std::uint64_t>(RecordKind::Inline))
+                    break;
+                if (rec.length > inline_bytes_)
+                    throw CorruptSegment("channel '" + name_ +
+                                         "' has an inline record longer than its slot");
+                fn(ctx, inline_slot(consumer_.peek_slot(i)), static_cast<std::size_t>(rec.length));
             }
         } catch (...) {
-            // The rest of this batch left the ring: free it rather than leak it.
-            for (std::size_t j = i + 1; j < k; ++j) {
-                try {
-                    heap_.deallocate(recs[j].offset);
-                    if (recs[j].aux)
-                        heap_.deallocate(recs[j].aux);
-                } catch (...) {
-                }
-            }
+            consumer_.pop_n(i + 1); // the failed record is consumed; the rest stay queued
             throw;
         }
-        done += k;
+        if (i == k) {
+            consumer_.pop_n(k);
+            done += k;
+            continue;
+        }
+        consumer_.pop_n(i + 1); // the inline ones before it, and the block record itself
+        done += i + 1;
+        ChannelMessage m = take(rec);
+        try {
+            fn(ctx, heap_.to_ptr(m.offset), m.length);
+        } catch (...) {
+            heap_.deallocate(m.offset);
+            throw;
+        }
+        heap_.deallocate(m.offset);
     }
     return done;
 }
@@ -742,6 +819,38 @@ std::vector<ChannelInfo> Channel::list(Heap &heap) {
         out.push_back(std::move(info));
     }
     return out;
+}
+
+bool Channel::remove(Heap &heap, std::string_view name, const Deadline &deadline) {
+    auto info = heap.find_named(name);
+    if (!info)
+        return false;
+    if (info->kind != kNamedChannel)
+        throw InvalidArgument("'" + std::string(name) + "' is not a channel");
+    ChannelControl *c =
+        validate_control(heap.to_ptr(info->offset), heap.block_capacity(info->offset), name);
+    for (ChannelRole r : {ChannelRole::Sender, ChannelRole::Receiver})
+        if (endpoint_alive_at(heap, info->offset, c, r))
+            throw ChannelBusy("channel '" + std::string(name) + "' still has a live " +
+                              role_name(r) + " (close it first)");
+    auto free_held = [&](std::uint64_t off) {
+        try {
+            if (off && heap.try_transfer(off, kOwnerHeld, heap.client_id()))
+                heap.deallocate(off);
+        } catch (const InvalidArgument &) {
+            // not a live block (scribbled record): nothing to free
+        }
+    };
+    const RingGeometry g = spsc_ring_geometry(&c->ring);
+    SpscConsumer consumer(&c->ring, g);
+    RingRecord rec{};
+    for (std::uint64_t n = 0; n < g.capacity && consumer.try_pop(rec); ++n) {
+        free_held(rec.offset);
+        free_held(rec.aux);
+    }
+    free_held(c->inflight_block.exchange(0));
+    free_held(c->inflight_meta.exchange(0));
+    return heap.remove_named(name, deadline);
 }
 
 } // namespace shmipc

@@ -9,6 +9,14 @@
 //   +------------------+
 //   | RingRecord[]     |  32 B each: {block offset, length, kind, metadata block offset}
 //   +------------------+
+//   | inline[slots]    |  kInlineSlotBytes each (rings of at most kMaxInlineSlots slots): the
+//   +------------------+  payload of an Inline record (small bytes, no metadata)
+//
+// Small messages (send of bytes up to kInlineSlotBytes, no metadata) travel inline, in the slot's
+// side buffer: no heap allocation on the sender's side, no free on the receiver's (an allocation
+// in one process freed in another defeats both thread caches and makes every message take the
+// heap lock). recv() of an Inline record copies it into a new block of the receiver;
+// recv_bytes/recv_many copy it straight out of the ring.
 //
 // Endpoints. The role (sender or receiver) of a handle is claimed on its first send/recv:
 //  1. an exclusive OFD lock on the role's byte (kUserLockBase + 2 * lock_index + role) of the
@@ -51,18 +59,21 @@
 namespace shmipc {
 
 inline constexpr std::uint64_t kChannelMagic = 0x314c4e4e41484353ULL; // "SCHANNL1" little endian
-inline constexpr std::uint32_t kChannelLayoutVersion = 2;             // 2: in-flight blocks
+inline constexpr std::uint32_t kChannelLayoutVersion = 3; // 2: in-flight blocks; 3: inline
+inline constexpr std::uint32_t kInlineSlotBytes = 128;     // payload bytes of an inline slot
+inline constexpr std::uint64_t kMaxInlineSlots = 1u << 16; // larger rings have no inline area
 
 // What a record carries (RingRecord::tag).
 enum class RecordKind : std::uint32_t {
     Block = 1, // a block the sender moved (or copied bytes into): offset, length
     Array = 2, // same, plus a metadata block (aux) describing dtype/shape for recv_array
+    Inline = 3, // no block: `length` bytes in the slot's inline buffer (offset 0)
 };
 
 struct alignas(kCacheLine) ChannelControl {
     std::uint64_t magic;          // kChannelMagic
     std::uint32_t layout_version; // kChannelLayoutVersion
-    std::uint32_t reserved0;
+    std::uint32_t inline_bytes;   // per-slot inline buffer: kInlineSlotBytes, or 0 (large ring)
     std::atomic<std::uint64_t> sender;   // claim token of the live sender; 0 = none
     std::atomic<std::uint64_t> receiver; // claim token of the live receiver; 0 = none
     std::uint64_t lock_index; // diagnostics: the liveness bytes are derived from the offset
@@ -229,6 +240,10 @@ class Channel {
 
     // Every channel of the heap with its state (heap.channels()).
     static std::vector<ChannelInfo> list(Heap &heap);
+    // Deletes the channel `name` once neither endpoint is alive, freeing the blocks still queued
+    // (heap.remove()). False if absent; ChannelBusy if an endpoint lives; InvalidArgument if the
+    // name is not a channel.
+    static bool remove(Heap &heap, std::string_view name, const Deadline &deadline = Deadline(10.0));
 
   private:
     using SinkFn = void (*)(void *ctx, const void *data, std::size_t n);
@@ -254,6 +269,16 @@ class Channel {
     void free_unsent(std::uint64_t off, const Deadline &deadline) noexcept;
     ChannelMessage take(const RingRecord &rec);
     bool push_record(const RingRecord &rec, const Deadline &deadline);
+    [[nodiscard]] bool fits_inline(std::size_t n, std::string_view meta) const noexcept {
+        return n <= inline_bytes_ && meta.empty();
+    }
+    // Writes one inline record (room was checked; only this handle pushes).
+    void push_inline(const void *data, std::size_t n);
+    [[nodiscard]] std::byte *inline_slot(std::uint64_t slot) const noexcept {
+        return inline_ + slot * inline_bytes_;
+    }
+    // The front record is Inline: a new block of this client with its bytes; pops it.
+    ChannelMessage take_inline();
     bool wait_for_room(const Deadline &deadline); // false on timeout
     void check_stream_open() const;
     void free_inflight();
@@ -264,6 +289,8 @@ class Channel {
     std::uint64_t offset_ = 0; // of the control block in the heap
     ChannelControl *ctl_ = nullptr;
     RingGeometry geometry_; // validated at open, private
+    std::byte *inline_ = nullptr;   // the inline buffers (validated at open)
+    std::uint32_t inline_bytes_ = 0; // per slot; 0: none
     ChannelRole role_ = ChannelRole::None;
     std::uint64_t token_ = 0;
     ForkStamp role_stamp_; // of the claim: a forked child's copy has no role

@@ -150,6 +150,17 @@ class SpscConsumer {
     // The oldest record without removing it, or nullptr if empty (pop() removes it).
     [[nodiscard]] const RingRecord *front() noexcept;
     void pop() noexcept;
+    // Batches that read each slot in place before letting the producer reuse it: how many
+    // records are queued (at most `max` and the ring's size), the i-th of them, then pop_n.
+    [[nodiscard]] std::size_t peek_count(std::size_t max) noexcept;
+    [[nodiscard]] const RingRecord &peek(std::size_t i) const noexcept {
+        return ring_->slots()[(ring_->tail.load(std::memory_order_relaxed) + i) & mask_];
+    }
+    // Slot index (for per-slot side arrays) of the i-th queued record.
+    [[nodiscard]] std::uint64_t peek_slot(std::size_t i) const noexcept {
+        return (ring_->tail.load(std::memory_order_relaxed) + i) & mask_;
+    }
+    void pop_n(std::size_t n) noexcept;
     // True if a pop would not block right now.
     [[nodiscard]] bool readable() noexcept;
     // The producer closed and every record before the close was consumed.
@@ -202,6 +213,27 @@ inline const RingRecord *SpscConsumer::front() noexcept {
             return nullptr;
     }
     return &ring_->slots()[tail & mask_];
+}
+
+inline std::size_t SpscConsumer::peek_count(std::size_t max) noexcept {
+    const std::uint64_t tail = ring_->tail.load(std::memory_order_relaxed);
+    if (cached_head_ - tail < max) {
+        // SYNC POINT: pairs with the head.store(release) in SpscProducer::try_push_quiet.
+        cached_head_ = ring_->head.load(std::memory_order_acquire);
+    }
+    std::uint64_t avail = cached_head_ - tail;
+    if (avail > mask_ + 1)
+        avail = mask_ + 1; // a scribbled head: never more than the ring holds
+    return avail < max ? static_cast<std::size_t>(avail) : max;
+}
+
+inline void SpscConsumer::pop_n(std::size_t n) noexcept {
+    if (n == 0)
+        return;
+    const std::uint64_t tail = ring_->tail.load(std::memory_order_relaxed);
+    // SYNC POINT: as in pop(): our reads of the n slots happen before the producer reuses them.
+    ring_->tail.store(tail + n, std::memory_order_release);
+    wake_if_waiting(ring_->not_full);
 }
 
 inline void SpscConsumer::pop() noexcept {

@@ -67,6 +67,7 @@ static_assert(kMaxClients < kOwnerHeld);
 // Kind tags of named objects (users may add their own values >= 16).
 inline constexpr std::uint32_t kNamedBlock = 1;   // heap.shared_block()
 inline constexpr std::uint32_t kNamedChannel = 2; // channels (owned by the channel module)
+inline constexpr std::uint32_t kNamedTopic = 3;   // topics (owned by the topic module)
 
 // --- Heap offsets -----------------------------------------------------------------------------
 
