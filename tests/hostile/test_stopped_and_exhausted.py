@@ -52,7 +52,7 @@ def test_a_stopped_heap_lock_holder_makes_bounded_waits_time_out(name: str, spaw
                 heap.allocate(1 << 20, timeout=0.5)
             assert time.monotonic() - t0 >= 0.45
             with pytest.raises(TimeoutError):
-                ch.send(b"x" * 100, timeout=0.5)
+                ch.send(b"x" * 4096, timeout=0.5)  # not inline: needs a heap block
         finally:
             p.kill()
             p.join(30)

@@ -715,15 +715,19 @@ std::optional<ChannelMessage> Channel::try_recv() {
         return std::nullopt; // another thread is inside this handle
     ensure_role(ChannelRole::Receiver);
     heap_.map_all_segments(); // before the pop (see recv)
-    if (const RingRecord *f = consumer_.front();
-        f && f->tag == static_cast<std::uint64_t>(RecordKind::Inline))
-        return take_inline();
-    RingRecord rec{};
-    if (!consumer_.try_pop(rec)) {
+    // One look at the front decides: a record pushed after it is left for the next call (a
+    // try_pop here could take an inline record as if it named a block).
+    const RingRecord *f = consumer_.front();
+    if (!f) {
         if (consumer_.closed_and_empty())
             throw EndOfStream("channel '" + name_ + "' was closed by its sender");
         return std::nullopt;
     }
+    if (f->tag == static_cast<std::uint64_t>(RecordKind::Inline))
+        return take_inline();
+    RingRecord rec{};
+    const bool popped = consumer_.try_pop(rec);
+    (void)popped; // front() saw it and only this handle pops
     return take(rec);
 }
 

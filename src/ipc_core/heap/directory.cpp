@@ -19,10 +19,61 @@ void Directory::check_name(std::string_view name) {
                               " bytes without NUL, not " + std::to_string(name.size()) + " bytes");
 }
 
+std::string Directory::where(const NamedEntry &e) const {
+    const NamedEntry *first = ctl_->named, *end = ctl_->named + kMaxNamed;
+    if (&e >= first && &e < end)
+        return "directory entry " + std::to_string(&e - first);
+    return "directory entry '" + std::string(e.name, ::strnlen(e.name, sizeof e.name)) +
+           "' (overflow page)";
+}
+
+DirPage *Directory::page_at(std::uint64_t off, std::size_t index) const {
+    auto fail = [&](const std::string &why) {
+        throw CorruptSegment(segs_->what() + ": directory page " + std::to_string(index) + " " +
+                             why);
+    };
+    if (index >= kMaxDirPages)
+        fail("is one too many (a cycle of scribbled links?)");
+    if (off < kBlockHeaderSize)
+        fail("has offset " + std::to_string(off));
+    const std::uint64_t w = free_->checked_word(off - kBlockHeaderSize);
+    if (word_state(w) != kUsed || word_units(w) * kHeapUnit - kBlockHeaderSize < sizeof(DirPage))
+        fail("is not an allocated block of a page's size");
+    auto *p = static_cast<DirPage *>(segs_->ptr(off));
+    if (p->magic != kDirPageMagic)
+        fail("has a bad magic");
+    return p;
+}
+
+NamedEntry *Directory::add_page() {
+    std::atomic<std::uint64_t> *link = &ctl_->dir_next;
+    std::size_t n = 0;
+    // SYNC POINT: acquire loads of the links, pairs with the release stores below (ours, made
+    // earlier under the same lock, or another locker's).
+    for (std::uint64_t off = link->load(std::memory_order_acquire); off != 0;
+         off = link->load(std::memory_order_acquire), ++n)
+        link = &page_at(off, n)->next;
+    if (n >= kMaxDirPages)
+        throw OutOfMemory(segs_->what() + ": directory full (" +
+                          std::to_string(kMaxNamed + kMaxDirPages * kDirPageEntries) +
+                          " named objects)");
+    const std::uint64_t units = units_for(sizeof(DirPage));
+    const std::uint64_t fit = free_->find_fit(units, kHeapUnit);
+    if (!fit)
+        return nullptr;
+    const std::uint64_t off = free_->carve(fit, units, kHeapUnit, kOwnerHeld);
+    auto *p = static_cast<DirPage *>(segs_->ptr(off));
+    std::memset(static_cast<void *>(p), 0, sizeof(DirPage));
+    p->magic = kDirPageMagic;
+    // SYNC POINT: release, pairs with the acquire loads of the link by walkers (for_each): the
+    // page's zeroed entries and magic are written before.
+    link->store(off, std::memory_order_release);
+    return &p->entries[0];
+}
+
 NamedInfo Directory::checked(const NamedEntry &e) const {
     auto fail = [&](const std::string &why) {
-        throw CorruptSegment(segs_->what() + ": directory entry " +
-                             std::to_string(&e - ctl_->named) + " " + why);
+        throw CorruptSegment(segs_->what() + ": " + where(e) + " " + why);
     };
     const std::size_t len = ::strnlen(e.name, sizeof e.name);
     if (len == 0 || len == sizeof e.name)
@@ -60,36 +111,42 @@ std::optional<NamedInfo> Directory::find(std::string_view name) const {
     if (name.empty() || name.size() > kMaxNamedLength)
         return std::nullopt;
     return retrying([&]() -> std::optional<NamedInfo> {
-        for (auto &e : ctl_->named)
+        std::optional<NamedInfo> out;
+        for_each([&](NamedEntry &e) {
             // SYNC POINT: acquire, pairs with the release store of Ready in publish(): the
             // creator's init and the entry's fields are visible.
-            if (e.state.load(std::memory_order_acquire) == kNamedReady && name_is(e, name))
-                return checked(e);
-        return std::nullopt;
+            if (e.state.load(std::memory_order_acquire) == kNamedReady && name_is(e, name)) {
+                out = checked(e);
+                return true;
+            }
+            return false;
+        });
+        return out;
     });
 }
 
 std::vector<NamedInfo> Directory::list(std::uint32_t kind) const {
     return retrying([&] {
         std::vector<NamedInfo> out;
-        for (auto &e : ctl_->named)
+        for_each([&](NamedEntry &e) {
             // SYNC POINT: acquire, pairs with the release store of Ready in publish().
             if (e.state.load(std::memory_order_acquire) == kNamedReady &&
                 (kind == 0 || e.kind == kind))
                 out.push_back(checked(e));
+            return false;
+        });
         return out;
     });
 }
 
 Directory::Lookup Directory::lookup(std::string_view name) const {
     Lookup r;
-    for (auto &e : ctl_->named) {
+    for_each([&](NamedEntry &e) {
         // SYNC POINT: acquire, pairs with the release store of Ready in publish(), which the
         // creator makes without the lock.
         const std::uint32_t st = e.state.load(std::memory_order_acquire);
         if (st > kNamedReady)
-            throw CorruptSegment(segs_->what() + ": directory entry " +
-                                 std::to_string(&e - ctl_->named) + " has state " +
+            throw CorruptSegment(segs_->what() + ": " + where(e) + " has state " +
                                  std::to_string(st));
         if (st == kNamedEmpty) {
             if (!r.empty)
@@ -98,7 +155,8 @@ Directory::Lookup Directory::lookup(std::string_view name) const {
             (void)checked(e);
             r.found = &e;
         }
-    }
+        return false;
+    });
     return r;
 }
 

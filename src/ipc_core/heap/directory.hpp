@@ -1,5 +1,7 @@
-// Named objects of a heap: a fixed table of kMaxNamed entries (layout: NamedEntry in
-// heap/layout.hpp), each naming one block held by the heap (owner kOwnerHeld).
+// Named objects of a heap: kMaxNamed entries in the control block, then as many overflow pages
+// of kDirPageEntries as needed (layout: NamedEntry, DirPage in heap/layout.hpp), each entry
+// naming one block held by the heap (owner kOwnerHeld). No fixed limit (kMaxDirPages bounds a
+// walk over scribbled links).
 //
 //   Empty --claim (heap lock, block carved)--> Init --publish (creator, after init)--> Ready
 //   Init --abandon (init threw) / creator died (reaped)--> Empty;  Ready --remove--> Empty
@@ -53,6 +55,11 @@ class Directory {
         NamedEntry *empty = nullptr; // first Empty entry, for a claim
     };
     [[nodiscard]] Lookup lookup(std::string_view name) const;
+    // A new overflow page, chained last, for a claim when lookup() found no Empty entry: its
+    // first entry, or nullptr if the arena has no room for a page now (the caller allocates
+    // through the normal path, which may grow the heap, and retries). OutOfMemory once
+    // kMaxDirPages pages exist.
+    [[nodiscard]] NamedEntry *add_page();
     // Checked copy of a found entry.
     [[nodiscard]] NamedInfo info(const NamedEntry &e) const { return checked(e); }
     // Empty -> Init for a block the caller just carved (payload `off`).
@@ -65,17 +72,39 @@ class Directory {
     // Drops Init entries whose creator is dead (`dead(creator)`, or not a client id at all):
     // their init will never finish.
     template <class Dead> void drop_dead_creators(Dead &&dead) {
-        for (auto &e : ctl_->named) {
+        for_each([&](NamedEntry &e) {
             // SYNC POINT: acquire, pairs with the release store of Init in claim().
             if (e.state.load(std::memory_order_acquire) != kNamedInit)
-                continue;
+                return false;
             const std::uint16_t c = e.creator;
             if (c == kOwnerNone || c > kMaxClients || dead(c))
                 empty_and_free(e);
-        }
+            return false;
+        });
     }
 
   private:
+    // Calls f(entry) for the control block's entries, then every page's, until f returns true
+    // (then true). Page links are validated (CorruptSegment).
+    template <class F> bool for_each(F &&f) const {
+        for (auto &e : ctl_->named)
+            if (f(e))
+                return true;
+        // SYNC POINT: acquire, pairs with the release store that linked the page (add_page):
+        // its initialisation is visible.
+        std::uint64_t off = ctl_->dir_next.load(std::memory_order_acquire);
+        for (std::size_t n = 0; off != 0; ++n) {
+            DirPage *p = page_at(off, n);
+            for (auto &e : p->entries)
+                if (f(e))
+                    return true;
+            // SYNC POINT: acquire, as above for the next link.
+            off = p->next.load(std::memory_order_acquire);
+        }
+        return false;
+    }
+    [[nodiscard]] DirPage *page_at(std::uint64_t off, std::size_t index) const;
+    [[nodiscard]] std::string where(const NamedEntry &e) const;
     // Validates an entry's name, offset and size against the block it names (CorruptSegment).
     [[nodiscard]] NamedInfo checked(const NamedEntry &e) const;
     void empty_and_free(NamedEntry &e);

@@ -29,6 +29,7 @@ std::pair<std::uint64_t, bool> Heap::find_or_create_named(std::string_view name,
         const std::uint32_t seen = dir_.changes().seq.load(std::memory_order_acquire);
         NamedEntry *mine = nullptr;
         std::uint64_t off = 0;
+        std::size_t room_for = nbytes; // what to make room for when the arena is full
         bool wait = false;
         {
             auto lk = locked(deadline);
@@ -49,17 +50,20 @@ std::pair<std::uint64_t, bool> Heap::find_or_create_named(std::string_view name,
             if (r.found) {
                 wait = true; // being initialised; its creator may die (reaped while we wait)
             } else {
-                if (!r.empty)
-                    throw OutOfMemory(what_ + ": directory full (" + std::to_string(kMaxNamed) +
-                                      " named objects)");
+                // Every entry in use: the directory grows by a page (no fixed limit).
+                NamedEntry *slot = r.empty ? r.empty : dir_.add_page();
                 // Allocate with the lock held (no cache); if the arena is full, allocate through
                 // the normal path below (grows or throws a precise OutOfMemory) and retry.
-                const std::uint64_t units = units_for(nbytes);
-                if (const std::uint64_t fit = free_.find_fit(units, kHeapUnit)) {
-                    off = free_.carve(fit, units, kHeapUnit, kOwnerHeld);
-                    mine = r.empty;
-                    dir_.claim(*mine, name, kind, off, nbytes, client_);
+                const std::uint64_t units = units_for(slot ? nbytes : sizeof(DirPage));
+                if (slot) {
+                    if (const std::uint64_t fit = free_.find_fit(units, kHeapUnit)) {
+                        off = free_.carve(fit, units, kHeapUnit, kOwnerHeld);
+                        mine = slot;
+                        dir_.claim(*mine, name, kind, off, nbytes, client_);
+                    }
                 }
+                if (!mine)
+                    room_for = slot ? nbytes : sizeof(DirPage);
             }
         }
         if (wait) {
@@ -79,7 +83,7 @@ std::pair<std::uint64_t, bool> Heap::find_or_create_named(std::string_view name,
             continue;
         }
         if (!mine) {
-            const std::uint64_t tmp = allocate_owned(nbytes, kHeapUnit, kOwnerHeld, deadline);
+            const std::uint64_t tmp = allocate_owned(room_for, kHeapUnit, kOwnerHeld, deadline);
             auto lk = locked(deadline);
             const std::uint64_t ho = tmp - kBlockHeaderSize;
             (void)free_.release(ho, free_.checked_word(ho));

@@ -250,7 +250,8 @@ struct HeapControl {
     std::uint32_t persistent;
     std::uint32_t anonymous;
     FutexWord memory_freed; // bumped (when someone waits) by every free under the lock
-    std::uint64_t reserved0[3];
+    std::atomic<std::uint64_t> dir_next; // payload offset of the first DirPage, 0: none
+    std::uint64_t reserved0[2];
     RobustMutexWord lock;
     std::atomic<std::uint32_t> segment_count;
     std::uint32_t reserved1;
@@ -266,7 +267,30 @@ static_assert(alignof(HeapControl) == 64 && sizeof(HeapControl) == 43200);
 static_assert(offsetof(HeapControl, layout) == 8 && offsetof(HeapControl, mode) == 12 &&
               offsetof(HeapControl, max_size) == 16 && offsetof(HeapControl, persistent) == 24 &&
               offsetof(HeapControl, anonymous) == 28);
-static_assert(offsetof(HeapControl, memory_freed) == 32);
+static_assert(offsetof(HeapControl, memory_freed) == 32 && offsetof(HeapControl, dir_next) == 40);
+
+// Overflow pages of the directory: when the kMaxNamed entries of the control block are in use,
+// the heap allocates a DirPage (a block held by the heap, kOwnerHeld, never freed) and chains it
+// from HeapControl::dir_next / the previous page's `next` (release stores, made with the heap
+// lock held after the page is initialised). Readers validate every link (a live block, large
+// enough, with the magic) and follow at most kMaxDirPages of them.
+//   offset  size   field
+//   0       8      magic    kDirPageMagic
+//   8       8      next     payload offset of the next page, 0: last (atomic)
+//   16      8      reserved
+//   24      24480  entries  NamedEntry[kDirPageEntries]
+inline constexpr std::uint64_t kDirPageMagic = 0x45474150'52494453ull; // "SDIRPAGE"
+inline constexpr std::size_t kDirPageEntries = 255;
+inline constexpr std::size_t kMaxDirPages = 4096; // about a million names
+struct DirPage {
+    std::uint64_t magic;
+    std::atomic<std::uint64_t> next;
+    std::uint64_t reserved;
+    NamedEntry entries[kDirPageEntries];
+};
+static_assert(std::is_standard_layout_v<DirPage>);
+static_assert(offsetof(DirPage, next) == 8 && offsetof(DirPage, entries) == 24 &&
+              sizeof(DirPage) == 24 + 96 * kDirPageEntries);
 static_assert(offsetof(HeapControl, lock) == 64 && offsetof(HeapControl, segment_count) == 72 &&
               offsetof(HeapControl, segs) == 80 && offsetof(HeapControl, bins) == 1616 &&
               offsetof(HeapControl, named_changed) == 2128 &&

@@ -77,14 +77,40 @@ TEST(Directory, removing_an_object_frees_its_block) {
     EXPECT_TRUE(h->list_named().empty());
 }
 
-TEST(Directory, a_full_directory_is_out_of_memory_and_stays_usable) {
-    auto h = Heap::anonymous(heap_opts(4 << 20));
-    for (std::size_t i = 0; i < kMaxNamed; ++i)
-        (void)h->find_or_create_named("n" + std::to_string(i), 8, {});
-    EXPECT_THROW(h->find_or_create_named("one-more", 8, {}), OutOfMemory);
-    EXPECT_EQ(h->list_named().size(), kMaxNamed);
+TEST(Directory, grows_past_the_control_block_by_pages_with_no_fixed_limit) {
+    auto h = Heap::anonymous(heap_opts(8 << 20));
+    const std::size_t n = kMaxNamed + 2 * kDirPageEntries + 10; // three overflow pages
+    for (std::size_t i = 0; i < n; ++i)
+        EXPECT_TRUE(h->find_or_create_named("n" + std::to_string(i), 8, {}).second);
+    EXPECT_EQ(h->list_named().size(), n);
+    for (std::size_t i = 0; i < n; i += 97) // found again, wherever their entry is
+        EXPECT_FALSE(h->find_or_create_named("n" + std::to_string(i), 8, {}).second);
     EXPECT_TRUE(h->remove_named("n7"));
-    EXPECT_TRUE(h->find_or_create_named("one-more", 8, {}).second);
+    EXPECT_TRUE(h->remove_named("n" + std::to_string(n - 1)));
+    EXPECT_EQ(h->list_named().size(), n - 2);
+    EXPECT_TRUE(h->find_or_create_named("one-more", 8, {}).second); // reuses a freed entry
+    h->check_invariants();
+    // Another handle (a process attaching later) sees the same pages.
+    auto fd = UniqueFd(::dup(h->fd()));
+    auto g = Heap::from_fd(std::move(fd), false);
+    EXPECT_EQ(g->list_named().size(), n - 1);
+}
+
+TEST(Directory, a_scribbled_page_link_is_a_corrupt_segment_not_a_crash_or_a_loop) {
+    auto h = Heap::anonymous(heap_opts(4 << 20));
+    for (std::size_t i = 0; i < kMaxNamed + 1; ++i)
+        (void)h->find_or_create_named("n" + std::to_string(i), 8, {});
+    auto *ctl = control_of(*h);
+    const std::uint64_t page = ctl->dir_next.load();
+    ASSERT_NE(page, 0u);
+    auto *p = static_cast<DirPage *>(h->to_ptr(page));
+    p->next.store(page); // a cycle
+    EXPECT_THROW((void)h->find_named("absent"), CorruptSegment);
+    p->next.store(0);
+    ctl->dir_next.store(12345); // not a block
+    EXPECT_THROW((void)h->list_named(), CorruptSegment);
+    ctl->dir_next.store(page);
+    EXPECT_EQ(h->list_named().size(), kMaxNamed + 1);
 }
 
 TEST(Directory, concurrent_creators_run_init_once_and_all_get_the_same_block) {

@@ -79,9 +79,11 @@ TEST(SigbusGuard, a_truncated_queue_is_a_corrupt_segment_not_a_crash) {
 TEST(SigbusGuard, an_unguarded_address_still_gets_the_previous_behaviour) {
     // Guarding one mapping must not swallow faults elsewhere: a private mapping of a shrunk
     // memfd still dies of SIGBUS, in a child.
+    // The guarded named mapping is the parent's (the child dies of the fault: it could not
+    // remove a name of its own).
+    auto name = fresh_name("busx");
+    auto s = MemorySegment::create_named(name, 8192, 0600, SegmentKind::SharedValue, 99, false);
     pid_t pid = shmipc::testing::fork_child([] {
-        auto name = fresh_name("busx");
-        auto s = MemorySegment::create_named(name, 8192, 0600, SegmentKind::SharedValue, 99, false);
         int fd = ::memfd_create("x", MFD_CLOEXEC);
         (void)::ftruncate(fd, 8192);
         auto *p = static_cast<volatile char *>(
