@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import shmipc
+
 from _common import fmt_ratio, fmt_time, machine, median_time
 
 QUICK = "--quick" in sys.argv
@@ -133,19 +134,23 @@ def bench_pool() -> list[tuple[str, float]]:
     with mp.get_context("spawn").Pool(2) as pool:
         pool.map(int, range(4))  # workers up
         a = shmipc.zeros(n)
-        t = median_time(lambda: pool.map(add_one, [a[i : i + step] for i in range(0, n, step)]),
-                        REPS)
+        t = median_time(
+            lambda: pool.map(add_one, [a[i : i + step] for i in range(0, n, step)]), REPS
+        )
         assert a[0] == REPS + 1  # warm-up included: every write reached the parent
         rows.append(("shmipc.ndarray slices", t))
-        del a
 
         shm = shared_memory.SharedMemory(create=True, size=n * 8)
         try:
             b = np.ndarray((n,), np.float64, buffer=shm.buf)
             b[:] = 0
             jobs = [(shm.name, i, min(i + step, n)) for i in range(0, n, step)]
-            rows.append(("shared_memory by hand", median_time(lambda: pool.map(add_one_by_name,
-                                                                                jobs), REPS)))
+            rows.append(
+                (
+                    "shared_memory by hand",
+                    median_time(lambda: pool.map(add_one_by_name, jobs), REPS),
+                )
+            )
             assert b[0] == REPS + 1
             del b
         finally:
@@ -153,8 +158,14 @@ def bench_pool() -> list[tuple[str, float]]:
             shm.unlink()
 
         c = np.zeros(n)
-        rows.append(("plain slices (copies)", median_time(
-            lambda: pool.map(add_one, [c[i : i + step] for i in range(0, n, step)]), REPS)))
+        rows.append(
+            (
+                "plain slices (copies)",
+                median_time(
+                    lambda: pool.map(add_one, [c[i : i + step] for i in range(0, n, step)]), REPS
+                ),
+            )
+        )
         assert c[0] == 0  # the workers' writes never came back
     return rows
 
@@ -168,11 +179,12 @@ def bench_loader() -> list[tuple[str, float]] | None:
         from torch.utils.data import DataLoader as TorchLoader
     except ImportError:
         return None
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
-                                    "torch"))
-    import workers_torch as wt
-
+    sys.path.insert(
+        0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "torch")
+    )
     from shmipc.torch import DataLoader
+
+    import workers_torch as wt
 
     nb = 16 if QUICK else 48
     ds = wt.Big(n=2 * nb, nbytes=4 << 20)  # batches of 2 x 4 MiB
