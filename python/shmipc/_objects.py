@@ -262,7 +262,7 @@ def channel_send_obj(ch: Any, obj: Any, timeout: float | None) -> None:
     for pb in buffers:
         with pb.raw() as raw:
             n = raw.nbytes
-            src = raw.obj
+            src: Any = raw.obj
         # Zero copy: the sole view of a Block of this heap moves (its block is released here
         # and the array becomes read-only, as with send_array); anything else is one copy.
         blk = _block_of(src) if _is_ndarray(src) else None

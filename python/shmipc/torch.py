@@ -212,7 +212,7 @@ class _Iter:
         return getattr(self._inner, name)
 
 
-class DataLoader(tud.DataLoader):  # type: ignore[type-arg]
+class DataLoader(tud.DataLoader):
     """``torch.utils.data.DataLoader`` with batches collated into shared memory (module docs).
 
     ``shm_size``: bytes of the anonymous heap batches are collated into (default 512 MiB): room
@@ -233,7 +233,8 @@ class DataLoader(tud.DataLoader):  # type: ignore[type-arg]
             raise ValueError(f"shm_size must be a number of bytes > 0, got {shm_size!r}")
         self.shm_size = shm_size or _DEFAULT_SHM
         self.shm_wait = float(shm_wait)
-        self._user_collate = None if self.collate_fn is default_collate else self.collate_fn
+        user: Any = getattr(self, "collate_fn")  # noqa: B009 - set by torch, untyped here
+        self._user_collate = None if user is default_collate else user
         self._shm_heap: Heap | None = None
         self._last_iter: weakref.ref[_Iter] | None = None
 
@@ -254,8 +255,8 @@ class DataLoader(tud.DataLoader):  # type: ignore[type-arg]
         if self.num_workers == 0:
             return super()._get_iterator()
         heap = self._heap_for_epoch()
-        pin = bool(self.pin_memory)
-        collate_fn = self.collate_fn
+        pin = bool(getattr(self, "pin_memory"))  # noqa: B009 - set by torch, untyped here
+        collate_fn: Any = getattr(self, "collate_fn")  # noqa: B009
         self.collate_fn = _ShmCollate(self._user_collate, heap, self.shm_wait)
         self.pin_memory = False  # pinned in the main process, after the tensors are rebuilt
         try:
