@@ -65,37 +65,56 @@ def _wrap_bytes(obj: Any) -> Any:
     pickle never offers bytes to a buffer callback (and bytearray only through
     ``reducer_override``, which would slow every object down), hence this bounded walk.
     """
-    budget = [_WALK_LIMIT]
+    return _walk(obj, 0, [_WALK_LIMIT])
 
-    def walk(o: Any, depth: int) -> Any:
-        t = type(o)
-        if t is bytes or t is bytearray:
-            return _BigBytes(o) if len(o) >= OOB_THRESHOLD else o
-        if depth > 8 or budget[0] <= 0:
-            return o
-        if t is dict:
-            budget[0] -= len(o)
-            changed = False
-            out = {}
-            for k, v in o.items():
-                w = walk(v, depth + 1)
-                changed |= w is not v
-                out[k] = w
-            return out if changed else o
-        if t is list or t is tuple:
-            budget[0] -= len(o)
-            items = [walk(v, depth + 1) for v in o]
-            if all(a is b for a, b in zip(items, o, strict=True)):
-                return o
-            return items if t is list else tuple(items)
+
+def _walk(o: Any, depth: int, budget: list[int]) -> Any:
+    t = type(o)
+    if t in _ATOMS:
         return o
-
-    return walk(obj, 0)
+    if t is bytes or t is bytearray:
+        return _BigBytes(o) if len(o) >= OOB_THRESHOLD else o
+    if depth > 8 or budget[0] <= 0:
+        return o
+    if t is dict:
+        if _ATOMS.issuperset(map(type, o.values())):  # the common flat case, at C speed
+            return o
+        budget[0] -= len(o)
+        out = None
+        for k, v in o.items():
+            w = _walk(v, depth + 1, budget)
+            if w is not v:
+                if out is None:
+                    out = dict(o)
+                out[k] = w
+        return o if out is None else out
+    if t is list or t is tuple:
+        if _ATOMS.issuperset(map(type, o)):
+            return o
+        budget[0] -= len(o)
+        items = None
+        for i, v in enumerate(o):
+            w = _walk(v, depth + 1, budget)
+            if w is not v:
+                if items is None:
+                    items = list(o)
+                items[i] = w
+        if items is None:
+            return o
+        return items if t is list else tuple(items)
+    return o
 
 
 def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickles ``obj`` (protocol 5): the in-band bytes, and the buffers left out of band (each
     at least OOB_THRESHOLD bytes and contiguous)."""
+    t = type(obj)
+    if (
+        t in _ATOMS
+        or ((t is tuple or t is list) and _ATOMS.issuperset(map(type, obj)))
+        or (t is dict and _ATOMS.issuperset(map(type, obj.values())))
+    ):
+        return pickle.dumps(obj, _PROTOCOL), []  # no buffers possible: pickle's own speed
     buffers: list[pickle.PickleBuffer] = []
 
     def callback(pb: pickle.PickleBuffer) -> bool:
@@ -108,8 +127,64 @@ def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
         buffers.append(pb)
         return False
 
-    data = pickle.dumps(_wrap_bytes(obj), _PROTOCOL, buffer_callback=callback)
-    return data, buffers
+    wrapped = _wrap_bytes(obj)
+    try:
+        # The fast path: pickle's own reducers (a message of small objects costs what
+        # pickle.dumps costs).
+        data = pickle.dumps(wrapped, _PROTOCOL, buffer_callback=callback)
+        if len(data) < OOB_THRESHOLD:
+            return data, buffers
+    except TypeError:
+        pass  # e.g. a shmipc.ndarray, which only multiprocessing pickles by itself
+    # A large in-band part may hold non-contiguous arrays: pickle again with reducers that send
+    # them (and shmipc.ndarrays) out of band.
+    buffers.clear()
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, _PROTOCOL, buffer_callback=callback)
+    pickler.dispatch_table = _dispatch()
+    pickler.dump(wrapped)
+    return out.getvalue(), buffers
+
+
+_ATOMS = frozenset({int, float, str, bool, type(None), complex})
+
+
+_dispatch_table: Any = None
+
+
+def _dispatch() -> Any:
+    """copyreg's reducers, plus: a shmipc.ndarray (whose own pickling refuses anything but
+    multiprocessing) travels as a plain array, its buffer out of band."""
+    global _dispatch_table
+    if _dispatch_table is None:
+        import collections
+        import copyreg
+
+        import numpy as np
+
+        from ._ndarray import ndarray
+
+        _dispatch_table = collections.ChainMap(
+            {ndarray: _reduce_plain, np.ndarray: _reduce_plain}, copyreg.dispatch_table
+        )
+    return _dispatch_table
+
+
+def _reduce_plain(a: Any) -> Any:
+    """A plain array's reduction; a large non-contiguous one is made contiguous first, so that
+    its buffer too goes out of band (numpy would pickle it in band)."""
+    import numpy as np
+
+    if type(a) is not np.ndarray:
+        a = np.asarray(a).view(np.ndarray)
+    if (
+        a.nbytes >= OOB_THRESHOLD
+        and not a.flags.c_contiguous
+        and not a.flags.f_contiguous
+        and not a.dtype.hasobject
+    ):
+        a = np.ascontiguousarray(a)
+    return a.__reduce_ex__(_PROTOCOL)
 
 
 def loads(data: Any, buffers: list[Any]) -> Any:

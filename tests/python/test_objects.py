@@ -91,6 +91,22 @@ def test_bytes_bytearray_and_picklebuffer_keep_their_types(name: str) -> None:
         assert bytes(memoryview(pb)) == big
 
 
+def test_shared_ndarrays_go_through_queues_and_channels_as_copies(name: str) -> None:
+    a = shmipc.full((300, 300), 4.0)
+    with shmipc.MessageQueue.create(name, maxsize=4, max_message_size=1024) as q:
+        q.put({"a": a, "v": a[::2]}, timeout=5)
+        got = q.get(timeout=5)
+        assert np.array_equal(got["a"], a) and np.array_equal(got["v"], a[::2])
+        got["a"][0, 0] = 1  # a copy: the sender's array is untouched
+        assert a[0, 0] == 4.0
+    with shmipc.Heap.anonymous(8 << 20) as heap:
+        tx, rx = heap.channel("o"), heap.channel("o")
+        tx.send_obj(a, timeout=5)
+        assert np.array_equal(rx.recv_obj(timeout=5), a)
+        tx.close()
+        rx.close()
+
+
 def test_small_objects_stay_in_band_and_plain_pickles_still_decode(name: str) -> None:
     with shmipc.MessageQueue.create(name, maxsize=4, max_message_size=1024) as q:
         q.put({"a": np.arange(10), "s": "x"}, timeout=5)
