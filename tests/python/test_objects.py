@@ -313,3 +313,25 @@ def test_objects_cross_processes_and_the_heap_reclaims_a_killed_receiver(spawn: 
                 os.kill(c.pid, signal.SIGKILL)
                 join_all([c], timeout=30)
             assert heap_allocations(heap) == base
+
+
+def test_objects_from_2_producers_reach_2_consumers_exactly_once_and_free_their_blocks(
+    name: str, spawn: Any
+) -> None:
+    n_prod, per = 2, 150
+    with shmipc.MessageQueue.create(name, maxsize=16, max_message_size=1024) as q:
+        out = spawn.Queue()
+        cons = [spawn.Process(target=wo.get_and_check_until_none, args=(name, out)) for _ in "ab"]
+        prods = [
+            spawn.Process(target=wo.put_small_dicts, args=(name, t, per)) for t in range(n_prod)
+        ]
+        for p in cons + prods:
+            p.start()
+        join_all(prods, timeout=120)
+        for _ in cons:
+            q.put(None, timeout=60)
+        got = out.get(timeout=120) + out.get(timeout=120)
+        join_all(cons, timeout=60)
+        assert all(p.exitcode == 0 for p in cons + prods)
+        assert sorted(got) == [(t, i) for t in range(n_prod) for i in range(per)]
+        assert allocations(q) == 0
