@@ -208,6 +208,28 @@ def bench_loader() -> list[tuple[str, float]] | None:
     return rows
 
 
+def bench_limits() -> list[tuple[str, str, str]]:
+    """Where torch's loader fails: 300 tensors per batch under RLIMIT_NOFILE=256."""
+    import subprocess
+
+    script = os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "tests", "torch", "run_loader.py"
+    )
+    rows = []
+    for which in ("shmipc", "torch"):
+        t0 = time.perf_counter()
+        p = subprocess.run(
+            [sys.executable, script, "nofile", which], capture_output=True, text=True, timeout=600
+        )
+        t = time.perf_counter() - t0
+        if p.returncode == 0:
+            rows.append((which, "ok", f"{t:.1f} s (4 batches, with start-up)"))
+        else:
+            err = (p.stderr.strip().splitlines() or ["?"])[-1]
+            rows.append((which, "fails", err[:120].replace("|", "/")))
+    return rows
+
+
 def main() -> None:
     print(f"Machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
     mb = ARR * 8 >> 20
@@ -235,6 +257,11 @@ def main() -> None:
     print("| loader | batches/s | shmipc vs this |\n|---|---|---|")
     for label, r in rows_l:
         print(f"| {label} | {r:.1f} | {fmt_ratio(base / r)} |")
+
+    print("\n## 300 tensors per batch, RLIMIT_NOFILE=256, num_workers=2\n")
+    print("| loader | result | detail |\n|---|---|---|")
+    for which, result, detail in bench_limits():
+        print(f"| {which} | {result} | {detail} |")
 
 
 if __name__ == "__main__":
