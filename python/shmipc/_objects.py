@@ -194,12 +194,14 @@ def loads(data: Any, buffers: list[Any]) -> Any:
 # --- queue messages -------------------------------------------------------------------------
 #
 # A message with out-of-band buffers (a plain pickle always starts with b"\x80", PROTO):
-#   magic b"\x00SHO" | version u8 (1) | count u32 | count x (offset u64, nbytes u64) | pickle
-# The offsets are blocks of the queue's companion heap, held by the heap (kOwnerHeld).
+#   magic b"\x00SHO" | version u8 (1) | count u32 | count x (offset u64, start u64, nbytes u64)
+#   | pickle
+# Each buffer is bytes [start, start + nbytes) of the block at `offset` of the queue's companion
+# heap, held by the heap (kOwnerHeld) while the message is queued.
 
 _MAGIC = b"\x00SHO"
 _HEAD = struct.Struct("<4sBI")
-_REF = struct.Struct("<QQ")
+_REF = struct.Struct("<QQQ")
 
 
 def queue_header_size(count: int) -> int:
@@ -208,35 +210,65 @@ def queue_header_size(count: int) -> int:
 
 def encode_queue_message(
     heap: Heap, data: bytes, buffers: list[pickle.PickleBuffer]
-) -> tuple[bytes, list[tuple[int, int]]]:
+) -> tuple[bytes, list[tuple[int, int, int]]]:
     """Copies each buffer into a block of ``heap`` and hands the blocks to the heap (held);
-    returns the queue message and the (offset, nbytes) refs (for :func:`drop_refs` if the
-    message cannot be put)."""
-    refs: list[tuple[int, int]] = []
+    returns the queue message and the (offset, start, nbytes) refs (for :func:`drop_refs` if
+    the message cannot be put). An array that is the sole view of a block of ``heap`` (e.g. one
+    this process got from the queue) moves with no copy and becomes read-only here."""
+    refs: list[tuple[int, int, int]] = []
+    moved: list[Any] = []
     try:
         for pb in buffers:
             with pb.raw() as src:
                 n = src.nbytes
+                obj: Any = src.obj
+            move = _movable(obj, heap, n)
+            if move is not None:
+                blk, start = move
+                refs.append((heap._hold_block(blk, True), start, n))
+                moved.append(obj)
+                continue
+            with pb.raw() as src:
                 blk = heap.allocate(n)
                 with memoryview(blk) as dst:
                     dst[:] = src.cast("B") if src.format != "B" or src.ndim != 1 else src
-            refs.append((heap._hold_block(blk), n))
+            refs.append((heap._hold_block(blk), 0, n))
     except BaseException:
         drop_refs(heap, refs)
         raise
+    from ._channel import _make_readonly
+
+    for obj in moved:
+        _make_readonly(obj)  # its memory is the message's now
     out = io.BytesIO()
     out.write(_HEAD.pack(_MAGIC, 1, len(refs)))
-    for off, n in refs:
-        out.write(_REF.pack(off, n))
+    for ref in refs:
+        out.write(_REF.pack(*ref))
     out.write(data)
     return out.getvalue(), refs
 
 
-def drop_refs(heap: Heap, refs: list[tuple[int, int]]) -> None:
+def _movable(obj: Any, heap: Any, n: int) -> tuple[Any, int] | None:
+    """(block, start) if ``obj`` is an ndarray that is the sole view of a Block of ``heap``
+    (so the block can move instead of being copied), else None."""
+    if not _is_ndarray(obj) or not obj.flags.writeable:
+        return None
+    from ._channel import _address, _block_of, _sole_view
+
+    blk = _block_of(obj)
+    if blk is None or blk.heap is not heap or blk._exports != 1 or not _sole_view(obj):
+        return None
+    start = _address(obj) - blk._address
+    if start < 0 or start + n > blk.nbytes:
+        return None
+    return blk, start
+
+
+def drop_refs(heap: Heap, refs: list[tuple[int, int, int]]) -> None:
     """Frees held blocks of a message that was never put."""
-    for off, n in refs:
+    for off, start, n in refs:
         try:
-            heap._take_held(off, n).release()
+            heap._take_held(off, start + n).release()
         except Exception:  # noqa: BLE001 - best effort: the heap may be closed or scribbled
             pass
 
@@ -264,12 +296,13 @@ def decode_queue_message(raw: bytes, heap_of: Callable[[], Heap | None]) -> Any:
         )
     blocks = []
     for i in range(count):
-        off, n = _REF.unpack_from(raw, _HEAD.size + _REF.size * i)
+        off, first, n = _REF.unpack_from(raw, _HEAD.size + _REF.size * i)
         try:
-            blocks.append(heap._take_held(off, n))
+            blk = heap._take_held(off, first + n)
+            blocks.append(blk if first == 0 else memoryview(blk)[first : first + n])
         except CorruptSegmentError:
             raise
-        except (ValueError, OverflowError) as e:
+        except (ValueError, OverflowError, TypeError) as e:
             raise CorruptSegmentError(f"bad buffer reference in an object message: {e}") from None
     with memoryview(raw) as mv:
         return loads(mv[start:], blocks)

@@ -160,7 +160,7 @@ class MessageQueue:
             return
         if _objects.queue_header_size(len(buffers)) + len(data) > q.max_message_size:
             raise ValueError(
-                f"the in-band part of this object is {len(data)} bytes (+ 16 per out-of-band "
+                f"the in-band part of this object is {len(data)} bytes (+ 24 per out-of-band "
                 f"buffer); the queue's max_message_size is {q.max_message_size}"
             )
         msg, refs = _objects.encode_queue_message(heap, data, buffers)

@@ -107,6 +107,21 @@ def test_shared_ndarrays_go_through_queues_and_channels_as_copies(name: str) -> 
         rx.close()
 
 
+def test_arrays_got_from_the_queue_are_put_again_without_a_copy(name: str) -> None:
+    with shmipc.MessageQueue.create(name, maxsize=4, max_message_size=1024) as q:
+        q.put({"a": np.arange(100_000)}, timeout=5)
+        a = q.get(timeout=5)["a"]
+        a += 1  # the consumer's own memory
+        address = a.__array_interface__["data"][0]
+        q.put({"a": a}, timeout=5)  # it is the sole view of a companion block: it moves
+        assert not a.flags.writeable
+        b = q.get(timeout=5)["a"]
+        assert b.__array_interface__["data"][0] == address
+        assert np.array_equal(b, np.arange(1, 100_001))
+        del a, b
+        assert allocations(q) == 0
+
+
 def test_small_objects_stay_in_band_and_plain_pickles_still_decode(name: str) -> None:
     with shmipc.MessageQueue.create(name, maxsize=4, max_message_size=1024) as q:
         q.put({"a": np.arange(10), "s": "x"}, timeout=5)
@@ -152,7 +167,7 @@ def test_a_queue_without_companion_heap_sends_in_band(name: str) -> None:
 def test_forged_buffer_references_are_corrupt_segment_errors(name: str) -> None:
     with shmipc.MessageQueue.create(name, maxsize=4, max_message_size=1024) as q:
         head = struct.pack("<4sBI", b"\x00SHO", 1, 1)
-        q.put_bytes(head + struct.pack("<QQ", 12345, 100) + pickle.dumps(None), timeout=5)
+        q.put_bytes(head + struct.pack("<QQQ", 12345, 0, 100) + pickle.dumps(None), timeout=5)
         with pytest.raises(shmipc.CorruptSegmentError):
             q.get(timeout=5)
         q.put_bytes(head, timeout=5)  # announces a reference it does not hold
