@@ -154,6 +154,17 @@ def test_a_full_queue_gives_back_the_blocks_of_the_message_it_refused(name: str)
         assert allocations(q) == 0
 
 
+def test_a_full_companion_heap_is_memory_error_and_the_queue_stays_usable(name: str) -> None:
+    with shmipc.MessageQueue.create(
+        name, maxsize=4, max_message_size=1024, oob_size=1 << 20, oob_max_size=2 << 20
+    ) as q:
+        with pytest.raises(MemoryError):
+            q.put({"a": np.zeros(1 << 20), "b": np.zeros(1 << 19)}, timeout=5)  # 12 MiB
+        assert allocations(q) == 0 and q.qsize() == 0
+        q.put(np.ones(100_000), timeout=5)
+        assert q.get(timeout=5).sum() == 100_000
+
+
 def test_a_queue_without_companion_heap_sends_in_band(name: str) -> None:
     with shmipc.MessageQueue.create(name, maxsize=2, max_message_size=1 << 20, oob_size=0) as q:
         assert q.oob_stats is None
