@@ -284,6 +284,8 @@ def decode_queue_message(raw: bytes, heap_of: Callable[[], Heap | None]) -> Any:
         magic, version, count = _HEAD.unpack_from(raw)
     except struct.error:
         raise CorruptSegmentError("truncated object message on the queue") from None
+    if magic != _MAGIC:
+        raise CorruptSegmentError("a queue message that is neither a pickle nor an object")
     if version != 1:
         raise CorruptSegmentError(f"object message version {version} is not supported")
     start = queue_header_size(count)
