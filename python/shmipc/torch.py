@@ -176,6 +176,20 @@ def _materialize(heap: Heap, obj: Any) -> Any:
     return _walk(obj, leaf)
 
 
+def _drop(heap: Heap, obj: Any) -> None:
+    """Frees the held blocks of a batch nobody will receive."""
+
+    def leaf(x: Any) -> Any:
+        if isinstance(x, _TensorRef):
+            try:
+                heap._take_held(x.offset, x.nbytes).release()
+            except Exception:  # noqa: BLE001 - best effort (a heap closed or scribbled)
+                pass
+        return x
+
+    _walk(obj, leaf)
+
+
 class _Iter:
     """Wraps torch's multiprocessing iterator: turns handles back into tensors."""
 
@@ -205,8 +219,29 @@ class _Iter:
         return len(self._inner)
 
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
+        # Persistent workers, next epoch: torch drops what the last epoch had not yielded (its
+        # reorder buffer, and batches still arriving before the workers' resume acks). Their
+        # blocks are held for us: free them, or the heap would fill up epoch after epoch.
+        from torch.utils.data._utils.worker import _ResumeIteration
+
         self.done = False
-        self._inner._reset(loader, first_iter)
+        inner = self._inner
+        for info in list(getattr(inner, "_task_info", {}).values()):
+            if len(info) == 2:
+                _drop(self.heap, info[1])
+        get_data = inner._get_data
+
+        def draining_get_data(*args: Any, **kwargs: Any) -> Any:
+            idx, data = get_data(*args, **kwargs)
+            if not isinstance(idx, _ResumeIteration):
+                _drop(self.heap, data)
+            return idx, data
+
+        inner._get_data = draining_get_data
+        try:
+            inner._reset(loader, first_iter)
+        finally:
+            del inner._get_data
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
