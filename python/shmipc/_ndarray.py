@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import weakref
 from multiprocessing import reduction
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -98,7 +98,8 @@ def _new(shape: Any, dtype: Any, order: str, zero: bool) -> ndarray:
     buf._mark_shared()  # other processes will map it: the pool must never reuse it
     _register(buf)
     flat = buf._view(np.dtype(np.uint8), (nbytes,), False, 0, True)
-    out: ndarray = np.ndarray.__new__(ndarray, shape, dt, buffer=flat, offset=0, order=order)
+    layout: Literal["C", "F"] = "F" if order == "F" else "C"
+    out: ndarray = np.ndarray.__new__(ndarray, shape, dt, buffer=flat, offset=0, order=layout)
     return out
 
 

@@ -65,37 +65,56 @@ def _wrap_bytes(obj: Any) -> Any:
     pickle never offers bytes to a buffer callback (and bytearray only through
     ``reducer_override``, which would slow every object down), hence this bounded walk.
     """
-    budget = [_WALK_LIMIT]
+    return _walk(obj, 0, [_WALK_LIMIT])
 
-    def walk(o: Any, depth: int) -> Any:
-        t = type(o)
-        if t is bytes or t is bytearray:
-            return _BigBytes(o) if len(o) >= OOB_THRESHOLD else o
-        if depth > 8 or budget[0] <= 0:
-            return o
-        if t is dict:
-            budget[0] -= len(o)
-            changed = False
-            out = {}
-            for k, v in o.items():
-                w = walk(v, depth + 1)
-                changed |= w is not v
-                out[k] = w
-            return out if changed else o
-        if t is list or t is tuple:
-            budget[0] -= len(o)
-            items = [walk(v, depth + 1) for v in o]
-            if all(a is b for a, b in zip(items, o, strict=True)):
-                return o
-            return items if t is list else tuple(items)
+
+def _walk(o: Any, depth: int, budget: list[int]) -> Any:
+    t = type(o)
+    if t in _ATOMS:
         return o
-
-    return walk(obj, 0)
+    if t is bytes or t is bytearray:
+        return _BigBytes(o) if len(o) >= OOB_THRESHOLD else o
+    if depth > 8 or budget[0] <= 0:
+        return o
+    if t is dict:
+        if _ATOMS.issuperset(map(type, o.values())):  # the common flat case, at C speed
+            return o
+        budget[0] -= len(o)
+        out = None
+        for k, v in o.items():
+            w = _walk(v, depth + 1, budget)
+            if w is not v:
+                if out is None:
+                    out = dict(o)
+                out[k] = w
+        return o if out is None else out
+    if t is list or t is tuple:
+        if _ATOMS.issuperset(map(type, o)):
+            return o
+        budget[0] -= len(o)
+        items = None
+        for i, v in enumerate(o):
+            w = _walk(v, depth + 1, budget)
+            if w is not v:
+                if items is None:
+                    items = list(o)
+                items[i] = w
+        if items is None:
+            return o
+        return items if t is list else tuple(items)
+    return o
 
 
 def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickles ``obj`` (protocol 5): the in-band bytes, and the buffers left out of band (each
     at least OOB_THRESHOLD bytes and contiguous)."""
+    t = type(obj)
+    if (
+        t in _ATOMS
+        or ((t is tuple or t is list) and _ATOMS.issuperset(map(type, obj)))
+        or (t is dict and _ATOMS.issuperset(map(type, obj.values())))
+    ):
+        return pickle.dumps(obj, _PROTOCOL), []  # no buffers possible: pickle's own speed
     buffers: list[pickle.PickleBuffer] = []
 
     def callback(pb: pickle.PickleBuffer) -> bool:
@@ -108,8 +127,64 @@ def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
         buffers.append(pb)
         return False
 
-    data = pickle.dumps(_wrap_bytes(obj), _PROTOCOL, buffer_callback=callback)
-    return data, buffers
+    wrapped = _wrap_bytes(obj)
+    try:
+        # The fast path: pickle's own reducers (a message of small objects costs what
+        # pickle.dumps costs).
+        data = pickle.dumps(wrapped, _PROTOCOL, buffer_callback=callback)
+        if len(data) < OOB_THRESHOLD:
+            return data, buffers
+    except TypeError:
+        pass  # e.g. a shmipc.ndarray, which only multiprocessing pickles by itself
+    # A large in-band part may hold non-contiguous arrays: pickle again with reducers that send
+    # them (and shmipc.ndarrays) out of band.
+    buffers.clear()
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, _PROTOCOL, buffer_callback=callback)
+    pickler.dispatch_table = _dispatch()
+    pickler.dump(wrapped)
+    return out.getvalue(), buffers
+
+
+_ATOMS = frozenset({int, float, str, bool, type(None), complex})
+
+
+_dispatch_table: Any = None
+
+
+def _dispatch() -> Any:
+    """copyreg's reducers, plus: a shmipc.ndarray (whose own pickling refuses anything but
+    multiprocessing) travels as a plain array, its buffer out of band."""
+    global _dispatch_table
+    if _dispatch_table is None:
+        import collections
+        import copyreg
+
+        import numpy as np
+
+        from ._ndarray import ndarray
+
+        _dispatch_table = collections.ChainMap(
+            {ndarray: _reduce_plain, np.ndarray: _reduce_plain}, copyreg.dispatch_table
+        )
+    return _dispatch_table
+
+
+def _reduce_plain(a: Any) -> Any:
+    """A plain array's reduction; a large non-contiguous one is made contiguous first, so that
+    its buffer too goes out of band (numpy would pickle it in band)."""
+    import numpy as np
+
+    if type(a) is not np.ndarray:
+        a = np.asarray(a).view(np.ndarray)
+    if (
+        a.nbytes >= OOB_THRESHOLD
+        and not a.flags.c_contiguous
+        and not a.flags.f_contiguous
+        and not a.dtype.hasobject
+    ):
+        a = np.ascontiguousarray(a)
+    return a.__reduce_ex__(_PROTOCOL)
 
 
 def loads(data: Any, buffers: list[Any]) -> Any:
@@ -119,12 +194,14 @@ def loads(data: Any, buffers: list[Any]) -> Any:
 # --- queue messages -------------------------------------------------------------------------
 #
 # A message with out-of-band buffers (a plain pickle always starts with b"\x80", PROTO):
-#   magic b"\x00SHO" | version u8 (1) | count u32 | count x (offset u64, nbytes u64) | pickle
-# The offsets are blocks of the queue's companion heap, held by the heap (kOwnerHeld).
+#   magic b"\x00SHO" | version u8 (1) | count u32 | count x (offset u64, start u64, nbytes u64)
+#   | pickle
+# Each buffer is bytes [start, start + nbytes) of the block at `offset` of the queue's companion
+# heap, held by the heap (kOwnerHeld) while the message is queued.
 
 _MAGIC = b"\x00SHO"
 _HEAD = struct.Struct("<4sBI")
-_REF = struct.Struct("<QQ")
+_REF = struct.Struct("<QQQ")
 
 
 def queue_header_size(count: int) -> int:
@@ -133,35 +210,65 @@ def queue_header_size(count: int) -> int:
 
 def encode_queue_message(
     heap: Heap, data: bytes, buffers: list[pickle.PickleBuffer]
-) -> tuple[bytes, list[tuple[int, int]]]:
+) -> tuple[bytes, list[tuple[int, int, int]]]:
     """Copies each buffer into a block of ``heap`` and hands the blocks to the heap (held);
-    returns the queue message and the (offset, nbytes) refs (for :func:`drop_refs` if the
-    message cannot be put)."""
-    refs: list[tuple[int, int]] = []
+    returns the queue message and the (offset, start, nbytes) refs (for :func:`drop_refs` if
+    the message cannot be put). An array that is the sole view of a block of ``heap`` (e.g. one
+    this process got from the queue) moves with no copy and becomes read-only here."""
+    refs: list[tuple[int, int, int]] = []
+    moved: list[Any] = []
     try:
         for pb in buffers:
             with pb.raw() as src:
                 n = src.nbytes
+                obj: Any = src.obj
+            move = _movable(obj, heap, n)
+            if move is not None:
+                blk, start = move
+                refs.append((heap._hold_block(blk, True), start, n))
+                moved.append(obj)
+                continue
+            with pb.raw() as src:
                 blk = heap.allocate(n)
                 with memoryview(blk) as dst:
                     dst[:] = src.cast("B") if src.format != "B" or src.ndim != 1 else src
-            refs.append((heap._hold_block(blk), n))
+            refs.append((heap._hold_block(blk), 0, n))
     except BaseException:
         drop_refs(heap, refs)
         raise
+    from ._channel import _make_readonly
+
+    for obj in moved:
+        _make_readonly(obj)  # its memory is the message's now
     out = io.BytesIO()
     out.write(_HEAD.pack(_MAGIC, 1, len(refs)))
-    for off, n in refs:
-        out.write(_REF.pack(off, n))
+    for ref in refs:
+        out.write(_REF.pack(*ref))
     out.write(data)
     return out.getvalue(), refs
 
 
-def drop_refs(heap: Heap, refs: list[tuple[int, int]]) -> None:
+def _movable(obj: Any, heap: Any, n: int) -> tuple[Any, int] | None:
+    """(block, start) if ``obj`` is an ndarray that is the sole view of a Block of ``heap``
+    (so the block can move instead of being copied), else None."""
+    if not _is_ndarray(obj) or not obj.flags.writeable:
+        return None
+    from ._channel import _address, _block_of, _sole_view
+
+    blk = _block_of(obj)
+    if blk is None or blk.heap is not heap or blk._exports != 1 or not _sole_view(obj):
+        return None
+    start = _address(obj) - blk._address
+    if start < 0 or start + n > blk.nbytes:
+        return None
+    return blk, start
+
+
+def drop_refs(heap: Heap, refs: list[tuple[int, int, int]]) -> None:
     """Frees held blocks of a message that was never put."""
-    for off, n in refs:
+    for off, start, n in refs:
         try:
-            heap._take_held(off, n).release()
+            heap._take_held(off, start + n).release()
         except Exception:  # noqa: BLE001 - best effort: the heap may be closed or scribbled
             pass
 
@@ -177,6 +284,8 @@ def decode_queue_message(raw: bytes, heap_of: Callable[[], Heap | None]) -> Any:
         magic, version, count = _HEAD.unpack_from(raw)
     except struct.error:
         raise CorruptSegmentError("truncated object message on the queue") from None
+    if magic != _MAGIC:
+        raise CorruptSegmentError("a queue message that is neither a pickle nor an object")
     if version != 1:
         raise CorruptSegmentError(f"object message version {version} is not supported")
     start = queue_header_size(count)
@@ -189,12 +298,13 @@ def decode_queue_message(raw: bytes, heap_of: Callable[[], Heap | None]) -> Any:
         )
     blocks = []
     for i in range(count):
-        off, n = _REF.unpack_from(raw, _HEAD.size + _REF.size * i)
+        off, first, n = _REF.unpack_from(raw, _HEAD.size + _REF.size * i)
         try:
-            blocks.append(heap._take_held(off, n))
+            blk = heap._take_held(off, first + n)
+            blocks.append(blk if first == 0 else memoryview(blk)[first : first + n])
         except CorruptSegmentError:
             raise
-        except (ValueError, OverflowError) as e:
+        except (ValueError, OverflowError, TypeError) as e:
             raise CorruptSegmentError(f"bad buffer reference in an object message: {e}") from None
     with memoryview(raw) as mv:
         return loads(mv[start:], blocks)
@@ -262,7 +372,7 @@ def channel_send_obj(ch: Any, obj: Any, timeout: float | None) -> None:
     for pb in buffers:
         with pb.raw() as raw:
             n = raw.nbytes
-            src = raw.obj
+            src: Any = raw.obj
         # Zero copy: the sole view of a Block of this heap moves (its block is released here
         # and the array becomes read-only, as with send_array); anything else is one copy.
         blk = _block_of(src) if _is_ndarray(src) else None

@@ -19,6 +19,7 @@ __all__ = ["MessageQueue"]
 _dumps = pickle.dumps
 _loads = pickle.loads
 _PROTOCOL = 5
+_ATOMS = _objects._ATOMS
 
 
 def _closed() -> ValueError:
@@ -130,6 +131,10 @@ class MessageQueue(QueueAsync):
         q = self._q
         if q is None:
             raise _closed()
+        t = type(obj)
+        if t in _ATOMS or ((t is tuple or t is list) and _ATOMS.issuperset(map(type, obj))):
+            q.put_bytes(_dumps(obj, _PROTOCOL), block, timeout)  # no buffers: the fast path
+            return
         self._put_obj(q, obj, block, timeout)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
@@ -139,7 +144,7 @@ class MessageQueue(QueueAsync):
         if q is None:
             raise _closed()
         raw = q.get_bytes(block, timeout)
-        if _objects.is_oob_message(raw):
+        if raw[:1] == b"\x00":  # out-of-band buffers (a plain pickle starts with PROTO, 0x80)
             return _objects.decode_queue_message(raw, self._oob_heap)
         return _loads(raw)
 
@@ -166,7 +171,7 @@ class MessageQueue(QueueAsync):
             return
         if _objects.queue_header_size(len(buffers)) + len(data) > q.max_message_size:
             raise ValueError(
-                f"the in-band part of this object is {len(data)} bytes (+ 16 per out-of-band "
+                f"the in-band part of this object is {len(data)} bytes (+ 24 per out-of-band "
                 f"buffer); the queue's max_message_size is {q.max_message_size}"
             )
         msg, refs = _objects.encode_queue_message(heap, data, buffers)

@@ -176,6 +176,20 @@ def _materialize(heap: Heap, obj: Any) -> Any:
     return _walk(obj, leaf)
 
 
+def _drop(heap: Heap, obj: Any) -> None:
+    """Frees the held blocks of a batch nobody will receive."""
+
+    def leaf(x: Any) -> Any:
+        if isinstance(x, _TensorRef):
+            try:
+                heap._take_held(x.offset, x.nbytes).release()
+            except Exception:  # noqa: BLE001 - best effort (a heap closed or scribbled)
+                pass
+        return x
+
+    _walk(obj, leaf)
+
+
 class _Iter:
     """Wraps torch's multiprocessing iterator: turns handles back into tensors."""
 
@@ -205,14 +219,35 @@ class _Iter:
         return len(self._inner)
 
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
+        # Persistent workers, next epoch: torch drops what the last epoch had not yielded (its
+        # reorder buffer, and batches still arriving before the workers' resume acks). Their
+        # blocks are held for us: free them, or the heap would fill up epoch after epoch.
+        from torch.utils.data._utils.worker import _ResumeIteration
+
         self.done = False
-        self._inner._reset(loader, first_iter)
+        inner = self._inner
+        for info in list(getattr(inner, "_task_info", {}).values()):
+            if len(info) == 2:
+                _drop(self.heap, info[1])
+        get_data = inner._get_data
+
+        def draining_get_data(*args: Any, **kwargs: Any) -> Any:
+            idx, data = get_data(*args, **kwargs)
+            if not isinstance(idx, _ResumeIteration):
+                _drop(self.heap, data)
+            return idx, data
+
+        inner._get_data = draining_get_data
+        try:
+            inner._reset(loader, first_iter)
+        finally:
+            del inner._get_data
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
 
-class DataLoader(tud.DataLoader):  # type: ignore[type-arg]
+class DataLoader(tud.DataLoader):
     """``torch.utils.data.DataLoader`` with batches collated into shared memory (module docs).
 
     ``shm_size``: bytes of the anonymous heap batches are collated into (default 512 MiB): room
@@ -233,7 +268,8 @@ class DataLoader(tud.DataLoader):  # type: ignore[type-arg]
             raise ValueError(f"shm_size must be a number of bytes > 0, got {shm_size!r}")
         self.shm_size = shm_size or _DEFAULT_SHM
         self.shm_wait = float(shm_wait)
-        self._user_collate = None if self.collate_fn is default_collate else self.collate_fn
+        user: Any = getattr(self, "collate_fn")  # noqa: B009 - set by torch, untyped here
+        self._user_collate = None if user is default_collate else user
         self._shm_heap: Heap | None = None
         self._last_iter: weakref.ref[_Iter] | None = None
 
@@ -254,8 +290,8 @@ class DataLoader(tud.DataLoader):  # type: ignore[type-arg]
         if self.num_workers == 0:
             return super()._get_iterator()
         heap = self._heap_for_epoch()
-        pin = bool(self.pin_memory)
-        collate_fn = self.collate_fn
+        pin = bool(getattr(self, "pin_memory"))  # noqa: B009 - set by torch, untyped here
+        collate_fn: Any = getattr(self, "collate_fn")  # noqa: B009
         self.collate_fn = _ShmCollate(self._user_collate, heap, self.shm_wait)
         self.pin_memory = False  # pinned in the main process, after the tensors are rebuilt
         try:

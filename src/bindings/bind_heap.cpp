@@ -677,13 +677,16 @@ void bind_heap(py::module_ &m) {
         // Out-of-band buffers of pickled objects (shmipc/_objects.py): a block that travels in
         // a message is held by the heap while in flight (it survives its sender), and taken back
         // by exactly one receiver (then reclaimed if that receiver dies).
-        .def("_hold_block",
-             [](py::object self, py::handle blk) {
-                 Heap &hp = heap_of(self);
-                 const std::uint64_t off = detach_block(blk);
-                 hp.transfer(off, kOwnerHeld);
-                 return off;
-             })
+        .def(
+            "_hold_block",
+            [](py::object self, py::handle blk, bool allow_exports) {
+                // allow_exports: the caller made the one remaining view read-only (a move).
+                Heap &hp = heap_of(self);
+                const std::uint64_t off = detach_block(blk, allow_exports);
+                hp.transfer(off, kOwnerHeld);
+                return off;
+            },
+            py::arg("blk"), py::arg("allow_exports") = false)
         .def("_take_held",
              [](py::object self, std::uint64_t offset, std::size_t nbytes) {
                  Heap &hp = heap_of(self);

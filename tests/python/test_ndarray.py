@@ -135,3 +135,16 @@ def test_memory_a_child_still_maps_is_never_reused_for_a_new_array(spawn: Any) -
     assert parent.recv() == "wrote"
     join_all([p], timeout=60)
     assert not b.any()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_slice_as_a_process_argument_is_a_view_of_the_parents_memory(method: str) -> None:
+    ctx = mp.get_context(method)
+    a = shmipc.zeros((4, 4), np.int32)
+    p = ctx.Process(target=wo.add_one, args=(a[1:3, ::2],))
+    p.start()
+    join_all([p], timeout=60)
+    assert p.exitcode == 0
+    expected = np.zeros((4, 4), np.int32)
+    expected[1:3, ::2] = 1
+    assert np.array_equal(a, expected)

@@ -91,6 +91,37 @@ def test_bytes_bytearray_and_picklebuffer_keep_their_types(name: str) -> None:
         assert bytes(memoryview(pb)) == big
 
 
+def test_shared_ndarrays_go_through_queues_and_channels_as_copies(name: str) -> None:
+    a = shmipc.full((300, 300), 4.0)
+    with shmipc.MessageQueue.create(name, maxsize=4, max_message_size=1024) as q:
+        q.put({"a": a, "v": a[::2]}, timeout=5)
+        got = q.get(timeout=5)
+        assert np.array_equal(got["a"], a) and np.array_equal(got["v"], a[::2])
+        got["a"][0, 0] = 1  # a copy: the sender's array is untouched
+        assert a[0, 0] == 4.0
+    with shmipc.Heap.anonymous(8 << 20) as heap:
+        tx, rx = heap.channel("o"), heap.channel("o")
+        tx.send_obj(a, timeout=5)
+        assert np.array_equal(rx.recv_obj(timeout=5), a)
+        tx.close()
+        rx.close()
+
+
+def test_arrays_got_from_the_queue_are_put_again_without_a_copy(name: str) -> None:
+    with shmipc.MessageQueue.create(name, maxsize=4, max_message_size=1024) as q:
+        q.put({"a": np.arange(100_000)}, timeout=5)
+        a = q.get(timeout=5)["a"]
+        a += 1  # the consumer's own memory
+        address = a.__array_interface__["data"][0]
+        q.put({"a": a}, timeout=5)  # it is the sole view of a companion block: it moves
+        assert not a.flags.writeable
+        b = q.get(timeout=5)["a"]
+        assert b.__array_interface__["data"][0] == address
+        assert np.array_equal(b, np.arange(1, 100_001))
+        del a, b
+        assert allocations(q) == 0
+
+
 def test_small_objects_stay_in_band_and_plain_pickles_still_decode(name: str) -> None:
     with shmipc.MessageQueue.create(name, maxsize=4, max_message_size=1024) as q:
         q.put({"a": np.arange(10), "s": "x"}, timeout=5)
@@ -123,6 +154,17 @@ def test_a_full_queue_gives_back_the_blocks_of_the_message_it_refused(name: str)
         assert allocations(q) == 0
 
 
+def test_a_full_companion_heap_is_memory_error_and_the_queue_stays_usable(name: str) -> None:
+    with shmipc.MessageQueue.create(
+        name, maxsize=4, max_message_size=1024, oob_size=1 << 20, oob_max_size=2 << 20
+    ) as q:
+        with pytest.raises(MemoryError):
+            q.put({"a": np.zeros(1 << 20), "b": np.zeros(1 << 19)}, timeout=5)  # 12 MiB
+        assert allocations(q) == 0 and q.qsize() == 0
+        q.put(np.ones(100_000), timeout=5)
+        assert q.get(timeout=5).sum() == 100_000
+
+
 def test_a_queue_without_companion_heap_sends_in_band(name: str) -> None:
     with shmipc.MessageQueue.create(name, maxsize=2, max_message_size=1 << 20, oob_size=0) as q:
         assert q.oob_stats is None
@@ -136,7 +178,7 @@ def test_a_queue_without_companion_heap_sends_in_band(name: str) -> None:
 def test_forged_buffer_references_are_corrupt_segment_errors(name: str) -> None:
     with shmipc.MessageQueue.create(name, maxsize=4, max_message_size=1024) as q:
         head = struct.pack("<4sBI", b"\x00SHO", 1, 1)
-        q.put_bytes(head + struct.pack("<QQ", 12345, 100) + pickle.dumps(None), timeout=5)
+        q.put_bytes(head + struct.pack("<QQQ", 12345, 0, 100) + pickle.dumps(None), timeout=5)
         with pytest.raises(shmipc.CorruptSegmentError):
             q.get(timeout=5)
         q.put_bytes(head, timeout=5)  # announces a reference it does not hold
@@ -297,3 +339,25 @@ def test_objects_cross_processes_and_the_heap_reclaims_a_killed_receiver(spawn: 
                 os.kill(c.pid, signal.SIGKILL)
                 join_all([c], timeout=30)
             assert heap_allocations(heap) == base
+
+
+def test_objects_from_2_producers_reach_2_consumers_exactly_once_and_free_their_blocks(
+    name: str, spawn: Any
+) -> None:
+    n_prod, per = 2, 150
+    with shmipc.MessageQueue.create(name, maxsize=16, max_message_size=1024) as q:
+        out = spawn.Queue()
+        cons = [spawn.Process(target=wo.get_and_check_until_none, args=(name, out)) for _ in "ab"]
+        prods = [
+            spawn.Process(target=wo.put_small_dicts, args=(name, t, per)) for t in range(n_prod)
+        ]
+        for p in cons + prods:
+            p.start()
+        join_all(prods, timeout=120)
+        for _ in cons:
+            q.put(None, timeout=60)
+        got = out.get(timeout=120) + out.get(timeout=120)
+        join_all(cons, timeout=60)
+        assert all(p.exitcode == 0 for p in cons + prods)
+        assert sorted(got) == [(t, i) for t in range(n_prod) for i in range(per)]
+        assert allocations(q) == 0

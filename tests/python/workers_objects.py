@@ -98,3 +98,27 @@ def hold_then_write(conn: Any) -> None:
     conn.recv()
     a[...] = 255
     conn.send("wrote")
+
+
+def small_dict(tag: int, i: int) -> dict[str, Any]:
+    return {"tag": tag, "i": i, "a": np.full(20_000, tag * 100_000 + i, dtype=np.int64)}
+
+
+def put_small_dicts(name: str, tag: int, count: int) -> None:
+    with shmipc.MessageQueue.attach(name) as q:
+        for i in range(count):
+            q.put(small_dict(tag, i), timeout=60)
+
+
+def get_and_check_until_none(name: str, out: Any) -> None:
+    """Gets dicts until None, checks each array against its (tag, i), reports the pairs."""
+    got = []
+    with shmipc.MessageQueue.attach(name) as q:
+        while True:
+            d = q.get(timeout=60)
+            if d is None:
+                break
+            assert (d["a"] == d["tag"] * 100_000 + d["i"]).all()
+            got.append((d["tag"], d["i"]))
+            del d
+    out.put(got)

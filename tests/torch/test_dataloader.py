@@ -74,6 +74,27 @@ def test_tensors_view_the_heap_and_the_heap_is_back_to_baseline_after_an_epoch()
     assert iter(loader).heap is it.heap  # an empty heap is reused by the next epoch
 
 
+def test_an_epoch_cut_short_with_persistent_workers_leaves_nothing_in_the_heap() -> None:
+    loader = DataLoader(
+        wt.Big(n=40, nbytes=1 << 20),
+        batch_size=2,
+        num_workers=2,
+        multiprocessing_context="spawn",
+        shm_size=64 << 20,
+        persistent_workers=True,
+        prefetch_factor=4,
+    )
+    it = iter(loader)
+    base = it.heap.stats()["allocations"]
+    first = next(it)
+    assert float(first[1, 0]) == 1.0
+    del first
+    full = [float(b[0, 0]) for b in loader]  # the next epoch: torch drops the rest of this one
+    assert full == [2.0 * i for i in range(20)]
+    gc.collect()
+    assert it.heap.stats()["allocations"] == base
+
+
 def test_a_full_heap_is_back_pressure_not_an_error() -> None:
     # 4 MiB batches, room for two, a worker allowed 4 ahead: it waits for the main process to
     # drop a batch before it collates the next one.
