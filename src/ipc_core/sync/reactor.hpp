@@ -107,6 +107,9 @@ class Reactor {
 
     [[nodiscard]] std::size_t armed() const;
     [[nodiscard]] std::size_t threads() const; // threads running now
+    // How many times arm() had to wake a sleeping thread to rebuild its list (Waitv mode; an
+    // await loop on one word re-arms without any, see StickyWord in reactor.cpp).
+    [[nodiscard]] std::size_t arm_wakeups() const;
     // Liveness checks run at most this often per registration (default kWaitSlice).
     void set_check_interval(std::chrono::nanoseconds d) noexcept;
 
@@ -127,6 +130,7 @@ class Reactor {
     std::unordered_map<std::uint64_t, std::shared_ptr<Reg>> regs_;
     std::vector<std::unique_ptr<Shard>> shards_;
     std::size_t single_threads_ = 0; // Threads mode: running per-registration threads
+    std::size_t arm_wakeups_ = 0;
     std::chrono::nanoseconds check_interval_;
     bool stopping_ = false;
 };

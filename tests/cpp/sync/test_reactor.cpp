@@ -111,6 +111,42 @@ TEST_P(ReactorModes, a_change_between_reading_seq_and_sleeping_is_not_lost) {
     EXPECT_TRUE(eventually([&] { return w.waiters.load() == 0; }));
 }
 
+TEST(Reactor, re_arming_the_word_it_sleeps_on_needs_no_wake_up_and_still_fires) {
+    if (!futex_waitv_available())
+        GTEST_SKIP() << "futex_waitv is not available on this kernel";
+    Reactor r(ReactorMode::Waitv);
+    SharedMem m(sizeof(Shared));
+    auto *s = new (m.data) Shared{};
+    auto sig = std::make_shared<ReadySignal>();
+    (void)r.arm(WatchSpec{&s->w, nullptr, nullptr, {}}, sig, 1); // starts the thread
+    notify_all(s->w);
+    ASSERT_TRUE(readable(*sig, 10s));
+    (void)sig->take();
+    std::this_thread::sleep_for(20ms); // back in futex_waitv, the word kept (sticky)
+    const auto before = r.arm_wakeups();
+    for (std::uint64_t i = 2; i < 50; ++i) {
+        const auto id = r.arm(WatchSpec{&s->w, nullptr, nullptr, {}}, sig, i);
+        if (i % 3 == 0) { // disarmed before anything happened: the word stays sticky
+            EXPECT_TRUE(r.disarm(id));
+            continue;
+        }
+        pid_t child = fork_child([&] {
+            wake_if_waiting(s->w);
+            return 0;
+        });
+        ASSERT_TRUE(readable(*sig, 10s)) << "iteration " << i;
+        EXPECT_EQ(sig->take(), (std::vector<std::uint64_t>{i}));
+        EXPECT_EQ(wait_child(child), 0);
+        std::this_thread::sleep_for(2ms);
+    }
+    EXPECT_LT(r.arm_wakeups() - before, 10u) << "re-arms found the thread sleeping on the word";
+    // A different word still gets a wake-up (and fires).
+    FutexWord other;
+    (void)r.arm(WatchSpec{&other, nullptr, nullptr, {}}, sig, 99);
+    notify_all(other);
+    EXPECT_TRUE(readable(*sig, 10s));
+}
+
 TEST_P(ReactorModes, a_disarmed_registration_never_fires) {
     Reactor r(GetParam());
     FutexWord w;
