@@ -239,8 +239,10 @@ def main() -> None:
     print("|---|---|---|")
     for label, v in rows:
         print(f"| {label} | {us(v)} | {v / ours:.2f}x |")
-    print(f"\nthroughput, 64 B messages into `await ch.arecv_bytes()`: {got / dt:,.0f} msg/s "
-          f"({got:,} messages)")
+    print(
+        f"\nthroughput, 64 B messages into `await ch.arecv_bytes()`: {got / dt:,.0f} msg/s "
+        f"({got:,} messages)"
+    )
     print("\nevent-loop lag of a 1 ms ticker (2 s each):\n")
     print("| | median | p99 | max |")
     print("|---|---|---|---|")

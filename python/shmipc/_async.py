@@ -36,6 +36,7 @@ from . import _core
 __all__ = ["arecv", "arecv_array", "reactor_info"]
 
 _NO: Any = object()  # "would block" from an attempt
+_FIRST, _RECHECK, _WOKEN = 0, 1, 2  # why an attempt runs
 
 # --- per event loop (asyncio, uvloop) ----------------------------------------------------------
 
@@ -107,13 +108,14 @@ async def _await_op(
     attempt: Callable[[bool], Any],
     timeout: float | None,
 ) -> Any:
-    """Runs attempt(after_wake) until it returns something other than _NO, waiting between
-    attempts on the object's word through the reactor. Returns _NO when the timeout passed."""
-    r = attempt(False)
+    """Runs attempt(stage) until it returns something other than _NO, waiting between
+    attempts on the object's word through the reactor. Returns _NO when the timeout passed.
+    The stage says why it runs: _FIRST, _RECHECK (just armed), _WOKEN (the reactor fired)."""
+    if timeout is not None and timeout <= 0:
+        return attempt(_WOKEN)  # one full attempt (a dead peer raises, as recv(timeout=0))
+    r = attempt(_FIRST)
     if r is not _NO:
         return r
-    if timeout is not None and timeout <= 0:
-        return _NO
     if _library() != "asyncio":
         return await _await_op_fd(arm, attempt, timeout)
     loop = asyncio.get_running_loop()
@@ -126,7 +128,7 @@ async def _await_op(
         try:
             reg = arm(hub.signal, tok)
             try:
-                r = attempt(True)  # re-check after the announcement
+                r = attempt(_RECHECK)  # re-check after the announcement
                 if r is not _NO:
                     return r
                 if deadline is not None:
@@ -141,7 +143,7 @@ async def _await_op(
             hub.futs.pop(tok, None)
             if timer is not None:
                 timer.cancel()
-        r = attempt(True)
+        r = attempt(_WOKEN)
         if r is not _NO:
             return r
         if deadline is not None and loop.time() >= deadline:
@@ -169,7 +171,7 @@ async def _await_op_fd(
     while True:
         reg = arm(sig, 1)
         try:
-            r = attempt(True)
+            r = attempt(_RECHECK)
             if r is not _NO:
                 return r
             if deadline is None:
@@ -183,7 +185,7 @@ async def _await_op_fd(
         finally:
             _core.reactor_disarm(reg)
             sig.take()
-        r = attempt(True)
+        r = attempt(_WOKEN)
         if r is not _NO:
             return r
         if deadline is not None and time.monotonic() >= deadline:
@@ -264,17 +266,20 @@ class ChannelAsync:
         return _ready_fd(self)
 
     def _recv_attempt(self, how: Callable[[float], Any]) -> Callable[[bool], Any]:
-        def attempt(after_wake: bool) -> Any:
+        def attempt(stage: int) -> Any:
+            # A receive that finds nothing costs an exception: try it only when something is
+            # there (or to claim the receiver role, which raises ChannelBusyError).
             if (
-                not after_wake
-                or self._queued()  # type: ignore[attr-defined]
+                self._queued()  # type: ignore[attr-defined]
                 or self._stream_ended()  # type: ignore[attr-defined]
+                or (stage == _FIRST and self._role() != "receiver")  # type: ignore[attr-defined]
             ):
                 try:
                     return how(0)
                 except TimeoutError:
                     pass
-            self._check_peer()  # type: ignore[attr-defined]  # PeerDiedError once drained
+            if stage == _WOKEN:
+                self._check_peer()  # type: ignore[attr-defined]  # PeerDiedError once drained
             return _NO
 
         return attempt
@@ -336,13 +341,14 @@ class ChannelAsync:
     # Sending side -------------------------------------------------------------------------
 
     def _send_attempt(self, how: Callable[[float], Any]) -> Callable[[bool], Any]:
-        def attempt(after_wake: bool) -> Any:
+        def attempt(stage: int) -> Any:
             try:
                 how(0)
                 return True
             except TimeoutError:
                 pass
-            self._check_peer()  # type: ignore[attr-defined]  # PeerDiedError: receiver gone
+            if stage == _WOKEN:
+                self._check_peer()  # type: ignore[attr-defined]  # PeerDiedError: receiver gone
             return _NO
 
         return attempt
@@ -403,11 +409,13 @@ class QueueAsync:
     def _get_attempt(self) -> Callable[[bool], Any]:
         h = self._handle()  # type: ignore[attr-defined]
 
-        def attempt(after_wake: bool) -> Any:
+        def attempt(stage: int) -> Any:
+            if stage == _RECHECK and h.qsize() == 0:
+                return _NO  # (a commit before our announcement shows in qsize)
             try:
                 # After a wake, the zero-timeout blocking path also repairs messages that dead
                 # consumers had claimed (it is only a few microseconds more).
-                return h.get_bytes(after_wake, 0.0)
+                return h.get_bytes(stage == _WOKEN, 0.0)
             except queue.Empty:
                 return _NO
 
@@ -433,7 +441,7 @@ class QueueAsync:
         t = _check_timeout(timeout)
         h = self._handle()  # type: ignore[attr-defined]
 
-        def attempt(after_wake: bool) -> Any:
+        def attempt(stage: int) -> Any:
             try:
                 h.put_bytes(data, False, None)
                 return True
@@ -480,7 +488,7 @@ class ValueAsync:
         if base < 0:
             raise ValueError("since must be >= 0")
 
-        def attempt(after_wake: bool) -> Any:
+        def attempt(stage: int) -> Any:
             v = int(h.version)
             return v if v > base else _NO
 
