@@ -22,9 +22,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import machine  # noqa: E402
-
 import shmipc  # noqa: E402
+
+from _common import machine  # noqa: E402
 
 MSG = b"x" * 64
 
