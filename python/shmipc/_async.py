@@ -217,7 +217,10 @@ class _ReadyState:
 
     def __del__(self) -> None:
         if self.reg:
-            _core.reactor_disarm(self.reg)
+            try:
+                _core.reactor_disarm(self.reg)
+            except Exception:  # noqa: BLE001 -- interpreter shutdown
+                pass
 
 
 _ready: weakref.WeakKeyDictionary[Any, _ReadyState] = weakref.WeakKeyDictionary()
