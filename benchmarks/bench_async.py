@@ -43,8 +43,8 @@ def echo_async(heap: shmipc.Heap, n: int) -> None:
     asyncio.run(main())
 
 
-def echo_blocking(heap: shmipc.Heap, n: int) -> None:
-    a, b = heap.channel("bping"), heap.channel("bpong")
+def echo_blocking(heap: shmipc.Heap, n: int, names: tuple[str, str] = ("bping", "bpong")) -> None:
+    a, b = heap.channel(names[0]), heap.channel(names[1])
     for _ in range(n):
         b.send(a.recv_bytes(timeout=60), timeout=60)
 
@@ -84,8 +84,10 @@ def per_trip(times: list[float]) -> float:
     return statistics.median(times)
 
 
-async def rt_await(heap: shmipc.Heap, n: int) -> list[float]:
-    a, b = heap.channel("ping"), heap.channel("pong")
+async def rt_await(
+    heap: shmipc.Heap, n: int, names: tuple[str, str] = ("ping", "pong")
+) -> list[float]:
+    a, b = heap.channel(names[0]), heap.channel(names[1])
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -173,6 +175,12 @@ def main() -> None:
         p.join(60)
         rows.append(("shmipc await (arecv/asend) both sides", per_trip(t)))
 
+        p = ctx.Process(target=echo_blocking, args=(heap, n + 200, ("mping", "mpong")))
+        p.start()
+        t = asyncio.run(rt_await(heap, n + 200, ("mping", "mpong")))[200:]
+        p.join(60)
+        rows.append(("shmipc await in the parent, blocking echo in the child", per_trip(t)))
+
         p = ctx.Process(target=echo_blocking, args=(heap, n + 200))
         p.start()
         t = rt_blocking(heap, n + 200)[200:]
@@ -202,7 +210,9 @@ def main() -> None:
         p.start()
         t = asyncio.run(rt_executor(here, n + 200))[200:]
         p.join(60)
-        rows.append(("asyncio + run_in_executor, mp.Pipe", per_trip(t)))
+        rows.append(
+            ("asyncio + run_in_executor in the parent, mp.Pipe, blocking echo", per_trip(t))
+        )
 
         # throughput into an awaiting consumer
         rx = heap.channel("flood", capacity=1024)
