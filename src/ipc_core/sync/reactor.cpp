@@ -369,6 +369,7 @@ bool Reactor::disarm(std::uint64_t id) noexcept {
 
 std::size_t Reactor::disarm_owner(const void *owner) noexcept {
     std::vector<std::shared_ptr<Reg>> gone;
+    std::vector<std::shared_ptr<void>> keeps; // released here, not by a lingering thread
     {
         std::lock_guard g(mu_);
         for (auto it = regs_.begin(); it != regs_.end();) {
@@ -379,6 +380,7 @@ std::size_t Reactor::disarm_owner(const void *owner) noexcept {
                     futex_wake(r.spec.word->seq, INT_MAX);
                 r.signal->fire(r.token);
                 try {
+                    keeps.push_back(std::move(r.spec.keep));
                     gone.push_back(std::move(it->second));
                 } catch (...) {
                 }

@@ -223,6 +223,21 @@ TEST_P(ReactorModes, the_keep_alive_is_released_once_fired) {
     notify_all(*w);
     EXPECT_TRUE(readable(*sig, 10s));
     EXPECT_TRUE(eventually([&] { return weak.expired(); }));
+
+    // disarm and disarm_owner release it before they return (an owner closing its object
+    // relies on that: the mapping and the name go with the last reference).
+    int owner = 0;
+    for (int how = 0; how < 2; ++how) {
+        auto mem2 = std::make_shared<FutexWord>();
+        std::weak_ptr<FutexWord> weak2 = mem2;
+        const auto id = r.arm(WatchSpec{mem2.get(), &owner, mem2, {}}, sig, 2);
+        mem2.reset();
+        if (how == 0)
+            EXPECT_TRUE(r.disarm(id));
+        else
+            EXPECT_EQ(r.disarm_owner(&owner), 1u);
+        EXPECT_TRUE(weak2.expired()) << (how == 0 ? "disarm" : "disarm_owner");
+    }
 }
 
 TEST_P(ReactorModes, a_thousand_words_all_fire) {
