@@ -149,9 +149,16 @@ struct Reactor::Reg {
 // sleeps on exactly that, and arm() need not wake it to rebuild its list. Only the kernel ever
 // reads a sticky word (futex_waitv compares it; EFAULT if it was unmapped): the reactor never
 // dereferences it, so its mapping may be gone.
+//
+// The kernel keys a shared futex by the mapping it finds at wait time: if the word's mapping
+// went away and another one took its address, a sleeping thread would wait on the old key while
+// arm() thinks it sleeps on the new word. So a word is made sticky only while its mapping is
+// known to live on (no keep-alive, or not the last reference to it), and disarm_owner (every
+// closing object calls it) drops its owner's sticky words and wakes the thread to rebuild.
 struct StickyWord {
     FutexWord *word;
     std::uint32_t val;
+    const void *owner;
     Clock::time_point since;
 };
 
@@ -165,15 +172,18 @@ struct Reactor::Shard {
     bool in_wait = false;
     bool stop = false;
 
-    void add_sticky(FutexWord *w, std::uint32_t val) {
+    void add_sticky(const WatchSpec &spec, std::uint32_t val) {
+        if (spec.keep && spec.keep.use_count() <= 1)
+            return; // the mapping goes with this registration
         for (auto &s : sticky)
-            if (s.word == w) {
+            if (s.word == spec.word) {
                 s.val = val;
+                s.owner = spec.owner;
                 s.since = Clock::now();
                 return;
             }
         if (sticky.size() < kStickyMax)
-            sticky.push_back({w, val, Clock::now()});
+            sticky.push_back({spec.word, val, spec.owner, Clock::now()});
     }
     static constexpr std::size_t kStickyMax = 32;
 };
@@ -356,7 +366,7 @@ bool Reactor::disarm(std::uint64_t id) noexcept {
         r = std::move(it->second);
         regs_.erase(it);
         if (r->shard)
-            r->shard->add_sticky(r->spec.word, r->seen);
+            r->shard->add_sticky(r->spec, r->seen);
         unlink_locked(*r);
         // Its thread sleeps on the word itself: wake it so it leaves now (any other sleeper
         // of the word wakes too and re-checks its condition: harmless).
@@ -389,6 +399,14 @@ std::size_t Reactor::disarm_owner(const void *owner) noexcept {
                 ++it;
             }
         }
+        for (auto &sh : shards_) {
+            const auto n = std::erase_if(sh->sticky,
+                                         [&](const StickyWord &s) { return s.owner == owner; });
+            if (n && sh->in_wait) { // it may sleep on that word: make it rebuild its list
+                sh->ctl.fetch_add(1, std::memory_order_seq_cst);
+                futex_wake(sh->ctl, 1);
+            }
+        }
     }
     return gone.size();
 }
@@ -419,7 +437,7 @@ void Reactor::run_shard(Shard *sh) {
                 wake_at = std::min(wake_at, r.next_check);
             }
             if (fire) {
-                sh->add_sticky(r.spec.word, seq);
+                sh->add_sticky(r.spec, seq);
                 fire_locked(r, later); // swaps the last registration into slot i
                 continue;
             }

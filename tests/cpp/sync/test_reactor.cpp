@@ -147,6 +147,30 @@ TEST(Reactor, re_arming_the_word_it_sleeps_on_needs_no_wake_up_and_still_fires) 
     EXPECT_TRUE(readable(*sig, 10s));
 }
 
+TEST(Reactor, a_closing_owner_takes_its_sticky_words_with_it) {
+    if (!futex_waitv_available())
+        GTEST_SKIP() << "futex_waitv is not available on this kernel";
+    Reactor r(ReactorMode::Waitv);
+    FutexWord w;
+    int owner = 0;
+    auto sig = std::make_shared<ReadySignal>();
+    (void)r.arm(WatchSpec{&w, &owner, nullptr, {}}, sig, 1);
+    notify_all(w);
+    ASSERT_TRUE(readable(*sig, 10s));
+    (void)sig->take();
+    std::this_thread::sleep_for(20ms); // asleep, the word sticky
+    auto before = r.arm_wakeups();
+    EXPECT_TRUE(r.disarm(r.arm(WatchSpec{&w, &owner, nullptr, {}}, sig, 2)));
+    EXPECT_EQ(r.arm_wakeups(), before) << "sticky: no wake-up";
+    EXPECT_EQ(r.disarm_owner(&owner), 0u); // nothing armed, but its sticky word goes
+    std::this_thread::sleep_for(20ms);
+    before = r.arm_wakeups();
+    (void)r.arm(WatchSpec{&w, &owner, nullptr, {}}, sig, 3);
+    EXPECT_EQ(r.arm_wakeups(), before + 1) << "the word is no longer in the thread's list";
+    notify_all(w);
+    EXPECT_TRUE(readable(*sig, 10s));
+}
+
 TEST_P(ReactorModes, a_disarmed_registration_never_fires) {
     Reactor r(GetParam());
     FutexWord w;
