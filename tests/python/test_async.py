@@ -340,6 +340,44 @@ def test_shmipc_arecv_on_a_socket_uses_the_loop(tmp_path) -> None:
     srv.close()
 
 
+def test_shmipc_arecv_array_on_a_socket(tmp_path) -> None:
+    path = os.path.join(tempfile.mkdtemp(dir=tmp_path), "s")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    p = start(w.socket_array_sender, path)
+    conn, _ = srv.accept()
+
+    async def main() -> np.ndarray:
+        with pytest.raises(TimeoutError):
+            await shmipc.arecv_array(conn, timeout=0)
+        return await shmipc.arecv_array(conn, timeout=30)
+
+    a = asyncio.run(main())
+    join_all([p])
+    assert a.shape == (3, 4) and a.dtype == np.int32 and a[2, 3] == 11
+    conn.close()
+    srv.close()
+
+
+def test_a_dead_receiver_ends_an_asend_with_peer_died(heap) -> None:
+    tx = heap.channel("dr", capacity=2)
+    ready = ctx.Queue()
+    p = start(w.receiver_then_die, heap, "dr", ready)
+    assert ready.get(timeout=60) == "claimed"
+
+    async def main() -> int:
+        sent = 0
+        with pytest.raises(shmipc.PeerDiedError):
+            for _ in range(10):
+                await tx.asend(b"m", timeout=30)
+                sent += 1
+        return sent
+
+    assert asyncio.run(main()) == 2, "the ring filled, then the receiver's death ended the wait"
+    join_all([p])
+
+
 def test_trio_via_anyio(heap, name) -> None:
     anyio = pytest.importorskip("anyio")
     pytest.importorskip("trio")
