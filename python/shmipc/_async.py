@@ -29,7 +29,7 @@ import socket
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 
@@ -105,7 +105,7 @@ def _library() -> str:
 
 async def _await_op(
     arm: Callable[[Any, int], int],
-    attempt: Callable[[bool], Any],
+    attempt: Callable[[int], Any],
     timeout: float | None,
 ) -> Any:
     """Runs attempt(stage) until it returns something other than _NO, waiting between
@@ -152,7 +152,7 @@ async def _await_op(
 
 async def _await_op_fd(
     arm: Callable[[Any, int], int],
-    attempt: Callable[[bool], Any],
+    attempt: Callable[[int], Any],
     timeout: float | None,
 ) -> Any:
     """The same loop for trio (and anyio on trio): the task waits on its own eventfd."""
@@ -162,7 +162,7 @@ async def _await_op_fd(
         wait_readable: Any = anyio.wait_readable
         move_on: Any = anyio.move_on_after
     except (ImportError, AttributeError):
-        import trio
+        import trio  # type: ignore[import-untyped,unused-ignore]
 
         wait_readable = trio.lowlevel.wait_readable
         move_on = trio.move_on_after
@@ -250,14 +250,31 @@ def _ready_fd(obj: Any) -> int:
 class ChannelAsync:
     """Awaitables and ready_fd() of :class:`~shmipc.Channel` (a mixin)."""
 
+    if TYPE_CHECKING:  # provided by Channel / ChannelCore
+
+        @property
+        def name(self) -> str: ...
+
+        def recv(self, timeout: float | None = None) -> Any: ...
+        def recv_array(self, timeout: float | None = None) -> Any: ...
+        def recv_bytes(self, timeout: float | None = None) -> bytes: ...
+        def send(self, obj: Any, timeout: float | None = None) -> None: ...
+        def send_array(self, arr: Any, timeout: float | None = None) -> None: ...
+        def _queued(self) -> int: ...
+        def _stream_ended(self) -> bool: ...
+        def _role(self) -> str | None: ...
+        def _check_peer(self) -> None: ...
+        def _recv_ready(self) -> bool: ...
+        def _arm(self, recv: bool, signal: Any, token: int) -> int: ...
+
     # Receiving side -----------------------------------------------------------------------
 
     def _wait_probe(self) -> bool:
-        ready: bool = self._recv_ready()  # type: ignore[attr-defined]
+        ready: bool = self._recv_ready()
         return ready
 
     def _wait_arm(self, signal: Any, token: int) -> int:
-        reg: int = self._arm(True, signal, token)  # type: ignore[attr-defined]
+        reg: int = self._arm(True, signal, token)
         return reg
 
     def ready_fd(self) -> int:
@@ -268,21 +285,21 @@ class ChannelAsync:
         (and returns it). The fd belongs to the channel: do not close it."""
         return _ready_fd(self)
 
-    def _recv_attempt(self, how: Callable[[float], Any]) -> Callable[[bool], Any]:
+    def _recv_attempt(self, how: Callable[[float], Any]) -> Callable[[int], Any]:
         def attempt(stage: int) -> Any:
             # A receive that finds nothing costs an exception: try it only when something is
             # there (or to claim the receiver role, which raises ChannelBusyError).
             if (
-                self._queued()  # type: ignore[attr-defined]
-                or self._stream_ended()  # type: ignore[attr-defined]
-                or (stage == _FIRST and self._role() != "receiver")  # type: ignore[attr-defined]
+                self._queued()
+                or self._stream_ended()
+                or (stage == _FIRST and self._role() != "receiver")
             ):
                 try:
                     return how(0)
                 except TimeoutError:
                     pass
             if stage == _WOKEN:
-                self._check_peer()  # type: ignore[attr-defined]  # PeerDiedError once drained
+                self._check_peer()  # PeerDiedError once drained
             return _NO
 
         return attempt
@@ -293,10 +310,10 @@ class ChannelAsync:
         r = await _await_op(
             self._wait_arm,
             self._recv_attempt(self.recv),
-            t,  # type: ignore[attr-defined]
+            t,
         )
         if r is _NO:
-            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")  # type: ignore[attr-defined]
+            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")
         return r
 
     async def arecv_array(self, timeout: float | None = None) -> Any:
@@ -304,11 +321,11 @@ class ChannelAsync:
         t = _check_timeout(timeout)
         r = await _await_op(
             self._wait_arm,
-            self._recv_attempt(self.recv_array),  # type: ignore[attr-defined]
+            self._recv_attempt(self.recv_array),
             t,
         )
         if r is _NO:
-            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")  # type: ignore[attr-defined]
+            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")
         return r
 
     async def arecv_bytes(self, timeout: float | None = None) -> bytes:
@@ -316,11 +333,11 @@ class ChannelAsync:
         t = _check_timeout(timeout)
         r = await _await_op(
             self._wait_arm,
-            self._recv_attempt(self.recv_bytes),  # type: ignore[attr-defined]
+            self._recv_attempt(self.recv_bytes),
             t,
         )
         if r is _NO:
-            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")  # type: ignore[attr-defined]
+            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")
         out: bytes = r
         return out
 
@@ -343,7 +360,7 @@ class ChannelAsync:
 
     # Sending side -------------------------------------------------------------------------
 
-    def _send_attempt(self, how: Callable[[float], Any]) -> Callable[[bool], Any]:
+    def _send_attempt(self, how: Callable[[float], Any]) -> Callable[[int], Any]:
         def attempt(stage: int) -> Any:
             try:
                 how(0)
@@ -351,13 +368,13 @@ class ChannelAsync:
             except TimeoutError:
                 pass
             if stage == _WOKEN:
-                self._check_peer()  # type: ignore[attr-defined]  # PeerDiedError: receiver gone
+                self._check_peer()  # PeerDiedError: receiver gone
             return _NO
 
         return attempt
 
     def _send_arm(self, signal: Any, token: int) -> int:
-        reg: int = self._arm(False, signal, token)  # type: ignore[attr-defined]
+        reg: int = self._arm(False, signal, token)
         return reg
 
     async def asend(self, obj: Any, timeout: float | None = None) -> None:
@@ -366,22 +383,22 @@ class ChannelAsync:
         t = _check_timeout(timeout)
         r = await _await_op(
             self._send_arm,
-            self._send_attempt(lambda to: self.send(obj, timeout=to)),  # type: ignore[attr-defined]
+            self._send_attempt(lambda to: self.send(obj, timeout=to)),
             t,
         )
         if r is _NO:
-            raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")  # type: ignore[attr-defined]
+            raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")
 
     async def asend_array(self, arr: Any, timeout: float | None = None) -> None:
         """``await ch.asend_array(arr)``: :meth:`send_array` without blocking the loop."""
         t = _check_timeout(timeout)
         r = await _await_op(
             self._send_arm,
-            self._send_attempt(lambda to: self.send_array(arr, timeout=to)),  # type: ignore[attr-defined]
+            self._send_attempt(lambda to: self.send_array(arr, timeout=to)),
             t,
         )
         if r is _NO:
-            raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")  # type: ignore[attr-defined]
+            raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")
 
 
 # --- message queues ----------------------------------------------------------------------------
@@ -392,15 +409,19 @@ class QueueAsync:
 
     __slots__ = ()
 
+    if TYPE_CHECKING:  # provided by MessageQueue
+
+        def _handle(self) -> _core.MessageQueue: ...
+
     def _wait_probe(self) -> bool:
-        return bool(self._handle().qsize() > 0)  # type: ignore[attr-defined]
+        return bool(self._handle().qsize() > 0)
 
     def _wait_arm(self, signal: Any, token: int) -> int:
-        reg: int = self._handle()._arm(True, signal, token)  # type: ignore[attr-defined]
+        reg: int = self._handle()._arm(True, signal, token)
         return reg
 
     def _put_arm(self, signal: Any, token: int) -> int:
-        reg: int = self._handle()._arm(False, signal, token)  # type: ignore[attr-defined]
+        reg: int = self._handle()._arm(False, signal, token)
         return reg
 
     def ready_fd(self) -> int:
@@ -409,8 +430,8 @@ class QueueAsync:
         ``ready_fd()`` again to re-arm it)."""
         return _ready_fd(self)
 
-    def _get_attempt(self) -> Callable[[bool], Any]:
-        h = self._handle()  # type: ignore[attr-defined]
+    def _get_attempt(self) -> Callable[[int], Any]:
+        h = self._handle()
 
         def attempt(stage: int) -> Any:
             if stage == _RECHECK and h.qsize() == 0:
@@ -442,7 +463,7 @@ class QueueAsync:
         """``await q.aput_bytes(b)``: :meth:`put_bytes` without blocking the event loop;
         ``queue.Full`` after ``timeout`` seconds."""
         t = _check_timeout(timeout)
-        h = self._handle()  # type: ignore[attr-defined]
+        h = self._handle()
 
         def attempt(stage: int) -> Any:
             try:
@@ -468,11 +489,18 @@ class ValueAsync:
 
     __slots__ = ()
 
+    if TYPE_CHECKING:  # provided by SharedValue
+        _seen: int
+        _name: str
+
+        def _h(self) -> Any: ...
+        def read(self) -> Any: ...
+
     def _wait_probe(self) -> bool:
-        return bool(self._h().version > self._seen)  # type: ignore[attr-defined]
+        return bool(self._h().version > self._seen)
 
     def _wait_arm(self, signal: Any, token: int) -> int:
-        reg: int = self._h()._arm(signal, token)  # type: ignore[attr-defined]
+        reg: int = self._h()._arm(signal, token)
         return reg
 
     def ready_fd(self) -> int:
@@ -486,8 +514,8 @@ class ValueAsync:
         new version (> ``since``; ``None``: the last version this handle has seen);
         ``TimeoutError`` after ``timeout`` seconds."""
         t = _check_timeout(timeout)
-        h = self._h()  # type: ignore[attr-defined]
-        base = self._seen if since is None else int(since)  # type: ignore[attr-defined]
+        h = self._h()
+        base = self._seen if since is None else int(since)
         if base < 0:
             raise ValueError("since must be >= 0")
 
@@ -497,9 +525,9 @@ class ValueAsync:
 
         r = await _await_op(self._wait_arm, attempt, t)
         if r is _NO:
-            raise TimeoutError(f"no new version of {self._name} after {base} within {timeout} s")  # type: ignore[attr-defined]
-        if r > self._seen:  # type: ignore[attr-defined]
-            self._seen = r  # type: ignore[attr-defined]
+            raise TimeoutError(f"no new version of {self._name} after {base} within {timeout} s")
+        if r > self._seen:
+            self._seen = r  # type: ignore[misc]  # a slot of SharedValue
         version: int = r
         return version
 
@@ -508,7 +536,7 @@ class ValueAsync:
         in quick succession may be coalesced: you get the latest, never a stale one)."""
         while True:
             await self.await_change()
-            yield self.read()  # type: ignore[attr-defined]
+            yield self.read()
 
 
 # --- sockets -----------------------------------------------------------------------------------
@@ -522,7 +550,7 @@ async def _sock_readable(fd: int, timeout: float | None) -> bool:
             wait_readable: Any = anyio.wait_readable
             move_on: Any = anyio.move_on_after
         except (ImportError, AttributeError):
-            import trio
+            import trio  # type: ignore[import-untyped,unused-ignore]
 
             wait_readable = trio.lowlevel.wait_readable
             move_on = trio.move_on_after

@@ -13,10 +13,10 @@ import tempfile
 
 import numpy as np
 import pytest
-import workers_async as w
 
 import shmipc
 
+import workers_async as w
 from testutil import join_all
 
 ctx = mp.get_context("spawn")

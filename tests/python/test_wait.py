@@ -7,10 +7,10 @@ import selectors
 import socket
 
 import pytest
-import workers_async as w
 
 import shmipc
 
+import workers_async as w
 from testutil import join_all
 
 ctx = mp.get_context("spawn")
