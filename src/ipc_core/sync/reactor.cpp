@@ -334,7 +334,7 @@ std::uint64_t Reactor::arm(WatchSpec spec, std::shared_ptr<ReadySignal> signal,
             } else {
                 regs_.emplace(reg->id, reg);
                 try {
-                    std::thread([this, reg] { run_single(reg); }).detach();
+                    std::thread([this, r = reg]() mutable { run_single(std::move(r)); }).detach();
                 } catch (...) {
                     regs_.erase(reg->id);
                     throw;
@@ -530,10 +530,16 @@ void Reactor::run_single(std::shared_ptr<Reg> reg) {
         futex_wait(word, seen, std::max<std::chrono::nanoseconds>(until - now, {}));
         g.lock();
     }
-    --single_threads_;
-    threads_done_.notify_all();
+    // Everything this thread holds (the registration, its signal's eventfd, a keep-alive) is
+    // released before it reports itself gone: a Reactor being destroyed, or a caller counting
+    // its fds, never sees it released later by a thread that is still running.
+    std::shared_ptr<Reg> mine = std::move(reg);
     g.unlock();
     later.clear();
+    mine.reset();
+    g.lock();
+    --single_threads_;
+    threads_done_.notify_all();
 }
 
 } // namespace shmipc
