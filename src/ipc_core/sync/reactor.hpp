@@ -13,7 +13,10 @@
 // Two ways to wait, chosen once per process (default_reactor_mode):
 //  - Waitv: one thread per kWordsPerThread registrations (one for up to 127 awaited words; more
 //    threads only beyond that) blocking in futex_waitv (Linux >= 5.16) on the awaited words plus
-//    a private control word that arm() bumps so the thread rebuilds its list.
+//    a private control word that arm() bumps so the thread rebuilds its list. A word that fired
+//    stays in the list for a while, unannounced ("sticky", see reactor.cpp): re-arming it with
+//    the value the thread sleeps on needs no wake-up, so an await loop costs one wake per
+//    message (the peer's), not two.
 //  - Threads: a thread per registration blocking in futex_wait, for kernels without futex_waitv
 //    or a seccomp profile that refuses it (ENOSYS/EPERM), or SHMIPC_REACTOR=threads.
 //
