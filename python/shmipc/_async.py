@@ -22,20 +22,20 @@ A dead peer makes the reactor fire on its liveness slices; the retry then raises
 from __future__ import annotations
 
 import asyncio
-import pickle
 import queue
 import select
 import socket
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 
 __all__ = ["arecv", "arecv_array", "reactor_info"]
 
 _NO: Any = object()  # "would block" from an attempt
+_FIRST, _RECHECK, _WOKEN = 0, 1, 2  # why an attempt runs
 
 # --- per event loop (asyncio, uvloop) ----------------------------------------------------------
 
@@ -104,16 +104,17 @@ def _library() -> str:
 
 async def _await_op(
     arm: Callable[[Any, int], int],
-    attempt: Callable[[bool], Any],
+    attempt: Callable[[int], Any],
     timeout: float | None,
 ) -> Any:
-    """Runs attempt(after_wake) until it returns something other than _NO, waiting between
-    attempts on the object's word through the reactor. Returns _NO when the timeout passed."""
-    r = attempt(False)
+    """Runs attempt(stage) until it returns something other than _NO, waiting between
+    attempts on the object's word through the reactor. Returns _NO when the timeout passed.
+    The stage says why it runs: _FIRST, _RECHECK (just armed), _WOKEN (the reactor fired)."""
+    if timeout is not None and timeout <= 0:
+        return attempt(_WOKEN)  # one full attempt (a dead peer raises, as recv(timeout=0))
+    r = attempt(_FIRST)
     if r is not _NO:
         return r
-    if timeout is not None and timeout <= 0:
-        return _NO
     if _library() != "asyncio":
         return await _await_op_fd(arm, attempt, timeout)
     loop = asyncio.get_running_loop()
@@ -126,7 +127,7 @@ async def _await_op(
         try:
             reg = arm(hub.signal, tok)
             try:
-                r = attempt(True)  # re-check after the announcement
+                r = attempt(_RECHECK)  # re-check after the announcement
                 if r is not _NO:
                     return r
                 if deadline is not None:
@@ -141,7 +142,7 @@ async def _await_op(
             hub.futs.pop(tok, None)
             if timer is not None:
                 timer.cancel()
-        r = attempt(True)
+        r = attempt(_WOKEN)
         if r is not _NO:
             return r
         if deadline is not None and loop.time() >= deadline:
@@ -150,7 +151,7 @@ async def _await_op(
 
 async def _await_op_fd(
     arm: Callable[[Any, int], int],
-    attempt: Callable[[bool], Any],
+    attempt: Callable[[int], Any],
     timeout: float | None,
 ) -> Any:
     """The same loop for trio (and anyio on trio): the task waits on its own eventfd."""
@@ -160,7 +161,7 @@ async def _await_op_fd(
         wait_readable: Any = anyio.wait_readable
         move_on: Any = anyio.move_on_after
     except (ImportError, AttributeError):
-        import trio
+        import trio  # type: ignore[import-untyped,unused-ignore]
 
         wait_readable = trio.lowlevel.wait_readable
         move_on = trio.move_on_after
@@ -169,7 +170,7 @@ async def _await_op_fd(
     while True:
         reg = arm(sig, 1)
         try:
-            r = attempt(True)
+            r = attempt(_RECHECK)
             if r is not _NO:
                 return r
             if deadline is None:
@@ -183,7 +184,7 @@ async def _await_op_fd(
         finally:
             _core.reactor_disarm(reg)
             sig.take()
-        r = attempt(True)
+        r = attempt(_WOKEN)
         if r is not _NO:
             return r
         if deadline is not None and time.monotonic() >= deadline:
@@ -215,7 +216,10 @@ class _ReadyState:
 
     def __del__(self) -> None:
         if self.reg:
-            _core.reactor_disarm(self.reg)
+            try:
+                _core.reactor_disarm(self.reg)
+            except Exception:  # noqa: BLE001 -- interpreter shutdown
+                pass
 
 
 _ready: weakref.WeakKeyDictionary[Any, _ReadyState] = weakref.WeakKeyDictionary()
@@ -245,14 +249,31 @@ def _ready_fd(obj: Any) -> int:
 class ChannelAsync:
     """Awaitables and ready_fd() of :class:`~shmipc.Channel` (a mixin)."""
 
+    if TYPE_CHECKING:  # provided by Channel / ChannelCore
+
+        @property
+        def name(self) -> str: ...
+
+        def recv(self, timeout: float | None = None) -> Any: ...
+        def recv_array(self, timeout: float | None = None) -> Any: ...
+        def recv_bytes(self, timeout: float | None = None) -> bytes: ...
+        def send(self, obj: Any, timeout: float | None = None) -> None: ...
+        def send_array(self, arr: Any, timeout: float | None = None) -> None: ...
+        def _queued(self) -> int: ...
+        def _stream_ended(self) -> bool: ...
+        def _role(self) -> str | None: ...
+        def _check_peer(self) -> None: ...
+        def _recv_ready(self) -> bool: ...
+        def _arm(self, recv: bool, signal: Any, token: int) -> int: ...
+
     # Receiving side -----------------------------------------------------------------------
 
     def _wait_probe(self) -> bool:
-        ready: bool = self._recv_ready()  # type: ignore[attr-defined]
+        ready: bool = self._recv_ready()
         return ready
 
     def _wait_arm(self, signal: Any, token: int) -> int:
-        reg: int = self._arm(True, signal, token)  # type: ignore[attr-defined]
+        reg: int = self._arm(True, signal, token)
         return reg
 
     def ready_fd(self) -> int:
@@ -263,18 +284,21 @@ class ChannelAsync:
         (and returns it). The fd belongs to the channel: do not close it."""
         return _ready_fd(self)
 
-    def _recv_attempt(self, how: Callable[[float], Any]) -> Callable[[bool], Any]:
-        def attempt(after_wake: bool) -> Any:
+    def _recv_attempt(self, how: Callable[[float], Any]) -> Callable[[int], Any]:
+        def attempt(stage: int) -> Any:
+            # A receive that finds nothing costs an exception: try it only when something is
+            # there (or to claim the receiver role, which raises ChannelBusyError).
             if (
-                not after_wake
-                or self._queued()  # type: ignore[attr-defined]
-                or self._stream_ended()  # type: ignore[attr-defined]
+                self._queued()
+                or self._stream_ended()
+                or (stage == _FIRST and self._role() != "receiver")
             ):
                 try:
                     return how(0)
                 except TimeoutError:
                     pass
-            self._check_peer()  # type: ignore[attr-defined]  # PeerDiedError once drained
+            if stage == _WOKEN:
+                self._check_peer()  # PeerDiedError once drained
             return _NO
 
         return attempt
@@ -285,10 +309,10 @@ class ChannelAsync:
         r = await _await_op(
             self._wait_arm,
             self._recv_attempt(self.recv),
-            t,  # type: ignore[attr-defined]
+            t,
         )
         if r is _NO:
-            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")  # type: ignore[attr-defined]
+            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")
         return r
 
     async def arecv_array(self, timeout: float | None = None) -> Any:
@@ -296,11 +320,11 @@ class ChannelAsync:
         t = _check_timeout(timeout)
         r = await _await_op(
             self._wait_arm,
-            self._recv_attempt(self.recv_array),  # type: ignore[attr-defined]
+            self._recv_attempt(self.recv_array),
             t,
         )
         if r is _NO:
-            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")  # type: ignore[attr-defined]
+            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")
         return r
 
     async def arecv_bytes(self, timeout: float | None = None) -> bytes:
@@ -308,11 +332,11 @@ class ChannelAsync:
         t = _check_timeout(timeout)
         r = await _await_op(
             self._wait_arm,
-            self._recv_attempt(self.recv_bytes),  # type: ignore[attr-defined]
+            self._recv_attempt(self.recv_bytes),
             t,
         )
         if r is _NO:
-            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")  # type: ignore[attr-defined]
+            raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")
         out: bytes = r
         return out
 
@@ -335,20 +359,21 @@ class ChannelAsync:
 
     # Sending side -------------------------------------------------------------------------
 
-    def _send_attempt(self, how: Callable[[float], Any]) -> Callable[[bool], Any]:
-        def attempt(after_wake: bool) -> Any:
+    def _send_attempt(self, how: Callable[[float], Any]) -> Callable[[int], Any]:
+        def attempt(stage: int) -> Any:
             try:
                 how(0)
                 return True
             except TimeoutError:
                 pass
-            self._check_peer()  # type: ignore[attr-defined]  # PeerDiedError: receiver gone
+            if stage == _WOKEN:
+                self._check_peer()  # PeerDiedError: receiver gone
             return _NO
 
         return attempt
 
     def _send_arm(self, signal: Any, token: int) -> int:
-        reg: int = self._arm(False, signal, token)  # type: ignore[attr-defined]
+        reg: int = self._arm(False, signal, token)
         return reg
 
     async def asend(self, obj: Any, timeout: float | None = None) -> None:
@@ -357,22 +382,22 @@ class ChannelAsync:
         t = _check_timeout(timeout)
         r = await _await_op(
             self._send_arm,
-            self._send_attempt(lambda to: self.send(obj, timeout=to)),  # type: ignore[attr-defined]
+            self._send_attempt(lambda to: self.send(obj, timeout=to)),
             t,
         )
         if r is _NO:
-            raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")  # type: ignore[attr-defined]
+            raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")
 
     async def asend_array(self, arr: Any, timeout: float | None = None) -> None:
         """``await ch.asend_array(arr)``: :meth:`send_array` without blocking the loop."""
         t = _check_timeout(timeout)
         r = await _await_op(
             self._send_arm,
-            self._send_attempt(lambda to: self.send_array(arr, timeout=to)),  # type: ignore[attr-defined]
+            self._send_attempt(lambda to: self.send_array(arr, timeout=to)),
             t,
         )
         if r is _NO:
-            raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")  # type: ignore[attr-defined]
+            raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")
 
 
 # --- message queues ----------------------------------------------------------------------------
@@ -383,15 +408,19 @@ class QueueAsync:
 
     __slots__ = ()
 
+    if TYPE_CHECKING:  # provided by MessageQueue
+
+        def _handle(self) -> _core.MessageQueue: ...
+
     def _wait_probe(self) -> bool:
-        return bool(self._handle().qsize() > 0)  # type: ignore[attr-defined]
+        return bool(self._handle().qsize() > 0)
 
     def _wait_arm(self, signal: Any, token: int) -> int:
-        reg: int = self._handle()._arm(True, signal, token)  # type: ignore[attr-defined]
+        reg: int = self._handle()._arm(True, signal, token)
         return reg
 
     def _put_arm(self, signal: Any, token: int) -> int:
-        reg: int = self._handle()._arm(False, signal, token)  # type: ignore[attr-defined]
+        reg: int = self._handle()._arm(False, signal, token)
         return reg
 
     def ready_fd(self) -> int:
@@ -400,14 +429,16 @@ class QueueAsync:
         ``ready_fd()`` again to re-arm it)."""
         return _ready_fd(self)
 
-    def _get_attempt(self) -> Callable[[bool], Any]:
-        h = self._handle()  # type: ignore[attr-defined]
+    def _get_attempt(self) -> Callable[[int], Any]:
+        h = self._handle()
 
-        def attempt(after_wake: bool) -> Any:
+        def attempt(stage: int) -> Any:
+            if stage == _RECHECK and h.qsize() == 0:
+                return _NO  # (a commit before our announcement shows in qsize)
             try:
                 # After a wake, the zero-timeout blocking path also repairs messages that dead
                 # consumers had claimed (it is only a few microseconds more).
-                return h.get_bytes(after_wake, 0.0)
+                return h.get_bytes(stage == _WOKEN, 0.0)
             except queue.Empty:
                 return _NO
 
@@ -425,15 +456,16 @@ class QueueAsync:
 
     async def aget(self, timeout: float | None = None) -> Any:
         """``await q.aget()``: :meth:`get` without blocking the event loop."""
-        return pickle.loads(await self.aget_bytes(timeout))
+        # Out-of-band buffers (shmipc/_objects.py) are decoded as get() does.
+        return self._decode(await self.aget_bytes(timeout))  # type: ignore[attr-defined]
 
     async def aput_bytes(self, data: Any, timeout: float | None = None) -> None:
         """``await q.aput_bytes(b)``: :meth:`put_bytes` without blocking the event loop;
         ``queue.Full`` after ``timeout`` seconds."""
         t = _check_timeout(timeout)
-        h = self._handle()  # type: ignore[attr-defined]
+        h = self._handle()
 
-        def attempt(after_wake: bool) -> Any:
+        def attempt(stage: int) -> Any:
             try:
                 h.put_bytes(data, False, None)
                 return True
@@ -446,7 +478,15 @@ class QueueAsync:
 
     async def aput(self, obj: Any, timeout: float | None = None) -> None:
         """``await q.aput(obj)``: :meth:`put` without blocking the event loop."""
-        await self.aput_bytes(pickle.dumps(obj, 5), timeout)
+        msg, heap, refs = self._encode(self._handle(), obj)  # type: ignore[attr-defined]
+        try:
+            await self.aput_bytes(msg, timeout)
+        except BaseException:  # cancelled or full: the out-of-band blocks go back
+            if refs:
+                from . import _objects
+
+                _objects.drop_refs(heap, refs)
+            raise
 
 
 # --- shared values -----------------------------------------------------------------------------
@@ -457,11 +497,18 @@ class ValueAsync:
 
     __slots__ = ()
 
+    if TYPE_CHECKING:  # provided by SharedValue
+        _seen: int
+        _name: str
+
+        def _h(self) -> Any: ...
+        def read(self) -> Any: ...
+
     def _wait_probe(self) -> bool:
-        return bool(self._h().version > self._seen)  # type: ignore[attr-defined]
+        return bool(self._h().version > self._seen)
 
     def _wait_arm(self, signal: Any, token: int) -> int:
-        reg: int = self._h()._arm(signal, token)  # type: ignore[attr-defined]
+        reg: int = self._h()._arm(signal, token)
         return reg
 
     def ready_fd(self) -> int:
@@ -475,20 +522,20 @@ class ValueAsync:
         new version (> ``since``; ``None``: the last version this handle has seen);
         ``TimeoutError`` after ``timeout`` seconds."""
         t = _check_timeout(timeout)
-        h = self._h()  # type: ignore[attr-defined]
-        base = self._seen if since is None else int(since)  # type: ignore[attr-defined]
+        h = self._h()
+        base = self._seen if since is None else int(since)
         if base < 0:
             raise ValueError("since must be >= 0")
 
-        def attempt(after_wake: bool) -> Any:
+        def attempt(stage: int) -> Any:
             v = int(h.version)
             return v if v > base else _NO
 
         r = await _await_op(self._wait_arm, attempt, t)
         if r is _NO:
-            raise TimeoutError(f"no new version of {self._name} after {base} within {timeout} s")  # type: ignore[attr-defined]
-        if r > self._seen:  # type: ignore[attr-defined]
-            self._seen = r  # type: ignore[attr-defined]
+            raise TimeoutError(f"no new version of {self._name} after {base} within {timeout} s")
+        if r > self._seen:
+            self._seen = r  # type: ignore[misc]  # a slot of SharedValue
         version: int = r
         return version
 
@@ -497,7 +544,7 @@ class ValueAsync:
         in quick succession may be coalesced: you get the latest, never a stale one)."""
         while True:
             await self.await_change()
-            yield self.read()  # type: ignore[attr-defined]
+            yield self.read()
 
 
 # --- sockets -----------------------------------------------------------------------------------
@@ -511,7 +558,7 @@ async def _sock_readable(fd: int, timeout: float | None) -> bool:
             wait_readable: Any = anyio.wait_readable
             move_on: Any = anyio.move_on_after
         except (ImportError, AttributeError):
-            import trio
+            import trio  # type: ignore[import-untyped,unused-ignore]
 
             wait_readable = trio.lowlevel.wait_readable
             move_on = trio.move_on_after

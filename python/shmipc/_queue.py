@@ -143,10 +143,7 @@ class MessageQueue(QueueAsync):
         q = self._q
         if q is None:
             raise _closed()
-        raw = q.get_bytes(block, timeout)
-        if raw[:1] == b"\x00":  # out-of-band buffers (a plain pickle starts with PROTO, 0x80)
-            return _objects.decode_queue_message(raw, self._oob_heap)
-        return _loads(raw)
+        return self._decode(q.get_bytes(block, timeout))
 
     def put_nowait(self, obj: Any) -> None:
         """``put(obj, block=False)``."""
@@ -161,25 +158,35 @@ class MessageQueue(QueueAsync):
 
     # ---- out-of-band buffers (shmipc/_objects.py) -------------------------------------------
     def _put_obj(self, q: _core.MessageQueue, obj: Any, block: bool, timeout: float | None) -> None:
+        msg, heap, refs = self._encode(q, obj)
+        try:
+            q.put_bytes(msg, block, timeout)
+        except BaseException:
+            if refs:
+                _objects.drop_refs(heap, refs)
+            raise
+
+    def _encode(self, q: _core.MessageQueue, obj: Any) -> tuple[bytes, Any, Any]:
+        """The message for ``obj`` (buffers >= 64 KiB out of band in the companion heap), the
+        heap and the references to drop if the message is never put."""
         data, buffers = _objects.dumps(obj)
         if not buffers:
-            q.put_bytes(data, block, timeout)
-            return
+            return data, None, None
         heap = self._oob_heap()
         if heap is None:  # a queue without a companion heap: everything in band
-            q.put_bytes(_dumps(obj, _PROTOCOL), block, timeout)
-            return
+            return _dumps(obj, _PROTOCOL), None, None
         if _objects.queue_header_size(len(buffers)) + len(data) > q.max_message_size:
             raise ValueError(
                 f"the in-band part of this object is {len(data)} bytes (+ 24 per out-of-band "
                 f"buffer); the queue's max_message_size is {q.max_message_size}"
             )
         msg, refs = _objects.encode_queue_message(heap, data, buffers)
-        try:
-            q.put_bytes(msg, block, timeout)
-        except BaseException:
-            _objects.drop_refs(heap, refs)
-            raise
+        return msg, heap, refs
+
+    def _decode(self, raw: bytes) -> Any:
+        if raw[:1] == b"\x00":  # out-of-band buffers (a plain pickle starts with PROTO, 0x80)
+            return _objects.decode_queue_message(raw, self._oob_heap)
+        return _loads(raw)
 
     def _oob_heap(self) -> Any:
         oob = self._oob

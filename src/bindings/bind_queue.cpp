@@ -24,6 +24,11 @@ namespace {
 // so close() from another thread never unmaps under a waiter.
 struct QueueHandle {
     std::shared_ptr<MessageQueue> q;
+    // The reactor forgets this queue's words before its mapping can go.
+    ~QueueHandle() {
+        if (q)
+            Reactor::release_owner(q.get());
+    }
 
     std::shared_ptr<MessageQueue> get() const {
         if (!q)

@@ -31,6 +31,15 @@ constexpr std::size_t kHoldGilBelow = 64 * 1024;
 class ValueHandle {
   public:
     explicit ValueHandle(std::unique_ptr<SharedValue> v) : v_(std::move(v)) {}
+    ValueHandle(ValueHandle &&) noexcept = default;
+    ValueHandle &operator=(ValueHandle &&) noexcept = default;
+    ValueHandle(const ValueHandle &) = default;
+    ValueHandle &operator=(const ValueHandle &) = default;
+    // The reactor forgets this value's word before its mapping can go.
+    ~ValueHandle() {
+        if (v_)
+            Reactor::release_owner(v_.get());
+    }
     std::shared_ptr<SharedValue> get() const {
         auto v = v_;
         if (!v)

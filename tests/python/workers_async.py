@@ -113,6 +113,27 @@ def socket_sender(path: str, count: int) -> None:
     s.close()
 
 
+def socket_array_sender(path: str) -> None:
+    import numpy as np
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    time.sleep(0.05)
+    shmipc.send_array(s, np.arange(12, dtype=np.int32).reshape(3, 4))
+    s.close()
+
+
+def receiver_then_die(heap: shmipc.Heap, name: str, ready: Any) -> None:
+    ch = heap.channel(name)
+    try:
+        ch.recv(timeout=0.01)  # claims the receiver role
+    except TimeoutError:
+        pass
+    ready.put("claimed")
+    time.sleep(0.3)
+    os._exit(0)  # no close: the sender gets PeerDiedError
+
+
 def send_to_some(heap: shmipc.Heap, names: list[str], picks: list[int], delay: float) -> None:
     time.sleep(delay)
     for i in picks:

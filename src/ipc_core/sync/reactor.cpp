@@ -109,6 +109,8 @@ timespec abs_timespec(Clock::time_point t) {
 
 // Without a check a registration only waits for its word: sleep long, arm() wakes us.
 constexpr std::chrono::seconds kIdleSleep{5};
+// A sticky word not armed again within this is dropped.
+constexpr std::chrono::seconds kStickyFor{2};
 
 } // namespace
 
@@ -141,11 +143,49 @@ struct Reactor::Reg {
     Clock::time_point next_check;
 };
 
+// A word the shard keeps waiting on after its registration fired or was disarmed, with the
+// value it last saw, but without an announcement (so nobody issues wakes for it): when the same
+// word is armed again with the same value -- an await loop on one channel -- the thread already
+// sleeps on exactly that, and arm() need not wake it to rebuild its list. Only the kernel ever
+// reads a sticky word (futex_waitv compares it; EFAULT if it was unmapped): the reactor never
+// dereferences it, so its mapping may be gone.
+//
+// The kernel keys a shared futex by the mapping it finds at wait time: if the word's mapping
+// went away and another one took its address, a sleeping thread would wait on the old key while
+// arm() thinks it sleeps on the new word. So a word is made sticky only while its mapping is
+// known to live on (no keep-alive, or not the last reference to it), and disarm_owner (every
+// closing object calls it) drops its owner's sticky words and wakes the thread to rebuild.
+struct StickyWord {
+    FutexWord *word;
+    std::uint32_t val;
+    const void *owner;
+    Clock::time_point since;
+};
+
 struct Reactor::Shard {
     std::thread thread;
     std::atomic<std::uint32_t> ctl{0}; // private control word: bumped by arm()
     std::vector<Reg *> regs;           // under mu_
+    std::vector<StickyWord> sticky;    // under mu_
+    // What the thread sleeps on (or is about to): word -> value, valid while in_wait.
+    std::unordered_map<const FutexWord *, std::uint32_t> current;
+    bool in_wait = false;
     bool stop = false;
+
+    void add_sticky(const WatchSpec &spec, std::uint32_t val) {
+        if (spec.keep && spec.keep.use_count() <= 1)
+            return; // the mapping goes with this registration
+        for (auto &s : sticky)
+            if (s.word == spec.word) {
+                s.val = val;
+                s.owner = spec.owner;
+                s.since = Clock::now();
+                return;
+            }
+        if (sticky.size() < kStickyMax)
+            sticky.push_back({spec.word, val, spec.owner, Clock::now()});
+    }
+    static constexpr std::size_t kStickyMax = 32;
 };
 
 Reactor::Reactor(ReactorMode mode) : mode_(mode), check_interval_(kWaitSlice) {}
@@ -187,6 +227,11 @@ void Reactor::set_check_interval(std::chrono::nanoseconds d) noexcept {
 std::size_t Reactor::armed() const {
     std::lock_guard g(mu_);
     return regs_.size();
+}
+
+std::size_t Reactor::arm_wakeups() const {
+    std::lock_guard g(mu_);
+    return arm_wakeups_;
 }
 
 std::size_t Reactor::threads() const {
@@ -250,11 +295,24 @@ std::uint64_t Reactor::arm(WatchSpec spec, std::shared_ptr<ReadySignal> signal,
         try {
             if (mode_ == ReactorMode::Waitv) {
                 Shard *sh = nullptr;
-                for (auto &s : shards_)
-                    if (s->regs.size() < kWordsPerThread) {
+                bool sleeping_on_it = false;
+                // The shard already sleeping on this word with this value needs no wake-up.
+                for (auto &s : shards_) {
+                    if (s->regs.size() >= kWordsPerThread)
+                        continue;
+                    auto it = s->current.find(reg->spec.word);
+                    if (it != s->current.end()) {
                         sh = s.get();
+                        sleeping_on_it = s->in_wait && it->second == reg->seen;
                         break;
                     }
+                }
+                if (!sh)
+                    for (auto &s : shards_)
+                        if (s->regs.size() < kWordsPerThread) {
+                            sh = s.get();
+                            break;
+                        }
                 if (!sh) {
                     shards_.reserve(shards_.size() + 1);
                     auto fresh = std::make_unique<Shard>();
@@ -267,12 +325,16 @@ std::uint64_t Reactor::arm(WatchSpec spec, std::shared_ptr<ReadySignal> signal,
                 reg->shard = sh;
                 reg->index = sh->regs.size();
                 sh->regs.push_back(reg.get());
-                sh->ctl.fetch_add(1, std::memory_order_seq_cst);
-                wake = sh;
+                // A thread that is not in its wait rebuilds its list before the next one.
+                if (sh->in_wait && !sleeping_on_it) {
+                    sh->ctl.fetch_add(1, std::memory_order_seq_cst);
+                    wake = sh;
+                    ++arm_wakeups_;
+                }
             } else {
                 regs_.emplace(reg->id, reg);
                 try {
-                    std::thread([this, reg] { run_single(reg); }).detach();
+                    std::thread([this, r = reg]() mutable { run_single(std::move(r)); }).detach();
                 } catch (...) {
                     regs_.erase(reg->id);
                     throw;
@@ -303,6 +365,8 @@ bool Reactor::disarm(std::uint64_t id) noexcept {
             return false;
         r = std::move(it->second);
         regs_.erase(it);
+        if (r->shard)
+            r->shard->add_sticky(r->spec, r->seen);
         unlink_locked(*r);
         // Its thread sleeps on the word itself: wake it so it leaves now (any other sleeper
         // of the word wakes too and re-checks its condition: harmless).
@@ -315,6 +379,7 @@ bool Reactor::disarm(std::uint64_t id) noexcept {
 
 std::size_t Reactor::disarm_owner(const void *owner) noexcept {
     std::vector<std::shared_ptr<Reg>> gone;
+    std::vector<std::shared_ptr<void>> keeps; // released here, not by a lingering thread
     {
         std::lock_guard g(mu_);
         for (auto it = regs_.begin(); it != regs_.end();) {
@@ -325,12 +390,21 @@ std::size_t Reactor::disarm_owner(const void *owner) noexcept {
                     futex_wake(r.spec.word->seq, INT_MAX);
                 r.signal->fire(r.token);
                 try {
+                    keeps.push_back(std::move(r.spec.keep));
                     gone.push_back(std::move(it->second));
                 } catch (...) {
                 }
                 it = regs_.erase(it);
             } else {
                 ++it;
+            }
+        }
+        for (auto &sh : shards_) {
+            const auto n = std::erase_if(sh->sticky,
+                                         [&](const StickyWord &s) { return s.owner == owner; });
+            if (n && sh->in_wait) { // it may sleep on that word: make it rebuild its list
+                sh->ctl.fetch_add(1, std::memory_order_seq_cst);
+                futex_wake(sh->ctl, 1);
             }
         }
     }
@@ -342,13 +416,15 @@ void Reactor::run_shard(Shard *sh) {
     std::vector<std::shared_ptr<void>> later;
     std::unique_lock g(mu_);
     for (;;) {
+        sh->in_wait = false;
         if (sh->stop)
             return;
         const auto now = Clock::now();
         Clock::time_point wake_at = now + kIdleSleep;
         for (std::size_t i = 0; i < sh->regs.size();) {
             Reg &r = *sh->regs[i];
-            bool fire = changed_locked(r);
+            const std::uint32_t seq = r.spec.word->seq.load(std::memory_order_acquire);
+            bool fire = seq != r.seen;
             if (!fire && r.spec.check) {
                 if (now >= r.next_check) {
                     r.next_check = now + check_interval_;
@@ -361,35 +437,68 @@ void Reactor::run_shard(Shard *sh) {
                 wake_at = std::min(wake_at, r.next_check);
             }
             if (fire) {
+                sh->add_sticky(r.spec, seq);
                 fire_locked(r, later); // swaps the last registration into slot i
                 continue;
             }
             ++i;
         }
+        // The list: armed words (announced), then sticky ones (not armed here, still fresh).
         waits.clear();
+        sh->current.clear();
         for (Reg *r : sh->regs) {
+            if (!sh->current.emplace(r->spec.word, r->seen).second)
+                continue; // the same word armed twice here: one entry (same value, or stale)
             futex_waitv v{};
             v.val = r->seen;
             v.uaddr = reinterpret_cast<std::uintptr_t>(&r->spec.word->seq);
             v.flags = FUTEX_32; // shared: the words live in memory shared between processes
             waits.push_back(v);
         }
+        const std::size_t n_armed = waits.size();
+        std::erase_if(sh->sticky, [&](const StickyWord &s) {
+            return now - s.since > kStickyFor || sh->current.count(s.word) != 0;
+        });
+        for (const StickyWord &s : sh->sticky) {
+            if (waits.size() >= kWordsPerThread)
+                break;
+            sh->current.emplace(s.word, s.val);
+            futex_waitv v{};
+            v.val = s.val;
+            v.uaddr = reinterpret_cast<std::uintptr_t>(&s.word->seq); // address only
+            v.flags = FUTEX_32;
+            waits.push_back(v);
+        }
+        const std::size_t n_words = waits.size();
         futex_waitv c{};
         c.val = sh->ctl.load(std::memory_order_seq_cst);
         c.uaddr = reinterpret_cast<std::uintptr_t>(&sh->ctl);
         c.flags = FUTEX_32;
         waits.push_back(c);
+        sh->in_wait = true;
         g.unlock();
         later.clear(); // keeps and registrations released outside the lock
         const timespec ts = abs_timespec(wake_at);
         const long rc = ::syscall(SYS_futex_waitv, waits.data(),
                                   static_cast<unsigned>(waits.size()), 0, &ts, CLOCK_MONOTONIC);
-        if (rc < 0 && errno == EFAULT) {
-            // A word was unmapped between our list and the syscall (its registration is gone
-            // by now): rebuild, without spinning.
-            std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        }
+        const int err = rc < 0 ? errno : 0;
         g.lock();
+        if (rc >= static_cast<long>(n_armed) && rc < static_cast<long>(n_words)) {
+            // A sticky word moved (someone else's waiter was woken): forget it.
+            const auto *w = reinterpret_cast<const FutexWord *>(
+                static_cast<std::uintptr_t>(waits[static_cast<std::size_t>(rc)].uaddr) -
+                offsetof(FutexWord, seq));
+            std::erase_if(sh->sticky, [&](const StickyWord &s) { return s.word == w; });
+        } else if (err == EAGAIN || err == EFAULT) {
+            // A value differed at the start (maybe a sticky one's) or a sticky word is unmapped:
+            // drop them all rather than spin on a stale one.
+            sh->sticky.clear();
+            if (err == EFAULT) {
+                g.unlock();
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                g.lock();
+            }
+        }
     }
 }
 
@@ -421,10 +530,16 @@ void Reactor::run_single(std::shared_ptr<Reg> reg) {
         futex_wait(word, seen, std::max<std::chrono::nanoseconds>(until - now, {}));
         g.lock();
     }
-    --single_threads_;
-    threads_done_.notify_all();
+    // Everything this thread holds (the registration, its signal's eventfd, a keep-alive) is
+    // released before it reports itself gone: a Reactor being destroyed, or a caller counting
+    // its fds, never sees it released later by a thread that is still running.
+    std::shared_ptr<Reg> mine = std::move(reg);
     g.unlock();
     later.clear();
+    mine.reset();
+    g.lock();
+    --single_threads_;
+    threads_done_.notify_all();
 }
 
 } // namespace shmipc

@@ -13,7 +13,10 @@
 // Two ways to wait, chosen once per process (default_reactor_mode):
 //  - Waitv: one thread per kWordsPerThread registrations (one for up to 127 awaited words; more
 //    threads only beyond that) blocking in futex_waitv (Linux >= 5.16) on the awaited words plus
-//    a private control word that arm() bumps so the thread rebuilds its list.
+//    a private control word that arm() bumps so the thread rebuilds its list. A word that fired
+//    stays in the list for a while, unannounced ("sticky", see reactor.cpp): re-arming it with
+//    the value the thread sleeps on needs no wake-up, so an await loop costs one wake per
+//    message (the peer's), not two.
 //  - Threads: a thread per registration blocking in futex_wait, for kernels without futex_waitv
 //    or a seccomp profile that refuses it (ENOSYS/EPERM), or SHMIPC_REACTOR=threads.
 //
@@ -107,6 +110,9 @@ class Reactor {
 
     [[nodiscard]] std::size_t armed() const;
     [[nodiscard]] std::size_t threads() const; // threads running now
+    // How many times arm() had to wake a sleeping thread to rebuild its list (Waitv mode; an
+    // await loop on one word re-arms without any, see StickyWord in reactor.cpp).
+    [[nodiscard]] std::size_t arm_wakeups() const;
     // Liveness checks run at most this often per registration (default kWaitSlice).
     void set_check_interval(std::chrono::nanoseconds d) noexcept;
 
@@ -127,6 +133,7 @@ class Reactor {
     std::unordered_map<std::uint64_t, std::shared_ptr<Reg>> regs_;
     std::vector<std::unique_ptr<Shard>> shards_;
     std::size_t single_threads_ = 0; // Threads mode: running per-registration threads
+    std::size_t arm_wakeups_ = 0;
     std::chrono::nanoseconds check_interval_;
     bool stopping_ = false;
 };

@@ -111,6 +111,66 @@ TEST_P(ReactorModes, a_change_between_reading_seq_and_sleeping_is_not_lost) {
     EXPECT_TRUE(eventually([&] { return w.waiters.load() == 0; }));
 }
 
+TEST(Reactor, re_arming_the_word_it_sleeps_on_needs_no_wake_up_and_still_fires) {
+    if (!futex_waitv_available())
+        GTEST_SKIP() << "futex_waitv is not available on this kernel";
+    Reactor r(ReactorMode::Waitv);
+    SharedMem m(sizeof(Shared));
+    auto *s = new (m.data) Shared{};
+    auto sig = std::make_shared<ReadySignal>();
+    (void)r.arm(WatchSpec{&s->w, nullptr, nullptr, {}}, sig, 1); // starts the thread
+    notify_all(s->w);
+    ASSERT_TRUE(readable(*sig, 10s));
+    (void)sig->take();
+    std::this_thread::sleep_for(20ms); // back in futex_waitv, the word kept (sticky)
+    const auto before = r.arm_wakeups();
+    for (std::uint64_t i = 2; i < 50; ++i) {
+        const auto id = r.arm(WatchSpec{&s->w, nullptr, nullptr, {}}, sig, i);
+        if (i % 3 == 0) { // disarmed before anything happened: the word stays sticky
+            EXPECT_TRUE(r.disarm(id));
+            continue;
+        }
+        pid_t child = fork_child([&] {
+            wake_if_waiting(s->w);
+            return 0;
+        });
+        ASSERT_TRUE(readable(*sig, 10s)) << "iteration " << i;
+        EXPECT_EQ(sig->take(), (std::vector<std::uint64_t>{i}));
+        EXPECT_EQ(wait_child(child), 0);
+        std::this_thread::sleep_for(2ms);
+    }
+    EXPECT_LT(r.arm_wakeups() - before, 10u) << "re-arms found the thread sleeping on the word";
+    // A different word still gets a wake-up (and fires).
+    FutexWord other;
+    (void)r.arm(WatchSpec{&other, nullptr, nullptr, {}}, sig, 99);
+    notify_all(other);
+    EXPECT_TRUE(readable(*sig, 10s));
+}
+
+TEST(Reactor, a_closing_owner_takes_its_sticky_words_with_it) {
+    if (!futex_waitv_available())
+        GTEST_SKIP() << "futex_waitv is not available on this kernel";
+    Reactor r(ReactorMode::Waitv);
+    FutexWord w;
+    int owner = 0;
+    auto sig = std::make_shared<ReadySignal>();
+    (void)r.arm(WatchSpec{&w, &owner, nullptr, {}}, sig, 1);
+    notify_all(w);
+    ASSERT_TRUE(readable(*sig, 10s));
+    (void)sig->take();
+    std::this_thread::sleep_for(20ms); // asleep, the word sticky
+    auto before = r.arm_wakeups();
+    EXPECT_TRUE(r.disarm(r.arm(WatchSpec{&w, &owner, nullptr, {}}, sig, 2)));
+    EXPECT_EQ(r.arm_wakeups(), before) << "sticky: no wake-up";
+    EXPECT_EQ(r.disarm_owner(&owner), 0u); // nothing armed, but its sticky word goes
+    std::this_thread::sleep_for(20ms);
+    before = r.arm_wakeups();
+    (void)r.arm(WatchSpec{&w, &owner, nullptr, {}}, sig, 3);
+    EXPECT_EQ(r.arm_wakeups(), before + 1) << "the word is no longer in the thread's list";
+    notify_all(w);
+    EXPECT_TRUE(readable(*sig, 10s));
+}
+
 TEST_P(ReactorModes, a_disarmed_registration_never_fires) {
     Reactor r(GetParam());
     FutexWord w;
@@ -187,6 +247,21 @@ TEST_P(ReactorModes, the_keep_alive_is_released_once_fired) {
     notify_all(*w);
     EXPECT_TRUE(readable(*sig, 10s));
     EXPECT_TRUE(eventually([&] { return weak.expired(); }));
+
+    // disarm and disarm_owner release it before they return (an owner closing its object
+    // relies on that: the mapping and the name go with the last reference).
+    int owner = 0;
+    for (int how = 0; how < 2; ++how) {
+        auto mem2 = std::make_shared<FutexWord>();
+        std::weak_ptr<FutexWord> weak2 = mem2;
+        const auto id = r.arm(WatchSpec{mem2.get(), &owner, mem2, {}}, sig, 2);
+        mem2.reset();
+        if (how == 0)
+            EXPECT_TRUE(r.disarm(id));
+        else
+            EXPECT_EQ(r.disarm_owner(&owner), 1u);
+        EXPECT_TRUE(weak2.expired()) << (how == 0 ? "disarm" : "disarm_owner");
+    }
 }
 
 TEST_P(ReactorModes, a_thousand_words_all_fire) {
