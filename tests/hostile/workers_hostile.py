@@ -61,3 +61,60 @@ def exit_with_a_daemon_thread_blocked(name: str, kind: str, ready: Any) -> None:
         threading.Thread(target=lambda: q.get(), daemon=True).start()
     time.sleep(0.2)
     ready.value = 1
+
+
+def honest_user(kind: str, name: str, seconds: float, out: Any) -> None:
+    """Uses a named object with bounded waits while another process scribbles over its memory.
+    Every Python exception is an acceptable answer (counted); only a signal (segfault, SIGBUS)
+    or a hang fails the test."""
+    import collections
+    import queue as queue_mod
+
+    seen: collections.Counter[str] = collections.Counter()
+    end = time.monotonic() + seconds
+    obj: Any = None
+    ops = 0
+    while time.monotonic() < end:
+        try:
+            if obj is None:
+                if kind == "value":
+                    obj = shmipc.SharedValue.attach(name)
+                elif kind == "queue":
+                    obj = shmipc.MessageQueue.attach(name)
+                else:
+                    obj = shmipc.Heap.attach(name)
+            if kind == "value":
+                obj.write(b"honest" * (ops % 50), timeout=0.5)
+                obj.read()
+                obj.wait(timeout=0.001)
+            elif kind == "queue":
+                try:
+                    obj.put_bytes(b"m" * (ops % 60), timeout=0.2)
+                    obj.get_bytes(timeout=0.2)
+                except (queue_mod.Full, queue_mod.Empty):
+                    seen["full/empty"] += 1
+                obj.qsize()
+            else:
+                blk = obj.allocate(1 + (ops * 977) % 20000, timeout=0.5)
+                blk.as_array()[:1] = 1
+                blk.release()
+                ch = obj.channel("c", capacity=16)
+                ch.send(b"s" * (ops % 300), timeout=0.2)
+                rx = obj.channel("c", capacity=16)
+                rx.recv_bytes(timeout=0.2)
+                ch.close()
+                rx.close()
+                d = obj.dict("d", timeout=0.5)
+                d[str(ops % 7)] = ops
+                d.get("1")
+                obj.stats()
+        except Exception as e:  # noqa: BLE001 -- any clear exception is an answer
+            seen[type(e).__name__] += 1
+            if obj is not None and seen[type(e).__name__] % 5 == 0:
+                try:
+                    obj.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                obj = None
+        ops += 1
+    out.put(dict(seen, ops=ops))
