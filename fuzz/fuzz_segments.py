@@ -19,14 +19,43 @@ import shmipc
 
 atheris.instrument_all()
 
-EXPECTED = (shmipc.CorruptSegmentError, ValueError, OSError, MemoryError, TimeoutError)
+EXPECTED = (
+    shmipc.CorruptSegmentError,
+    ValueError,
+    OSError,
+    MemoryError,
+    TimeoutError,
+    EOFError,
+    KeyError,
+    BufferError,
+    shmipc.ShmipcError,
+)
 PREFIX = f"shmipc-fuzz-{os.getpid()}"
 
 
 def _template(kind: str) -> bytes:
     name = f"{PREFIX}-tmpl-{kind}"
     if kind == "heap":
+        # A populated heap: blocks, a channel with records in flight, a dict, a topic with a
+        # subscriber, so the fuzzer patches real directory entries, rings and tables.
         obj = shmipc.Heap.create(name, size=256 << 10)
+        keep = [obj.allocate(n) for n in (64, 1000, 5000)]
+        tx = obj.channel("c", capacity=8)
+        tx.send(b"in flight")
+        tx.send(b"y" * 300)
+        obj.dict("d")["k"] = b"v"
+        pub = obj.publisher("t", capacity=4, history=1)
+        sub = obj.subscriber("t")
+        pub.publish(b"sample")
+        with open(f"/dev/shm/{name}", "rb") as f:
+            data = f.read()
+        for b in keep:
+            b.release()
+        sub.close()
+        pub.close()
+        tx.close()
+        obj.close()
+        return data
     elif kind == "value":
         obj = shmipc.SharedValue.create(name, size=4096)
         obj.write("hello")
@@ -47,6 +76,15 @@ def _attach(kind: str, name: str) -> None:
     if kind == "heap":
         with shmipc.Heap.attach(name) as h:
             h.stats()
+            h.channels()
+            h.topics()
+            rx = h.channel("c", capacity=8)
+            try:
+                rx.recv_bytes(timeout=0)
+            finally:
+                rx.close()
+            h.dict("d", timeout=0.1).get("k")
+            h.allocate(100, timeout=0).release()
     elif kind == "value":
         with shmipc.SharedValue.attach(name) as v:
             v.read()

@@ -310,11 +310,13 @@ class Heap(_core.HeapCore):
         return (_rebuild_named, (type(self), self.name, getattr(self, "_trust_uid", None)))
 
     # Last in the class: from here on `dict` in this class body means this method.
-    def dict(self, name: str) -> SharedDict:
-        """The shared dict ``name`` of this heap, created empty on first use (see SharedDict)."""
+    def dict(self, name: str, *, timeout: float | None = None) -> SharedDict:
+        """The shared dict ``name`` of this heap, created empty on first use (see SharedDict).
+        ``timeout`` bounds every wait of this handle for the dict's lock (``TimeoutError``; a
+        holder that is stopped or stuck never hangs it); ``None`` waits (Ctrl-C ends it)."""
         from ._dict import SharedDict
 
-        return SharedDict._open(self, name)
+        return SharedDict._open(self, name, _validate.timeout(timeout))
 
 
 def _rebuild_named(cls: Any, name: str, trust_uid: int | None = None) -> Heap:
