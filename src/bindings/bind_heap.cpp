@@ -11,6 +11,8 @@
 
 #include <cstring>
 #include <pthread.h>
+#include <chrono>
+#include <thread>
 
 namespace shmipc::bindings {
 
@@ -119,13 +121,34 @@ PyObject *translate() {
     return nullptr;
 }
 
-// heap.allocate(nbytes, align=64) -> Block
+// Retries an allocation that found the heap full until another process or thread frees
+// memory, or the deadline passes (OutOfMemory then). The heap has no "freed" notification:
+// growing pauses (50 us .. 5 ms), dead clients reaped on the way, Ctrl-C between pauses.
+std::uint64_t allocate_waiting(Heap &h, std::size_t n, std::size_t align, const Deadline &d) {
+    GilRelease nogil;
+    auto pause = std::chrono::nanoseconds(50'000);
+    for (;;) {
+        try {
+            return h.allocate(n, align);
+        } catch (const OutOfMemory &) {
+            if (d.expired())
+                throw;
+        }
+        check_interrupt();
+        (void)h.reap_dead_clients(d);
+        std::this_thread::sleep_for(std::min(pause, d.remaining()));
+        pause = std::min(pause * 2, std::chrono::nanoseconds(5'000'000));
+    }
+}
+
+// heap.allocate(nbytes, align=64, timeout=0) -> Block
 PyObject *heap_allocate(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                         PyObject *kwnames) {
     PyObject *nbytes_o = nargs > 0 ? args[0] : nullptr;
     PyObject *align_o = nargs > 1 ? args[1] : nullptr;
-    if (nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "allocate() takes at most 2 positional arguments");
+    PyObject *timeout_o = nargs > 2 ? args[2] : nullptr;
+    if (nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "allocate() takes at most 3 positional arguments");
         return nullptr;
     }
     if (kwnames) {
@@ -137,6 +160,8 @@ PyObject *heap_allocate(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                 nbytes_o = v;
             else if (PyUnicode_CompareWithASCIIString(k, "align") == 0 && !align_o)
                 align_o = v;
+            else if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0 && !timeout_o)
+                timeout_o = v;
             else {
                 PyErr_Format(PyExc_TypeError, "allocate() got an unexpected keyword argument %R",
                              k);
@@ -176,9 +201,27 @@ PyObject *heap_allocate(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetString(PyExc_ValueError, "Heap is closed");
         return nullptr;
     }
-    std::uint64_t off;
+    // timeout: 0 (default) = MemoryError at once; > 0 or None = wait for another process
+    // (or thread) to free memory, up to `timeout` seconds (back-pressure).
+    std::optional<double> timeout = 0.0;
+    if (timeout_o == Py_None) {
+        timeout = std::nullopt;
+    } else if (timeout_o) {
+        const double t = PyFloat_AsDouble(timeout_o);
+        if (t == -1.0 && PyErr_Occurred())
+            return nullptr;
+        timeout = t;
+    }
+    std::uint64_t off = 0;
     try {
-        off = ph->heap->allocate(static_cast<std::size_t>(n), static_cast<std::size_t>(align));
+        try {
+            off = ph->heap->allocate(static_cast<std::size_t>(n), static_cast<std::size_t>(align));
+        } catch (const OutOfMemory &) {
+            if (timeout && *timeout <= 0)
+                throw;
+            off = allocate_waiting(*ph->heap, static_cast<std::size_t>(n),
+                                   static_cast<std::size_t>(align), Deadline(timeout));
+        }
     } catch (...) {
         return translate();
     }
@@ -195,10 +238,12 @@ PyObject *heap_allocate(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
 PyMethodDef g_allocate_def = {
     "allocate", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(heap_allocate)),
     METH_FASTCALL | METH_KEYWORDS,
-    "allocate(nbytes, align=64) -> Block\n\n"
+    "allocate(nbytes, align=64, timeout=0) -> Block\n\n"
     "A writable Block of nbytes (>= 1) shared-memory bytes, aligned to `align` (a power of two,\n"
     "at most the page size). MemoryError (saying what was asked, what is free and the largest\n"
-    "free block) if the heap is full and cannot grow; the heap stays usable."};
+    "free block) if the heap is full and cannot grow; the heap stays usable. timeout > 0 (or\n"
+    "None: forever) waits that long for another process or thread to free memory first\n"
+    "(back-pressure, e.g. behind slow topic subscribers)."};
 
 // --- Block -----------------------------------------------------------------------------
 
