@@ -374,3 +374,33 @@ TEST(Channel, a_forked_child_does_not_inherit_the_parents_role) {
     EXPECT_EQ(tx->queued(), 1u);
     tx->send_bytes("q", 1, RecordKind::Block, {}, secs(1)); // the parent is still the sender
 }
+
+TEST(Channel, small_messages_travel_inline_without_heap_blocks) {
+    auto heap = make_heap(fresh("inline"));
+    auto tx = Channel::open(*heap, "c", 64);
+    auto rx = Channel::open(*heap, "c", 64);
+    heap->flush_thread_caches(true);
+    const auto before = heap->stats().allocations;
+    for (std::uint64_t i = 0; i < 20; ++i) {
+        const std::string p = payload(i % kInlineSlotBytes);
+        tx->send_bytes(p.data(), p.size(), RecordKind::Block, {}, secs(1));
+    }
+    const std::string big(kInlineSlotBytes + 1, 'b');
+    tx->send_bytes(big.data(), big.size(), RecordKind::Block, {}, secs(1)); // a block record
+    heap->flush_thread_caches(true);
+    EXPECT_EQ(heap->stats().allocations, before + 1) << "only the large message took a block";
+    // recv() of an inline record: a new block of the receiver with the bytes.
+    ChannelMessage m = rx->recv(secs(1));
+    EXPECT_EQ(read_block(*heap, m), payload(0));
+    EXPECT_EQ(heap->owner_of(m.offset), heap->client_id());
+    heap->deallocate(m.offset);
+    // recv_many: inline bytes straight from the ring, the block record in order among them.
+    std::vector<std::string> out;
+    while (out.size() < 20)
+        rx->recv_many(out, 7, secs(1));
+    for (std::uint64_t i = 1; i < 20; ++i)
+        EXPECT_EQ(out[i - 1], payload(i % kInlineSlotBytes));
+    EXPECT_EQ(out[19], big);
+    heap->flush_thread_caches(true);
+    EXPECT_EQ(heap->stats().allocations, before);
+}
