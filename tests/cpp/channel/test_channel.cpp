@@ -404,3 +404,41 @@ TEST(Channel, small_messages_travel_inline_without_heap_blocks) {
     heap->flush_thread_caches(true);
     EXPECT_EQ(heap->stats().allocations, before);
 }
+
+TEST(Channel, try_recv_polling_a_busy_sender_never_mistakes_an_inline_record) {
+    auto heap = make_heap(fresh("inline-poll"));
+    // Capacity 1: the ring is empty between most records, so the empty -> arrived transition
+    // (the window of the bug this guards against) happens on nearly every message.
+    auto tx = Channel::open(*heap, "c", 1);
+    auto rx = Channel::open(*heap, "c", 1);
+    constexpr std::uint64_t kN = 200000;
+    std::thread sender([&] {
+        try {
+            for (std::uint64_t i = 0; i < kN; ++i) {
+                const std::string p = payload(i % kInlineSlotBytes);
+                tx->send_bytes(p.data(), p.size(), RecordKind::Block, {}, secs(30));
+            }
+        } catch (const std::exception &) {
+            // the receiver gave up (closed): PeerDied
+        }
+    });
+    std::uint64_t got = 0;
+    std::string error;
+    const auto end = std::chrono::steady_clock::now() + 60s;
+    try {
+        while (got < kN && std::chrono::steady_clock::now() < end) {
+            std::optional<ChannelMessage> m = rx->try_recv(); // empty-then-arrived races
+            if (!m)
+                continue;
+            EXPECT_EQ(read_block(*heap, *m), payload(got % kInlineSlotBytes));
+            heap->deallocate(m->offset);
+            ++got;
+        }
+    } catch (const std::exception &e) {
+        error = e.what();
+    }
+    rx->close(); // a sender still blocked on the full ring leaves (PeerDied)
+    sender.join();
+    EXPECT_EQ(error, "");
+    EXPECT_EQ(got, kN);
+}
