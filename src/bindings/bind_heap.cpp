@@ -11,6 +11,8 @@
 
 #include <cstring>
 #include <pthread.h>
+#include <chrono>
+#include <thread>
 
 namespace shmipc::bindings {
 
@@ -125,9 +127,9 @@ PyObject *heap_allocate(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                         PyObject *kwnames) {
     PyObject *nbytes_o = nargs > 0 ? args[0] : nullptr;
     PyObject *align_o = nargs > 1 ? args[1] : nullptr;
-    PyObject *timeout_o = nullptr;
-    if (nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "allocate() takes at most 2 positional arguments");
+    PyObject *timeout_o = nargs > 2 ? args[2] : nullptr;
+    if (nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "allocate() takes at most 3 positional arguments");
         return nullptr;
     }
     if (kwnames) {
@@ -180,7 +182,7 @@ PyObject *heap_allocate(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetString(PyExc_ValueError, "Heap is closed");
         return nullptr;
     }
-    std::uint64_t off;
+    std::uint64_t off = 0;
     try {
         // timeout=0 (the default): MemoryError at once when full. > 0 or None: wait for memory
         // another client frees (back-pressure), with the GIL released.

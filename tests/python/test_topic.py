@@ -414,3 +414,35 @@ def test_remove_of_a_channel_frees_what_is_queued(heap: shmipc.Heap) -> None:
     heap.remove("c")
     assert heap.channels() == {}
     assert used(heap) == base
+
+
+def test_allocate_with_a_timeout_waits_for_memory_to_be_freed(name: str) -> None:
+    with shmipc.Heap.create(name, size=4 << 20) as h:
+        big = h.allocate(3 << 20)
+        t0 = time.monotonic()
+        with pytest.raises(MemoryError):
+            h.allocate(2 << 20, timeout=0.2)
+        assert time.monotonic() - t0 >= 0.19
+        with pytest.raises(MemoryError):
+            h.allocate(2 << 20)  # timeout=0: at once
+        threading.Timer(0.2, big.release).start()
+        blk = h.allocate(2 << 20, timeout=10)  # back-pressure: waits for the release
+        assert blk.nbytes == 2 << 20
+        blk.release()
+
+
+def test_closing_the_heap_first_leaves_handles_and_samples_harmless(name: str) -> None:
+    h = shmipc.Heap.create(name, size=4 << 20)
+    pub = h.publisher("t")
+    sub = h.subscriber("t")
+    pub.publish(b"sample")
+    s = sub.recv(timeout=1)
+    h.close()  # no buffer views are exported: allowed
+    assert pub.closed and sub.closed
+    with pytest.raises(ValueError, match="closed"):
+        pub.publish(b"x")
+    with pytest.raises(ValueError, match="closed"):
+        sub.recv(timeout=0)
+    s.release()  # the heap is gone: nothing to give back, no crash
+    del s, pub, sub
+    gc.collect()

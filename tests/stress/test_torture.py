@@ -117,6 +117,81 @@ def test_channel_receiver_killed_blocked_sender_gets_peer_died(ctx: Any, trials:
             ch.release()
 
 
+# ------------------------------------------------------------------------------- topics
+def _used(heap: shmipc.Heap) -> int:
+    gc.collect()
+    heap._flush_caches()
+    return int(heap.stats()["used"])
+
+
+def test_topic_publisher_killed_subscribers_see_an_ordered_prefix_and_nothing_leaks(
+    ctx: Any, trials: int
+) -> None:
+    rng = random.Random(8)
+    with shmipc.Heap.anonymous(32 << 20) as heap:
+        base = _used(heap)
+        for t in range(trials):
+            name = f"t{t}"
+            heap.publisher(name, capacity=16, history=2).close()  # the topic exists...
+            heap.remove(name)  # ...and is gone again: the child creates it
+            subs: list[Any] = []
+            got: list[list[int]] = [[], []]
+
+            def drain(subs: list[Any] = subs, got: list[list[int]] = got, name: str = name) -> None:
+                if not subs and name in heap.topics():
+                    subs.extend(heap.subscriber(name) for _ in range(2))
+                for s, g in zip(subs, got, strict=False):
+                    try:
+                        blk = s.recv(timeout=0)
+                    except TimeoutError:
+                        continue
+                    g.append(struct.unpack("<q", bytes(blk)[:8])[0])
+                    blk.release()
+
+            _kill_at_random(ctx, rng, w.topic_publisher, heap, name, during=drain)
+            if not subs:
+                subs.extend(heap.subscriber(name) for _ in range(2))
+            for s, g in zip(subs, got, strict=True):
+                t0 = time.monotonic()
+                with pytest.raises(shmipc.PeerDiedError):
+                    while True:
+                        blk = s.recv(timeout=10)
+                        g.append(struct.unpack("<q", bytes(blk)[:8])[0])
+                        blk.release()
+                assert time.monotonic() - t0 < 10
+                if g:
+                    assert g == list(range(g[0], g[0] + len(g))), f"trial {t}: out of order/lost"
+                s.close()
+            heap.remove(name)
+            assert _used(heap) == base, f"trial {t}: samples not reclaimed"
+
+
+def test_topic_subscribers_killed_never_block_the_publisher_and_nothing_leaks(
+    ctx: Any, trials: int
+) -> None:
+    rng = random.Random(9)
+    with shmipc.Heap.anonymous(32 << 20) as heap:
+        base = _used(heap)
+        for t in range(trials):
+            name = f"s{t}"
+            pub = heap.publisher(name, capacity=8, history=1)
+
+            def push(pub: Any = pub) -> None:
+                try:
+                    pub.publish(b"x" * 64, timeout=0)
+                except TimeoutError:
+                    pass
+
+            _kill_at_random(ctx, rng, w.topic_subscriber, heap, name, t, during=push)
+            t0 = time.monotonic()
+            for _ in range(40):  # fills the dead subscriber's queue, then must go past it
+                pub.publish(b"y" * 64, timeout=10)
+            assert time.monotonic() - t0 < 5
+            pub.close()
+            heap.remove(name)
+            assert _used(heap) == base, f"trial {t}: the dead subscriber's samples leaked"
+
+
 # ------------------------------------------------------------------------------- values
 def test_value_readers_never_see_a_torn_value_and_the_next_writer_proceeds(
     ctx: Any, trials: int, name: str

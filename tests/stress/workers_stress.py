@@ -51,6 +51,34 @@ def channel_receiver(heap: Any, name: str, *, conn: Any) -> None:
         ch.recv().release()
 
 
+def topic_publisher(heap: Any, name: str, *, conn: Any) -> None:
+    """Publishes 0, 1, 2... (bytes and zero-copy Blocks) until killed."""
+    pub = heap.publisher(name, capacity=16, history=2)
+    pub.publish(struct.pack("<q", 0))
+    _ready(conn)
+    i = 1
+    while True:
+        if i % 2:
+            blk = heap.allocate(8 + (i % 700), timeout=10)
+            memoryview(blk)[:8] = struct.pack("<q", i)
+            pub.publish(blk, timeout=10)
+        else:
+            pub.publish(struct.pack("<q", i), timeout=10)
+        i += 1
+
+
+def topic_subscriber(heap: Any, name: str, seed: int, *, conn: Any) -> None:
+    """Receives and holds a random number of samples until killed."""
+    rng = np.random.default_rng(seed)
+    sub = heap.subscriber(name)
+    _ready(conn)
+    held = []
+    while True:
+        held.append(sub.recv(timeout=30))
+        while len(held) > int(rng.integers(6)):
+            held.pop(int(rng.integers(len(held)))).release()
+
+
 def value_writer(name: str, start: int, *, conn: Any) -> None:
     v = shmipc.SharedValue.attach(name)
     _ready(conn)

@@ -683,11 +683,11 @@ ChannelMessage Channel::recv(const Deadline &deadline) {
     // What can fail for lack of resources (mapping a segment the sender's side grew: EMFILE)
     // happens before the pop, so a failed receive leaves the record queued.
     heap_.map_all_segments();
-    if (consumer_.front()->tag == static_cast<std::uint64_t>(RecordKind::Inline))
+    const RingRecord *f = consumer_.front(); // non-null: wait_for_record saw it, only we pop
+    if (f->tag == static_cast<std::uint64_t>(RecordKind::Inline))
         return take_inline();
-    RingRecord rec{};
-    const bool popped = consumer_.try_pop(rec);
-    (void)popped; // wait_for_record saw it and only this handle pops
+    const RingRecord rec = *f;
+    consumer_.pop();
     return take(rec);
 }
 
@@ -715,19 +715,18 @@ std::optional<ChannelMessage> Channel::try_recv() {
         return std::nullopt; // another thread is inside this handle
     ensure_role(ChannelRole::Receiver);
     heap_.map_all_segments(); // before the pop (see recv)
-    // One look at the front decides: a record pushed after it is left for the next call (a
-    // try_pop here could take an inline record as if it named a block).
+    // One look at the front: a record that arrives after it is left for the next call (looking
+    // twice could see an inline record the first look missed and take it as a block record).
     const RingRecord *f = consumer_.front();
-    if (!f) {
+    if (f == nullptr) {
         if (consumer_.closed_and_empty())
             throw EndOfStream("channel '" + name_ + "' was closed by its sender");
         return std::nullopt;
     }
     if (f->tag == static_cast<std::uint64_t>(RecordKind::Inline))
         return take_inline();
-    RingRecord rec{};
-    const bool popped = consumer_.try_pop(rec);
-    (void)popped; // front() saw it and only this handle pops
+    const RingRecord rec = *f;
+    consumer_.pop();
     return take(rec);
 }
 

@@ -517,9 +517,13 @@ void TopicPublisher::wait_for_room(const Deadline &deadline) {
         [&]() -> std::chrono::nanoseconds {
             if (deadline.expired())
                 return std::chrono::nanoseconds{0};
-            if (!first)
-                check_interrupt();
-            first = false;
+            // Before the first sleep only the deadline matters: a wake-up usually ends the wait,
+            // and the lock and liveness syscalls would cost every blocked hand-off.
+            if (first) {
+                first = false;
+                return deadline.slice();
+            }
+            check_interrupt();
             {
                 auto lk = t.lock(deadline);
                 (void)t.reap_dead_locked(true); // a dead subscriber blocks us at most a slice

@@ -5,10 +5,12 @@
 // A topic is a named object of its heap (kind kNamedTopic, a block held by the heap):
 //
 //   offset                          size               what
-//   0                               256 (4 lines)      TopicControl: geometry, lock, publisher,
-//                                                      head, recovery words, two futex words
-//   256                             16 * slots         TopicSlot[slots]: {seq, sample header}
-//   256 + pad64(16 * slots)         sub_bytes * max_s  SubscriberSlot[max_subscribers], each
+//   0                               320 (5 lines)      TopicControl: geometry; lock, publisher
+//                                                      token, recovery words; head and publisher
+//                                                      state (what spinning subscribers read, on
+//                                                      a line of its own); two futex words
+//   320                             16 * slots         TopicSlot[slots]: {seq, sample header}
+//   320 + pad64(16 * slots)         sub_bytes * max_s  SubscriberSlot[max_subscribers], each
 //                                                      followed by held[max_held] (u64 each)
 //
 // Samples. Each published sample is two heap blocks held by the heap (kOwnerHeld): the data
@@ -93,29 +95,30 @@ struct alignas(64) TopicControl {
     std::uint32_t max_subscribers; // 1..kTopicMaxSubscribers
     std::uint32_t max_held;        // held[] entries per subscriber, 1..kTopicMaxHeld
     std::uint32_t reserved0[7];
-    // --- line 1: lock, publisher, head, recovery words --------------------------------------
+    // --- line 1: lock, publisher claim, recovery words (written under the lock) -------------
     alignas(64) RobustMutexWord lock;
     std::atomic<std::uint32_t> pub_token; // lock token of the publisher's heap client
-    std::atomic<std::uint32_t> pub_state; // PublisherState
-    std::atomic<std::uint64_t> head;      // next seq to publish (samples [head - slots, head))
+    std::atomic<std::uint32_t> sub_limit; // slots [0, sub_limit) were ever used (scan bound)
     std::atomic<std::uint64_t> inflight;  // header of the sample being published (lock held)
     std::atomic<std::uint64_t> evicting;  // header leaving the ring (lock held)
     std::atomic<std::uint64_t> freeing;   // header whose blocks are being freed (lock held)
-    std::atomic<std::uint32_t> sub_limit; // slots [0, sub_limit) were ever used (scan bound)
-    std::uint32_t reserved1;
-    std::uint64_t reserved2;
-    // --- line 2: subscribers sleep here; the publisher wakes them ---------------------------
+    std::uint64_t reserved1[3];
+    // --- line 2: what waiting subscribers read (the publisher writes it, once per sample) -----
+    alignas(64) std::atomic<std::uint64_t> head; // next seq to publish ([head - slots, head))
+    std::atomic<std::uint32_t> pub_state;        // PublisherState
+    std::uint32_t reserved2[13];
+    // --- line 3: subscribers sleep here; the publisher wakes them ---------------------------
     alignas(64) FutexWord data;
-    // --- line 3: the publisher sleeps here (overflow=block); subscribers wake it -----------
+    // --- line 4: the publisher sleeps here (overflow=block); subscribers wake it -----------
     alignas(64) FutexWord room;
 };
 static_assert(std::is_standard_layout_v<TopicControl>);
-static_assert(sizeof(TopicControl) == 256);
+static_assert(sizeof(TopicControl) == 320);
 static_assert(offsetof(TopicControl, capacity) == 12 && offsetof(TopicControl, max_held) == 32);
 static_assert(offsetof(TopicControl, lock) == 64 && offsetof(TopicControl, pub_token) == 72);
-static_assert(offsetof(TopicControl, head) == 80 && offsetof(TopicControl, freeing) == 104);
-static_assert(offsetof(TopicControl, sub_limit) == 112);
-static_assert(offsetof(TopicControl, data) == 128 && offsetof(TopicControl, room) == 192);
+static_assert(offsetof(TopicControl, sub_limit) == 76 && offsetof(TopicControl, freeing) == 96);
+static_assert(offsetof(TopicControl, head) == 128 && offsetof(TopicControl, pub_state) == 136);
+static_assert(offsetof(TopicControl, data) == 192 && offsetof(TopicControl, room) == 256);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
 struct TopicSlot {

@@ -374,3 +374,71 @@ TEST(Channel, a_forked_child_does_not_inherit_the_parents_role) {
     EXPECT_EQ(tx->queued(), 1u);
     tx->send_bytes("q", 1, RecordKind::Block, {}, secs(1)); // the parent is still the sender
 }
+
+TEST(Channel, small_messages_travel_inline_without_heap_blocks) {
+    auto heap = make_heap(fresh("inline"));
+    auto tx = Channel::open(*heap, "c", 64);
+    auto rx = Channel::open(*heap, "c", 64);
+    heap->flush_thread_caches(true);
+    const auto before = heap->stats().allocations;
+    for (std::uint64_t i = 0; i < 20; ++i) {
+        const std::string p = payload(i % kInlineSlotBytes);
+        tx->send_bytes(p.data(), p.size(), RecordKind::Block, {}, secs(1));
+    }
+    const std::string big(kInlineSlotBytes + 1, 'b');
+    tx->send_bytes(big.data(), big.size(), RecordKind::Block, {}, secs(1)); // a block record
+    heap->flush_thread_caches(true);
+    EXPECT_EQ(heap->stats().allocations, before + 1) << "only the large message took a block";
+    // recv() of an inline record: a new block of the receiver with the bytes.
+    ChannelMessage m = rx->recv(secs(1));
+    EXPECT_EQ(read_block(*heap, m), payload(0));
+    EXPECT_EQ(heap->owner_of(m.offset), heap->client_id());
+    heap->deallocate(m.offset);
+    // recv_many: inline bytes straight from the ring, the block record in order among them.
+    std::vector<std::string> out;
+    while (out.size() < 20)
+        rx->recv_many(out, 7, secs(1));
+    for (std::uint64_t i = 1; i < 20; ++i)
+        EXPECT_EQ(out[i - 1], payload(i % kInlineSlotBytes));
+    EXPECT_EQ(out[19], big);
+    heap->flush_thread_caches(true);
+    EXPECT_EQ(heap->stats().allocations, before);
+}
+
+TEST(Channel, try_recv_polling_a_busy_sender_never_mistakes_an_inline_record) {
+    auto heap = make_heap(fresh("inline-poll"));
+    // Capacity 1: the ring is empty between most records, so the empty -> arrived transition
+    // (the window of the bug this guards against) happens on nearly every message.
+    auto tx = Channel::open(*heap, "c", 1);
+    auto rx = Channel::open(*heap, "c", 1);
+    constexpr std::uint64_t kN = 200000;
+    std::thread sender([&] {
+        try {
+            for (std::uint64_t i = 0; i < kN; ++i) {
+                const std::string p = payload(i % kInlineSlotBytes);
+                tx->send_bytes(p.data(), p.size(), RecordKind::Block, {}, secs(30));
+            }
+        } catch (const std::exception &) {
+            // the receiver gave up (closed): PeerDied
+        }
+    });
+    std::uint64_t got = 0;
+    std::string error;
+    const auto end = std::chrono::steady_clock::now() + 60s;
+    try {
+        while (got < kN && std::chrono::steady_clock::now() < end) {
+            std::optional<ChannelMessage> m = rx->try_recv(); // empty-then-arrived races
+            if (!m)
+                continue;
+            EXPECT_EQ(read_block(*heap, *m), payload(got % kInlineSlotBytes));
+            heap->deallocate(m->offset);
+            ++got;
+        }
+    } catch (const std::exception &e) {
+        error = e.what();
+    }
+    rx->close(); // a sender still blocked on the full ring leaves (PeerDied)
+    sender.join();
+    EXPECT_EQ(error, "");
+    EXPECT_EQ(got, kN);
+}

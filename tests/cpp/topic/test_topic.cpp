@@ -60,8 +60,9 @@ void publish(TopicPublisher &p, const std::string &s, double timeout = 5.0) {
 
 } // namespace
 
-TEST(TopicLayout, control_block_is_four_lines_and_slots_are_sized) {
-    static_assert(sizeof(TopicControl) == 256);
+TEST(TopicLayout, control_block_is_five_lines_and_slots_are_sized) {
+    static_assert(sizeof(TopicControl) == 320);
+    static_assert(offsetof(TopicControl, head) % 64 == 0, "head has a line of its own");
     static_assert(sizeof(SubscriberSlot) == 64);
     static_assert(sizeof(SampleHeader) == 64);
     static_assert(sizeof(TopicSlot) == 16);
