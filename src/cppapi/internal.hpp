@@ -108,6 +108,7 @@ struct Stream::Impl {
     std::string name;
     bool owner = false;
     bool remove_on_close = false;
+    pid_t pid = 0; // a forked child's copy never removes its parent's name
     ~Impl();
 };
 

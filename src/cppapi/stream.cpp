@@ -21,7 +21,7 @@ Stream::Impl &stream_of(const std::unique_ptr<Stream::Impl> &i) {
 } // namespace
 
 Stream::Impl::~Impl() {
-    if (fd && remove_on_close)
+    if (fd && remove_on_close && pid == ::getpid())
         release_stream_name(name, fd.get());
 }
 
@@ -32,6 +32,7 @@ Stream Stream::create(std::string_view name, mode_t mode, bool persistent) {
     s.impl_->fd = create_stream(s.impl_->name, mode, persistent, false);
     s.impl_->owner = true;
     s.impl_->remove_on_close = !persistent;
+    s.impl_->pid = ::getpid();
     return s;
 }
 Stream Stream::open(std::string_view name, Mode mode) {

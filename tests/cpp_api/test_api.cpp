@@ -46,7 +46,7 @@ struct SocketPair {
 
 } // namespace
 
-TEST(Array, DtypeOfMatchesNumpy) {
+TEST(ApiArray, DtypeOfMatchesNumpy) {
     EXPECT_EQ(shmipc::dtype_of<float>(), "<f4");
     EXPECT_EQ(shmipc::dtype_of<double>(), "<f8");
     EXPECT_EQ(shmipc::dtype_of<std::uint8_t>(), "|u1");
@@ -69,7 +69,7 @@ TEST(Array, DtypeOfMatchesNumpy) {
     EXPECT_EQ(shmipc::array_cast<float>(std::as_bytes(std::span(xs)), info).size(), 6u);
 }
 
-TEST(Errors, RootedAtError) {
+TEST(ApiErrors, RootedAtError) {
     static_assert(std::is_base_of_v<shmipc::Error, shmipc::PeerDied>);
     static_assert(std::is_base_of_v<shmipc::Error, shmipc::OsError>);
     static_assert(std::is_base_of_v<std::runtime_error, shmipc::Error>);
@@ -84,7 +84,7 @@ TEST(Errors, RootedAtError) {
     EXPECT_FALSE(shmipc::unlink(unique("never")));
 }
 
-TEST(Buffer, SendMovesAndRecvOwns) {
+TEST(ApiBuffer, SendMovesAndRecvOwns) {
     SocketPair sp;
     shmipc::Buffer b(4096);
     EXPECT_EQ(b.nbytes(), 4096u);
@@ -107,7 +107,7 @@ TEST(Buffer, SendMovesAndRecvOwns) {
     EXPECT_THROW((void)shmipc::Meta::json("[1]"), shmipc::InvalidArgument);
 }
 
-TEST(Buffer, ArraysAndErrors) {
+TEST(ApiBuffer, ArraysAndErrors) {
     SocketPair sp;
     auto b = shmipc::Buffer::from_bytes(bytes_of(std::string(24, '\0')));
     auto *p = reinterpret_cast<std::int32_t *>(b.writable_bytes().data());
@@ -136,7 +136,7 @@ TEST(Buffer, ArraysAndErrors) {
     EXPECT_THROW((void)shmipc::recv(sp.fd[1], 5s), shmipc::EndOfStream);
 }
 
-TEST(Heap, BlocksAndChannelBetweenHandles) {
+TEST(ApiHeap, BlocksAndChannelBetweenHandles) {
     const std::string name = unique("heap");
     auto heap = shmipc::Heap::create(name, {.size = 1 << 20});
     auto other = shmipc::Heap::attach(name); // the receiver: a handle of its own
@@ -178,7 +178,7 @@ TEST(Heap, BlocksAndChannelBetweenHandles) {
     EXPECT_GE(heap.stats().size, 1u << 20);
 }
 
-TEST(Heap, SecondSenderIsBusyAndForeignBlocksRefused) {
+TEST(ApiHeap, SecondSenderIsBusyAndForeignBlocksRefused) {
     const std::string name = unique("busy");
     auto heap = shmipc::Heap::create(name, {.size = 1 << 20});
     auto h2 = shmipc::Heap::attach(name);
@@ -193,7 +193,7 @@ TEST(Heap, SecondSenderIsBusyAndForeignBlocksRefused) {
     EXPECT_THROW((void)heap.allocate(std::size_t{1} << 30), shmipc::OutOfMemory);
 }
 
-TEST(Heap, KilledSenderIsPeerDied) {
+TEST(ApiHeap, KilledSenderIsPeerDied) {
     const std::string name = unique("died");
     auto heap = shmipc::Heap::create(name, {.size = 1 << 20});
     auto rx = heap.channel("c");
@@ -223,7 +223,7 @@ TEST(Heap, KilledSenderIsPeerDied) {
     ::close(ready[1]);
 }
 
-TEST(Queue, PutGetAndLimits) {
+TEST(ApiQueue, PutGetAndLimits) {
     const std::string name = unique("q");
     auto q = shmipc::MessageQueue::create(name, {.maxsize = 2, .max_message_size = 16});
     auto r = shmipc::MessageQueue::attach(name);
@@ -244,7 +244,7 @@ TEST(Queue, PutGetAndLimits) {
     EXPECT_THROW((void)r.get(), shmipc::Closed);
 }
 
-TEST(Value, EveryKindReadsBack) {
+TEST(ApiValue, EveryKindReadsBack) {
     const std::string name = unique("v");
     auto w = shmipc::SharedValue::create(name, {.size = 64});
     auto r = shmipc::SharedValue::attach(name);
@@ -273,7 +273,7 @@ TEST(Value, EveryKindReadsBack) {
     EXPECT_THROW(w.write_array(std::as_bytes(std::span(m)), f), shmipc::InvalidArgument);
 }
 
-TEST(Stream, OwnerAndGuest) {
+TEST(ApiStream, OwnerAndGuest) {
     const std::string name = unique("s");
     {
         auto s = shmipc::Stream::create(name);
