@@ -13,4 +13,5 @@
 #include "shmipc/heap.hpp"
 #include "shmipc/queue.hpp"
 #include "shmipc/stream.hpp"
+#include "shmipc/topic.hpp"
 #include "shmipc/value.hpp"

@@ -16,6 +16,7 @@
 #include "ipc_core/channel/channel.hpp"
 #include "ipc_core/heap/heap.hpp"
 #include "ipc_core/queue/message_queue.hpp"
+#include "ipc_core/topic/topic.hpp"
 #include "ipc_core/value/shared_value.hpp"
 
 namespace shmipc::engine {
@@ -25,6 +26,10 @@ using Heap = ::shmipc::Heap;
 using HeapOptions = ::shmipc::HeapOptions;
 using MessageQueue = ::shmipc::MessageQueue;
 using SharedValue = ::shmipc::SharedValue;
+using TopicOptions = ::shmipc::TopicOptions;
+using TopicPublisher = ::shmipc::TopicPublisher;
+using TopicSubscriber = ::shmipc::TopicSubscriber;
+using TopicSample = ::shmipc::TopicSample;
 } // namespace shmipc::engine
 
 #include "shmipc/shmipc.hpp"

@@ -157,6 +157,47 @@ int run(const std::vector<std::string> &a) {
             }
         }
     }
+    if (cmd == "topic-publish") {
+        // Publishes n samples once `want` subscribers are there: bytes, an array, a block.
+        auto heap = shmipc::Heap::attach(a.at(2));
+        auto pub = shmipc::Publisher::open(heap, a.at(3), {.capacity = 8, .history = 1});
+        const int n = std::stoi(a.at(4));
+        const std::uint32_t want = static_cast<std::uint32_t>(std::stoul(a.at(5)));
+        std::cout << "ready" << std::endl;
+        for (int i = 0; i < 3000 && pub.subscribers() < want; ++i)
+            std::this_thread::sleep_for(10ms);
+        for (int i = 0; i < n; ++i)
+            pub.publish("sample-" + std::to_string(i), kWait);
+        std::vector<std::int32_t> xs(6);
+        std::iota(xs.begin(), xs.end(), 10);
+        pub.publish_array(std::span<const std::int32_t>(xs), {3, 2}, kWait);
+        shmipc::Block blk = heap.allocate(4096);
+        std::memset(blk.bytes().data(), 0x5A, blk.nbytes());
+        pub.publish(std::move(blk), kWait); // zero copy: every subscriber gets this block
+        pub.close();
+        std::cout << "published " << n + 2 << std::endl;
+        return 0;
+    }
+    if (cmd == "topic-subscribe") {
+        auto heap = shmipc::Heap::attach(a.at(2));
+        auto sub = shmipc::Subscriber::open(heap, a.at(3));
+        std::cout << "subscribed" << std::endl;
+        for (;;) {
+            try {
+                shmipc::Sample s = sub.recv(kWait);
+                if (s.is_array())
+                    print_array(s.info(), s.bytes());
+                else
+                    std::cout << "bytes " << text_of(s.bytes()) << "\n";
+            } catch (const shmipc::EndOfStream &) {
+                std::cout << "eof" << std::endl;
+                return 0;
+            } catch (const shmipc::PeerDied &) {
+                std::cout << "peer-died" << std::endl;
+                return 0;
+            }
+        }
+    }
     if (cmd == "heap-create") {
         auto heap = shmipc::Heap::create(a.at(2), {.size = 4 << 20});
         auto ch = heap.channel(a.at(3), 64);

@@ -10,9 +10,11 @@
 #include <csignal>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -290,3 +292,78 @@ TEST(ApiStream, OwnerAndGuest) {
     } // the owner's close removes the name
     EXPECT_THROW((void)shmipc::Stream::open(name), shmipc::OsError);
 }
+
+namespace {
+TEST(ApiTopic, EverySubscriberGetsEverySampleAndTheStreamEnds) {
+    auto name = unique("topic");
+    auto heap = shmipc::Heap::create(name);
+    auto pub = shmipc::Publisher::open(heap, "t", {.capacity = 4, .history = 1});
+    auto a = shmipc::Subscriber::open(heap, "t");
+    auto b = shmipc::Subscriber::open(heap, "t");
+    EXPECT_EQ(pub.subscribers(), 2u);
+    pub.publish(std::string_view("one"), 1s);
+    std::vector<float> xs{1.5f, 2.5f, 3.5f, 4.5f};
+    pub.publish_array(std::span<const float>(xs), {2, 2}, 1s);
+    shmipc::Block blk = heap.allocate(64);
+    std::memset(blk.bytes().data(), 7, 64);
+    pub.publish(std::move(blk), 1s);
+    EXPECT_TRUE(blk.released()); // moved: zero copy
+    for (auto *s : {&a, &b}) {
+        EXPECT_EQ(s->pending(), 3u);
+        shmipc::Sample one = s->recv(1s);
+        EXPECT_EQ(str(one.bytes()), "one");
+        shmipc::Sample arr = s->recv(1s);
+        ASSERT_TRUE(arr.is_array());
+        EXPECT_EQ(arr.info().dtype, "<f4");
+        EXPECT_EQ(arr.as<float>()[3], 4.5f);
+        shmipc::Sample raw = s->recv(1s);
+        EXPECT_EQ(raw.bytes().size(), 64u);
+        EXPECT_EQ(raw.bytes()[63], std::byte{7});
+    }
+    // A late joiner gets `history` earlier samples.
+    auto late = shmipc::Subscriber::open(heap, "t");
+    EXPECT_EQ(late.recv(1s).bytes().size(), 64u);
+    EXPECT_THROW((void)a.recv(10ms), shmipc::Timeout);
+    EXPECT_THROW((void)shmipc::Publisher::open(heap, "t"), shmipc::ChannelBusy);
+    pub.close();
+    EXPECT_THROW((void)a.recv(1s), shmipc::EndOfStream);
+}
+
+TEST(ApiTopic, DropOldestCountsWhatASlowSubscriberMissed) {
+    auto name = unique("topic_drop");
+    auto heap = shmipc::Heap::create(name);
+    auto pub = shmipc::Publisher::open(heap, "t", {.capacity = 2, .drop_oldest = true});
+    auto s = shmipc::Subscriber::open(heap, "t");
+    for (int i = 0; i < 5; ++i)
+        pub.publish("m" + std::to_string(i), 0ns); // never waits
+    EXPECT_EQ(str(s.recv(1s).bytes()), "m3");
+    EXPECT_EQ(s.missed(), 3u);
+}
+
+TEST(ApiTopic, KilledPublisherIsPeerDiedAfterTheDrain) {
+    auto name = unique("topic_kill");
+    auto heap = shmipc::Heap::create(name);
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        auto h = shmipc::Heap::attach(name);
+        auto pub = shmipc::Publisher::open(h, "t");
+        for (int i = 0; i < 500 && pub.subscribers() == 0; ++i)
+            std::this_thread::sleep_for(10ms);
+        pub.publish(std::string_view("last words"), 1s);
+        ::raise(SIGKILL);
+    }
+    std::optional<shmipc::Subscriber> s;
+    for (int i = 0; i < 500 && !s; ++i) {
+        try {
+            s.emplace(shmipc::Subscriber::open(heap, "t"));
+        } catch (const shmipc::OsError &) {
+            std::this_thread::sleep_for(10ms); // the child has not created the topic yet
+        }
+    }
+    ASSERT_TRUE(s);
+    EXPECT_EQ(str(s->recv(10s).bytes()), "last words");
+    EXPECT_THROW((void)s->recv(10s), shmipc::PeerDied);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+}
+} // namespace

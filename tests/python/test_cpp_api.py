@@ -274,6 +274,76 @@ def test_channel_python_sender_cpp_receiver(build: Path, name: str) -> None:
         ]
 
 
+def test_topic_cpp_publisher_python_subscribers(build: Path, name: str, peers: list[Peer]) -> None:
+    with shmipc.Heap.create(name, size=4 << 20) as heap:
+        base = heap.stats()["used"]
+        peer = Peer(build, "topic-publish", name, "t", "3", "2")
+        peers.append(peer)
+        assert peer.line() == "ready"
+        subs = [heap.subscriber("t") for _ in range(2)]
+        for sub in subs:
+            for i in range(3):
+                with sub.recv(timeout=TIMEOUT) as s:
+                    assert bytes(s) == f"sample-{i}".encode()
+            arr = sub.recv_array(timeout=TIMEOUT)
+            assert arr.dtype == np.int32 and arr.shape == (3, 2) and not arr.flags.writeable
+            np.testing.assert_array_equal(arr, np.arange(10, 16, dtype=np.int32).reshape(3, 2))
+            del arr
+            with sub.recv(timeout=TIMEOUT) as s:  # the same block for both: zero copy
+                assert bytes(s) == b"\x5a" * 4096
+            with pytest.raises(EOFError):
+                sub.recv(timeout=TIMEOUT)
+        rc, out = peer.finish()
+        assert rc == 0 and out == ["published 5"]
+        for sub in subs:
+            sub.close()
+        heap.remove("t")
+        assert heap.stats()["used"] <= base
+
+
+def test_topic_python_publisher_cpp_subscribers(build: Path, name: str, peers: list[Peer]) -> None:
+    with shmipc.Heap.create(name, size=4 << 20) as heap:
+        pub = heap.publisher("t", capacity=8)
+        cpp = [Peer(build, "topic-subscribe", name, "t") for _ in range(2)]
+        peers.extend(cpp)
+        for p in cpp:
+            assert p.line() == "subscribed"
+        for _ in range(int(TIMEOUT * 100)):
+            if heap.topics()["t"]["subscribers"] == 2:
+                break
+            time.sleep(0.01)
+        for i in range(3):
+            pub.publish(f"py-{i}".encode(), timeout=TIMEOUT)
+        pub.publish(np.arange(4, dtype=np.float64).reshape(2, 2), timeout=TIMEOUT)
+        pub.close()
+        for p in cpp:
+            rc, out = p.finish()
+            assert rc == 0
+            assert out == [
+                "bytes py-0",
+                "bytes py-1",
+                "bytes py-2",
+                "array <f8 2,2 C 0.000000,1.000000,2.000000,3.000000",
+                "eof",
+            ]
+        heap.remove("t")
+
+
+def test_sigkilled_cpp_publisher_gives_python_subscriber_peer_died(
+    build: Path, name: str, peers: list[Peer]
+) -> None:
+    with shmipc.Heap.create(name, size=4 << 20) as heap:
+        peer = Peer(build, "topic-publish", name, "k", "0", "5")  # waits for 5 subscribers
+        peers.append(peer)
+        assert peer.line() == "ready"
+        sub = heap.subscriber("k")
+        peer.kill()
+        with pytest.raises(shmipc.PeerDiedError):
+            sub.recv(timeout=TIMEOUT)
+        sub.close()
+        heap.remove("k")
+
+
 def test_channel_heap_created_by_cpp(build: Path, name: str, peers: list[Peer]) -> None:
     peer = Peer(build, "heap-create", name, "made", "4")
     peers.append(peer)
