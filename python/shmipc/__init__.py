@@ -20,7 +20,12 @@ from ._topic import Publisher, Subscriber
 from ._value import SharedValue, Subscription
 from ._wait import wait
 
-__version__ = "0.1.0"
+try:  # the version is written once, in pyproject.toml
+    from importlib.metadata import version as _dist_version
+
+    __version__ = _dist_version("shmipc")
+except Exception:  # noqa: BLE001 -- running from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Buffer",
