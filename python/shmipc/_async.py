@@ -403,6 +403,92 @@ class ChannelAsync:
 # --- message queues ----------------------------------------------------------------------------
 
 
+class SubscriberAsync:
+    """Awaitables and ready_fd() of :class:`~shmipc.Subscriber` (a mixin)."""
+
+    if TYPE_CHECKING:  # provided by Subscriber / SubscriberCore
+
+        @property
+        def name(self) -> str: ...
+
+        def recv(self, timeout: float | None = None) -> Any: ...
+        def recv_array(self, timeout: float | None = None) -> Any: ...
+        def recv_bytes(self, timeout: float | None = None) -> bytes: ...
+        def _recv_ready(self) -> bool: ...
+        def _publisher_dead(self) -> bool: ...
+        def _arm(self, signal: Any, token: int) -> int: ...
+
+    def _wait_probe(self) -> bool:
+        ready: bool = self._recv_ready()
+        return ready
+
+    def _wait_arm(self, signal: Any, token: int) -> int:
+        reg: int = self._arm(signal, token)
+        return reg
+
+    def ready_fd(self) -> int:
+        """An eventfd that is readable when this subscriber may have a sample (or the stream
+        ended, or the publisher died). When it fires, receive with ``timeout=0`` until
+        ``TimeoutError``, then call ``ready_fd()`` again (each call re-arms the same fd). The fd
+        belongs to the subscriber: do not close it."""
+        return _ready_fd(self)
+
+    def _recv_attempt(self, how: Callable[[float], Any]) -> Callable[[int], Any]:
+        def attempt(stage: int) -> Any:
+            if self._recv_ready():
+                try:
+                    return how(0)
+                except TimeoutError:
+                    # Nothing pending: a dead publisher ends the wait (its samples drained).
+                    if self._publisher_dead():
+                        from ._errors import PeerDiedError
+
+                        raise PeerDiedError(
+                            f"the publisher of topic {self.name!r} is gone "
+                            "(it died or left without closing)"
+                        ) from None
+            return _NO
+
+        return attempt
+
+    async def _arecv_with(self, how: Callable[[float], Any], timeout: float | None) -> Any:
+        t = _check_timeout(timeout)
+        r = await _await_op(self._wait_arm, self._recv_attempt(how), t)
+        if r is _NO:
+            raise TimeoutError(f"nothing arrived on topic {self.name!r} within {timeout} s")
+        return r
+
+    async def arecv(self, timeout: float | None = None) -> Any:
+        """``await sub.arecv()``: :meth:`recv` without blocking the event loop."""
+        return await self._arecv_with(self.recv, timeout)
+
+    async def arecv_array(self, timeout: float | None = None) -> Any:
+        """``await sub.arecv_array()``: :meth:`recv_array` without blocking the event loop."""
+        return await self._arecv_with(self.recv_array, timeout)
+
+    async def arecv_bytes(self, timeout: float | None = None) -> bytes:
+        """``await sub.arecv_bytes()``: :meth:`recv_bytes` without blocking the event loop."""
+        out: bytes = await self._arecv_with(self.recv_bytes, timeout)
+        return out
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """``async for s in sub``: samples until the publisher closes (a dead publisher raises
+        :class:`~shmipc.PeerDiedError`)."""
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[Any]:
+        from ._errors import PeerDiedError
+
+        while True:
+            try:
+                sample = await self.arecv()
+            except PeerDiedError:
+                raise
+            except EOFError:
+                return
+            yield sample
+
+
 class QueueAsync:
     """Awaitables and ready_fd() of :class:`~shmipc.MessageQueue` (a mixin)."""
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from . import _core
+from ._async import SubscriberAsync
 from ._channel import _as_bytes_view, _decode_meta, _encode_meta
 from ._errors import PeerDiedError
 from ._heap import Block
@@ -182,7 +183,7 @@ class Publisher(_core.PublisherCore):
         )
 
 
-class Subscriber(_core.SubscriberCore):
+class Subscriber(SubscriberAsync, _core.SubscriberCore):
     """One subscriber of a topic: ``heap.subscriber(name)`` (``FileNotFoundError`` if the topic
     does not exist; a :class:`~shmipc.ShmipcError` naming ``max_subscribers`` when it is full).
 

@@ -9,6 +9,7 @@
 #include "bindings.hpp"
 
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/sync/reactor.hpp"
 #include "ipc_core/topic/topic.hpp"
 
 #include <pybind11/stl.h>
@@ -76,6 +77,7 @@ struct SubscriberCore {
         if (!sub || closed)
             return;
         closed = true;
+        Reactor::release_owner(sub.get()); // awaiting coroutines retry and find it closed
         if (heap_is_open(heap)) {
             GilRelease nogil;
             sub->close();
@@ -84,6 +86,8 @@ struct SubscriberCore {
         }
     }
     ~SubscriberCore() {
+        if (sub)
+            Reactor::release_owner(sub.get());
         if (sub && !heap_is_open(heap))
             sub->abandon();
     }
@@ -203,7 +207,7 @@ PyObject *translate_current() {
 
 // Parses (x, timeout=None) / (timeout=None); false with an exception set.
 bool parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                int npos, PyObject **first, std::optional<double> &timeout) {
+                int npos, PyObject **first, TimeoutArg &timeout) {
     PyObject *t = nullptr;
     if (nargs > npos + 1) {
         PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments", fname, npos + 1);
@@ -231,11 +235,14 @@ bool parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyOb
         PyErr_Format(PyExc_TypeError, "%s() missing its argument", fname);
         return false;
     }
-    if (t && t != Py_None) {
-        const double v = PyFloat_AsDouble(t);
-        if (v == -1.0 && PyErr_Occurred())
-            return false;
-        timeout = v;
+    try {
+        timeout = timeout_of(t); // one rule for every timeout (bindings.hpp)
+    } catch (py::error_already_set &e) {
+        e.restore();
+        return false;
+    } catch (py::builtin_exception &e) {
+        e.set_error();
+        return false;
     }
     return true;
 }
@@ -243,7 +250,7 @@ bool parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyOb
 PyObject *pub_publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                       PyObject *kwnames) {
     PyObject *obj = nullptr;
-    std::optional<double> timeout;
+    TimeoutArg timeout;
     if (!parse_args("publish", args, nargs, kwnames, 1, &obj, timeout))
         return nullptr;
     try {
@@ -271,7 +278,7 @@ PyObject *pub_publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
 }
 
 PyObject *sub_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
-    std::optional<double> timeout;
+    TimeoutArg timeout;
     if (!parse_args("recv", args, nargs, kwnames, 0, nullptr, timeout))
         return nullptr;
     try {
@@ -285,7 +292,7 @@ PyObject *sub_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyOb
 
 PyObject *sub_recv_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                          PyObject *kwnames) {
-    std::optional<double> timeout;
+    TimeoutArg timeout;
     if (!parse_args("recv_bytes", args, nargs, kwnames, 0, nullptr, timeout))
         return nullptr;
     try {
@@ -447,7 +454,7 @@ void bind_topic(py::module_ &m) {
              })
         .def(
             "_recv",
-            [](py::object self, std::optional<double> timeout) {
+            [](py::object self, TimeoutArg timeout) {
                 SubscriberCore &s = self.cast<SubscriberCore &>();
                 TopicSample m = recv_sample(s, timeout);
                 return sample_block(self, s, m);
@@ -455,7 +462,7 @@ void bind_topic(py::module_ &m) {
             py::arg("timeout") = py::none())
         .def(
             "_recv_message",
-            [](py::object self, std::optional<double> timeout) {
+            [](py::object self, TimeoutArg timeout) {
                 SubscriberCore &s = self.cast<SubscriberCore &>();
                 TopicSample m = recv_sample(s, timeout);
                 py::object meta = m.meta.empty() ? py::object(py::none())
@@ -465,7 +472,7 @@ void bind_topic(py::module_ &m) {
             py::arg("timeout") = py::none())
         .def(
             "_poll",
-            [](SubscriberCore &s, std::optional<double> timeout) {
+            [](SubscriberCore &s, TimeoutArg timeout) {
                 TopicSubscriber &sub = s.get();
                 if (sub.pending() > 0)
                     return true;
@@ -476,6 +483,20 @@ void bind_topic(py::module_ &m) {
                 return sub.poll(d);
             },
             py::arg("timeout") = 0.0)
+        // For the awaitables and ready_fd() (shmipc/_async.py): one-shot registrations on the
+        // topic's data word, fired by the next publish or close, or by a dead publisher.
+        .def(
+            "_arm",
+            [](SubscriberCore &s, std::shared_ptr<ReadySignal> sig, std::uint64_t token) {
+                TopicSubscriber &t = s.get();
+                TopicSubscriber *tp = &t; // disarmed (release_owner) before the handle goes
+                return Reactor::instance().arm(
+                    WatchSpec{&t.data_word(), tp, nullptr, [tp] { return tp->publisher_dead(); }},
+                    std::move(sig), token);
+            },
+            py::arg("signal"), py::arg("token"))
+        .def("_recv_ready", [](SubscriberCore &s) { return s.get().recv_ready(); })
+        .def("_publisher_dead", [](SubscriberCore &s) { return s.get().publisher_dead(); })
         .def("_close", [](SubscriberCore &s) { s.close(); });
 
     add_fast_methods(sub_cls, g_sub_methods);

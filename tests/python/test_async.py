@@ -10,6 +10,7 @@ import random
 import socket
 import statistics
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -440,3 +441,53 @@ def test_aput_and_aget_move_big_buffers_out_of_band_like_put_and_get(name: str) 
             del got, again
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("die", [False, True], ids=["closed", "killed"])
+def test_subscribers_await_every_sample_of_a_spawned_publisher(heap, die: bool) -> None:
+    n = 500
+    p = start(w.topic_publisher, heap, "t", n, 2, die)
+    for _ in range(2000):  # the publisher creates the topic
+        if "t" in heap.topics():
+            break
+        time.sleep(0.005)
+    subs = [heap.subscriber("t") for _ in range(2)]
+
+    async def consume(sub) -> tuple[list[int], str]:
+        got = []
+        try:
+            async for s in sub:
+                got.append(int.from_bytes(bytes(s), "little"))
+                s.release()
+            return got, "eof"
+        except shmipc.PeerDiedError:
+            return got, "peer-died"
+
+    async def main():
+        return await asyncio.gather(*(consume(s) for s in subs))
+
+    results = asyncio.run(asyncio.wait_for(main(), 120))
+    join_all([p])
+    for got, end in results:
+        assert got == list(range(n))
+        assert end == ("peer-died" if die else "eof")
+    for s in subs:
+        s.close()
+
+
+def test_a_subscriber_ready_fd_works_with_selectors(heap) -> None:
+    import selectors
+
+    pub = heap.publisher("r", capacity=8)
+    sub = heap.subscriber("r")
+    sel = selectors.DefaultSelector()
+    sel.register(sub.ready_fd(), selectors.EVENT_READ)
+    assert sel.select(timeout=0) == []
+    pub.publish(b"x")
+    assert sel.select(timeout=10)
+    assert sub.recv_bytes(timeout=0) == b"x"
+    with pytest.raises(TimeoutError):
+        asyncio.run(sub.arecv(timeout=0.05))
+    sel.close()
+    sub.close()
+    pub.close()

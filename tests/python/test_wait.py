@@ -158,3 +158,15 @@ def test_ready_fd_with_selectors(heap, name) -> None:
     sel.close()
     q2.close()
     q.close()
+
+
+def test_wait_includes_topic_subscribers() -> None:
+    h = shmipc.Heap.anonymous(1 << 20)
+    pub, quiet = h.publisher("w"), h.publisher("q")
+    sub, other = h.subscriber("w"), h.subscriber("q")
+    assert shmipc.wait([sub, other], timeout=0.05) == []
+    pub.publish(b"a")
+    assert shmipc.wait([sub, other], timeout=10) == [sub]
+    for x in (sub, other, pub, quiet):
+        x.close()
+    h.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import socket
 import time
 from typing import Any
@@ -147,3 +148,19 @@ def wait_in_child(heap: shmipc.Heap, names: list[str], out: Any) -> None:
     chans = [heap.channel(n) for n in names]
     ready = shmipc.wait(chans, timeout=30)
     out.put((shmipc.reactor_info()["mode"], [chans.index(c) for c in ready]))
+
+
+def topic_publisher(heap: shmipc.Heap, name: str, count: int, subs: int, die: bool) -> None:
+    """Publishes `count` little-endian ints once `subs` subscribers are there, then closes
+    (or dies without closing)."""
+    pub = heap.publisher(name, capacity=64)
+    deadline = time.monotonic() + 60
+    while pub.subscribers < subs and time.monotonic() < deadline:
+        time.sleep(0.005)
+    for i in range(count):
+        pub.publish(i.to_bytes(4, "little"), timeout=60)
+        if i % 97 == 0:
+            time.sleep(0.002)
+    if die:
+        os.kill(os.getpid(), signal.SIGKILL)
+    pub.close()

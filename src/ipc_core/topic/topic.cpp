@@ -965,6 +965,25 @@ void TopicSubscriber::end_of_stream(std::uint32_t st) {
                    " is gone (it died or left without closing the topic)");
 }
 
+FutexWord &TopicSubscriber::data_word() const noexcept {
+    return t_->ctl->data;
+}
+
+bool TopicSubscriber::publisher_dead() const {
+    const std::uint32_t st = t_->ctl->pub_state.load(std::memory_order_acquire);
+    return st == kPubLive && !t_->holder_alive(t_->ctl->pub_token.load());
+}
+
+bool TopicSubscriber::recv_ready() const {
+    if (!subscribed_.load(std::memory_order_acquire) || stamp_.inherited())
+        return true; // the first recv subscribes (or re-subscribes in a fork child) at once
+    TopicRef &t = *t_;
+    const std::uint32_t st = t.ctl->pub_state.load(std::memory_order_acquire);
+    return t.sub(index_).cursor.load(std::memory_order_acquire) !=
+               t.ctl->head.load(std::memory_order_acquire) ||
+           st == kPubClosed || st == kPubDeparted || publisher_dead();
+}
+
 void TopicSubscriber::wait_for_sample(const Deadline &deadline) {
     TopicRef &t = *t_;
     SubscriberSlot &me = t.sub(index_);

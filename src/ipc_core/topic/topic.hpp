@@ -162,6 +162,12 @@ class TopicSubscriber {
     // false at the deadline.
     [[nodiscard]] bool poll(const Deadline &deadline);
     [[nodiscard]] std::uint64_t pending() const; // samples waiting now
+    // For event loops (sync/reactor): the word every publish and close notifies, whether recv
+    // would return at once (a sample pending, the stream ended, the publisher dead), and
+    // whether the publisher died. Claim nothing, never wait.
+    [[nodiscard]] FutexWord &data_word() const noexcept;
+    [[nodiscard]] bool recv_ready() const;
+    [[nodiscard]] bool publisher_dead() const;
     [[nodiscard]] std::uint64_t missed() const;  // dropped for this subscriber so far
     // Stops receiving (idempotent). Samples it holds stay valid until released.
     void close();
