@@ -118,3 +118,26 @@ def honest_user(kind: str, name: str, seconds: float, out: Any) -> None:
                 obj = None
         ops += 1
     out.put(dict(seen, ops=ops))
+
+
+def inside_memory_cgroup(procs_file: str, name: str, out: Any) -> None:
+    """Moves itself into a memory cgroup (after its imports) and asks for more shared memory
+    than the cgroup allows, three ways; reports what each did."""
+    with open(procs_file, "w") as f:
+        f.write(str(os.getpid()))
+    results = []
+    for what, make in (
+        ("Buffer", lambda: shmipc.Buffer(256 << 20)),
+        ("Heap.anonymous", lambda: shmipc.Heap.anonymous(256 << 20)),
+        ("Heap.create", lambda: shmipc.Heap.create(name, 256 << 20)),
+    ):
+        try:
+            obj = make()
+            results.append((what, "created"))
+            obj.close()
+        except MemoryError as e:
+            results.append((what, "MemoryError", str(e)))
+    # Something that fits still works.
+    small = shmipc.Buffer(4 << 20)
+    small.close()
+    out.put(results)
