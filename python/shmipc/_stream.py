@@ -39,6 +39,18 @@ class _StreamFileIO(io.FileIO):
     _shm_remove: bool
     _shm_pid: int  # the owner process; a fork()ed child's copy never removes the name
 
+    def truncate(self, size: int | None = None) -> int:
+        """As FileIO.truncate; growing the file reserves its pages first (posix_fallocate),
+        so a /dev/shm too small for it is OSError(ENOSPC) here, never a SIGBUS later in a
+        mapping of the file."""
+        target = self.tell() if size is None else size
+        if isinstance(target, int) and not isinstance(target, bool) and target >= 0:
+            fd = self.fileno()
+            cur = os.fstat(fd).st_size
+            if target > cur:
+                os.posix_fallocate(fd, cur, target - cur)
+        return super().truncate(size)
+
     def close(self) -> None:
         if not self.closed and getattr(self, "_shm_remove", False) and self._shm_pid == os.getpid():
             self._shm_remove = False

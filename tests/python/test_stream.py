@@ -415,3 +415,22 @@ def test_the_inventory_lists_streams_and_values_with_owner_liveness(name: str, s
         join_all([p])
         if _exists(name):
             shmipc.unlink(name)
+
+
+def test_growing_truncate_reserves_the_pages_or_fails_with_enospc(name: str) -> None:
+    import errno
+    import mmap
+
+    free = os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize
+    with open_stream(name, "w+b", owner=True) as f:
+        with pytest.raises(OSError) as ei:
+            f.truncate(free + (1 << 30))  # more than /dev/shm can hold: now, not as SIGBUS
+        assert ei.value.errno in (errno.ENOSPC, errno.EFBIG)
+        assert os.fstat(f.fileno()).st_size == 0
+        f.truncate(1 << 20)
+        assert os.fstat(f.fileno()).st_size == 1 << 20
+        with mmap.mmap(f.fileno(), 1 << 20) as m:  # every page is backed
+            m[-1:] = b"x"
+            assert m[(1 << 20) - 1] == ord("x")
+        f.truncate(10)  # shrinking still works
+        assert os.fstat(f.fileno()).st_size == 10
