@@ -117,6 +117,39 @@ def test_channel_receiver_killed_blocked_sender_gets_peer_died(ctx: Any, trials:
             ch.release()
 
 
+def test_a_thousand_channel_trials_in_one_heap_with_kills_and_removal(ctx: Any) -> None:
+    """1,000 channel trials in one heap (the directory has no fixed limit; heap.remove frees a
+    finished channel): every 50th trial's receiver is a process SIGKILLed mid-stream."""
+    rng = random.Random(11)
+    with shmipc.Heap.anonymous(16 << 20) as heap:
+        base = _used(heap)
+        for t in range(1000):
+            name = f"k{t}"
+            tx = heap.channel(name, capacity=8)
+            if t % 50 == 0:
+
+                def push(ch: Any = tx) -> None:
+                    try:
+                        ch.send(b"x" * 300, timeout=0)
+                    except TimeoutError:
+                        pass
+
+                _kill_at_random(ctx, rng, w.channel_receiver, heap, name, during=push)
+                with pytest.raises(shmipc.PeerDiedError):
+                    for _ in range(100):
+                        tx.send(b"y" * 300, timeout=10)
+            else:
+                rx = heap.channel(name, capacity=8)
+                for i in range(5):
+                    tx.send(bytes([i]) * (1 + 97 * i), timeout=10)  # inline and block records
+                assert [len(rx.recv_bytes(timeout=10)) for _ in range(5)] == [1, 98, 195, 292, 389]
+                rx.close()
+            tx.close()
+            heap.remove(name)
+        assert heap.channels() == {}
+        assert _used(heap) <= base + 64 * 1024, "channel trials leaked heap memory"
+
+
 # ------------------------------------------------------------------------------- topics
 def _used(heap: shmipc.Heap) -> int:
     gc.collect()
