@@ -230,6 +230,7 @@ void Channel::forget_role_after_fork() noexcept {
 
 void Channel::ensure_role(ChannelRole role) {
     check_open();
+    heap_.check_intact(); // a shrunk heap file: CorruptSegment, not messages lost in private pages
     forget_role_after_fork();
     if (role_ == role)
         return;

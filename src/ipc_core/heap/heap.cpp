@@ -241,7 +241,16 @@ bool Heap::client_alive(std::uint16_t id) const {
 // the previous holder's unlock: every change to the free lists, prev sizes, the segment table and
 // directory claims made under it is visible to the next holder.
 RobustLock Heap::locked(const Deadline &deadline) {
+    check_intact();
     return RobustLock(lock_, clients_.token(), deadline, [this] { recover_locked(); });
+}
+
+void Heap::check_file_size() const {
+    check_intact();
+    if (primary_.fd() >= 0 && primary_.file_size() < primary_.size())
+        throw CorruptSegment(what_ + " was truncated by another process to " +
+                             std::to_string(primary_.file_size()) +
+                             " bytes (mapped: " + std::to_string(primary_.size()) + ")");
 }
 
 void Heap::recover_locked() {
@@ -270,6 +279,7 @@ std::uint64_t Heap::reap_locked() {
 
 std::uint64_t Heap::reap_dead_clients(const Deadline &deadline) {
     ensure_process();
+    check_file_size();
     // Unlocked pre-check: nothing to do in the common case (one fcntl per live client).
     bool any = false;
     clients_.for_each_dead([&](std::uint32_t) { any = true; });

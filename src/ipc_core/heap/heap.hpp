@@ -279,6 +279,16 @@ class Heap {
     // Makes a handle copied by fork() this process's own client now (new client slot, new open
     // file description), as every allocation-side call does first. Takes no heap lock.
     void own_process() { ensure_process(); }
+    // CorruptSegment if another process shrank one of the heap's files under our mappings
+    // (shm/sigbus_guard.hpp absorbed the fault): writes since then went to private pages.
+    // Cheap (flags); every locked operation and every channel operation calls it.
+    void check_intact() const {
+        primary_.check_intact("heap");
+        segs_.check_intact();
+    }
+    // Same, and compares the primary file's size with our mapping (one fstat): catches a shrink
+    // before anyone touched the lost pages. On slow paths (reaping, out of memory).
+    void check_file_size() const;
 
   private:
     void adopt_after_fork();

@@ -145,9 +145,9 @@ class Segments {
     [[nodiscard]] bool primary_name_is_ours() const;
 
     HeapControl *ctl_ = nullptr;
-    std::string name_; // primary's normalized name, "" for an anonymous heap
+    std::string name_;    // primary's normalized name, "" for an anonymous heap
     TrustPolicy trust_{}; // owners whose extension segments we map (set by set_trust)
-    std::string what_; // "heap '/frames'" or "anonymous heap"
+    std::string what_;    // "heap '/frames'" or "anonymous heap"
     int primary_fd_ = -1;
     std::uint64_t max_size_ = 0;
     mode_t mode_ = 0600;
@@ -157,6 +157,17 @@ class Segments {
     std::atomic<std::uint32_t> mapped_{0};  // segments 0..mapped_-1 have geometry and a base
     std::mutex map_mu_;                     // mapping and growth in this process
     std::vector<MemorySegment> extensions_; // index i-1 is segment i
+
+  public:
+    // CorruptSegment if another process shrank an extension we mapped (a fault beyond its end
+    // was absorbed by the SIGBUS guard). A few relaxed loads.
+    void check_intact() const {
+        for (const auto &e : extensions_)
+            if (e.truncated()) [[unlikely]]
+                e.check_intact("heap extension segment");
+    }
+
+  private:
 };
 
 [[nodiscard]] std::string extension_name(const std::string &base, std::size_t i);

@@ -1,4 +1,6 @@
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/channel/channel.hpp"
+#include "ipc_core/heap/heap.hpp"
 #include "ipc_core/queue/message_queue.hpp"
 #include "ipc_core/shm/memory_segment.hpp"
 #include "ipc_core/shm/sigbus_guard.hpp"
@@ -74,6 +76,33 @@ TEST(SigbusGuard, a_truncated_queue_is_a_corrupt_segment_not_a_crash) {
         }
     }
     EXPECT_TRUE(failed_cleanly);
+}
+
+TEST(SigbusGuard, a_truncated_heap_is_a_corrupt_segment_for_its_users_and_channels) {
+    auto name = fresh_name("bush");
+    HeapOptions o;
+    o.size = 1 << 20;
+    o.thread_cache = false;
+    auto h = Heap::create(name, o);
+    auto g = Heap::attach(name, false);
+    auto tx = Channel::open(*g, "c", 8);
+    tx->send_bytes("before", 6, RecordKind::Block, {}, Deadline(1.0));
+    shrink(name, 4096);
+    // The slow paths compare the file with the mapping before touching the lost pages.
+    EXPECT_THROW((void)g->reap_dead_clients(Deadline(1.0)), CorruptSegment);
+    // Touching them is absorbed (no SIGBUS); from then on every operation says so.
+    bool corrupt = false;
+    for (int i = 0; i < 4 && !corrupt; ++i) {
+        try {
+            g->deallocate(g->allocate(100000, Deadline(1.0)));
+            tx->send_bytes("after-the-shrink", 16, RecordKind::Block, {}, Deadline(0.1));
+        } catch (const CorruptSegment &) {
+            corrupt = true;
+        } catch (const Error &) {
+        }
+    }
+    EXPECT_TRUE(corrupt);
+    tx->abandon();
 }
 
 TEST(SigbusGuard, an_unguarded_address_still_gets_the_previous_behaviour) {
