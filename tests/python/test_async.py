@@ -43,6 +43,8 @@ def ints(blks) -> list[int]:
 @pytest.mark.parametrize("mode", ["futex_waitv", "threads"])
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_async_for_receives_a_spawned_senders_stream(heap, monkeypatch, mode, loop) -> None:
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")  # in the test extra; the spawned consumer needs it
     if mode == "futex_waitv" and shmipc.reactor_info()["mode"] != "futex_waitv":
         pytest.skip(
             "futex_waitv unavailable or SHMIPC_REACTOR=threads (the threads case covers it)"
