@@ -505,7 +505,13 @@ bool Channel::try_send_block(std::uint64_t off, std::uint64_t len, RecordKind ki
     check_stream_open();
     if (!producer_.writable())
         return false;
-    send_block_locked(off, len, kind, meta, Deadline(0.0));
+    try {
+        send_block_locked(off, len, kind, meta, Deadline(0.0));
+    } catch (const Timeout &) {
+        // The heap lock (for the metadata) was busy: not a failure of a try, the caller waits.
+        // The block is still ours, untouched.
+        return false;
+    }
     return true;
 }
 
@@ -556,12 +562,23 @@ bool Channel::try_send_bytes(const void *data, std::size_t n, RecordKind kind,
         push_inline(data, n);
         return true;
     }
+    // A try never waits, but a heap lock held for a moment by another process (a free, a
+    // reap) is not a timeout of the caller's send: it is "not now", and the caller then takes
+    // the blocking path with its own deadline.
     const Deadline now(0.0);
-    const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1), now);
+    std::uint64_t off = 0;
+    try {
+        off = heap_.allocate(std::max<std::size_t>(n, 1), now);
+    } catch (const Timeout &) {
+        return false;
+    }
     try {
         if (n)
             std::memcpy(heap_.to_ptr(off), data, n);
         send_block_locked(off, n, kind, meta, now);
+    } catch (const Timeout &) {
+        free_unsent(off, now);
+        return false;
     } catch (...) {
         free_unsent(off, now);
         throw;

@@ -134,16 +134,17 @@ class Channel {
     // EPIPE) if the stream was ended; Closed after close().
     void send_block(std::uint64_t off, std::uint64_t len, RecordKind kind, std::string_view meta,
                     const Deadline &deadline);
-    // Same, but never waits: false if the ring is full or another thread is inside this handle
-    // (the block stays the caller's). Never blocks on the handle's mutex, so it can be called
+    // Same, but never waits: false if the ring is full, another thread is inside this handle or
+    // the heap lock is busy for a moment (the block stays the caller's). Never blocks on the handle's mutex, so it can be called
     // with the GIL held.
     [[nodiscard]] bool try_send_block(std::uint64_t off, std::uint64_t len, RecordKind kind,
                                       std::string_view meta);
     // Copies `n` bytes into a new block and sends it (one copy).
     void send_bytes(const void *data, std::size_t n, RecordKind kind, std::string_view meta,
                     const Deadline &deadline);
-    // Never waits (false: full, or another thread is inside this handle); the copy is made only
-    // when there is room.
+    // Never waits (false: full, another thread is inside this handle, or the heap lock is busy
+    // for a moment: the caller then waits with its own deadline); the copy is made only when
+    // there is room.
     [[nodiscard]] bool try_send_bytes(const void *data, std::size_t n, RecordKind kind,
                                       std::string_view meta);
     // Copies and sends each message in order with one wake-up per ring-full of records;

@@ -536,12 +536,13 @@ void TopicPublisher::wait_for_room(const Deadline &deadline) {
 }
 
 std::uint64_t TopicPublisher::make_header(std::uint64_t off, std::uint64_t len,
-                                          std::string_view meta) {
+                                          std::string_view meta,
+                                          const Deadline &deadline) {
     if (meta.size() > kTopicMaxMeta)
         throw InvalidArgument("sample metadata of " + std::to_string(meta.size()) +
                               " bytes exceeds " + std::to_string(kTopicMaxMeta));
     Heap &h = t_->heap;
-    const std::uint64_t hoff = h.allocate(sizeof(SampleHeader) + meta.size());
+    const std::uint64_t hoff = h.allocate(sizeof(SampleHeader) + meta.size(), deadline);
     auto *hd = static_cast<SampleHeader *>(h.to_ptr(hoff));
     hd->magic = kSampleMagic;
     hd->refs.store(1, std::memory_order_relaxed); // the ring's
@@ -572,7 +573,18 @@ bool TopicPublisher::publish_locked(std::uint64_t off, std::uint64_t len, std::s
             return false;
         wait_for_room(*deadline);
     }
-    const std::uint64_t hoff = make_header(off, len, meta);
+    // A try never waits, not even for the heap lock: held for a moment by another process it
+    // is "not now" (false), and the caller waits with its own deadline.
+    std::uint64_t hoff = 0;
+    if (deadline) {
+        hoff = make_header(off, len, meta, *deadline);
+    } else {
+        try {
+            hoff = make_header(off, len, meta, Deadline(0.0));
+        } catch (const Timeout &) {
+            return false;
+        }
+    }
     bool moved = false;
     try {
         for (;;) {
@@ -660,7 +672,8 @@ void TopicPublisher::publish_bytes(const void *data, std::size_t n, std::string_
     if (!has_room())
         wait_for_room(deadline); // before the copy
     Heap &heap = t_->heap;
-    const std::uint64_t off = heap.allocate(std::max<std::size_t>(n, 1));
+    // The publish's deadline bounds the heap lock wait too (a stopped holder is Timeout).
+    const std::uint64_t off = heap.allocate(std::max<std::size_t>(n, 1), deadline);
     try {
         if (n)
             std::memcpy(heap.to_ptr(off), data, n);
@@ -679,7 +692,12 @@ bool TopicPublisher::try_publish_bytes(const void *data, std::size_t n, std::str
     if (!has_room())
         return false;
     Heap &heap = t_->heap;
-    const std::uint64_t off = heap.allocate(std::max<std::size_t>(n, 1));
+    std::uint64_t off = 0;
+    try {
+        off = heap.allocate(std::max<std::size_t>(n, 1), Deadline(0.0));
+    } catch (const Timeout &) {
+        return false; // the heap lock is busy: not now
+    }
     bool ok = false;
     try {
         if (n)

@@ -116,7 +116,8 @@ class TopicPublisher {
     void ensure_role();
     bool publish_locked(std::uint64_t off, std::uint64_t len, std::string_view meta,
                         const Deadline *deadline);
-    std::uint64_t make_header(std::uint64_t off, std::uint64_t len, std::string_view meta);
+    std::uint64_t make_header(std::uint64_t off, std::uint64_t len, std::string_view meta,
+                              const Deadline &deadline);
     bool has_room();
     void wait_for_room(const Deadline &deadline);
 

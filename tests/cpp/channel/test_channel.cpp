@@ -442,3 +442,48 @@ TEST(Channel, try_recv_polling_a_busy_sender_never_mistakes_an_inline_record) {
     EXPECT_EQ(error, "");
     EXPECT_EQ(got, kN);
 }
+
+TEST(Channel, a_try_send_while_another_process_holds_the_heap_lock_is_not_now_not_an_error) {
+    // The non-blocking sends (the GIL-held fast path of Python's send) must not turn a heap
+    // lock held for a moment by another process into a Timeout of the caller's send: they
+    // report "not now" and the caller waits with its own deadline.
+    const std::string name = fresh("trylock");
+    auto heap = make_heap(name);
+    auto tx = Channel::open(*heap, "c", 8);
+    auto rx = Channel::open(*heap, "c", 8);
+    const std::uint64_t blk = heap->allocate(1000); // before the lock is taken
+    int ready[2];
+    ASSERT_EQ(::pipe(ready), 0);
+    pid_t holder = in_child(name, [&](Heap &h) {
+        h.hold_lock_for_tests();
+        char c = 1;
+        (void)!::write(ready[1], &c, 1);
+        for (;;)
+            ::pause();
+        return 0;
+    });
+    char c = 0;
+    ASSERT_EQ(::read(ready[0], &c, 1), 1);
+    const std::string big(4 * kInlineSlotBytes, 'x');
+    bool sent = true;
+    EXPECT_NO_THROW(sent = tx->try_send_bytes(big.data(), big.size(), RecordKind::Block, {}));
+    EXPECT_FALSE(sent);
+    EXPECT_NO_THROW(sent = tx->try_send_block(blk, 1000, RecordKind::Array, "meta"));
+    EXPECT_FALSE(sent);
+    EXPECT_EQ(heap->owner_of(blk), heap->client_id()) << "the block stays the caller's";
+    EXPECT_THROW(tx->send_bytes(big.data(), big.size(), RecordKind::Block, {}, secs(0.2)),
+                 Timeout);
+    ::kill(holder, SIGKILL);
+    EXPECT_EQ(wait_child(holder), 128 + SIGKILL);
+    // The dead holder's lock is recovered by the next sender.
+    EXPECT_TRUE(tx->try_send_bytes(big.data(), big.size(), RecordKind::Block, {}));
+    EXPECT_TRUE(tx->try_send_block(blk, 1000, RecordKind::Array, "meta"));
+    ChannelMessage a = rx->recv(secs(1));
+    EXPECT_EQ(read_block(*heap, a), big);
+    heap->deallocate(a.offset);
+    ChannelMessage b = rx->recv(secs(1));
+    EXPECT_EQ(b.length, 1000u);
+    heap->deallocate(b.offset);
+    ::close(ready[0]);
+    ::close(ready[1]);
+}

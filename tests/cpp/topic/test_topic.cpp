@@ -575,3 +575,42 @@ TEST(TopicFuzz, a_publisher_killed_at_random_moments_leaks_nothing) {
     }
     heap->check_invariants();
 }
+
+TEST(Topic, a_publish_while_another_process_holds_the_heap_lock_is_bounded) {
+    // A stopped holder of the heap lock: a try publish is "not now" (false, never a Timeout and
+    // never a hang with the GIL held); a blocking publish is Timeout at its deadline; once the
+    // holder is gone its lock is recovered and publishing goes on.
+    const std::string name = fresh_name("topic-heaplock");
+    auto heap = make_heap(name);
+    auto pub = TopicPublisher::open(*heap, "t", opts(8));
+    auto sub = TopicSubscriber::open(*heap, "t");
+    const std::uint64_t blk = heap->allocate(5000); // before the lock is taken
+    SharedMem flag(64);
+    auto *st = flag.as<std::atomic<int>>();
+    pid_t pid = fork_child([&] {
+        auto h = Heap::attach(name);
+        h->hold_lock_for_tests();
+        st->store(1);
+        for (;;)
+            ::pause();
+        return 0;
+    });
+    while (st->load() != 1)
+        std::this_thread::sleep_for(1ms);
+    const std::string big(20000, 'y'); // larger than any per-thread cache class
+    bool ok = true;
+    EXPECT_NO_THROW(ok = pub->try_publish_bytes(big.data(), big.size(), {}));
+    EXPECT_FALSE(ok);
+    EXPECT_THROW(publish(*pub, big, 0.2), Timeout);
+    ::kill(pid, SIGKILL);
+    EXPECT_EQ(wait_child(pid), 128 + SIGKILL);
+    EXPECT_TRUE(pub->try_publish_bytes(big.data(), big.size(), {}));
+    EXPECT_TRUE(pub->try_publish_block(blk, 5000, {}));
+    TopicSample a = sub->recv(Deadline(5.0));
+    EXPECT_EQ(read(*sub, a), big);
+    sub->release(a);
+    TopicSample b = sub->recv(Deadline(5.0));
+    EXPECT_EQ(b.length, 5000u);
+    sub->release(b);
+    pub->close();
+}
