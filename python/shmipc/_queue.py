@@ -9,10 +9,13 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _core, _objects, _validate
 from ._async import QueueAsync
+
+if TYPE_CHECKING:
+    from ._heap import Heap
 
 __all__ = ["MessageQueue"]
 
@@ -312,6 +315,21 @@ class MessageQueue(QueueAsync):
             f"<shmipc.MessageQueue {self._name!r} qsize={self._q.qsize()} "
             f"maxsize={self._q.maxsize} max_message_size={self._q.max_message_size}>"
         )
+
+    @property
+    def oob_heap(self) -> Heap | None:
+        """The companion :class:`~shmipc.Heap` that holds out-of-band buffers (None if the
+        queue has none). Arrays produced in its blocks travel with no copy at all::
+
+            a = q.oob_heap.allocate(64 << 20).as_array(np.float64)
+            a[:] = ...            # produce in place
+            q.put({"a": a})       # the block moves to the consumer; `a` becomes read-only
+
+        (an array that is the sole view of one of its Blocks moves; any other is copied once).
+        """
+        self._handle()
+        heap: Heap | None = self._oob_heap()
+        return heap
 
     @property
     def oob_stats(self) -> dict[str, int] | None:

@@ -122,6 +122,36 @@ def test_arrays_got_from_the_queue_are_put_again_without_a_copy(name: str) -> No
         assert allocations(q) == 0
 
 
+def test_arrays_produced_in_the_queue_heap_move_to_another_process_without_a_copy(
+    name: str, spawn: Any
+) -> None:
+    with shmipc.MessageQueue.create(name, maxsize=8, max_message_size=1024) as q:
+        assert isinstance(q.oob_heap, shmipc.Heap)
+        out = spawn.Queue()
+        p = spawn.Process(target=wo.produce_in_the_queue_heap, args=(name, 3, out))
+        p.start()
+        try:
+            for i in range(3):
+                got = q.get(timeout=60)
+                assert got["i"] == i
+                assert views_a_block(got["a"]) and got["a"].nbytes == 1 << 20
+                assert np.all(got["a"] == i)
+                before, after = out.get(timeout=60)
+                assert after == before, "put allocated a block: the array was copied"
+                del got
+        finally:
+            join_all([p], timeout=60)
+        assert p.exitcode == 0
+        assert allocations(q) == 0
+
+
+def test_a_queue_without_companion_heap_has_no_oob_heap(name: str) -> None:
+    with shmipc.MessageQueue.create(name, maxsize=4, oob_size=0) as q:
+        assert q.oob_heap is None
+    with pytest.raises(ValueError):
+        _ = q.oob_heap  # closed
+
+
 def test_small_objects_stay_in_band_and_plain_pickles_still_decode(name: str) -> None:
     with shmipc.MessageQueue.create(name, maxsize=4, max_message_size=1024) as q:
         q.put({"a": np.arange(10), "s": "x"}, timeout=5)

@@ -122,3 +122,18 @@ def get_and_check_until_none(name: str, out: Any) -> None:
             got.append((d["tag"], d["i"]))
             del d
     out.put(got)
+
+
+def produce_in_the_queue_heap(name: str, count: int, out: Any) -> None:
+    """Produces `count` arrays in place in blocks of the queue's companion heap and puts each
+    (the block moves, no copy); reports (allocations after producing, after putting)."""
+    with shmipc.MessageQueue.attach(name) as q:
+        heap = q.oob_heap
+        assert heap is not None
+        for i in range(count):
+            a = heap.allocate(1 << 20).as_array(np.float64)
+            a[:] = i  # produced in place
+            before = heap.stats()["allocations"]
+            q.put({"i": i, "a": a}, timeout=30)
+            assert not a.flags.writeable  # the message's memory now
+            out.put((before, heap.stats()["allocations"]))
