@@ -63,12 +63,11 @@ def test_heap_close_releases_its_channels_roles_in_this_process(name: str) -> No
 def test_queue_close_from_another_thread_wakes_a_blocked_get(name: str) -> None:
     q = shmipc.MessageQueue.create(name)
     t, errors = _blocked(lambda: q.get(timeout=30))
-    t0 = time.monotonic()
     q.close()
-    t.join(10)
+    t.join(20)
     assert not t.is_alive()
+    # Woken by the close: ValueError, not queue.Empty at the get's timeout.
     assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
-    assert time.monotonic() - t0 < 10  # woken, not timed out (bounded by the join above)
 
 
 @pytest.mark.parametrize("kind", ["heap", "queue"])

