@@ -15,6 +15,9 @@ std::atomic<std::size_t> g_hook_count{0};
 
 void in_child() {
     g_epoch.fetch_add(1, std::memory_order_relaxed);
+    // SYNC POINT: acquire (count and each hook), pairs with the acq_rel count increment and the
+    // release store of the hook in on_fork_child; a slot counted but not yet stored reads null
+    // and is skipped.
     std::size_t n = g_hook_count.load(std::memory_order_acquire);
     for (std::size_t i = 0; i < n && i < kMaxHooks; ++i)
         if (auto fn = g_hooks[i].load(std::memory_order_acquire))
@@ -31,6 +34,8 @@ std::uint64_t fork_epoch() noexcept {
 }
 
 void on_fork_child(void (*fn)()) noexcept {
+    // SYNC POINT: acq_rel slot claim and release store of the hook, paired with the acquire
+    // loads in in_child (each registrant owns the slot it claimed).
     std::size_t i = g_hook_count.fetch_add(1, std::memory_order_acq_rel);
     if (i < kMaxHooks)
         g_hooks[i].store(fn, std::memory_order_release);

@@ -61,6 +61,7 @@ void ensure_fd_room(int sock) {
             return;
         if (err != EMFILE && err != ENFILE)
             throw_errno(err, "fcntl(F_DUPFD_CLOEXEC)");
+        // SYNC POINT: acquire, pairs with the release store in set_fd_pressure_hook.
         if (auto hook = g_fd_pressure_hook.load(std::memory_order_acquire); hook && attempt == 0)
             hook();
         else
@@ -85,6 +86,7 @@ void check_header_prefix(const char *p, std::size_t n) {
 } // namespace
 
 void set_fd_pressure_hook(void (*hook)()) noexcept {
+    // SYNC POINT: release, pairs with the acquire load before a hook is called.
     g_fd_pressure_hook.store(hook, std::memory_order_release);
 }
 

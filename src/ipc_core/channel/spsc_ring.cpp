@@ -12,6 +12,8 @@ namespace shmipc {
 
 std::uint64_t SpscRingControl::size_approx() const noexcept {
     // Read tail first: head only grows, so head - tail can overestimate but never underflow.
+    // SYNC POINT: acquire (both), pairs with the release stores of tail (consumer) and head
+    // (producer).
     const std::uint64_t t = tail.load(std::memory_order_acquire);
     const std::uint64_t h = head.load(std::memory_order_acquire);
     return h >= t ? h - t : 0;
@@ -57,6 +59,8 @@ SpscRingControl *spsc_ring_validate(void *mem, std::size_t avail) {
         throw CorruptSegment("channel ring has an impossible capacity/mask");
     if (spsc_ring_bytes(r->capacity) > avail)
         throw CorruptSegment("channel ring does not fit in its block");
+    // SYNC POINT: acquire (both), pairs with the release stores of tail and head by the
+    // endpoints; validated once here, then each side tracks its own index privately.
     const std::uint64_t t = r->tail.load(std::memory_order_acquire);
     const std::uint64_t h = r->head.load(std::memory_order_acquire);
     if (h < t || h - t > r->capacity)
@@ -125,6 +129,7 @@ bool SpscConsumer::readable() noexcept {
 }
 
 bool SpscConsumer::closed_and_empty() noexcept {
+    // SYNC POINT: acquire, pairs with the release store of closed in SpscProducer::close.
     if (ring_->closed.load(std::memory_order_acquire) == 0)
         return false;
     // closed was stored after the last head, so this reload sees every record ever pushed.

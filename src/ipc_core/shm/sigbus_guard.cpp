@@ -44,6 +44,8 @@ void chain(int sig, siginfo_t *info, void *ctx) {
 void on_sigbus(int sig, siginfo_t *info, void *ctx) {
     auto addr = reinterpret_cast<std::uintptr_t>(info->si_addr);
     for (auto &g : g_guarded) {
+        // SYNC POINT: acquire, pairs with the release store of begin in guard_mapping: end and
+        // truncated of a published entry are seen.
         std::uintptr_t b = g.begin.load(std::memory_order_acquire);
         if (b <= kReserved || addr < b || addr >= g.end.load(std::memory_order_acquire))
             continue;
@@ -52,6 +54,8 @@ void on_sigbus(int sig, siginfo_t *info, void *ctx) {
         if (::mmap(p, page, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1,
                    0) == MAP_FAILED)
             break; // cannot absorb it: let the previous handler (default: die) act
+        // SYNC POINT: release of the flag, pairs with the loads of truncated() by the kinds'
+        // checks (the access that faulted is ordered before it).
         if (auto *flag = g.truncated.load(std::memory_order_acquire))
             flag->store(true, std::memory_order_release);
         g_absorbed.fetch_add(1, std::memory_order_relaxed);
@@ -78,6 +82,7 @@ void guard_mapping(void *addr, std::size_t len, std::atomic<bool> *truncated) no
     for (auto &g : g_guarded) {
         // Reserve the entry, fill it, then publish begin: the handler trusts only published ones.
         std::uintptr_t expected = 0;
+        // SYNC POINT: acquire, pairs with the acq_rel CAS of unguard_mapping that freed the entry.
         if (!g.begin.compare_exchange_strong(expected, kReserved, std::memory_order_acquire))
             continue;
         g.end.store(b + len, std::memory_order_relaxed);
@@ -92,6 +97,8 @@ void unguard_mapping(void *addr) noexcept {
     auto b = reinterpret_cast<std::uintptr_t>(addr);
     for (auto &g : g_guarded) {
         std::uintptr_t expected = b;
+        // SYNC POINT: acq_rel, pairs with the acquire CAS of the next guard_mapping of the entry
+        // and with the handler's acquire load (a freed entry is no longer trusted).
         if (g.begin.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
             g.truncated.store(nullptr, std::memory_order_release);
             return;

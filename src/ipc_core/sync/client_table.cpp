@@ -48,12 +48,15 @@ std::uint32_t ClientTable::register_impl(bool take_dead, void (*on_recycle)(void
     for (std::uint32_t k = 0; k < cap_; ++k) {
         std::uint32_t idx = (start + k) % cap_;
         ClientSlot &s = at(idx);
+        // SYNC POINT: acquire, pairs with the release store of a slot's state by its registrant,
+        // unregister_client and recycle: what they wrote before (pid, the freed blocks) is seen.
         std::uint32_t st = s.state.load(std::memory_order_acquire);
         if ((st & kActive) && !take_dead)
             continue; // alive, or dead and waiting for whoever cleans up
         if (!try_lock_byte(lock_fd_, byte_of(idx), true))
             continue; // a live client holds it
         // We hold the byte: no live client has this slot, and no other registrant can take it.
+        // SYNC POINT: acquire, as above (re-read under the byte lock).
         st = s.state.load(std::memory_order_acquire);
         if ((st & kActive) && !take_dead) {
             unlock_byte(lock_fd_, byte_of(idx)); // died just now: leave it to the cleaner
@@ -81,6 +84,8 @@ void ClientTable::unregister_client() noexcept {
         return;
     ClientSlot &s = at(mine_);
     std::uint32_t st = s.state.load(std::memory_order_relaxed);
+    // SYNC POINT: release, pairs with the acquire loads of register_impl/alive/dead/holder: the
+    // slot is seen free only after everything this client did to the object.
     s.state.store(st & ~kActive, std::memory_order_release);
     unlock_byte(lock_fd_, byte_of(mine_));
     mine_ = kNoSlot;
@@ -92,6 +97,7 @@ bool ClientTable::alive(std::uint32_t slot) const {
         return false;
     if (slot == mine_)
         return true;
+    // SYNC POINT: acquire, pairs with the release stores of the slot's state (register, leave).
     if ((at(slot).state.load(std::memory_order_acquire) & kActive) == 0)
         return false;
     return byte_is_locked(lock_fd_, byte_of(slot));
@@ -100,6 +106,7 @@ bool ClientTable::alive(std::uint32_t slot) const {
 bool ClientTable::dead(std::uint32_t slot) const {
     if (slot >= cap_ || slot == mine_)
         return false;
+    // SYNC POINT: acquire, pairs with the release stores of the slot's state (register, leave).
     if ((at(slot).state.load(std::memory_order_acquire) & kActive) == 0)
         return false;
     return !byte_is_locked(lock_fd_, byte_of(slot));
@@ -113,6 +120,8 @@ HolderState ClientTable::holder(std::uint32_t token) const {
     std::uint32_t slot = slot1 - 1;
     if (slot == mine_ && token == token_)
         return HolderState::Alive;
+    // SYNC POINT: acquire, pairs with the release store of the registrant: a token's generation
+    // is compared with the slot's current one.
     std::uint32_t st = at(slot).state.load(std::memory_order_acquire);
     if ((gen_of(st) & kTokenGenMask) != gen) {
         // A generation the slot never had yet cannot be a real token.
@@ -130,6 +139,9 @@ bool ClientTable::recycle(std::uint32_t slot) noexcept {
     std::uint32_t st = s.state.load(std::memory_order_acquire);
     if ((st & kActive) == 0)
         return false;
+    // SYNC POINT: acq_rel, pairs with the acquire loads of the next registrant of the slot (who
+    // must see the dead client's blocks freed, which the reaper did before recycling) and with a
+    // concurrent recycle of the same slot (only one wins).
     return s.state.compare_exchange_strong(st, st & ~kActive, std::memory_order_acq_rel);
 }
 

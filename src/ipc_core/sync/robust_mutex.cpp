@@ -13,6 +13,7 @@ constexpr int kSpins = 200; // ~5 us: a holder on another core usually leaves by
 }
 
 void RobustMutex::validate() const {
+    // SYNC POINT: acquire, pairs with the release of the last unlock (a settled word is read).
     std::uint32_t v = w_->word.load(std::memory_order_acquire);
     if (v == 0)
         return;
@@ -33,6 +34,8 @@ void RobustMutex::run_recover(RecoverFn fn, void *ctx) {
     try {
         fn(ctx);
     } catch (...) {
+        // SYNC POINT: release, pairs with the acquire CAS/loads of every later locker: the word
+        // stays poisoned (CorruptSegment) after a failed recovery.
         w_->word.store(kPoisoned, std::memory_order_release);
         futex_wake(w_->word, INT_MAX);
         throw;
@@ -50,6 +53,8 @@ bool RobustMutex::take_over_if_dead(std::uint32_t seen, std::uint32_t token, Rec
     if (h == HolderState::Alive)
         return false;
     // Dead: whoever moves the word from the dead token to theirs recovers.
+    // SYNC POINT: acquire, pairs with the dead holder's last releases (what it finished is seen;
+    // what it did not is repaired by the recovery).
     if (!w_->word.compare_exchange_strong(seen, token | (seen & kWaitersBit),
                                           std::memory_order_acquire, std::memory_order_relaxed))
         return false;
@@ -59,6 +64,7 @@ bool RobustMutex::take_over_if_dead(std::uint32_t seen, std::uint32_t token, Rec
 
 bool RobustMutex::try_lock_impl(std::uint32_t token, RecoverFn fn, void *ctx) {
     std::uint32_t v = w_->word.load(std::memory_order_relaxed);
+    // SYNC POINT: acquire, pairs with the release exchange in unlock().
     if (v == 0 && w_->word.compare_exchange_strong(v, token, std::memory_order_acquire,
                                                    std::memory_order_relaxed))
         return true;
@@ -72,6 +78,7 @@ void RobustMutex::lock_slow(std::uint32_t token, const Deadline &deadline, Recov
     for (int i = 0; i < kSpins; ++i) {
         cpu_relax();
         std::uint32_t v = w_->word.load(std::memory_order_relaxed);
+        // SYNC POINT: acquire, pairs with the release exchange in unlock().
         if (v == 0 && w_->word.compare_exchange_weak(v, token, std::memory_order_acquire,
                                                      std::memory_order_relaxed))
             return;
@@ -82,6 +89,7 @@ void RobustMutex::lock_slow(std::uint32_t token, const Deadline &deadline, Recov
     for (;;) {
         std::uint32_t v = w_->word.load(std::memory_order_relaxed);
         if (v == 0) {
+            // SYNC POINT: acquire, pairs with the release exchange in unlock().
             if (w_->word.compare_exchange_strong(v, mine, std::memory_order_acquire,
                                                  std::memory_order_relaxed))
                 return;

@@ -256,6 +256,8 @@ bool SharedValue::try_snapshot(ValueSnapshot &out) const {
     const std::uint32_t meta_len = s.meta_len.load(std::memory_order_relaxed);
     // Sizes are re-validated by the seq check, but must be bounded before any copy uses them.
     if (out.nbytes > capacity_ || meta_len > meta_capacity_) {
+        // SYNC POINT: acquire fence, pairs with the release fence after seq turned odd in
+        // write_locked: sizes read during a write are told apart by the seq re-check.
         std::atomic_thread_fence(std::memory_order_acquire);
         if (s.seq.load(std::memory_order_relaxed) != seq)
             return false;
@@ -263,6 +265,7 @@ bool SharedValue::try_snapshot(ValueSnapshot &out) const {
     }
     out.meta.resize(meta_len);
     racy_copy(reinterpret_cast<std::byte *>(out.meta.data()), meta_ptr(cur), meta_len);
+    // SYNC POINT: acquire fence, as above (the seqlock's read side).
     std::atomic_thread_fence(std::memory_order_acquire);
     return s.seq.load(std::memory_order_relaxed) == seq;
 }
@@ -287,6 +290,7 @@ void SharedValue::backoff(unsigned attempt) noexcept {
 }
 
 bool SharedValue::wait(std::uint64_t since, const Deadline &deadline, int spin) const {
+    // SYNC POINT: acquire, pairs with the release store of version in write_locked.
     auto ready = [&] { return ctl_->version.load(std::memory_order_acquire) > since; };
     auto between = [&]() -> std::chrono::nanoseconds {
         if (closing_.load(std::memory_order_relaxed))
@@ -307,6 +311,7 @@ bool SharedValue::wait(std::uint64_t since, const Deadline &deadline, int spin) 
 }
 
 SharedValue::DebugState SharedValue::debug_state() const noexcept {
+    // SYNC POINT: acquire, pairs with the release stores of current and seq in write_locked.
     return DebugState{
         ctl_->current.load(std::memory_order_acquire),
         {slot(0).seq.load(std::memory_order_acquire), slot(1).seq.load(std::memory_order_acquire)}};
