@@ -231,7 +231,9 @@ static_assert(offsetof(NamedEntry, state) == 64 && offsetof(NamedEntry, kind) ==
 //   16      8        max_size       bytes, all segments; == segs[0].size if it cannot grow
 //   24      4        persistent     0/1: names survive the owner
 //   28      4        anonymous      0/1: memfd heap (never grows)
-//   32      32       reserved
+//   32      8        memory_freed   futex word: bumped (when someone waits) by frees
+//   40      8        dir_next       payload offset of the first DirPage, 0: none (atomic)
+//   48      16       reserved
 //   64      8        lock           sync/robust_mutex word; guards bins, segs, prev_units,
 //                                   the directory's claims and growth
 //   72      4        segment_count  1..kMaxSegments; only grows (atomic)
