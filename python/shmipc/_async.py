@@ -22,6 +22,7 @@ A dead peer makes the reactor fire on its liveness slices; the retry then raises
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import select
 import socket
@@ -36,6 +37,34 @@ __all__ = ["arecv", "arecv_array", "reactor_info"]
 
 _NO: Any = object()  # "would block" from an attempt
 _FIRST, _RECHECK, _WOKEN = 0, 1, 2  # why an attempt runs
+# An await that would block first retries for a while on the loop's thread (as the blocking
+# calls spin before they sleep) -- but only while the loop has nothing else ready to run, so it
+# never delays another task (asyncio's own loop; with uvloop or trio awaits go straight to the
+# reactor). A peer that answers within the spin costs no thread wake-up at all: the reactor
+# thread and the loop's wake-up are most of an awaited round trip, and a spin shorter than
+# those wake-ups would let two awaiting peers settle into missing each other every time.
+_AWAIT_SPIN = 200e-6
+_AWAIT_SPIN_MAX = 1e-3
+
+
+def _await_spin(obj: Any) -> float:
+    """How long an await on `obj` may spin: 0 if its ``spin`` is 0 (the caller asked for no
+    busy-waiting), else at least _AWAIT_SPIN and at most _AWAIT_SPIN_MAX."""
+    own = getattr(obj, "spin", _AWAIT_SPIN)
+    try:
+        own = float(own)
+    except (TypeError, ValueError):
+        return _AWAIT_SPIN
+    if own <= 0:
+        return 0.0
+    return min(max(own, _AWAIT_SPIN), _AWAIT_SPIN_MAX)
+
+
+def _loop_idle(loop: asyncio.AbstractEventLoop) -> bool:
+    """True if asyncio's loop has no other callback ready (uvloop: unknown, so False)."""
+    ready = getattr(loop, "_ready", None)
+    return ready is not None and not ready
+
 
 # --- per event loop (asyncio, uvloop) ----------------------------------------------------------
 
@@ -106,10 +135,13 @@ async def _await_op(
     arm: Callable[[Any, int], int],
     attempt: Callable[[int], Any],
     timeout: float | None,
+    spin: float = 0.0,
 ) -> Any:
     """Runs attempt(stage) until it returns something other than _NO, waiting between
     attempts on the object's word through the reactor. Returns _NO when the timeout passed.
-    The stage says why it runs: _FIRST, _RECHECK (just armed), _WOKEN (the reactor fired)."""
+    The stage says why it runs: _FIRST, _RECHECK (just armed, or spinning), _WOKEN (the
+    reactor fired). Before arming, retries for up to `spin` seconds (bounded by the timeout)
+    if the loop has nothing else to run."""
     if timeout is not None and timeout <= 0:
         return attempt(_WOKEN)  # one full attempt (a dead peer raises, as recv(timeout=0))
     r = attempt(_FIRST)
@@ -118,6 +150,17 @@ async def _await_op(
     if _library() != "asyncio":
         return await _await_op_fd(arm, attempt, timeout)
     loop = asyncio.get_running_loop()
+    if spin > 0 and _loop_idle(loop):
+        if timeout is not None:
+            spin = min(spin, timeout)
+        end = time.perf_counter() + spin
+        while time.perf_counter() < end:
+            r = attempt(_RECHECK)
+            if r is not _NO:
+                return r
+            # Give the core away if anyone waits for it (the peer may be queued behind us on
+            # a busy machine): without this a spin can delay the very reply it waits for.
+            os.sched_yield()
     hub = _hub(loop)
     deadline = None if timeout is None else loop.time() + timeout
     while True:
@@ -306,11 +349,7 @@ class ChannelAsync:
     async def arecv(self, timeout: float | None = None) -> Any:
         """``await ch.arecv()``: :meth:`recv` without blocking the event loop."""
         t = _check_timeout(timeout)
-        r = await _await_op(
-            self._wait_arm,
-            self._recv_attempt(self.recv),
-            t,
-        )
+        r = await _await_op(self._wait_arm, self._recv_attempt(self.recv), t, _await_spin(self))
         if r is _NO:
             raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")
         return r
@@ -319,9 +358,7 @@ class ChannelAsync:
         """``await ch.arecv_array()``: :meth:`recv_array` without blocking the event loop."""
         t = _check_timeout(timeout)
         r = await _await_op(
-            self._wait_arm,
-            self._recv_attempt(self.recv_array),
-            t,
+            self._wait_arm, self._recv_attempt(self.recv_array), t, _await_spin(self)
         )
         if r is _NO:
             raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")
@@ -331,9 +368,7 @@ class ChannelAsync:
         """``await ch.arecv_bytes()``: :meth:`recv_bytes` without blocking the event loop."""
         t = _check_timeout(timeout)
         r = await _await_op(
-            self._wait_arm,
-            self._recv_attempt(self.recv_bytes),
-            t,
+            self._wait_arm, self._recv_attempt(self.recv_bytes), t, _await_spin(self)
         )
         if r is _NO:
             raise TimeoutError(f"nothing arrived on channel {self.name!r} within {timeout} s")
@@ -384,6 +419,7 @@ class ChannelAsync:
             self._send_arm,
             self._send_attempt(lambda to: self.send(obj, timeout=to)),
             t,
+            _await_spin(self),
         )
         if r is _NO:
             raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")
@@ -395,6 +431,7 @@ class ChannelAsync:
             self._send_arm,
             self._send_attempt(lambda to: self.send_array(arr, timeout=to)),
             t,
+            _await_spin(self),
         )
         if r is _NO:
             raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")
@@ -453,7 +490,7 @@ class SubscriberAsync:
 
     async def _arecv_with(self, how: Callable[[float], Any], timeout: float | None) -> Any:
         t = _check_timeout(timeout)
-        r = await _await_op(self._wait_arm, self._recv_attempt(how), t)
+        r = await _await_op(self._wait_arm, self._recv_attempt(how), t, _await_spin(self))
         if r is _NO:
             raise TimeoutError(f"nothing arrived on topic {self.name!r} within {timeout} s")
         return r
@@ -534,7 +571,7 @@ class QueueAsync:
         """``await q.aget_bytes()``: :meth:`get_bytes` without blocking the event loop;
         ``queue.Empty`` after ``timeout`` seconds."""
         t = _check_timeout(timeout)
-        r = await _await_op(self._wait_arm, self._get_attempt(), t)
+        r = await _await_op(self._wait_arm, self._get_attempt(), t, _await_spin(self))
         if r is _NO:
             raise queue.Empty
         out: bytes = r
@@ -558,7 +595,7 @@ class QueueAsync:
             except queue.Full:
                 return _NO
 
-        r = await _await_op(self._put_arm, attempt, t)
+        r = await _await_op(self._put_arm, attempt, t, _await_spin(self))
         if r is _NO:
             raise queue.Full
 
