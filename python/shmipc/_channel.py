@@ -3,7 +3,7 @@
 A channel is a named ring of small records (block offset, length, kind) in its heap: ``send``
 of a :class:`~shmipc.Block` moves the block itself (zero copy), ``send`` of bytes or an ndarray
 copies it once into the heap, and the receiver gets a Block (or an ndarray view) of the same
-shared memory. The engine is ``src/ipc_core/channel.cpp``; this module adds the Python
+shared memory. The engine is ``src/ipc_core/channel/``; this module adds the Python
 conventions (context manager, iteration, NumPy metadata, multiprocessing pickling).
 """
 

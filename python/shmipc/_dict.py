@@ -1,6 +1,6 @@
 """A dict shared by every process of a heap (API.md section 6): ``heap.dict(name)``.
 
-The map lives in the heap (``src/ipc_core/shared_dict.hpp``): a hash table of immutable
+The map lives in the heap (``src/ipc_core/containers/shared_dict.hpp``): a hash table of immutable
 entries, each published with one store under a robust process-shared lock, so every operation
 is atomic with respect to other processes, and a process killed at any moment (SIGKILL
 included) neither wedges the others nor leaves a half-written entry. Values are copied in and

@@ -1,6 +1,6 @@
 """A shared heap that any attached process allocates from and frees into (API.md section 2).
 
-The allocator lives in C++ (``src/ipc_core/heap.cpp``): its state is inside the shared
+The allocator lives in C++ (``src/ipc_core/heap/``): its state is inside the shared
 segment as offsets, guarded by a robust process-shared lock, with per-thread caches for small
 blocks. This module adds the Python conventions: context managers, ``close()``/``closed``,
 NumPy views, pickling for multiprocessing.

@@ -52,7 +52,7 @@ namespace shmipc {
 
 inline constexpr std::uint32_t kNamedDict = 0x44494354; // "DICT": kind of the named block
 
-struct DictControl; // in the named block (shared_dict.cpp)
+struct DictControl; // in the named block (shared_dict_table.hpp)
 
 // A handle on one shared dict of a heap. Cheap to copy; the Heap must outlive it. Thread-safe in
 // the sense that every operation takes the dict's lock (given as a Guard).

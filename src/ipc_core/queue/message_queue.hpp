@@ -79,7 +79,7 @@ static_assert(offsetof(QueueControl, not_full) == 256 && sizeof(QueueControl) ==
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
 struct QueueSlot {
-    std::atomic<std::uint64_t> state; // see the encoding in message_queue.cpp
+    std::atomic<std::uint64_t> state; // see the encoding in message_queue_impl.hpp
     std::uint32_t length;             // bytes of the message; valid in FULL/READING
     std::uint32_t reserved;
     // followed by max_message_size bytes of data

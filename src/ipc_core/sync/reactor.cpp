@@ -1,3 +1,6 @@
+// The reactor (reactor.hpp): the process's instance, registrations (arm, disarm, sticky words)
+// and the threads that wait for them, in either mode. ReadySignal: ready_signal.cpp; the choice
+// of the mode: reactor_mode.cpp.
 #include "ipc_core/sync/reactor.hpp"
 
 #include "ipc_core/base/deadline.hpp"
@@ -22,65 +25,6 @@
 #endif
 
 namespace shmipc {
-
-// --- ReadySignal ---------------------------------------------------------------------------------
-
-ReadySignal::ReadySignal() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
-    if (!fd_)
-        throw OsError(errno, "eventfd");
-}
-
-void ReadySignal::raise() noexcept {
-    const std::uint64_t one = 1;
-    // EAGAIN only when the counter is near 2^64: it is readable then anyway.
-    [[maybe_unused]] ssize_t n = ::write(fd_.get(), &one, sizeof one);
-}
-
-void ReadySignal::fire(std::uint64_t token) noexcept {
-    {
-        std::lock_guard g(mu_);
-        try {
-            fired_.push_back(token);
-        } catch (...) { // out of memory: the eventfd still says "look again"
-        }
-    }
-    raise();
-}
-
-std::vector<std::uint64_t> ReadySignal::take() {
-    std::uint64_t count = 0;
-    [[maybe_unused]] ssize_t n = ::read(fd_.get(), &count, sizeof count); // EAGAIN: nothing
-    std::vector<std::uint64_t> out;
-    std::lock_guard g(mu_);
-    out.swap(fired_);
-    return out;
-}
-
-// --- mode ----------------------------------------------------------------------------------------
-
-bool futex_waitv_available() noexcept {
-    static const bool ok = [] {
-        std::uint32_t word = 0;
-        futex_waitv v{};
-        v.val = 1; // != word: a working futex_waitv returns EAGAIN at once
-        v.uaddr = reinterpret_cast<std::uintptr_t>(&word);
-        v.flags = FUTEX_32 | FUTEX_PRIVATE_FLAG;
-        const long r = ::syscall(SYS_futex_waitv, &v, 1, 0, nullptr, 0);
-        return r < 0 && errno == EAGAIN;
-    }();
-    return ok;
-}
-
-ReactorMode default_reactor_mode() noexcept {
-    const char *env = std::getenv("SHMIPC_REACTOR");
-    if (env && std::strcmp(env, "threads") == 0)
-        return ReactorMode::Threads;
-    return futex_waitv_available() ? ReactorMode::Waitv : ReactorMode::Threads;
-}
-
-const char *reactor_mode_name(ReactorMode m) noexcept {
-    return m == ReactorMode::Waitv ? "futex_waitv" : "threads";
-}
 
 // --- the process's reactor -----------------------------------------------------------------------
 
@@ -400,8 +344,8 @@ std::size_t Reactor::disarm_owner(const void *owner) noexcept {
             }
         }
         for (auto &sh : shards_) {
-            const auto n = std::erase_if(sh->sticky,
-                                         [&](const StickyWord &s) { return s.owner == owner; });
+            const auto n =
+                std::erase_if(sh->sticky, [&](const StickyWord &s) { return s.owner == owner; });
             if (n && sh->in_wait) { // it may sleep on that word: make it rebuild its list
                 sh->ctl.fetch_add(1, std::memory_order_seq_cst);
                 futex_wake(sh->ctl, 1);

@@ -32,11 +32,11 @@
 namespace shmipc {
 
 struct TopicOptions {
-    std::uint32_t capacity = 8;                   // pending samples per subscriber
-    std::uint32_t history = 0;                    // earlier samples a late joiner gets
+    std::uint32_t capacity = 8; // pending samples per subscriber
+    std::uint32_t history = 0;  // earlier samples a late joiner gets
     Overflow overflow = Overflow::Block;
     std::uint32_t max_subscribers = 64;
-    std::uint32_t max_held = 0;                   // 0: max(64, capacity + history)
+    std::uint32_t max_held = 0; // 0: max(64, capacity + history)
 };
 
 struct TopicInfo {
@@ -47,8 +47,8 @@ struct TopicInfo {
     std::uint32_t max_subscribers = 0;
     std::uint32_t subscribers = 0; // live ones
     bool publisher_alive = false;
-    bool closed = false;           // the publisher ended the stream
-    std::uint64_t published = 0;   // head
+    bool closed = false;         // the publisher ended the stream
+    std::uint64_t published = 0; // head
 };
 
 // A received sample: `data`/`length` is the shared block (read it, never write it); `header`
@@ -63,7 +63,7 @@ struct TopicSample {
 };
 
 namespace topic_detail {
-class TopicRef; // the shared part of both handles (topic.cpp)
+class TopicRef; // the shared part of both handles (topic_ref.hpp)
 }
 
 class TopicPublisher {
@@ -169,7 +169,7 @@ class TopicSubscriber {
     [[nodiscard]] FutexWord &data_word() const noexcept;
     [[nodiscard]] bool recv_ready() const;
     [[nodiscard]] bool publisher_dead() const;
-    [[nodiscard]] std::uint64_t missed() const;  // dropped for this subscriber so far
+    [[nodiscard]] std::uint64_t missed() const; // dropped for this subscriber so far
     // Stops receiving (idempotent). Samples it holds stay valid until released.
     void close();
     void abandon() noexcept;
