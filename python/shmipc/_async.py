@@ -30,7 +30,9 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _core
+from . import _core, _objects
+from ._buffer import recv, recv_array
+from ._errors import PeerDiedError
 
 __all__ = ["arecv", "arecv_array", "reactor_info"]
 
@@ -346,8 +348,6 @@ class ChannelAsync:
         return self._aiter()
 
     async def _aiter(self) -> AsyncIterator[Any]:
-        from ._errors import PeerDiedError
-
         while True:
             try:
                 blk = await self.arecv()
@@ -441,8 +441,6 @@ class SubscriberAsync:
                 except TimeoutError:
                     # Nothing pending: a dead publisher ends the wait (its samples drained).
                     if self._publisher_dead():
-                        from ._errors import PeerDiedError
-
                         raise PeerDiedError(
                             f"the publisher of topic {self.name!r} is gone "
                             "(it died or left without closing)"
@@ -477,8 +475,6 @@ class SubscriberAsync:
         return self._aiter()
 
     async def _aiter(self) -> AsyncIterator[Any]:
-        from ._errors import PeerDiedError
-
         while True:
             try:
                 sample = await self.arecv()
@@ -569,8 +565,6 @@ class QueueAsync:
             await self.aput_bytes(msg, timeout)
         except BaseException:  # cancelled or full: the out-of-band blocks go back
             if refs:
-                from . import _objects
-
                 _objects.drop_refs(heap, refs)
             raise
 
@@ -706,15 +700,11 @@ async def arecv(sock: socket.socket | int, timeout: float | None = None) -> Any:
     """``await shmipc.arecv(sock)``: :func:`shmipc.recv` without blocking the event loop (the
     socket is watched by the loop itself: ``add_reader`` under asyncio, ``wait_readable`` under
     trio; no thread)."""
-    from ._buffer import recv
-
     return await _arecv_with(sock, recv, timeout)
 
 
 async def arecv_array(sock: socket.socket | int, timeout: float | None = None) -> Any:
     """``await shmipc.arecv_array(sock)``: :func:`shmipc.recv_array` without blocking the loop."""
-    from ._buffer import recv_array
-
     return await _arecv_with(sock, recv_array, timeout)
 
 

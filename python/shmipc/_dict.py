@@ -9,8 +9,6 @@ out (like ``multiprocessing.Manager().dict()``, without a server process).
 
 from __future__ import annotations
 
-import ast
-import struct
 from collections.abc import (
     ItemsView,
     Iterator,
@@ -23,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _core
+from . import _core, _descriptor
+from ._errors import CorruptSegmentError
 
 if TYPE_CHECKING:
     from ._heap import Heap
@@ -37,23 +36,24 @@ Value = bytes | str | int | float | np.ndarray
 _TAG_BYTES = 1
 _TAG_BIGINT = 16
 _TAG_NDARRAY = 17
-_ND_HEAD = struct.Struct("<HB")  # descr length, ndim
+_heads: dict[tuple[np.dtype[Any], tuple[int, ...]], bytes] = {}  # (dtype, shape) -> entry head
 
 
 def _encode(value: object) -> tuple[int, bytes, object]:
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
             raise TypeError("arrays of Python objects cannot be stored in a SharedDict")
-        dt = value.dtype
-        if dt.fields is None and dt.subdtype is None:
-            descr = dt.str
-        else:
-            descr = repr(np.lib.format.dtype_to_descr(dt))
-        d = descr.encode()
-        if len(d) > 0xFFFF or value.ndim > 255:
-            raise ValueError("array dtype or ndim too large for a SharedDict")
-        head = _ND_HEAD.pack(len(d), value.ndim) + d + struct.pack(f"<{value.ndim}q", *value.shape)
-        head += b"\0" * (-len(head) % 16)  # data 16-byte aligned in the entry and the copy
+        # The entry: the array's descriptor (the one of every kind, _descriptor), padding, then
+        # the C-ordered bytes at the descriptor's offset, 16-byte aligned in the entry and the copy.
+        key = (value.dtype, value.shape)
+        head = _heads.get(key)
+        if head is None:
+            n = len(_descriptor.encode(value.dtype, value.shape))
+            head = _descriptor.encode(value.dtype, value.shape, n + (-n % 16))
+            head += b"\0" * (-len(head) % 16)
+            if len(_heads) >= 256:
+                _heads.clear()
+            _heads[key] = head
         flat = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
         return _TAG_NDARRAY, head, flat
     if isinstance(value, int):  # beyond int64 (smaller ones never get here)
@@ -73,17 +73,12 @@ def _encode(value: object) -> tuple[int, bytes, object]:
 
 def _decode(tag: int, blob: bytearray) -> object:
     if tag == _TAG_NDARRAY:
-        dlen, ndim = _ND_HEAD.unpack_from(blob, 0)
-        off = _ND_HEAD.size
-        descr = bytes(blob[off : off + dlen]).decode()
-        off += dlen
-        shape = struct.unpack_from(f"<{ndim}q", blob, off)
-        off += 8 * ndim
-        off += -off % 16
-        if descr.startswith(("[", "(")):
-            dt = np.lib.format.descr_to_dtype(ast.literal_eval(descr))
-        else:
-            dt = np.dtype(descr)
+        (dt, shape, off, fortran, nbytes), n = _descriptor.decode_head(blob)
+        if off < n or fortran or off + nbytes != len(blob):
+            raise CorruptSegmentError(
+                f"SharedDict entry: an array descriptor ({dt}, {shape}, offset {off}) that does "
+                f"not describe its {len(blob)} bytes"
+            )
         flat = np.frombuffer(blob, dtype=np.uint8, offset=off)
         return flat.view(dt).reshape(shape)
     if tag == _TAG_BIGINT:

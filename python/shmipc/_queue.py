@@ -13,6 +13,7 @@ from typing import Any
 
 from . import _core, _objects, _validate
 from ._async import QueueAsync
+from ._heap import Heap
 
 __all__ = ["MessageQueue"]
 
@@ -92,8 +93,6 @@ class MessageQueue(QueueAsync):
         h = _core.MessageQueue.create(name, maxsize, max_message_size, mode, bool(persistent))
         oob: Any = False
         if oob_size > 0 and len(_oob_name(h.name)) <= 196:  # room for extension suffixes
-            from ._heap import Heap
-
             try:
                 oob = Heap.create(
                     _oob_name(h.name),
@@ -191,8 +190,6 @@ class MessageQueue(QueueAsync):
     def _oob_heap(self) -> Any:
         oob = self._oob
         if oob is None:
-            from ._heap import Heap
-
             try:
                 oob = Heap.attach(_oob_name(self._name), trust_owner=self._trust)
             except FileNotFoundError:
