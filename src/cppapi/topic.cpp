@@ -1,6 +1,6 @@
 // shmipc::v1::Publisher / Subscriber / Sample over the engine's topic (src/ipc_core/topic).
-// Array samples carry Python's channel metadata ("1|dims|start|fortran|s<dtype>"), as
-// python/shmipc/_topic.py writes and reads it.
+// Array samples carry the array descriptor of every kind (ipc_core/base/array_descriptor.hpp),
+// as python/shmipc/_topic.py writes and reads it (through _descriptor.py).
 #include "internal.hpp"
 
 #include <utility>
