@@ -521,7 +521,7 @@ class QueueAsync:
                 # After a wake, the zero-timeout blocking path also repairs messages that dead
                 # consumers had claimed (it is only a few microseconds more).
                 return h.get_bytes(stage == _WOKEN, 0.0)
-            except queue.Empty:
+            except TimeoutError:  # the engine's "nothing now"
                 return _NO
 
         return attempt
@@ -551,7 +551,7 @@ class QueueAsync:
             try:
                 h.put_bytes(data, False, None)
                 return True
-            except queue.Full:
+            except TimeoutError:  # the engine's "no room now"
                 return _NO
 
         r = await _await_op(self._put_arm, attempt, t)

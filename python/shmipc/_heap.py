@@ -65,6 +65,8 @@ class Heap(_core.HeapCore):
     cannot be closed while memoryviews/arrays of its blocks exist (``BufferError``).
     """
 
+    _trust_uid: int  # whom attach() trusted (named heaps travel to children with it)
+
     # --- construction -----------------------------------------------------------------
 
     @classmethod
@@ -93,17 +95,8 @@ class Heap(_core.HeapCore):
             if max_size < size:
                 raise ValueError(f"max_size ({max_size}) must be >= size ({size})")
         self = cls.__new__(cls)
-        _core.HeapCore.__init__(
-            self,
-            "create",
-            name,
-            _size(size),
-            max_size or 0,
-            mode,
-            bool(persistent),
-            -1,
-            thread_cache,
-        )
+        _core.HeapCore.__init__(self)
+        self._open_create(name, _size(size), max_size or 0, mode, bool(persistent), thread_cache)
         _live.add(self)
         return self
 
@@ -120,7 +113,8 @@ class Heap(_core.HeapCore):
         _validate.name(name)
         uid = _validate.trust_uid(trust_owner)
         self = cls.__new__(cls)
-        _core.HeapCore.__init__(self, "attach", name, 0, 0, 0o600, False, -1, thread_cache, uid)
+        _core.HeapCore.__init__(self)
+        self._open_attach(name, thread_cache, uid)
         self._trust_uid = uid
         _live.add(self)
         return self
@@ -132,9 +126,8 @@ class Heap(_core.HeapCore):
         Anonymous heaps do not grow."""
         _check_int("size", size)
         self = cls.__new__(cls)
-        _core.HeapCore.__init__(
-            self, "anonymous", "", _size(size), 0, 0o600, False, -1, thread_cache
-        )
+        _core.HeapCore.__init__(self)
+        self._open_anonymous(_size(size), thread_cache)
         _live.add(self)
         return self
 
@@ -142,7 +135,8 @@ class Heap(_core.HeapCore):
     def _mp_rebuild(cls, fd: int, state: Any) -> Heap:
         self = cls.__new__(cls)
         try:
-            _core.HeapCore.__init__(self, "fd", "", 0, 0, 0o600, False, fd, True)
+            _core.HeapCore.__init__(self)
+            self._open_fd(fd, True)
         except BaseException:
             os.close(fd)
             raise
