@@ -25,7 +25,7 @@ import numpy as np
 from . import _core
 from ._errors import CorruptSegmentError
 
-__all__ = ["Spec", "encode", "decode", "decode_head"]
+__all__ = ["Spec", "encode", "decode", "decode_head", "describe", "dtype_of"]
 
 Spec = tuple[np.dtype[Any], tuple[int, ...], int, bool, int]
 """(dtype, shape, offset, fortran, nbytes): what a descriptor says, and the bytes of its array."""
@@ -34,6 +34,8 @@ _CACHE_MAX = 256
 _encoded: dict[tuple[np.dtype[Any], tuple[int, ...], int, bool], bytes] = {}
 _decoded: dict[bytes, Spec] = {}
 _lengths: dict[bytes, int] = {}  # header (16 bytes) -> length of the descriptor
+_texts: dict[np.dtype[Any], tuple[str, bool]] = {}
+_dtypes: dict[tuple[str, bool], np.dtype[Any]] = {}
 
 
 def encode(
@@ -51,11 +53,36 @@ def encode(
     return raw
 
 
+def describe(dtype: np.dtype[Any]) -> tuple[str, bool]:
+    """(the descriptor's dtype text, structured) of ``dtype``; TypeError for object dtypes."""
+    out = _texts.get(dtype)
+    if out is None:
+        if dtype.hasobject:
+            raise TypeError(f"arrays of dtype {dtype} hold Python objects; they cannot be shared")
+        structured = dtype.fields is not None or dtype.subdtype is not None
+        text = json.dumps(np.lib.format.dtype_to_descr(dtype)) if structured else dtype.str
+        out = (text, structured)
+        if len(_texts) >= _CACHE_MAX:
+            _texts.clear()
+        _texts[dtype] = out
+    return out
+
+
+def dtype_of(text: str, structured: bool) -> np.dtype[Any]:
+    """The dtype a decoded descriptor's dtype text names; CorruptSegmentError if NumPy refuses
+    it or it holds Python objects."""
+    key = (text, structured)
+    dtype = _dtypes.get(key)
+    if dtype is None:
+        dtype = _dtype(text, structured)
+        if len(_dtypes) >= _CACHE_MAX:
+            _dtypes.clear()
+        _dtypes[key] = dtype
+    return dtype
+
+
 def _encode_new(dtype: np.dtype[Any], shape: tuple[int, ...], offset: int, fortran: bool) -> bytes:
-    if dtype.hasobject:
-        raise TypeError(f"arrays of dtype {dtype} hold Python objects; they cannot be shared")
-    structured = dtype.fields is not None or dtype.subdtype is not None
-    text = json.dumps(np.lib.format.dtype_to_descr(dtype)) if structured else dtype.str
+    text, structured = describe(dtype)
     return _core.encode_array_descriptor(
         text, tuple(int(n) for n in shape), int(offset), bool(fortran), structured
     )

@@ -9,6 +9,7 @@ out (like ``multiprocessing.Manager().dict()``, without a server process).
 
 from __future__ import annotations
 
+import math
 from collections.abc import (
     ItemsView,
     Iterator,
@@ -32,61 +33,48 @@ __all__ = ["SharedDict", "Value"]
 Value = bytes | str | int | float | np.ndarray
 """What a SharedDict stores (bool is kept as bool; bytearray/memoryview come back as bytes)."""
 
-# Tags 1..5 are encoded in C++ (bytes, str, int64, float, bool); these are the Python ones.
-_TAG_BYTES = 1
-_TAG_BIGINT = 16
-_TAG_NDARRAY = 17
-_heads: dict[tuple[np.dtype[Any], tuple[int, ...]], bytes] = {}  # (dtype, shape) -> entry head
+# What the entries' bytes mean is the dict value codec of the engine
+# (src/ipc_core/containers/dict_codec.hpp), applied by src/bindings/bind_dict.cpp. These two
+# helpers only supply what NumPy knows: the plain value the codec stores for a value of another
+# type, and the ndarray of a decoded array entry.
 
 
-def _encode(value: object) -> tuple[int, bytes, object]:
+def _to_plain(value: object) -> object:
+    """A value the codec stores for ``value`` (a NumPy scalar's item, bytes of a bytearray or
+    memoryview) or, for an ndarray, (dtype text, structured, shape, C-ordered bytes)."""
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
             raise TypeError("arrays of Python objects cannot be stored in a SharedDict")
-        # The entry: the array's descriptor (the one of every kind, _descriptor), padding, then
-        # the C-ordered bytes at the descriptor's offset, 16-byte aligned in the entry and the copy.
-        key = (value.dtype, value.shape)
-        head = _heads.get(key)
-        if head is None:
-            n = len(_descriptor.encode(value.dtype, value.shape))
-            head = _descriptor.encode(value.dtype, value.shape, n + (-n % 16))
-            head += b"\0" * (-len(head) % 16)
-            if len(_heads) >= 256:
-                _heads.clear()
-            _heads[key] = head
+        text, structured = _descriptor.describe(value.dtype)
         flat = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
-        return _TAG_NDARRAY, head, flat
-    if isinstance(value, int):  # beyond int64 (smaller ones never get here)
-        n = (value.bit_length() + 8) // 8
-        return _TAG_BIGINT, value.to_bytes(n, "little", signed=True), None
+        return text, structured, value.shape, flat
     if isinstance(value, np.generic) and not value.dtype.hasobject:
         item = value.item()
         if isinstance(item, (bool, int, float)):
-            return 0, b"", item  # tag 0: the C++ side stores `item` instead
+            return item
     if isinstance(value, (bytearray, memoryview)):
-        return _TAG_BYTES, bytes(value), None
+        return bytes(value)
     raise TypeError(
         "SharedDict values are bytes, str, int, float, bool or numpy.ndarray, "
         f"not {type(value).__name__}"
     )
 
 
-def _decode(tag: int, blob: bytearray) -> object:
-    if tag == _TAG_NDARRAY:
-        (dt, shape, off, fortran, nbytes), n = _descriptor.decode_head(blob)
-        if off < n or fortran or off + nbytes != len(blob):
-            raise CorruptSegmentError(
-                f"SharedDict entry: an array descriptor ({dt}, {shape}, offset {off}) that does "
-                f"not describe its {len(blob)} bytes"
-            )
-        flat = np.frombuffer(blob, dtype=np.uint8, offset=off)
-        return flat.view(dt).reshape(shape)
-    if tag == _TAG_BIGINT:
-        return int.from_bytes(blob, "little", signed=True)
-    raise ValueError(f"SharedDict entry with an unknown type tag {tag} (newer shmipc?)")
+def _array_from(
+    text: str, structured: bool, shape: tuple[int, ...], entry: bytearray, offset: int
+) -> np.ndarray:
+    """The ndarray of an array entry the codec decoded (its elements from ``offset`` on)."""
+    dt = _descriptor.dtype_of(text, structured)  # CorruptSegmentError if NumPy refuses it
+    if offset + math.prod(shape) * dt.itemsize != len(entry):  # (a structured dtype's size)
+        raise CorruptSegmentError(
+            f"SharedDict entry: an array ({dt}, {shape}) that is not its "
+            f"{len(entry) - offset} bytes"
+        )
+    flat = np.frombuffer(entry, dtype=np.uint8, offset=offset)
+    return flat.view(dt).reshape(shape)
 
 
-_core._set_dict_helpers(_encode, _decode)
+_core._set_dict_helpers(_to_plain, _array_from)
 
 
 class SharedDict(_core.DictCore):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import shmipc
-from shmipc import CorruptSegmentError, _core, _descriptor, _dict
+from shmipc import CorruptSegmentError, _core, _descriptor
 
 DTYPES = [
     np.dtype("<f8"),
@@ -168,26 +168,52 @@ def test_a_bad_descriptor_of_a_shared_value_is_corrupt(name: str, raw: bytes) ->
         GOOD,  # offset 0: inside the descriptor
         _descriptor.encode(np.dtype("<f8"), (3,), 32),  # more elements than bytes
         _descriptor.encode(np.dtype("<f8"), (2,), 32, True),  # Fortran order
+        _descriptor.encode(np.dtype("<f8"), (2,), 40),  # elements not 16-byte aligned
+        _descriptor.encode(np.dtype([("a", "<f8")]), (3,), 48),  # structured: NumPy's check
+        struct.pack("<BBBBIQq", 1, 2, 1, 0, 14, 48, 2) + b'[["a", "|O8"]]',  # Python objects
     ],
 )
-def test_a_bad_descriptor_of_a_dict_entry_is_corrupt(heap: shmipc.Heap, head: bytes) -> None:
+def test_a_bad_array_entry_of_a_dict_is_corrupt(heap: shmipc.Heap, head: bytes) -> None:
     d = heap.dict("d")
-    forged = head + b"\0" * (-len(head) % 16)
-
-    def encode(value: object) -> tuple[int, bytes, object]:
-        if isinstance(value, np.ndarray):
-            return _dict._TAG_NDARRAY, forged, value.view(np.uint8).reshape(-1)
-        return _dict._encode(value)
-
-    _core._set_dict_helpers(encode, _dict._decode)
-    try:
-        d["a"] = np.zeros(2)
-    finally:
-        _core._set_dict_helpers(_dict._encode, _dict._decode)
+    forged = head + b"\0" * (-len(head) % 16) + b"x" * 16
+    d._set_raw("a", 17, forged)  # 17: an array entry (containers/dict_codec.hpp)
     with pytest.raises(CorruptSegmentError):
         d["a"]
     d["a"] = np.ones(2)
     assert d["a"].tolist() == [1.0, 1.0]
+    d.close()
+
+
+@pytest.mark.parametrize(
+    ("tag", "raw"),
+    [
+        (3, b"1234567"),  # an int of 7 bytes
+        (3, b"123456789"),
+        (4, b""),  # a float of none
+        (5, b"\x02"),  # a bool that is neither
+        (16, b""),  # an empty big int
+        (16, b"\x01\x00"),  # a big int that is not minimal
+    ],
+)
+def test_a_bad_fixed_size_entry_of_a_dict_is_corrupt(
+    heap: shmipc.Heap, tag: int, raw: bytes
+) -> None:
+    d = heap.dict("d")
+    d._set_raw("a", tag, raw)
+    with pytest.raises(CorruptSegmentError):
+        d["a"]
+    with pytest.raises(CorruptSegmentError):
+        d.copy()
+    d["a"] = 1 << 70
+    assert d["a"] == 1 << 70
+    d.close()
+
+
+def test_an_entry_of_an_unknown_tag_is_refused_as_a_newer_writers(heap: shmipc.Heap) -> None:
+    d = heap.dict("d")
+    d._set_raw("a", 99, b"x")
+    with pytest.raises(ValueError, match="unknown type tag 99"):
+        d["a"]
     d.close()
 
 
