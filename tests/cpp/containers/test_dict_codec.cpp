@@ -24,7 +24,7 @@ TEST(DictCodec, fixed_size_values_round_trip_and_have_exactly_their_size) {
     EXPECT_THROW((void)decode_int("123456789"), CorruptSegment);
     EXPECT_THROW((void)decode_float(""), CorruptSegment);
     EXPECT_THROW((void)decode_bool("\x02"), CorruptSegment);
-    EXPECT_THROW((void)decode_bool("\x01\x00"), CorruptSegment);
+    EXPECT_THROW((void)decode_bool(std::string("\x01\x00", 2)), CorruptSegment);
 }
 
 TEST(DictCodec, big_ints_are_minimal_twos_complement) {
