@@ -58,13 +58,6 @@ bool decode_bool(std::string_view value) {
 void check_big_int(std::string_view value) {
     if (value.empty())
         throw CorruptSegment("SharedDict entry: an empty big int");
-    // Minimal: the top byte is not a mere sign extension of the byte below it.
-    if (value.size() > 1) {
-        auto top = static_cast<std::uint8_t>(value.back());
-        auto below = static_cast<std::uint8_t>(value[value.size() - 2]);
-        if ((top == 0x00 && below < 0x80) || (top == 0xff && below >= 0x80))
-            throw CorruptSegment("SharedDict entry: a big int that is not minimal");
-    }
 }
 
 std::string array_entry_head(ArrayDescriptor d) {

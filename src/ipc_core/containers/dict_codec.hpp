@@ -9,8 +9,9 @@
 //   3    int         int64, little endian
 //   4    float       IEEE double, little endian
 //   5    bool        one byte, 0 or 1
-//   16   big int     an integer beyond int64: two's complement, little endian, as few bytes as
-//                    hold it with its sign (Python's int.to_bytes(n, "little", signed=True))
+//   16   big int     an integer beyond int64: two's complement, little endian, at least one
+//                    byte (Python: int.to_bytes((n.bit_length() + 8) // 8, "little",
+//                    signed=True), not always the fewest bytes)
 //   17   ndarray     the array descriptor (base/array_descriptor.hpp) whose offset is where the
 //                    data starts (the descriptor's length rounded up to 16: data 16-byte aligned
 //                    in the entry), zeros up to there, then the C-ordered elements
@@ -45,7 +46,7 @@ inline constexpr std::size_t kArrayDataAlign = 16;
 [[nodiscard]] std::int64_t decode_int(std::string_view value);
 [[nodiscard]] double decode_float(std::string_view value);
 [[nodiscard]] bool decode_bool(std::string_view value);
-// CorruptSegment for an empty value or one a shorter encoding would hold (not minimal).
+// CorruptSegment for an empty value.
 void check_big_int(std::string_view value);
 
 // The bytes of an array entry before its elements: `d` (its offset set to where they start),
