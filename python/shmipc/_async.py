@@ -31,7 +31,9 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _core
+from . import _core, _objects
+from ._buffer import recv, recv_array
+from ._errors import PeerDiedError
 
 __all__ = ["arecv", "arecv_array", "reactor_info"]
 
@@ -381,8 +383,6 @@ class ChannelAsync:
         return self._aiter()
 
     async def _aiter(self) -> AsyncIterator[Any]:
-        from ._errors import PeerDiedError
-
         while True:
             try:
                 blk = await self.arecv()
@@ -478,8 +478,6 @@ class SubscriberAsync:
                 except TimeoutError:
                     # Nothing pending: a dead publisher ends the wait (its samples drained).
                     if self._publisher_dead():
-                        from ._errors import PeerDiedError
-
                         raise PeerDiedError(
                             f"the publisher of topic {self.name!r} is gone "
                             "(it died or left without closing)"
@@ -514,8 +512,6 @@ class SubscriberAsync:
         return self._aiter()
 
     async def _aiter(self) -> AsyncIterator[Any]:
-        from ._errors import PeerDiedError
-
         while True:
             try:
                 sample = await self.arecv()
@@ -562,7 +558,7 @@ class QueueAsync:
                 # After a wake, the zero-timeout blocking path also repairs messages that dead
                 # consumers had claimed (it is only a few microseconds more).
                 return h.get_bytes(stage == _WOKEN, 0.0)
-            except queue.Empty:
+            except TimeoutError:  # the engine's "nothing now"
                 return _NO
 
         return attempt
@@ -592,7 +588,7 @@ class QueueAsync:
             try:
                 h.put_bytes(data, False, None)
                 return True
-            except queue.Full:
+            except TimeoutError:  # the engine's "no room now"
                 return _NO
 
         r = await _await_op(self._put_arm, attempt, t, _await_spin(self))
@@ -606,8 +602,6 @@ class QueueAsync:
             await self.aput_bytes(msg, timeout)
         except BaseException:  # cancelled or full: the out-of-band blocks go back
             if refs:
-                from . import _objects
-
                 _objects.drop_refs(heap, refs)
             raise
 
@@ -743,15 +737,11 @@ async def arecv(sock: socket.socket | int, timeout: float | None = None) -> Any:
     """``await shmipc.arecv(sock)``: :func:`shmipc.recv` without blocking the event loop (the
     socket is watched by the loop itself: ``add_reader`` under asyncio, ``wait_readable`` under
     trio; no thread)."""
-    from ._buffer import recv
-
     return await _arecv_with(sock, recv, timeout)
 
 
 async def arecv_array(sock: socket.socket | int, timeout: float | None = None) -> Any:
     """``await shmipc.arecv_array(sock)``: :func:`shmipc.recv_array` without blocking the loop."""
-    from ._buffer import recv_array
-
     return await _arecv_with(sock, recv_array, timeout)
 
 

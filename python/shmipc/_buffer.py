@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import socket
-import struct
 import sys
 from typing import Any
 
 import numpy as np
 
-from . import _core, _validate
+from . import _core, _descriptor, _validate
+from ._errors import CorruptSegmentError
 from ._multiprocessing import register_fd_reducer
 
 __all__ = ["Buffer", "send", "recv", "send_array", "recv_array", "Meta"]
@@ -55,8 +54,6 @@ def _decode_meta(raw: bytes) -> Meta:
 
 
 def _core_corrupt(msg: str) -> Exception:
-    from ._errors import CorruptSegmentError
-
     return CorruptSegmentError(msg)
 
 
@@ -213,68 +210,7 @@ def recv(sock: SocketLike, timeout: float | None = None) -> Buffer:
 
 
 # ---------------------------------------------------------------------------------------------
-# arrays
-#
-# Array descriptor on the wire (little endian): flags u8 (bit0 Fortran order, bit1 structured
-# dtype), ndim u8, offset u64, shape int64[ndim], then the dtype: its .str (e.g. "<f8",
-# "<M8[D]") or, for structured dtypes, the JSON of numpy's descr.
-
-_DESC_HEAD = struct.Struct("<BBQ")
-_F_FORTRAN = 1
-_F_STRUCTURED = 2
-_dtype_cache: dict[bytes, np.dtype[Any]] = {}
-
-
-def _encode_desc(a: np.ndarray, offset: int, fortran: bool) -> bytes:
-    dt = a.dtype
-    flags = _F_FORTRAN if fortran else 0
-    if dt.fields is not None or dt.subdtype is not None:
-        flags |= _F_STRUCTURED
-        dstr = json.dumps(np.lib.format.dtype_to_descr(dt)).encode()
-    else:
-        dstr = dt.str.encode()
-    return _DESC_HEAD.pack(flags, a.ndim, offset) + struct.pack(f"<{a.ndim}q", *a.shape) + dstr
-
-
-# What dtype.str looks like: byte order, kind, item size, optional datetime unit.
-_SIMPLE_DTYPE = re.compile(r"[<>|=][a-zA-Z]\d{1,9}(\[[0-9a-zA-Z]{1,8}\])?")
-
-
-def _decode_desc(desc: bytes) -> tuple[np.dtype[Any], tuple[int, ...], int, bool]:
-    try:
-        flags, ndim, offset = _DESC_HEAD.unpack_from(desc)
-        shape = struct.unpack_from(f"<{ndim}q", desc, _DESC_HEAD.size)
-        raw = desc[_DESC_HEAD.size + 8 * ndim :]
-    except struct.error as e:
-        raise _core_corrupt(f"bad array descriptor: {e}") from None
-    dtype = _dtype_cache.get(raw)
-    if dtype is None:
-        # The peer is not trusted: only well-formed descriptions reach numpy, and whatever
-        # numpy's parsers raise on them is a corrupt message, not a crash of the receiver.
-        try:
-            if flags & _F_STRUCTURED:
-                dtype = np.lib.format.descr_to_dtype(_tuplify(json.loads(raw)))
-            else:
-                text = raw.decode("ascii")
-                if not _SIMPLE_DTYPE.fullmatch(text):
-                    raise ValueError(f"not a dtype: {text!r}")
-                dtype = np.dtype(text)
-        except Exception as e:  # noqa: BLE001 - numpy may raise SyntaxError, TypeError, ...
-            raise _core_corrupt(f"bad array descriptor: {type(e).__name__}: {e}") from None
-        if len(_dtype_cache) < 256:
-            _dtype_cache[raw] = dtype
-    if dtype.hasobject:
-        raise _core_corrupt("object dtype in array descriptor")
-    if any(d < 0 for d in shape):
-        raise _core_corrupt("negative dimension in array descriptor")
-    return dtype, shape, offset, bool(flags & _F_FORTRAN)
-
-
-def _tuplify(descr: Any) -> Any:
-    """JSON turned the descr's field tuples into lists; descr_to_dtype wants them back."""
-    if isinstance(descr, list):
-        return [tuple(_tuplify(x) if isinstance(x, list) else x for x in f) for f in descr]
-    return descr
+# arrays: the message's descriptor is the one of every kind (_descriptor, base/array_descriptor)
 
 
 def _buffer_behind(arr: np.ndarray) -> tuple[_core.Buffer | None, list[Any]]:
@@ -347,7 +283,9 @@ def send_array(sock: SocketLike, arr: Any, meta: Meta = None) -> None:
                 "process (delete them, or send a copy)"
             )
         offset = a.__array_interface__["data"][0] - buf._address
-        _core.send_buffer(fd, buf, _encode_meta(meta), _encode_desc(a, offset, fortran), own)
+        _core.send_buffer(
+            fd, buf, _encode_meta(meta), _descriptor.encode(a.dtype, a.shape, offset, fortran), own
+        )
         for o in chain:
             if isinstance(o, np.ndarray):
                 o.flags.writeable = False
@@ -360,7 +298,9 @@ def send_array(sock: SocketLike, arr: Any, meta: Meta = None) -> None:
             dst = tmp._view(a.dtype, a.shape, fortran, 0, True)
             np.copyto(dst, a, casting="no")
             del dst
-        _core.send_buffer(fd, tmp, _encode_meta(meta), _encode_desc(a, 0, fortran), 0)
+        _core.send_buffer(
+            fd, tmp, _encode_meta(meta), _descriptor.encode(a.dtype, a.shape, 0, fortran), 0
+        )
     finally:
         tmp.close()
 
@@ -376,8 +316,8 @@ def recv_array(sock: SocketLike, timeout: float | None = None) -> np.ndarray:
     try:
         if not desc:
             raise _core_corrupt("received a plain buffer; use recv()")
-        dtype, shape, offset, fortran = _decode_desc(desc)
-        if offset + math.prod(shape) * dtype.itemsize > buf.nbytes:
+        dtype, shape, offset, fortran, nbytes = _descriptor.decode(desc)
+        if offset + nbytes > buf.nbytes:
             raise _core_corrupt("array descriptor does not fit the received buffer")
         return buf._view(dtype, shape, fortran, offset, True)
     except BaseException:

@@ -9,18 +9,17 @@ conventions (context manager, iteration, NumPy metadata, multiprocessing picklin
 
 from __future__ import annotations
 
-import ast
-import sys
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from . import _core
+from . import _core, _descriptor
 from ._async import ChannelAsync
+from ._block import Block, _address, _as_bytes_view, _block_of, _make_readonly, _sole_view
 from ._errors import PeerDiedError
-from ._heap import Block
+from ._objects import channel_recv_obj, channel_send_obj
 
 if TYPE_CHECKING:
     from ._heap import Heap
@@ -155,7 +154,7 @@ class Channel(ChannelAsync, _core.ChannelCore):
         ):
             start = _address(a) - blk._address
             if 0 <= start and start + a.nbytes <= blk.nbytes:
-                meta = _encode_meta(a.dtype, a.shape, start, fortran)
+                meta = _descriptor.encode(a.dtype, a.shape, start, fortran)
                 self._send_block(blk, meta, timeout, True)
                 _make_readonly(a)
                 return
@@ -164,7 +163,7 @@ class Channel(ChannelAsync, _core.ChannelCore):
         else:
             data = np.ascontiguousarray(a)
             fortran = False
-        meta = _encode_meta(a.dtype, a.shape, 0, fortran)
+        meta = _descriptor.encode(a.dtype, a.shape, 0, fortran)
         self._send_bytes(_as_bytes_view(data), meta, timeout)
 
     def send_obj(self, obj: Any, timeout: float | None = None) -> None:
@@ -175,16 +174,12 @@ class Channel(ChannelAsync, _core.ChannelCore):
         heap: one copy each, none for an array that is the sole view of a Block of this heap
         (that block moves, as with :meth:`send_array`). ``timeout`` bounds the whole call.
         """
-        from ._objects import channel_send_obj
-
         channel_send_obj(self, obj, timeout)
 
     def recv_obj(self, timeout: float | None = None) -> Any:
         """The next object sent with :meth:`send_obj`. Its arrays view blocks of this heap
         (zero copy), freed when they are garbage-collected; ``bytes``/``bytearray`` arrive as
         their own copies. Raises as :meth:`recv` does."""
-        from ._objects import channel_recv_obj
-
         return channel_recv_obj(self, timeout)
 
     def send_many(self, items: Iterable[Any], timeout: float | None = None) -> int:
@@ -217,11 +212,10 @@ class Channel(ChannelAsync, _core.ChannelCore):
         blk, meta = self._recv_message(timeout)
         if meta is None:
             return blk.as_array(np.uint8)  # type: ignore[no-any-return]
-        dtype, shape, start, fortran = _decode_meta(meta)
+        dtype, shape, start, fortran, need = _descriptor.decode(meta)
         order: Literal["C", "F"] = "F" if fortran else "C"
         if start == 0:
             return blk.as_array(dtype, shape, order)  # type: ignore[no-any-return]
-        need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         flat = np.frombuffer(blk, dtype=np.uint8, count=need, offset=start)
         out: np.ndarray = flat.view(dtype).reshape(shape, order=order)
         return out
@@ -317,86 +311,3 @@ def _close_channels_of(heap: Heap) -> None:
     for ch in list(_open):
         if ch._heap is heap:
             ch.close()
-
-
-# --- NumPy metadata ----------------------------------------------------------------------
-
-
-def _encode_meta(dtype: np.dtype[Any], shape: tuple[int, ...], start: int, fortran: bool) -> bytes:
-    # Plain dtypes by their short string ("<f4"); structured ones by their descr, which
-    # _decode_meta reads back with ast.literal_eval (no eval of arbitrary code).
-    if dtype.names is None and dtype.subdtype is None:
-        d = "s" + dtype.str
-    else:
-        d = "d" + repr(np.lib.format.dtype_to_descr(dtype))
-    dims = ",".join(str(int(s)) for s in shape)
-    # The dtype goes last: it may itself contain "|" ("|u1").
-    return f"1|{dims}|{start}|{int(fortran)}|{d}".encode()
-
-
-def _decode_meta(meta: bytes) -> tuple[np.dtype[Any], tuple[int, ...], int, bool]:
-    try:
-        version, dims, start, fortran, d = meta.decode().split("|", 4)
-        if version != "1":
-            raise ValueError(f"array metadata version {version}")
-        if d[0] == "s":
-            dtype = np.dtype(d[1:])
-        else:
-            dtype = np.lib.format.descr_to_dtype(ast.literal_eval(d[1:]))
-        shape = tuple(int(s) for s in dims.split(",")) if dims else ()
-        return dtype, shape, int(start), fortran == "1"
-    except (ValueError, TypeError, SyntaxError, IndexError) as e:
-        from ._errors import CorruptSegmentError
-
-        raise CorruptSegmentError(f"bad array metadata on a channel record: {e}") from None
-
-
-def _block_of(a: np.ndarray) -> Any:
-    """The live Block whose memory ``a`` views, or None."""
-    base: Any = a
-    for _ in range(64):  # bounded: base chains are short
-        if isinstance(base, Block):
-            return None if base.released else base
-        if isinstance(base, memoryview):
-            base = base.obj
-        elif isinstance(base, np.ndarray):
-            base = base.base
-        else:
-            return None
-    return None
-
-
-def _address(a: np.ndarray) -> int:
-    return int(a.__array_interface__["data"][0])
-
-
-def _sole_view(a: np.ndarray) -> bool:
-    """True if no array other than `a` (and the chain of bases it holds) views its memory:
-    every base array of `a` is referenced only by its child's ``.base``."""
-    child: Any = a
-    for _ in range(64):
-        parent = child.obj if isinstance(child, memoryview) else child.base
-        if isinstance(parent, Block):
-            return True
-        if not isinstance(parent, (np.ndarray, memoryview)):
-            return False
-        # References: the child's .base, the local `parent`, getrefcount's argument.
-        if sys.getrefcount(parent) > 3:
-            return False
-        child = parent
-    return False
-
-
-def _make_readonly(a: np.ndarray) -> None:
-    """Clears the writeable flag of `a` and of every ndarray it views."""
-    base: Any = a
-    for _ in range(64):
-        if not isinstance(base, np.ndarray):
-            return
-        base.flags.writeable = False
-        base = base.base
-
-
-def _as_bytes_view(a: np.ndarray) -> Any:
-    """A flat byte view of a C-contiguous array (works for every dtype, 0-d included)."""
-    return a.reshape(-1).view(np.uint8) if a.size else b""

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import _core
+from . import __version__, _bench, _core, _cpp
 
 SHM_DIR = "/dev/shm"
 
@@ -154,8 +154,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     memlock = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     objs = _core.list_objects(args.dir)
     pool = _core.pool_stats()
-    from . import __version__
-
     lines = [
         ("shmipc", __version__),
         ("python", f"{platform.python_version()} ({sys.executable})"),
@@ -181,8 +179,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import _bench
-
     return _bench.main(quick=not args.full)
 
 
@@ -217,8 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.set_defaults(fn=cmd_bench)
     args = p.parse_args(argv)
     if args.cmake_dir or args.include or args.pkgconfig_dir:
-        from . import _cpp
-
         if args.cmake_dir:
             print(_cpp.get_cmake_dir())
         elif args.include:

@@ -9,8 +9,7 @@ out (like ``multiprocessing.Manager().dict()``, without a server process).
 
 from __future__ import annotations
 
-import ast
-import struct
+import math
 from collections.abc import (
     ItemsView,
     Iterator,
@@ -23,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _core
+from . import _core, _descriptor
+from ._errors import CorruptSegmentError
 
 if TYPE_CHECKING:
     from ._heap import Heap
@@ -33,65 +33,48 @@ __all__ = ["SharedDict", "Value"]
 Value = bytes | str | int | float | np.ndarray
 """What a SharedDict stores (bool is kept as bool; bytearray/memoryview come back as bytes)."""
 
-# Tags 1..5 are encoded in C++ (bytes, str, int64, float, bool); these are the Python ones.
-_TAG_BYTES = 1
-_TAG_BIGINT = 16
-_TAG_NDARRAY = 17
-_ND_HEAD = struct.Struct("<HB")  # descr length, ndim
+# What the entries' bytes mean is the dict value codec of the engine
+# (src/ipc_core/containers/dict_codec.hpp), applied by src/bindings/bind_dict.cpp. These two
+# helpers only supply what NumPy knows: the plain value the codec stores for a value of another
+# type, and the ndarray of a decoded array entry.
 
 
-def _encode(value: object) -> tuple[int, bytes, object]:
+def _to_plain(value: object) -> object:
+    """A value the codec stores for ``value`` (a NumPy scalar's item, bytes of a bytearray or
+    memoryview) or, for an ndarray, (dtype text, structured, shape, C-ordered bytes)."""
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
             raise TypeError("arrays of Python objects cannot be stored in a SharedDict")
-        dt = value.dtype
-        if dt.fields is None and dt.subdtype is None:
-            descr = dt.str
-        else:
-            descr = repr(np.lib.format.dtype_to_descr(dt))
-        d = descr.encode()
-        if len(d) > 0xFFFF or value.ndim > 255:
-            raise ValueError("array dtype or ndim too large for a SharedDict")
-        head = _ND_HEAD.pack(len(d), value.ndim) + d + struct.pack(f"<{value.ndim}q", *value.shape)
-        head += b"\0" * (-len(head) % 16)  # data 16-byte aligned in the entry and the copy
+        text, structured = _descriptor.describe(value.dtype)
         flat = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
-        return _TAG_NDARRAY, head, flat
-    if isinstance(value, int):  # beyond int64 (smaller ones never get here)
-        n = (value.bit_length() + 8) // 8
-        return _TAG_BIGINT, value.to_bytes(n, "little", signed=True), None
+        return text, structured, value.shape, flat
     if isinstance(value, np.generic) and not value.dtype.hasobject:
         item = value.item()
         if isinstance(item, (bool, int, float)):
-            return 0, b"", item  # tag 0: the C++ side stores `item` instead
+            return item
     if isinstance(value, (bytearray, memoryview)):
-        return _TAG_BYTES, bytes(value), None
+        return bytes(value)
     raise TypeError(
         "SharedDict values are bytes, str, int, float, bool or numpy.ndarray, "
         f"not {type(value).__name__}"
     )
 
 
-def _decode(tag: int, blob: bytearray) -> object:
-    if tag == _TAG_NDARRAY:
-        dlen, ndim = _ND_HEAD.unpack_from(blob, 0)
-        off = _ND_HEAD.size
-        descr = bytes(blob[off : off + dlen]).decode()
-        off += dlen
-        shape = struct.unpack_from(f"<{ndim}q", blob, off)
-        off += 8 * ndim
-        off += -off % 16
-        if descr.startswith(("[", "(")):
-            dt = np.lib.format.descr_to_dtype(ast.literal_eval(descr))
-        else:
-            dt = np.dtype(descr)
-        flat = np.frombuffer(blob, dtype=np.uint8, offset=off)
-        return flat.view(dt).reshape(shape)
-    if tag == _TAG_BIGINT:
-        return int.from_bytes(blob, "little", signed=True)
-    raise ValueError(f"SharedDict entry with an unknown type tag {tag} (newer shmipc?)")
+def _array_from(
+    text: str, structured: bool, shape: tuple[int, ...], entry: bytearray, offset: int
+) -> np.ndarray:
+    """The ndarray of an array entry the codec decoded (its elements from ``offset`` on)."""
+    dt = _descriptor.dtype_of(text, structured)  # CorruptSegmentError if NumPy refuses it
+    if offset + math.prod(shape) * dt.itemsize != len(entry):  # (a structured dtype's size)
+        raise CorruptSegmentError(
+            f"SharedDict entry: an array ({dt}, {shape}) that is not its "
+            f"{len(entry) - offset} bytes"
+        )
+    flat = np.frombuffer(entry, dtype=np.uint8, offset=offset)
+    return flat.view(dt).reshape(shape)
 
 
-_core._set_dict_helpers(_encode, _decode)
+_core._set_dict_helpers(_to_plain, _array_from)
 
 
 class SharedDict(_core.DictCore):

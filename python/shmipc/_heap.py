@@ -9,30 +9,24 @@ NumPy views, pickling for multiprocessing.
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from multiprocessing import reduction
+from typing import Any
 
-import numpy as np
-
-from . import _core, _validate
-from ._buffer import array_spec
-
-if TYPE_CHECKING:
-    from ._channel import Channel  # type: ignore[import-not-found,import-untyped,unused-ignore]
-    from ._dict import SharedDict
-    from ._topic import Publisher, Subscriber
+from . import _core, _multiprocessing, _topic, _validate
+from ._block import Block
+from ._channel import Channel, list_channels
+from ._dict import SharedDict
+from ._topic import Publisher, Subscriber, list_topics
 
 __all__ = ["Heap", "Block"]
 
 _DEFAULT_SIZE = 64 << 20
 
-
-Block = _core.Block  # a C type for speed: its docstring documents it
 
 # Open heaps, closed at interpreter exit (see _close_all_at_exit).
 _live: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -59,20 +53,6 @@ def _close_all_at_exit() -> None:
 atexit.register(_close_all_at_exit)
 
 
-def _block_as_array(
-    blk: Any, dtype: Any = np.uint8, shape: Any = None, order: str = "C"
-) -> np.ndarray:
-    if blk.released:
-        raise ValueError("Block is released")
-    dt, shape = array_spec(blk.nbytes, dtype, shape, order, "block")
-    need = math.prod(shape) * dt.itemsize
-    flat = np.frombuffer(blk, dtype=np.uint8, count=need)
-    return flat.view(dt).reshape(shape, order="F" if order == "F" else "C")
-
-
-_core._set_block_helpers(_block_as_array)
-
-
 class Heap(_core.HeapCore):
     """A shared heap: named (``/dev/shm/NAME``) or anonymous (a memfd).
 
@@ -84,6 +64,8 @@ class Heap(_core.HeapCore):
     Closing a heap (or its process exiting) frees the blocks this handle still holds; a heap
     cannot be closed while memoryviews/arrays of its blocks exist (``BufferError``).
     """
+
+    _trust_uid: int  # whom attach() trusted (named heaps travel to children with it)
 
     # --- construction -----------------------------------------------------------------
 
@@ -113,17 +95,8 @@ class Heap(_core.HeapCore):
             if max_size < size:
                 raise ValueError(f"max_size ({max_size}) must be >= size ({size})")
         self = cls.__new__(cls)
-        _core.HeapCore.__init__(
-            self,
-            "create",
-            name,
-            _size(size),
-            max_size or 0,
-            mode,
-            bool(persistent),
-            -1,
-            thread_cache,
-        )
+        _core.HeapCore.__init__(self)
+        self._open_create(name, _size(size), max_size or 0, mode, bool(persistent), thread_cache)
         _live.add(self)
         return self
 
@@ -140,7 +113,8 @@ class Heap(_core.HeapCore):
         _validate.name(name)
         uid = _validate.trust_uid(trust_owner)
         self = cls.__new__(cls)
-        _core.HeapCore.__init__(self, "attach", name, 0, 0, 0o600, False, -1, thread_cache, uid)
+        _core.HeapCore.__init__(self)
+        self._open_attach(name, thread_cache, uid)
         self._trust_uid = uid
         _live.add(self)
         return self
@@ -152,9 +126,8 @@ class Heap(_core.HeapCore):
         Anonymous heaps do not grow."""
         _check_int("size", size)
         self = cls.__new__(cls)
-        _core.HeapCore.__init__(
-            self, "anonymous", "", _size(size), 0, 0o600, False, -1, thread_cache
-        )
+        _core.HeapCore.__init__(self)
+        self._open_anonymous(_size(size), thread_cache)
         _live.add(self)
         return self
 
@@ -162,7 +135,8 @@ class Heap(_core.HeapCore):
     def _mp_rebuild(cls, fd: int, state: Any) -> Heap:
         self = cls.__new__(cls)
         try:
-            _core.HeapCore.__init__(self, "fd", "", 0, 0, 0o600, False, fd, True)
+            _core.HeapCore.__init__(self)
+            self._open_fd(fd, True)
         except BaseException:
             os.close(fd)
             raise
@@ -196,15 +170,11 @@ class Heap(_core.HeapCore):
 
     def channel(self, name: str, capacity: int = 1024) -> Channel:
         """The SPSC channel ``name`` of this heap, created on first use (see Channel)."""
-        from ._channel import Channel
-
         return Channel._open(self, name, capacity)
 
     def channels(self) -> dict[str, dict[str, object]]:
         """Every channel of this heap: {name: {"capacity", "queued", "sender_alive",
         "receiver_alive"}}."""
-        from ._channel import list_channels
-
         channels: dict[str, dict[str, object]] = list_channels(self)
         return channels
 
@@ -219,23 +189,17 @@ class Heap(_core.HeapCore):
         max_held: int | None = None,
     ) -> Publisher:
         """The publisher of topic ``name``, created on first use (see Publisher)."""
-        from ._topic import Publisher
-
         self._check_open()
         return Publisher._open(self, name, capacity, history, overflow, max_subscribers, max_held)
 
     def subscriber(self, name: str) -> Subscriber:
         """A new subscriber of the existing topic ``name`` (see Subscriber)."""
-        from ._topic import Subscriber
-
         self._check_open()
         return Subscriber._open(self, name)
 
     def topics(self) -> dict[str, dict[str, object]]:
         """Every topic of this heap: {name: {"capacity", "history", "overflow", "subscribers",
         "publisher_alive", "max_subscribers", "closed", "published"}}."""
-        from ._topic import list_topics
-
         self._check_open()
         return list_topics(self)
 
@@ -243,10 +207,8 @@ class Heap(_core.HeapCore):
         """Deletes the channel, topic or shared block ``name`` whose endpoints are all closed
         or dead, with what it still holds. ``FileNotFoundError`` if there is none,
         ChannelBusyError while an endpoint lives."""
-        from ._topic import remove
-
         self._check_open()
-        remove(self, name)
+        _topic.remove(self, name)
 
     # --- introspection -------------------------------------------------------------------
 
@@ -314,8 +276,6 @@ class Heap(_core.HeapCore):
         """The shared dict ``name`` of this heap, created empty on first use (see SharedDict).
         ``timeout`` bounds every wait of this handle for the dict's lock (``TimeoutError``; a
         holder that is stopped or stuck never hangs it); ``None`` waits (Ctrl-C ends it)."""
-        from ._dict import SharedDict
-
         return SharedDict._open(self, name, _validate.timeout(timeout))
 
 
@@ -332,19 +292,13 @@ def _rebuild_named(cls: Any, name: str, trust_uid: int | None = None) -> Heap:
 
 def _reduce_for_mp(obj: Heap) -> Any:
     # Named heaps travel by name, anonymous ones by fd (multiprocessing's DupFd).
-    from multiprocessing import reduction
-
     obj._check_open()
     if not obj._anonymous():
         return _rebuild_named, (type(obj), obj.name, getattr(obj, "_trust_uid", None))
-    from ._multiprocessing import _rebuild
-
-    return _rebuild, (type(obj), reduction.DupFd(obj.fileno()), None)
+    return _multiprocessing._rebuild, (type(obj), reduction.DupFd(obj.fileno()), None)
 
 
 def _register() -> None:
-    from multiprocessing import reduction
-
     reduction.register(Heap, _reduce_for_mp)
 
 

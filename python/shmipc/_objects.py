@@ -29,7 +29,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._block import _address, _block_of, _make_readonly, _sole_view
 from ._errors import CorruptSegmentError
+from ._ndarray import ndarray
 
 if TYPE_CHECKING:
     from ._heap import Heap
@@ -162,8 +164,6 @@ def _dispatch() -> Any:
 
         import numpy as np
 
-        from ._ndarray import ndarray
-
         _dispatch_table = collections.ChainMap(
             {ndarray: _reduce_plain, np.ndarray: _reduce_plain}, copyreg.dispatch_table
         )
@@ -236,7 +236,6 @@ def encode_queue_message(
     except BaseException:
         drop_refs(heap, refs)
         raise
-    from ._channel import _make_readonly
 
     for obj in moved:
         _make_readonly(obj)  # its memory is the message's now
@@ -253,7 +252,6 @@ def _movable(obj: Any, heap: Any, n: int) -> tuple[Any, int] | None:
     (so the block can move instead of being copied), else None."""
     if not _is_ndarray(obj) or not obj.flags.writeable:
         return None
-    from ._channel import _address, _block_of, _sole_view
 
     blk = _block_of(obj)
     if blk is None or blk.heap is not heap or blk._exports != 1 or not _sole_view(obj):
@@ -314,8 +312,9 @@ def decode_queue_message(raw: bytes, heap_of: Callable[[], Heap | None]) -> Any:
 #
 # send_obj sends each out-of-band buffer as a record whose meta is _BUF_TAG + (start, nbytes)
 # (the buffer is bytes [start, start + nbytes) of the record's block), then the in-band pickle
-# as a record whose meta is _OBJ_TAG + count. Array records (send_array) have metas that start
-# with b"1|", so neither can be mistaken for the other.
+# as a record whose meta is _OBJ_TAG + count. Array records (send_array) have array descriptors
+# as metas (_descriptor), whose first byte is their version (1), so neither can be mistaken for
+# the other.
 
 _BUF_TAG = b"\x00ob"
 _OBJ_TAG = b"\x00oo"
@@ -365,7 +364,6 @@ class Deadline:
 
 def channel_send_obj(ch: Any, obj: Any, timeout: float | None) -> None:
     """Channel.send_obj: the out-of-band buffers as records, then the in-band pickle."""
-    from ._channel import _address, _block_of, _make_readonly, _sole_view
 
     deadline = Deadline(timeout)
     data, buffers = dumps(obj)

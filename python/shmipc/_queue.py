@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _core, _objects, _validate
 from ._async import QueueAsync
+from ._heap import Heap
 
 if TYPE_CHECKING:
     from ._heap import Heap
@@ -95,8 +96,6 @@ class MessageQueue(QueueAsync):
         h = _core.MessageQueue.create(name, maxsize, max_message_size, mode, bool(persistent))
         oob: Any = False
         if oob_size > 0 and len(_oob_name(h.name)) <= 196:  # room for extension suffixes
-            from ._heap import Heap
-
             try:
                 oob = Heap.create(
                     _oob_name(h.name),
@@ -136,7 +135,10 @@ class MessageQueue(QueueAsync):
             raise _closed()
         t = type(obj)
         if t in _ATOMS or ((t is tuple or t is list) and _ATOMS.issuperset(map(type, obj))):
-            q.put_bytes(_dumps(obj, _PROTOCOL), block, timeout)  # no buffers: the fast path
+            try:
+                q.put_bytes(_dumps(obj, _PROTOCOL), block, timeout)  # no buffers: the fast path
+            except TimeoutError:  # the engine's "no room in time": queue.Queue's convention
+                raise queue.Full from None
             return
         self._put_obj(q, obj, block, timeout)
 
@@ -146,7 +148,11 @@ class MessageQueue(QueueAsync):
         q = self._q
         if q is None:
             raise _closed()
-        return self._decode(q.get_bytes(block, timeout))
+        try:
+            raw = q.get_bytes(block, timeout)
+        except TimeoutError:  # the engine's "nothing in time": queue.Queue's convention
+            raise queue.Empty from None
+        return self._decode(raw)
 
     def put_nowait(self, obj: Any) -> None:
         """``put(obj, block=False)``."""
@@ -164,9 +170,11 @@ class MessageQueue(QueueAsync):
         msg, heap, refs = self._encode(q, obj)
         try:
             q.put_bytes(msg, block, timeout)
-        except BaseException:
+        except BaseException as e:
             if refs:
                 _objects.drop_refs(heap, refs)
+            if isinstance(e, TimeoutError):
+                raise queue.Full from None
             raise
 
     def _encode(self, q: _core.MessageQueue, obj: Any) -> tuple[bytes, Any, Any]:
@@ -194,8 +202,6 @@ class MessageQueue(QueueAsync):
     def _oob_heap(self) -> Any:
         oob = self._oob
         if oob is None:
-            from ._heap import Heap
-
             try:
                 oob = Heap.attach(_oob_name(self._name), trust_owner=self._trust)
             except FileNotFoundError:
@@ -209,18 +215,27 @@ class MessageQueue(QueueAsync):
         q = self._q
         if q is None:
             raise _closed()
-        q.put_bytes(data, block, timeout)
+        try:
+            q.put_bytes(data, block, timeout)
+        except TimeoutError:
+            raise queue.Full from None
 
     def get_bytes(self, block: bool = True, timeout: float | None = None) -> bytes:
         """Removes and returns the next message as ``bytes``."""
-        result: bytes = self._handle().get_bytes(block, timeout)
+        try:
+            result: bytes = self._handle().get_bytes(block, timeout)
+        except TimeoutError:
+            raise queue.Empty from None
         return result
 
     def put_many_bytes(self, items: Any, block: bool = True, timeout: float | None = None) -> None:
         """Puts each item of ``items`` in order (each one may wait, with the same timeout)."""
         h = self._handle()
-        for data in items:
-            h.put_bytes(data, block, timeout)
+        try:
+            for data in items:
+                h.put_bytes(data, block, timeout)
+        except TimeoutError:
+            raise queue.Full from None
 
     def get_many_bytes(
         self, max_messages: int, block: bool = True, timeout: float | None = None
@@ -230,11 +245,14 @@ class MessageQueue(QueueAsync):
         if max_messages < 1:
             raise ValueError(f"max_messages must be >= 1, got {max_messages}")
         h = self._handle()
-        out = [h.get_bytes(block, timeout)]
+        try:
+            out = [h.get_bytes(block, timeout)]
+        except TimeoutError:
+            raise queue.Empty from None
         try:
             while len(out) < max_messages:
                 out.append(h.get_bytes(False, None))
-        except queue.Empty:
+        except TimeoutError:  # nothing more queued
             pass
         return out
 

@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from . import _core
+from . import _core, _descriptor
 from ._async import SubscriberAsync
-from ._channel import _as_bytes_view, _decode_meta, _encode_meta
+from ._block import Block, _as_bytes_view
 from ._errors import PeerDiedError
-from ._heap import Block
 
 if TYPE_CHECKING:
     from ._heap import Heap
@@ -144,7 +143,7 @@ class Publisher(_core.PublisherCore):
             raise TypeError("arrays of Python objects cannot be sent through shared memory")
         fortran = bool(a.flags.f_contiguous and not a.flags.c_contiguous and a.ndim > 1)
         data = a.T if fortran else np.ascontiguousarray(a)
-        meta = _encode_meta(a.dtype, a.shape, 0, fortran)
+        meta = _descriptor.encode(a.dtype, a.shape, 0, fortran)
         self._publish(_as_bytes_view(data), meta, timeout)
 
     def ready(self) -> bool:
@@ -246,11 +245,10 @@ class Subscriber(SubscriberAsync, _core.SubscriberCore):
         blk, meta = self._recv_message(timeout)
         if meta is None:
             return blk.as_array(np.uint8)  # type: ignore[no-any-return]
-        dtype, shape, start, fortran = _decode_meta(meta)
+        dtype, shape, start, fortran, need = _descriptor.decode(meta)
         order: Literal["C", "F"] = "F" if fortran else "C"
         if start == 0:
             return blk.as_array(dtype, shape, order)  # type: ignore[no-any-return]
-        need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         flat = np.frombuffer(blk, dtype=np.uint8, count=need, offset=start)
         out: np.ndarray = flat.view(dtype).reshape(shape, order=order)
         return out

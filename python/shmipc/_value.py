@@ -9,7 +9,6 @@ robust writer lock means the next writer proceeds.
 
 from __future__ import annotations
 
-import ast
 import atexit
 import threading
 import time
@@ -21,8 +20,9 @@ from typing import Any, Union
 
 import numpy as np
 
-from . import _core, _validate
+from . import _core, _descriptor, _validate
 from ._async import ValueAsync
+from ._errors import CorruptSegmentError
 
 __all__ = ["SharedValue", "Subscription", "Value"]
 
@@ -33,42 +33,21 @@ _BYTES = 1
 _TEXT = 2
 _ARRAY = 3
 
-# dtype/shape <-> meta bytes, cached: the same kind of array is usually written again and again.
-_meta_cache: dict[tuple[Any, tuple[int, ...]], bytes] = {}
-_decode_cache: dict[bytes, tuple[np.dtype[Any], tuple[int, ...]]] = {}
-_CACHE_MAX = 256
-
 
 def _array_meta(arr: np.ndarray[Any, Any]) -> bytes:
-    key = (arr.dtype, arr.shape)
-    meta = _meta_cache.get(key)
-    if meta is None:
-        if arr.dtype.hasobject:
-            raise TypeError(f"cannot share an array of dtype {arr.dtype} (it holds Python objects)")
-        descr = np.lib.format.dtype_to_descr(arr.dtype)
-        meta = repr((descr, tuple(int(n) for n in arr.shape))).encode()
-        if len(_meta_cache) >= _CACHE_MAX:
-            _meta_cache.clear()
-        _meta_cache[key] = meta
-    return meta
+    """The descriptor of a C-ordered copy of ``arr`` (the one of every kind, _descriptor)."""
+    if arr.dtype.hasobject:
+        raise TypeError(f"cannot share an array of dtype {arr.dtype} (it holds Python objects)")
+    return _descriptor.encode(arr.dtype, arr.shape)
 
 
 def _decode_array(meta: bytes, payload: bytearray) -> np.ndarray[Any, Any]:
-    spec = _decode_cache.get(meta)
-    if spec is None:
-        from ._errors import CorruptSegmentError
-
-        try:
-            descr, shape = ast.literal_eval(meta.decode())
-            dtype = np.lib.format.descr_to_dtype(descr)
-            shape = tuple(int(n) for n in shape)
-        except (ValueError, SyntaxError, TypeError, UnicodeDecodeError) as e:
-            raise CorruptSegmentError(f"undecodable array description {meta[:80]!r}: {e}") from None
-        spec = (dtype, shape)
-        if len(_decode_cache) >= _CACHE_MAX:
-            _decode_cache.clear()
-        _decode_cache[meta] = spec
-    dtype, shape = spec
+    dtype, shape, offset, fortran, nbytes = _descriptor.decode(meta)
+    if nbytes != len(payload) or offset != 0 or fortran:
+        raise CorruptSegmentError(
+            f"a shared value's array descriptor ({dtype}, {shape}, offset {offset}, "
+            f"fortran={fortran}) does not describe its {len(payload)} bytes"
+        )
     return np.ndarray(shape, dtype, payload)
 
 
@@ -148,8 +127,6 @@ def _decode(tag: int, meta: bytes, payload: Any) -> Value | None:
         return _decode_array(meta, payload)
     if tag == 0:
         return None
-    from ._errors import CorruptSegmentError
-
     raise CorruptSegmentError(f"unknown value type tag {tag}")
 
 

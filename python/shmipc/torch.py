@@ -247,7 +247,7 @@ class _Iter:
         return getattr(self._inner, name)
 
 
-class DataLoader(tud.DataLoader):
+class DataLoader(tud.DataLoader[Any]):
     """``torch.utils.data.DataLoader`` with batches collated into shared memory (module docs).
 
     ``shm_size``: bytes of the anonymous heap batches are collated into (default 512 MiB): room

@@ -1,9 +1,13 @@
 // shmipc._core.DictCore (base of shmipc.SharedDict): Python values <-> tagged entries of a
-// SharedDict (src/ipc_core/shared_dict.hpp).
+// SharedDict (src/ipc_core/containers/shared_dict.hpp), in the format of the dict value codec
+// (src/ipc_core/containers/dict_codec.hpp, the one definition of what an entry's bytes mean).
 //
-// Encoding (the tag byte of an entry): str, bytes, int (int64), float, bool are encoded here;
-// anything else goes through the Python helper registered with _set_dict_helpers (big ints and
-// ndarrays: a small header, then the bytes), and comes back through its decoder.
+// This file only converts Python objects to and from that codec's values. What only NumPy knows
+// comes from two Python helpers registered with _set_dict_helpers (python/shmipc/_dict.py):
+// `to_plain(value)` turns a value of another type into one this file encodes (a NumPy scalar
+// into its item, a bytearray into bytes; TypeError for what a SharedDict cannot hold) or, for
+// an ndarray, into (dtype text, structured, shape, C-ordered bytes); `array_from(dtype text,
+// structured, shape, entry, offset)` turns a decoded array entry back into an ndarray.
 //
 // Locking and the GIL: the dict's lock is taken with the GIL held only by try_lock(); waiting
 // for it always releases the GIL, so a thread holding the lock can always get the GIL back.
@@ -13,7 +17,9 @@
 #include "bind_heap.hpp"
 #include "bindings.hpp"
 
+#include "ipc_core/base/array_descriptor.hpp"
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/containers/dict_codec.hpp"
 #include "ipc_core/containers/shared_dict.hpp"
 
 #include <pybind11/stl.h>
@@ -27,12 +33,11 @@
 namespace shmipc::bindings {
 namespace {
 
-enum Tag : std::uint8_t { kBytes = 1, kStr = 2, kInt = 3, kFloat = 4, kBool = 5 };
-// Tags >= 16 belong to the Python helpers (big int, ndarray).
+namespace codec = dict_codec;
 constexpr std::size_t kReleaseGilCopy = 1 << 20; // bytes: copy larger values without the GIL
 
-PyObject *g_encode = nullptr; // value -> (tag, header: bytes, data: buffer | None)
-PyObject *g_decode = nullptr; // (tag, blob: bytearray) -> value
+PyObject *g_to_plain = nullptr;   // value -> plain value | (dtype, structured, shape, data)
+PyObject *g_array_from = nullptr; // (dtype, structured, shape, entry, offset) -> ndarray
 
 struct PyDict {
     py::object heap; // the shmipc.Heap (keeps it referenced); None once closed
@@ -71,9 +76,9 @@ std::string_view key_of(py::handle key) {
 // One value read under the lock; turned into a Python object after the lock is released.
 struct Read {
     std::uint8_t tag = 0;
-    std::int64_t i = 0;
-    double f = 0;
-    PyObject *obj = nullptr; // new reference: str, bytes or bytearray (blob for the helper)
+    char fixed[9] = {};      // an int, float or bool value (checked by the codec later)
+    std::size_t fixed_n = 0; // its length, up to 9 (one more than any such value: corrupt)
+    PyObject *obj = nullptr; // new reference: str, bytes or bytearray (the other values)
     bool failed = false;     // a Python error is set
 };
 
@@ -82,19 +87,16 @@ void read_value(void *ctx, std::uint8_t tag, const std::byte *p, std::size_t n) 
     r->tag = tag;
     auto *c = reinterpret_cast<const char *>(p);
     switch (tag) {
-    case kInt:
-        std::memcpy(&r->i, p, sizeof r->i);
+    case codec::kInt:
+    case codec::kFloat:
+    case codec::kBool:
+        r->fixed_n = n < sizeof r->fixed ? n : sizeof r->fixed;
+        std::memcpy(r->fixed, c, r->fixed_n);
         return;
-    case kBool:
-        r->i = static_cast<std::int64_t>(p[0]);
-        return;
-    case kFloat:
-        std::memcpy(&r->f, p, sizeof r->f);
-        return;
-    case kStr:
+    case codec::kStr:
         r->obj = PyUnicode_DecodeUTF8(c, static_cast<Py_ssize_t>(n), "strict");
         break;
-    case kBytes:
+    case codec::kBytes:
         r->obj = PyBytes_FromStringAndSize(c, static_cast<Py_ssize_t>(n));
         break;
     default:
@@ -103,25 +105,45 @@ void read_value(void *ctx, std::uint8_t tag, const std::byte *p, std::size_t n) 
     r->failed = r->obj == nullptr;
 }
 
+std::string_view bytearray_view(PyObject *b) {
+    return {PyByteArray_AS_STRING(b), static_cast<std::size_t>(PyByteArray_GET_SIZE(b))};
+}
+
 py::object finish(Read &r) {
     if (r.failed)
         throw py::error_already_set();
     py::object obj = py::reinterpret_steal<py::object>(r.obj);
     r.obj = nullptr;
+    std::string_view fixed(r.fixed, r.fixed_n);
     switch (r.tag) {
-    case kInt:
-        return py::reinterpret_steal<py::object>(PyLong_FromLongLong(r.i));
-    case kBool:
-        return py::bool_(r.i != 0);
-    case kFloat:
-        return py::float_(r.f);
-    case kStr:
-    case kBytes:
+    case codec::kInt:
+        return py::reinterpret_steal<py::object>(PyLong_FromLongLong(codec::decode_int(fixed)));
+    case codec::kBool:
+        return py::bool_(codec::decode_bool(fixed));
+    case codec::kFloat:
+        return py::float_(codec::decode_float(fixed));
+    case codec::kStr:
+    case codec::kBytes:
         return obj;
-    default:
-        if (!g_decode)
+    case codec::kBigInt: {
+        codec::check_big_int(bytearray_view(obj.ptr()));
+        py::object int_type =
+            py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject *>(&PyLong_Type));
+        return int_type.attr("from_bytes")(obj, "little", py::arg("signed") = true);
+    }
+    case codec::kArray: {
+        ArrayDescriptor d = codec::decode_array_entry(bytearray_view(obj.ptr()));
+        if (!g_array_from)
             throw UsageError("shmipc._dict is not initialised");
-        return py::reinterpret_borrow<py::object>(g_decode)(r.tag, obj);
+        py::tuple shape(d.shape.size());
+        for (std::size_t i = 0; i < d.shape.size(); ++i)
+            shape[i] = py::int_(d.shape[i]);
+        return py::reinterpret_borrow<py::object>(g_array_from)(
+            py::str(d.dtype), py::bool_(d.structured), shape, obj, py::int_(d.offset));
+    }
+    default:
+        throw UsageError("SharedDict entry with an unknown type tag " + std::to_string(r.tag) +
+                         " (newer shmipc?)");
     }
 }
 
@@ -142,75 +164,79 @@ struct HeldBuffer {
     HeldBuffer &operator=(const HeldBuffer &) = delete;
 };
 
-// Encodes `value` into a new (unpublished) entry for `key`.
-SharedDict::Entry encode(SharedDict &d, std::string_view key, py::handle value) {
-    PyObject *v = value.ptr();
-    auto small = [&](std::uint8_t tag, const void *p, std::size_t n) {
-        SharedDict::Entry e = d.make_entry(key, tag, n);
-        std::memcpy(e.value(), p, n);
-        return e;
-    };
-    if (PyBool_Check(v)) {
-        std::uint8_t b = v == Py_True;
-        return small(kBool, &b, 1);
+SharedDict::Entry small_entry(SharedDict &d, std::string_view key, std::uint8_t tag,
+                              std::string_view value) {
+    SharedDict::Entry e = d.make_entry(key, tag, value.size());
+    std::memcpy(e.value(), value.data(), value.size());
+    return e;
+}
+
+// An entry of `head` followed by the bytes of `data` (copied without the GIL when large).
+SharedDict::Entry entry_with_data(SharedDict &d, std::string_view key, std::uint8_t tag,
+                                  std::string_view head, py::handle data) {
+    HeldBuffer b(data);
+    auto dn = static_cast<std::size_t>(b.view.len);
+    SharedDict::Entry e = d.make_entry(key, tag, head.size() + dn);
+    std::memcpy(e.value(), head.data(), head.size());
+    if (dn) {
+        std::byte *dst = e.value() + head.size();
+        if (dn >= kReleaseGilCopy) {
+            GilRelease nogil; // `b` keeps the buffer exported meanwhile
+            std::memcpy(dst, b.view.buf, dn);
+        } else {
+            std::memcpy(dst, b.view.buf, dn);
+        }
     }
-    if (PyLong_CheckExact(v) || (PyLong_Check(v) && !PyBool_Check(v))) {
+    return e;
+}
+
+// Encodes `value` into a new (unpublished) entry for `key`.
+SharedDict::Entry encode(SharedDict &d, std::string_view key, py::handle value, int depth = 0) {
+    PyObject *v = value.ptr();
+    if (PyBool_Check(v))
+        return small_entry(d, key, codec::kBool, codec::encode_bool(v == Py_True));
+    if (PyLong_Check(v)) {
         int overflow = 0;
         long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
         if (x == -1 && PyErr_Occurred())
             throw py::error_already_set();
-        if (!overflow) {
-            std::int64_t i = x;
-            return small(kInt, &i, sizeof i);
-        }
-    } else if (PyFloat_Check(v)) {
-        double f = PyFloat_AS_DOUBLE(v);
-        return small(kFloat, &f, sizeof f);
-    } else if (PyUnicode_Check(v)) {
+        if (!overflow)
+            return small_entry(d, key, codec::kInt, codec::encode_int(x));
+        // Beyond int64: as few two's-complement bytes as hold it with its sign.
+        py::object n = py::reinterpret_borrow<py::object>(value).attr("bit_length")();
+        auto nbytes = (n.cast<std::size_t>() + 8) / 8;
+        py::bytes b = py::reinterpret_borrow<py::object>(value).attr("to_bytes")(
+            nbytes, "little", py::arg("signed") = true);
+        return small_entry(d, key, codec::kBigInt, std::string_view(b));
+    }
+    if (PyFloat_Check(v))
+        return small_entry(d, key, codec::kFloat, codec::encode_float(PyFloat_AS_DOUBLE(v)));
+    if (PyUnicode_Check(v)) {
         Py_ssize_t n = 0;
         const char *s = PyUnicode_AsUTF8AndSize(v, &n);
         if (!s)
             throw py::error_already_set();
-        return small(kStr, s, static_cast<std::size_t>(n));
-    } else if (PyBytes_Check(v)) {
-        return small(kBytes, PyBytes_AS_STRING(v), static_cast<std::size_t>(PyBytes_GET_SIZE(v)));
+        return small_entry(d, key, codec::kStr, {s, static_cast<std::size_t>(n)});
     }
-    // Everything else: the Python helper says how (or raises TypeError).
-    if (!g_encode)
+    if (PyBytes_Check(v))
+        return small_entry(d, key, codec::kBytes,
+                           {PyBytes_AS_STRING(v), static_cast<std::size_t>(PyBytes_GET_SIZE(v))});
+    // Everything else: the Python helper says what it is (or raises TypeError).
+    if (!g_to_plain)
         throw UsageError("shmipc._dict is not initialised");
-    py::tuple t = py::reinterpret_borrow<py::object>(g_encode)(value);
-    auto tag = t[0].cast<std::uint8_t>();
-    if (tag == 0) { // "store this Python value instead" (a NumPy scalar's .item())
-        py::object plain = t[2];
-        if (plain.ptr() == v)
-            throw UsageError("dict encoder returned the same value");
-        return encode(d, key, plain);
-    }
-    py::bytes header = t[1];
-    std::string_view hv(PyBytes_AS_STRING(header.ptr()),
-                        static_cast<std::size_t>(PyBytes_GET_SIZE(header.ptr())));
-    if (tag == kBytes && t[2].is_none()) { // bytes-like, already copied into header
-        return small(kBytes, hv.data(), hv.size());
-    }
-    std::optional<HeldBuffer> data;
-    std::size_t dn = 0;
-    if (!t[2].is_none()) {
-        data.emplace(t[2]);
-        dn = static_cast<std::size_t>(data->view.len);
-    }
-    SharedDict::Entry e = d.make_entry(key, tag, hv.size() + dn);
-    std::memcpy(e.value(), hv.data(), hv.size());
-    if (dn) {
-        std::byte *dst = e.value() + hv.size();
-        const void *src = data->view.buf;
-        if (dn >= kReleaseGilCopy) {
-            GilRelease nogil; // `data` keeps the buffer exported meanwhile
-            std::memcpy(dst, src, dn);
-        } else {
-            std::memcpy(dst, src, dn);
-        }
-    }
-    return e;
+    if (depth > 0)
+        throw UsageError("the dict helper returned a value it cannot encode");
+    py::object plain = py::reinterpret_borrow<py::object>(g_to_plain)(value);
+    if (!PyTuple_Check(plain.ptr()))
+        return encode(d, key, plain, depth + 1);
+    auto t = py::reinterpret_borrow<py::tuple>(plain); // an ndarray
+    ArrayDescriptor a;
+    a.dtype = t[0].cast<std::string>();
+    a.structured = t[1].cast<bool>();
+    for (py::handle n : py::reinterpret_borrow<py::tuple>(t[2]))
+        a.shape.push_back(n.cast<std::int64_t>());
+    std::string head = codec::array_entry_head(std::move(a));
+    return entry_with_data(d, key, codec::kArray, head, t[3]);
 }
 
 [[noreturn]] void raise_key_error(py::handle key) {
@@ -237,11 +263,11 @@ py::object get_or(PyDict &self, py::handle key, py::handle missing, bool raise) 
 } // namespace
 
 void bind_dict(py::module_ &m) {
-    m.def("_set_dict_helpers", [](py::object enc, py::object dec) {
-        enc.inc_ref(); // kept for the life of the process
-        dec.inc_ref();
-        g_encode = enc.ptr();
-        g_decode = dec.ptr();
+    m.def("_set_dict_helpers", [](py::object to_plain, py::object array_from) {
+        to_plain.inc_ref(); // kept for the life of the process
+        array_from.inc_ref();
+        g_to_plain = to_plain.ptr();
+        g_array_from = array_from.ptr();
     });
 
     py::class_<PyDict> cls(m, "DictCore");
@@ -293,6 +319,17 @@ void bind_dict(py::module_ &m) {
                  auto g = self.lock();
                  d.publish(g, std::move(e));
              })
+        .def(
+            "_set_raw",
+            [](PyDict &self, py::handle key, std::uint8_t tag, py::bytes value) {
+                // Tests only: an entry of any tag and bytes, as a hostile peer could write.
+                std::string_view k = key_of(key);
+                SharedDict &d = self.get();
+                SharedDict::Entry e = small_entry(d, k, tag, std::string_view(value));
+                auto g = self.lock();
+                d.publish(g, std::move(e));
+            },
+            py::arg("key"), py::arg("tag"), py::arg("value"))
         .def("__delitem__",
              [](PyDict &self, py::handle key) {
                  std::string_view k = key_of(key);

@@ -556,6 +556,30 @@ std::uint64_t detach_block(py::handle blk, bool allow_exports) {
     return b->offset;
 }
 
+namespace {
+
+HeapOptions heap_options(std::size_t size, std::size_t max_size, bool thread_cache) {
+    HeapOptions o;
+    o.size = size;
+    o.max_size = max_size;
+    o.thread_cache = thread_cache;
+    return o;
+}
+
+// Opens the empty handle `h` with `make` (the GIL released: it may wait for a creator).
+template <class Make> void open_with(PyHeap &h, Make &&make) {
+    if (h.heap)
+        throw UsageError("this heap handle is already open");
+    std::unique_ptr<Heap> heap;
+    {
+        GilRelease nogil;
+        heap = make();
+    }
+    h.heap = std::move(heap);
+}
+
+} // namespace
+
 void bind_heap(py::module_ &m) {
     init_block_type();
     if (PyType_Ready(&g_block_type_obj) < 0)
@@ -579,33 +603,42 @@ void bind_heap(py::module_ &m) {
     });
 
     py::class_<PyHeap> cls(m, "HeapCore");
-    cls.def(py::init([](const std::string &how, const std::string &name, std::size_t size,
-                        std::size_t max_size, unsigned mode, bool persistent, int fd,
-                        bool thread_cache, std::uint32_t trust_uid) {
-                auto ph = std::make_unique<PyHeap>();
-                GilRelease nogil;
-                HeapOptions o;
-                o.size = size;
-                o.max_size = max_size;
+    // An empty (closed) handle, opened by one of the factories below: which one is the
+    // Python layer's choice (Heap.create / attach / anonymous / multiprocessing, _heap.py).
+    cls.def(py::init([] { return std::make_unique<PyHeap>(); }))
+        .def(
+            "_open_create",
+            [](PyHeap &h, const std::string &name, std::size_t size, std::size_t max_size,
+               unsigned mode, bool persistent, bool thread_cache) {
+                HeapOptions o = heap_options(size, max_size, thread_cache);
                 o.mode = static_cast<mode_t>(mode);
                 o.persistent = persistent;
-                o.thread_cache = thread_cache;
-                if (how == "create")
-                    ph->heap = Heap::create(name, o);
-                else if (how == "attach")
-                    ph->heap = Heap::attach(name, thread_cache,
-                                            TrustPolicy{static_cast<uid_t>(trust_uid)});
-                else if (how == "anonymous")
-                    ph->heap = Heap::anonymous(o);
-                else if (how == "fd")
-                    ph->heap = Heap::from_fd(UniqueFd(fd), thread_cache);
-                else
-                    throw InvalidArgument("bad heap constructor");
-                return ph;
-            }),
-            py::arg("how"), py::arg("name") = "", py::arg("size") = 0, py::arg("max_size") = 0,
-            py::arg("mode") = 0600, py::arg("persistent") = false, py::arg("fd") = -1,
-            py::arg("thread_cache") = true, py::arg("trust_uid") = TrustPolicy::kOwnUser)
+                open_with(h, [&] { return Heap::create(name, o); });
+            },
+            py::arg("name"), py::arg("size"), py::arg("max_size"), py::arg("mode"),
+            py::arg("persistent"), py::arg("thread_cache"))
+        .def(
+            "_open_attach",
+            [](PyHeap &h, const std::string &name, bool thread_cache, std::uint32_t trust_uid) {
+                open_with(h, [&] {
+                    return Heap::attach(name, thread_cache,
+                                        TrustPolicy{static_cast<uid_t>(trust_uid)});
+                });
+            },
+            py::arg("name"), py::arg("thread_cache"), py::arg("trust_uid"))
+        .def(
+            "_open_anonymous",
+            [](PyHeap &h, std::size_t size, bool thread_cache) {
+                HeapOptions o = heap_options(size, 0, thread_cache);
+                open_with(h, [&] { return Heap::anonymous(o); });
+            },
+            py::arg("size"), py::arg("thread_cache"))
+        .def(
+            "_open_fd",
+            [](PyHeap &h, int fd, bool thread_cache) {
+                open_with(h, [&] { return Heap::from_fd(UniqueFd(fd), thread_cache); });
+            },
+            py::arg("fd"), py::arg("thread_cache"))
         .def_property_readonly("closed", [](const PyHeap &h) { return !h.heap; })
         .def_property_readonly("_exports", [](const PyHeap &h) { return h.exports; })
         .def("_close",

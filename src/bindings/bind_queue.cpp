@@ -37,18 +37,10 @@ struct QueueHandle {
     }
 };
 
-// queue.Full / queue.Empty. The classes are looked up once and deliberately leaked: a static
-// py::object would be released after the interpreter is finalized (a crash at exit).
-[[noreturn]] void raise_full() {
-    static PyObject *cls = py::object(py::module_::import("queue").attr("Full")).release().ptr();
-    PyErr_SetNone(cls);
-    throw py::error_already_set();
-}
-[[noreturn]] void raise_empty() {
-    static PyObject *cls = py::object(py::module_::import("queue").attr("Empty")).release().ptr();
-    PyErr_SetNone(cls);
-    throw py::error_already_set();
-}
+// No room (no message) in time: the engine's Timeout (TimeoutError); python/shmipc/_queue.py
+// turns it into queue.Full (queue.Empty), the queue.Queue convention.
+[[noreturn]] void raise_full() { throw Timeout("the queue is full"); }
+[[noreturn]] void raise_empty() { throw Timeout("the queue is empty"); }
 
 // queue.Queue semantics: block=False ignores timeout; a negative timeout is a ValueError.
 Deadline make_deadline(bool block, TimeoutArg timeout) {

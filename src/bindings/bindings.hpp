@@ -14,6 +14,7 @@ void bind_errors(py::module_ &m);
 void bind_buffer(py::module_ &m);
 void bind_segment(py::module_ &m);
 void bind_heap(py::module_ &m);
+void bind_descriptor(py::module_ &m);
 void bind_dict(py::module_ &m);
 void bind_stream(py::module_ &m);
 void bind_value(py::module_ &m);

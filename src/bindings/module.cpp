@@ -3,6 +3,7 @@
 PYBIND11_MODULE(_core, m) {
     m.doc() = "shmipc engine (C++20): shared memory, fd passing, heaps, channels, queues";
     shmipc::bindings::bind_errors(m);
+    shmipc::bindings::bind_descriptor(m);
     shmipc::bindings::bind_buffer(m);
     shmipc::bindings::bind_segment(m);
     shmipc::bindings::bind_heap(m);

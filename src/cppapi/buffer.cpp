@@ -93,7 +93,7 @@ Buffer recv(int sock, WaitFor timeout) {
 
 void send_array(int sock, Buffer &buf, const ArrayInfo &info, const Meta &meta) {
     codec::check_array(info, buf.nbytes(), "send_array");
-    send_impl(sock, buf, codec::encode_buffer_meta(meta), codec::encode_buffer_desc(info, 0));
+    send_impl(sock, buf, codec::encode_buffer_meta(meta), codec::encode_array(info, 0));
 }
 
 ArrayBuffer recv_array(int sock, WaitFor timeout) {
@@ -102,7 +102,7 @@ ArrayBuffer recv_array(int sock, WaitFor timeout) {
     if (desc.empty())
         throw CorruptSegment("received a plain buffer message; use recv()");
     std::uint64_t offset = 0;
-    ArrayInfo info = codec::decode_buffer_desc(desc, offset);
+    ArrayInfo info = codec::decode_array(desc, offset, "array descriptor");
     std::size_t need = info.nbytes();
     if (offset > b.nbytes() || need > b.nbytes() - offset)
         throw CorruptSegment("array descriptor: " + std::to_string(need) + " bytes at offset " +

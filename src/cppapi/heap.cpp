@@ -136,13 +136,13 @@ void Channel::send(std::string_view bytes, WaitFor timeout) {
 void Channel::send_array(std::span<const std::byte> bytes, const ArrayInfo &info,
                          WaitFor timeout) {
     codec::check_array(info, bytes.size(), "send_array");
-    std::string meta = codec::encode_channel_meta(info, 0);
+    std::string meta = codec::encode_array(info, 0);
     channel_of(impl_).send_bytes(bytes.data(), info.nbytes(), RecordKind::Array, meta,
                                  to_deadline(timeout));
 }
 void Channel::send_array(Block &&blk, const ArrayInfo &info, WaitFor timeout) {
     codec::check_array(info, blk.nbytes(), "send_array");
-    send_block(*impl_, channel_of(impl_), blk, codec::encode_channel_meta(info, 0), timeout);
+    send_block(*impl_, channel_of(impl_), blk, codec::encode_array(info, 0), timeout);
 }
 
 namespace {
@@ -168,7 +168,7 @@ ArrayBlock Channel::recv_array(WaitFor timeout) {
         return out;
     }
     std::uint64_t start = 0;
-    out.info = codec::decode_channel_meta(m.meta, start);
+    out.info = codec::decode_array(m.meta, start, "channel record");
     std::size_t need = out.info.nbytes();
     if (start > m.length || need > m.length - start)
         throw CorruptSegment("channel '" + name() + "': an array of " + std::to_string(need) +

@@ -48,20 +48,17 @@ inline namespace v1 {
     return Deadline(std::chrono::duration<double>(*w).count());
 }
 
-// --- codecs: byte for byte what python/shmipc/_buffer.py, _channel.py and _value.py do --------
+// --- codecs: byte for byte what python/shmipc/_buffer.py and _descriptor.py do -------------
 namespace codec {
 // _buffer._encode_meta / _decode_meta: "" | "B" + bytes | "J" + JSON text.
 std::string encode_buffer_meta(const Meta &m);
 Meta decode_buffer_meta(std::string_view raw);
-// _buffer._encode_desc / _decode_desc: <BBQ flags, ndim, offset; int64 shape; dtype.str.
-std::string encode_buffer_desc(const ArrayInfo &a, std::uint64_t offset);
-ArrayInfo decode_buffer_desc(std::string_view raw, std::uint64_t &offset);
-// _channel._encode_meta / _decode_meta: "1|d0,d1|start|fortran|s<dtype.str>".
-std::string encode_channel_meta(const ArrayInfo &a, std::uint64_t start);
-ArrayInfo decode_channel_meta(std::string_view raw, std::uint64_t &start);
-// _value._array_meta / _decode_array: repr((dtype.str, shape)), e.g. "('<f4', (2, 3))".
-std::string encode_value_meta(const ArrayInfo &a);
-ArrayInfo decode_value_meta(std::string_view raw);
+// _descriptor.encode / decode: the array descriptor of every kind (buffers, channel records,
+// topic samples, shared values), ipc_core/base/array_descriptor.hpp. decode_array throws
+// CorruptSegment for a malformed descriptor and for a structured dtype (Python-only), naming
+// `what`.
+std::string encode_array(const ArrayInfo &a, std::uint64_t offset);
+ArrayInfo decode_array(std::string_view raw, std::uint64_t &offset, const char *what);
 // Checks that `a` describes an array of a plain dtype that `nbytes` bytes can hold.
 void check_array(const ArrayInfo &a, std::size_t nbytes, const char *what);
 } // namespace codec

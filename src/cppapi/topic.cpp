@@ -1,6 +1,6 @@
 // shmipc::v1::Publisher / Subscriber / Sample over the engine's topic (src/ipc_core/topic).
-// Array samples carry Python's channel metadata ("1|dims|start|fortran|s<dtype>"), as
-// python/shmipc/_topic.py writes and reads it.
+// Array samples carry the array descriptor of every kind (ipc_core/base/array_descriptor.hpp),
+// as python/shmipc/_topic.py writes and reads it (through _descriptor.py).
 #include "internal.hpp"
 
 #include <utility>
@@ -125,7 +125,7 @@ void Publisher::publish(std::string_view bytes, WaitFor timeout) {
 void Publisher::publish_array(std::span<const std::byte> bytes, const ArrayInfo &info,
                               WaitFor timeout) {
     codec::check_array(info, bytes.size(), "publish_array");
-    pub_of(impl_).publish_bytes(bytes.data(), info.nbytes(), codec::encode_channel_meta(info, 0),
+    pub_of(impl_).publish_bytes(bytes.data(), info.nbytes(), codec::encode_array(info, 0),
                                 to_deadline(timeout));
 }
 std::uint32_t Publisher::subscribers() const {
@@ -192,7 +192,7 @@ Sample Subscriber::recv(WaitFor timeout) {
         si->info = ArrayInfo{"|u1", {static_cast<std::int64_t>(si->s.length)}, false};
     } else {
         std::uint64_t start = 0;
-        si->info = codec::decode_channel_meta(si->s.meta, start);
+        si->info = codec::decode_array(si->s.meta, start, "topic sample");
         if (start > si->s.length || si->info.nbytes() > si->s.length - start)
             throw CorruptSegment("topic '" + impl_->name +
                                  "' delivered an array sample larger than its block");

@@ -42,7 +42,7 @@ std::uint64_t SharedValue::write_array(std::span<const std::byte> bytes, const A
     if (info.fortran)
         throw InvalidArgument("shared values hold arrays in C order (fortran=false)");
     codec::check_array(info, bytes.size(), "write_array");
-    std::string meta = codec::encode_value_meta(info);
+    std::string meta = codec::encode_array(info, 0);
     return value_of(impl_).write(kValueArray, as_bytes(meta), bytes.first(info.nbytes()));
 }
 
@@ -66,7 +66,11 @@ Value SharedValue::read() const {
         break;
     case kValueArray: {
         out.kind = Value::Kind::Array;
-        out.array = codec::decode_value_meta(s.meta);
+        std::uint64_t offset = 0;
+        out.array = codec::decode_array(s.meta, offset, "shared value");
+        if (offset != 0 || out.array.fortran)
+            throw CorruptSegment("shared value '" + v.name() +
+                                 "': an array descriptor with an offset or in Fortran order");
         if (out.array.nbytes() != out.data.size())
             throw CorruptSegment("shared value '" + v.name() + "': an array of " +
                                  std::to_string(out.array.nbytes()) + " bytes holds " +

@@ -342,11 +342,42 @@ def test_recv_array_of_a_plain_buffer_and_bad_descriptors_are_corrupt(
 def test_an_array_descriptor_numpy_cannot_parse_is_corrupt_not_a_crash(
     dtype_text: bytes, pair: tuple[socket.socket, socket.socket]
 ) -> None:
-    # Found by fuzz/fuzz_fd_messages.py: numpy's comma-string parser raised SyntaxError.
+    # Found by fuzz/fuzz_fd_messages.py: numpy's comma-string parser raised SyntaxError. The
+    # descriptor of src/ipc_core/base/array_descriptor.hpp (version 1), as a plain dtype string
+    # and as a structured one (flag 2: JSON).
     a, b = pair
     good = shmipc.Buffer(64)
-    desc = struct.pack("<BBQq", 0, 1, 0, 1) + dtype_text
+    for flags in (0, 2):
+        desc = struct.pack("<BBBBIQq", 1, flags, 1, 0, len(dtype_text), 0, 1) + dtype_text
+        socket.send_fds(a, [_header(64, desc_len=len(desc)) + desc], [good.fileno()])
+        with pytest.raises(CorruptSegmentError):
+            shmipc.recv_array(b, timeout=5)
+
+
+@pytest.mark.parametrize(
+    "json_descr",
+    [
+        b"[1]",
+        b'[["a"]]',
+        b'[["a", "<f8", 3]]',
+        b'{"a": 1}',
+        b"[" * 300 + b"]" * 300,
+        b'[["a", "|O8"]]',
+        b'"<f8"',
+        b'[["a", "<f8"], ["a", "<f8"]]',
+        b'[[[1, 2], "<f8"]]',
+    ],
+)
+def test_a_structured_descriptor_numpy_cannot_use_is_corrupt_not_a_crash(
+    json_descr: bytes, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    a, b = pair
+    good = shmipc.Buffer(64)
+    desc = struct.pack("<BBBBIQ", 1, 2, 0, 0, len(json_descr), 0) + json_descr
     socket.send_fds(a, [_header(64, desc_len=len(desc)) + desc], [good.fileno()])
+    if json_descr == b'"<f8"':  # a plain dtype spelt as JSON is still a dtype: it decodes
+        assert shmipc.recv_array(b, timeout=5).dtype == np.float64
+        return
     with pytest.raises(CorruptSegmentError):
         shmipc.recv_array(b, timeout=5)
 

@@ -669,3 +669,21 @@ def test_filling_every_block_completely_never_touches_allocator_metadata() -> No
         heap._flush_caches()
         heap._check_invariants()
         assert heap._all_freed()
+
+
+def test_the_python_layer_picks_the_factory_of_a_heap_handle(name: str) -> None:
+    # HeapCore() is an empty, closed handle; one _open_* opens it, once.
+    h = shmipc._core.HeapCore()
+    assert h.closed
+    with pytest.raises(ValueError):
+        h._stats()
+    h._open_anonymous(1 << 20, True)
+    assert not h.closed and h._anonymous()
+    with pytest.raises(ValueError, match="already open"):
+        h._open_anonymous(1 << 20, True)
+    with pytest.raises(ValueError, match="already open"):
+        h._open_create(name, 1 << 20, 0, 0o600, False, True)
+    assert not os.path.exists(f"/dev/shm/{name}")  # refused before anything was created
+    h._close()
+    with shmipc.Heap.create(name, size=1 << 20) as a, shmipc.Heap.attach(name) as b:
+        assert a.name == b.name == name and not a._anonymous()

@@ -75,6 +75,43 @@ def test_qsize_empty_full_and_nowait(name: str) -> None:
         assert q.empty()
 
 
+def test_full_and_empty_are_the_python_layers_words_for_the_engines_timeout(name: str) -> None:
+    # The binding raises the engine's Timeout (TimeoutError); _queue.py alone makes it
+    # queue.Full / queue.Empty, with nothing chained to it.
+    with shmipc.MessageQueue.create(name, maxsize=1, max_message_size=64) as q:
+        h = q._handle()
+        with pytest.raises(TimeoutError):
+            h.get_bytes(False, None)
+        h.put_bytes(b"x", False, None)
+        with pytest.raises(TimeoutError):
+            h.put_bytes(b"y", True, 0.01)
+        calls: list[Any] = [
+            (queue.Full, q.put, (1, False)),
+            (queue.Full, q.put, ([1.5, b"x"], True, 0.01)),  # the fast path of plain pickles
+            (queue.Full, q.put, ({"a": None}, False)),  # through _put_obj
+            (queue.Full, q.put_nowait, (1,)),
+            (queue.Full, q.put_bytes, (b"z", False)),
+            (queue.Full, q.put_many_bytes, ([b"z"], False)),
+        ]
+        for exc, fn, args in calls:
+            with pytest.raises(exc) as info:
+                fn(*args)
+            assert not isinstance(info.value, TimeoutError)
+            assert info.value.__cause__ is None and info.value.__suppress_context__
+        assert q.get_many_bytes(4, False) == [b"x"]  # then nothing more: not an error
+        for fn, args in [
+            (q.get, (False,)),
+            (q.get, (True, 0.01)),
+            (q.get_nowait, ()),
+            (q.get_bytes, (False,)),
+            (q.get_many_bytes, (2, False)),
+        ]:
+            with pytest.raises(queue.Empty) as info:
+                fn(*args)
+            assert not isinstance(info.value, TimeoutError)
+            assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
 def test_get_timeout_waits_at_least_the_timeout_then_raises_empty(name: str) -> None:
     with shmipc.MessageQueue.create(name, maxsize=2, max_message_size=64) as q:
         t0 = time.monotonic()

@@ -127,6 +127,21 @@ ArrayDescriptor decode_array_descriptor(std::string_view in) {
     return d;
 }
 
+std::size_t array_descriptor_length(std::string_view in) {
+    if (in.size() < kArrayDescriptorHead)
+        corrupt(std::to_string(in.size()) + " bytes, shorter than its header");
+    std::size_t ndim = get<std::uint8_t>(in, 2);
+    std::size_t dtype_len = get<std::uint32_t>(in, 4);
+    if (get<std::uint8_t>(in, 0) != kArrayDescriptorVersion)
+        corrupt("version " + std::to_string(get<std::uint8_t>(in, 0)));
+    if (ndim > kMaxArrayDims || dtype_len == 0 || dtype_len > kMaxDtypeBytes)
+        corrupt("header out of range");
+    std::size_t n = kArrayDescriptorHead + 8 * ndim + dtype_len;
+    if (in.size() < n)
+        corrupt(std::to_string(in.size()) + " bytes for a descriptor of " + std::to_string(n));
+    return n;
+}
+
 std::optional<std::size_t> dtype_itemsize(std::string_view dtype) {
     if (!plain_dtype_ok(dtype))
         return std::nullopt;

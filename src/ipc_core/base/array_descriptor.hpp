@@ -54,6 +54,11 @@ struct ArrayDescriptor {
 // not printable ASCII.
 [[nodiscard]] ArrayDescriptor decode_array_descriptor(std::string_view bytes);
 
+// The length of the descriptor that starts `bytes` (followed by anything, e.g. the array data
+// of a dict entry), read from its header: 16 + 8 * ndim + dtype_len. CorruptSegment if `bytes`
+// is shorter than the header or than that length, or the header is malformed (as for decode).
+[[nodiscard]] std::size_t array_descriptor_length(std::string_view bytes);
+
 // Bytes per element of a plain dtype string ("<f8" -> 8; "<U4" -> 16: 4 UCS-4 characters),
 // nullopt for a structured one or a malformed string.
 [[nodiscard]] std::optional<std::size_t> dtype_itemsize(std::string_view dtype);

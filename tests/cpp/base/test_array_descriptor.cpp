@@ -56,6 +56,20 @@ TEST(ArrayDescriptor, malformed_input_is_a_corrupt_segment) {
     }
 }
 
+TEST(ArrayDescriptor, the_length_of_a_descriptor_followed_by_data_is_read_from_its_header) {
+    std::string good = encode_array_descriptor({"<f8", {3, 4}, 48, false, false});
+    EXPECT_EQ(array_descriptor_length(good), good.size());
+    EXPECT_EQ(array_descriptor_length(good + std::string(96, 'x')), good.size());
+    EXPECT_THROW((void)array_descriptor_length(good.substr(0, 15)), CorruptSegment);
+    EXPECT_THROW((void)array_descriptor_length(good.substr(0, good.size() - 1)), CorruptSegment);
+    std::string bad = good;
+    bad[0] = 0; // version
+    EXPECT_THROW((void)array_descriptor_length(bad), CorruptSegment);
+    bad = good;
+    bad[2] = 65; // ndim beyond the limit
+    EXPECT_THROW((void)array_descriptor_length(bad + std::string(1024, 'x')), CorruptSegment);
+}
+
 TEST(ArrayDescriptor, bad_arguments_cannot_be_encoded) {
     EXPECT_THROW((void)encode_array_descriptor({"", {1}, 0, false, false}), InvalidArgument);
     EXPECT_THROW((void)encode_array_descriptor({"<f4", {-1}, 0, false, false}), InvalidArgument);
