@@ -11,8 +11,8 @@
 //    64-byte block per message): what a C++ user of the channel API pays.
 // Both sides spin (no futex sleeps), as in the latency target.
 #include "ipc_core/channel/channel.hpp"
-#include "ipc_core/heap/heap.hpp"
 #include "ipc_core/channel/spsc_ring.hpp"
+#include "ipc_core/heap/heap.hpp"
 
 #include <algorithm>
 #include <chrono>

@@ -24,8 +24,8 @@ namespace shmipc {
 inline namespace v1 {
 
 struct QueueOptions {
-    std::size_t maxsize = 1024;                 // messages
-    std::size_t max_message_size = 1 << 16;     // bytes
+    std::size_t maxsize = 1024;             // messages
+    std::size_t max_message_size = 1 << 16; // bytes
     mode_t mode = 0600;
     bool persistent = false;
 };

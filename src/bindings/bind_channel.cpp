@@ -127,8 +127,8 @@ ChannelMessage recv_message(ChannelCore &self, TimeoutArg timeout) {
     return ch.recv(d);
 }
 
-void send_block_impl(ChannelCore &s, py::handle blk, const std::string &md,
-                     TimeoutArg timeout, bool allow_exports) {
+void send_block_impl(ChannelCore &s, py::handle blk, const std::string &md, TimeoutArg timeout,
+                     bool allow_exports) {
     Channel &ch = s.get();
     auto ref = block_ref(blk);
     if (!ref || ref->heap != s.heap.ptr())
@@ -375,16 +375,15 @@ void bind_channel(py::module_ &m) {
              })
         .def(
             "_send_block",
-            [](ChannelCore &s, py::handle blk, std::optional<py::bytes> meta,
-               TimeoutArg timeout, bool allow_exports) {
+            [](ChannelCore &s, py::handle blk, std::optional<py::bytes> meta, TimeoutArg timeout,
+               bool allow_exports) {
                 send_block_impl(s, blk, meta_of(meta), timeout, allow_exports);
             },
             py::arg("blk"), py::arg("meta") = py::none(), py::arg("timeout") = py::none(),
             py::arg("allow_exports") = false)
         .def(
             "_send_bytes",
-            [](ChannelCore &s, py::handle obj, std::optional<py::bytes> meta,
-               TimeoutArg timeout) {
+            [](ChannelCore &s, py::handle obj, std::optional<py::bytes> meta, TimeoutArg timeout) {
                 BufferView v(obj);
                 send_bytes_impl(s, v.data(), v.size(), meta_of(meta), timeout);
             },

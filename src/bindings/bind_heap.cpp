@@ -9,9 +9,9 @@
 
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstring>
 #include <pthread.h>
-#include <chrono>
 #include <thread>
 
 namespace shmipc::bindings {

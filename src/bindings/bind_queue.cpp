@@ -39,8 +39,12 @@ struct QueueHandle {
 
 // No room (no message) in time: the engine's Timeout (TimeoutError); python/shmipc/_queue.py
 // turns it into queue.Full (queue.Empty), the queue.Queue convention.
-[[noreturn]] void raise_full() { throw Timeout("the queue is full"); }
-[[noreturn]] void raise_empty() { throw Timeout("the queue is empty"); }
+[[noreturn]] void raise_full() {
+    throw Timeout("the queue is full");
+}
+[[noreturn]] void raise_empty() {
+    throw Timeout("the queue is empty");
+}
 
 // queue.Queue semantics: block=False ignores timeout; a negative timeout is a ValueError.
 Deadline make_deadline(bool block, TimeoutArg timeout) {
@@ -77,8 +81,7 @@ bool make_bytes(void *ctx, const std::byte *data, std::size_t n) {
     return c->out != nullptr;
 }
 
-void put_bytes(const QueueHandle &h, const py::object &data, bool block,
-               TimeoutArg timeout) {
+void put_bytes(const QueueHandle &h, const py::object &data, bool block, TimeoutArg timeout) {
     auto q = h.get();
     Bytes b(data);
     auto n = static_cast<std::size_t>(b.view.len);

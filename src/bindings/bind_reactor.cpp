@@ -19,7 +19,8 @@ void bind_reactor(py::module_ &m) {
     m.def(
         "reactor_disarm", [](std::uint64_t id) { return Reactor::instance().disarm(id); },
         py::arg("id"));
-    m.def("reactor_mode", [] { return std::string(reactor_mode_name(Reactor::instance().mode())); });
+    m.def("reactor_mode",
+          [] { return std::string(reactor_mode_name(Reactor::instance().mode())); });
     m.def("reactor_armed", [] { return Reactor::instance().armed(); });
     m.def("reactor_threads", [] { return Reactor::instance().threads(); });
 }

@@ -117,8 +117,8 @@ void release_sample(PyObject *keeper, std::uint64_t header, std::uint64_t index)
 
 py::object sample_block(py::handle self, SubscriberCore &s, const TopicSample &m) {
     try {
-        return make_sample_block(s.heap, m.data, static_cast<std::size_t>(m.length),
-                                 release_sample, self, m.header, m.held_index);
+        return make_sample_block(s.heap, m.data, static_cast<std::size_t>(m.length), release_sample,
+                                 self, m.header, m.held_index);
     } catch (...) {
         s.sub->release(m);
         throw;
@@ -247,8 +247,7 @@ bool parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyOb
     return true;
 }
 
-PyObject *pub_publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
-                      PyObject *kwnames) {
+PyObject *pub_publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     PyObject *obj = nullptr;
     TimeoutArg timeout;
     if (!parse_args("publish", args, nargs, kwnames, 1, &obj, timeout))
@@ -465,8 +464,8 @@ void bind_topic(py::module_ &m) {
             [](py::object self, TimeoutArg timeout) {
                 SubscriberCore &s = self.cast<SubscriberCore &>();
                 TopicSample m = recv_sample(s, timeout);
-                py::object meta = m.meta.empty() ? py::object(py::none())
-                                                 : py::object(py::bytes(m.meta));
+                py::object meta =
+                    m.meta.empty() ? py::object(py::none()) : py::object(py::bytes(m.meta));
                 return py::make_tuple(sample_block(self, s, m), meta);
             },
             py::arg("timeout") = py::none())

@@ -27,8 +27,8 @@ void send_impl(int sock, Buffer &buf, const std::string &meta, const std::string
 std::unique_ptr<Buffer::Impl> recv_impl(int sock, WaitFor timeout, std::string &desc) {
     FdMessage msg = recv_fd_message(sock, to_deadline(timeout));
     auto impl = std::make_unique<Buffer::Impl>();
-    impl->buf = engine::Buffer::adopt(std::move(msg.fd), msg.nbytes, msg.file_size,
-                                      msg.write_sealed);
+    impl->buf =
+        engine::Buffer::adopt(std::move(msg.fd), msg.nbytes, msg.file_size, msg.write_sealed);
     impl->meta = codec::decode_buffer_meta(msg.meta);
     desc = std::move(msg.desc);
     return impl;
@@ -41,7 +41,9 @@ Buffer::Buffer(std::size_t nbytes) : impl_(std::make_unique<Impl>()) {
 Buffer::Buffer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Buffer::Buffer(Buffer &&) noexcept = default;
 Buffer &Buffer::operator=(Buffer &&) noexcept = default;
-Buffer::~Buffer() { close(); }
+Buffer::~Buffer() {
+    close();
+}
 
 Buffer Buffer::from_bytes(std::span<const std::byte> bytes) {
     auto impl = std::make_unique<Impl>();
@@ -62,22 +64,34 @@ std::span<std::byte> Buffer::writable_bytes() {
                                     : "Buffer was sent: its bytes belong to the receiver");
     return {b.data(), b.nbytes()};
 }
-std::size_t Buffer::nbytes() const { return core_of(impl_).nbytes(); }
-bool Buffer::readonly() const { return core_of(impl_).readonly(); }
-bool Buffer::sealed() const { return core_of(impl_).sealed(); }
-int Buffer::fileno() const { return core_of(impl_).fileno(); }
+std::size_t Buffer::nbytes() const {
+    return core_of(impl_).nbytes();
+}
+bool Buffer::readonly() const {
+    return core_of(impl_).readonly();
+}
+bool Buffer::sealed() const {
+    return core_of(impl_).sealed();
+}
+int Buffer::fileno() const {
+    return core_of(impl_).fileno();
+}
 const Meta &Buffer::meta() const {
     core_of(impl_);
     return impl_->meta;
 }
-void Buffer::seal() { core_of(impl_).seal(); }
+void Buffer::seal() {
+    core_of(impl_).seal();
+}
 void Buffer::close() noexcept {
     if (impl_ && impl_->buf) {
         impl_->buf->close();
         impl_->buf.reset();
     }
 }
-bool Buffer::closed() const noexcept { return !impl_ || !impl_->buf; }
+bool Buffer::closed() const noexcept {
+    return !impl_ || !impl_->buf;
+}
 
 void send(int sock, Buffer &buf, const Meta &meta) {
     send_impl(sock, buf, codec::encode_buffer_meta(meta), {});
@@ -111,8 +125,12 @@ ArrayBuffer recv_array(int sock, WaitFor timeout) {
     return ArrayBuffer{std::move(b), std::move(info), static_cast<std::size_t>(offset)};
 }
 
-std::string normalize_name(std::string_view name) { return normalize_shm_name(name); }
-bool unlink(std::string_view name) { return unlink_named(name); }
+std::string normalize_name(std::string_view name) {
+    return normalize_shm_name(name);
+}
+bool unlink(std::string_view name) {
+    return unlink_named(name);
+}
 
 } // namespace v1
 } // namespace shmipc

@@ -39,11 +39,14 @@ Meta Meta::json(std::string_view json_object) {
 namespace codec {
 namespace {
 
-[[noreturn]] void corrupt(const std::string &what) { throw CorruptSegment(what); }
+[[noreturn]] void corrupt(const std::string &what) {
+    throw CorruptSegment(what);
+}
 
 template <class T> void put_le(std::string &out, T v) {
     char b[sizeof(T)];
-    std::memcpy(b, &v, sizeof(T)); // little endian on every platform shmipc supports (Linux x86/arm)
+    std::memcpy(b, &v,
+                sizeof(T)); // little endian on every platform shmipc supports (Linux x86/arm)
     out.append(b, sizeof(T));
 }
 template <class T> T get_le(std::string_view in, std::size_t at) {

@@ -40,10 +40,18 @@ std::span<std::byte> Block::bytes() const {
     auto *p = static_cast<std::byte *>(heap_of(impl_->heap).to_ptr(impl_->offset));
     return {p, impl_->nbytes};
 }
-std::size_t Block::nbytes() const noexcept { return impl_ ? impl_->nbytes : 0; }
-std::uint64_t Block::offset() const noexcept { return impl_ ? impl_->offset : 0; }
-bool Block::released() const noexcept { return !impl_; }
-void Block::release() noexcept { impl_.reset(); }
+std::size_t Block::nbytes() const noexcept {
+    return impl_ ? impl_->nbytes : 0;
+}
+std::uint64_t Block::offset() const noexcept {
+    return impl_ ? impl_->offset : 0;
+}
+bool Block::released() const noexcept {
+    return !impl_;
+}
+void Block::release() noexcept {
+    impl_.reset();
+}
 
 // --- Heap -----------------------------------------------------------------------------------
 
@@ -94,9 +102,15 @@ HeapStats Heap::stats() {
     auto s = heap_of(impl_).stats();
     return HeapStats{s.size, s.used, s.free, s.largest_free, s.segments, s.allocations};
 }
-const std::string &Heap::name() const { return heap_of(impl_).name(); }
-void Heap::close() noexcept { impl_.reset(); }
-bool Heap::closed() const noexcept { return !impl_; }
+const std::string &Heap::name() const {
+    return heap_of(impl_).name();
+}
+void Heap::close() noexcept {
+    impl_.reset();
+}
+bool Heap::closed() const noexcept {
+    return !impl_;
+}
 
 // --- Channel --------------------------------------------------------------------------------
 
@@ -115,9 +129,8 @@ void send_block(Channel::Impl &c, engine::Channel &ch, Block &blk, std::string_v
         throw InvalidArgument("not a Block of this channel's heap handle");
     // The block is owned by this client until the channel takes it (the engine gives it back
     // on any failure, so the Block stays valid then).
-    ch.send_block(bi->offset, bi->nbytes,
-                  meta.empty() ? RecordKind::Block : RecordKind::Array, meta,
-                  to_deadline(timeout));
+    ch.send_block(bi->offset, bi->nbytes, meta.empty() ? RecordKind::Block : RecordKind::Array,
+                  meta, to_deadline(timeout));
     bi->heap.reset(); // the receiver's now: forget without freeing
     bi.reset();
 }
@@ -133,8 +146,7 @@ void Channel::send(std::span<const std::byte> bytes, WaitFor timeout) {
 void Channel::send(std::string_view bytes, WaitFor timeout) {
     send(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())), timeout);
 }
-void Channel::send_array(std::span<const std::byte> bytes, const ArrayInfo &info,
-                         WaitFor timeout) {
+void Channel::send_array(std::span<const std::byte> bytes, const ArrayInfo &info, WaitFor timeout) {
     codec::check_array(info, bytes.size(), "send_array");
     std::string meta = codec::encode_array(info, 0);
     channel_of(impl_).send_bytes(bytes.data(), info.nbytes(), RecordKind::Array, meta,
@@ -183,17 +195,27 @@ void Channel::set_spin(std::chrono::nanoseconds spin) {
         throw InvalidArgument("spin must be >= 0");
     channel_of(impl_).set_spin(spin);
 }
-bool Channel::poll(WaitFor timeout) { return channel_of(impl_).poll(to_deadline(timeout)); }
-std::size_t Channel::size() const { return channel_of(impl_).queued(); }
-std::size_t Channel::capacity() const { return channel_of(impl_).capacity(); }
-const std::string &Channel::name() const { return channel_of(impl_).name(); }
+bool Channel::poll(WaitFor timeout) {
+    return channel_of(impl_).poll(to_deadline(timeout));
+}
+std::size_t Channel::size() const {
+    return channel_of(impl_).queued();
+}
+std::size_t Channel::capacity() const {
+    return channel_of(impl_).capacity();
+}
+const std::string &Channel::name() const {
+    return channel_of(impl_).name();
+}
 void Channel::close() {
     if (!impl_ || !impl_->ch || impl_->ch->closed())
         return;
     impl_->ch->close(); // as Python's close(): a sender ends the stream
     impl_->ch.reset();
 }
-bool Channel::closed() const noexcept { return !impl_ || !impl_->ch || impl_->ch->closed(); }
+bool Channel::closed() const noexcept {
+    return !impl_ || !impl_->ch || impl_->ch->closed();
+}
 
 } // namespace v1
 } // namespace shmipc

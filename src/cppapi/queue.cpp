@@ -20,8 +20,8 @@ bool to_vector(void *ctx, const std::byte *data, std::size_t n) {
 MessageQueue MessageQueue::create(std::string_view name, const QueueOptions &o) {
     MessageQueue q;
     q.impl_ = std::make_unique<Impl>();
-    q.impl_->q = engine::MessageQueue::create(name, o.maxsize, o.max_message_size, o.mode,
-                                              o.persistent);
+    q.impl_->q =
+        engine::MessageQueue::create(name, o.maxsize, o.max_message_size, o.mode, o.persistent);
     return q;
 }
 MessageQueue MessageQueue::attach(std::string_view name) {
@@ -99,16 +99,26 @@ std::string MessageQueue::get_string(WaitFor timeout) {
     return {reinterpret_cast<const char *>(v.data()), v.size()};
 }
 
-std::size_t MessageQueue::size() const { return queue_of(impl_).size(); }
-std::size_t MessageQueue::maxsize() const { return queue_of(impl_).capacity(); }
-std::size_t MessageQueue::max_message_size() const { return queue_of(impl_).max_message_size(); }
-const std::string &MessageQueue::name() const { return queue_of(impl_).name(); }
+std::size_t MessageQueue::size() const {
+    return queue_of(impl_).size();
+}
+std::size_t MessageQueue::maxsize() const {
+    return queue_of(impl_).capacity();
+}
+std::size_t MessageQueue::max_message_size() const {
+    return queue_of(impl_).max_message_size();
+}
+const std::string &MessageQueue::name() const {
+    return queue_of(impl_).name();
+}
 void MessageQueue::close() noexcept {
     if (impl_)
         impl_->q.close();
     impl_.reset();
 }
-bool MessageQueue::closed() const noexcept { return !impl_; }
+bool MessageQueue::closed() const noexcept {
+    return !impl_;
+}
 
 } // namespace v1
 } // namespace shmipc

@@ -39,10 +39,9 @@ Stream Stream::open(std::string_view name, Mode mode) {
     Stream s;
     s.impl_ = std::make_unique<Impl>();
     s.impl_->name = normalize_shm_name(name);
-    GuestStream g = open_stream(s.impl_->name,
-                                mode == Mode::Read ? StreamAccess::ReadOnly
-                                                   : StreamAccess::ReadWrite,
-                                false, false);
+    GuestStream g = open_stream(
+        s.impl_->name, mode == Mode::Read ? StreamAccess::ReadOnly : StreamAccess::ReadWrite, false,
+        false);
     s.impl_->fd = std::move(g.fd);
     return s;
 }
@@ -101,11 +100,21 @@ std::uint64_t Stream::size() const {
         throw_errno("fstat");
     return static_cast<std::uint64_t>(st.st_size);
 }
-int Stream::fileno() const { return stream_of(impl_).fd.get(); }
-bool Stream::owner() const noexcept { return impl_ && impl_->owner; }
-const std::string &Stream::name() const { return stream_of(impl_).name; }
-void Stream::close() noexcept { impl_.reset(); }
-bool Stream::closed() const noexcept { return !impl_; }
+int Stream::fileno() const {
+    return stream_of(impl_).fd.get();
+}
+bool Stream::owner() const noexcept {
+    return impl_ && impl_->owner;
+}
+const std::string &Stream::name() const {
+    return stream_of(impl_).name;
+}
+void Stream::close() noexcept {
+    impl_.reset();
+}
+bool Stream::closed() const noexcept {
+    return !impl_;
+}
 
 } // namespace v1
 } // namespace shmipc

@@ -83,14 +83,24 @@ Value SharedValue::read() const {
     return out;
 }
 
-std::uint64_t SharedValue::version() const { return value_of(impl_).version(); }
+std::uint64_t SharedValue::version() const {
+    return value_of(impl_).version();
+}
 bool SharedValue::wait(std::uint64_t since, WaitFor timeout) const {
     return value_of(impl_).wait(since, to_deadline(timeout));
 }
-std::size_t SharedValue::size() const { return value_of(impl_).capacity(); }
-const std::string &SharedValue::name() const { return value_of(impl_).name(); }
-void SharedValue::close() noexcept { impl_.reset(); }
-bool SharedValue::closed() const noexcept { return !impl_; }
+std::size_t SharedValue::size() const {
+    return value_of(impl_).capacity();
+}
+const std::string &SharedValue::name() const {
+    return value_of(impl_).name();
+}
+void SharedValue::close() noexcept {
+    impl_.reset();
+}
+bool SharedValue::closed() const noexcept {
+    return !impl_;
+}
 
 } // namespace v1
 } // namespace shmipc

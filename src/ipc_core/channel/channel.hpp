@@ -59,14 +59,14 @@
 namespace shmipc {
 
 inline constexpr std::uint64_t kChannelMagic = 0x314c4e4e41484353ULL; // "SCHANNL1" little endian
-inline constexpr std::uint32_t kChannelLayoutVersion = 3; // 2: in-flight blocks; 3: inline
+inline constexpr std::uint32_t kChannelLayoutVersion = 3;  // 2: in-flight blocks; 3: inline
 inline constexpr std::uint32_t kInlineSlotBytes = 128;     // payload bytes of an inline slot
 inline constexpr std::uint64_t kMaxInlineSlots = 1u << 16; // larger rings have no inline area
 
 // What a record carries (RingRecord::tag).
 enum class RecordKind : std::uint32_t {
-    Block = 1, // a block the sender moved (or copied bytes into): offset, length
-    Array = 2, // same, plus a metadata block (aux) describing dtype/shape for recv_array
+    Block = 1,  // a block the sender moved (or copied bytes into): offset, length
+    Array = 2,  // same, plus a metadata block (aux) describing dtype/shape for recv_array
     Inline = 3, // no block: `length` bytes in the slot's inline buffer (offset 0)
 };
 
@@ -135,8 +135,8 @@ class Channel {
     void send_block(std::uint64_t off, std::uint64_t len, RecordKind kind, std::string_view meta,
                     const Deadline &deadline);
     // Same, but never waits: false if the ring is full, another thread is inside this handle or
-    // the heap lock is busy for a moment (the block stays the caller's). Never blocks on the handle's mutex, so it can be called
-    // with the GIL held.
+    // the heap lock is busy for a moment (the block stays the caller's). Never blocks on the
+    // handle's mutex, so it can be called with the GIL held.
     [[nodiscard]] bool try_send_block(std::uint64_t off, std::uint64_t len, RecordKind kind,
                                       std::string_view meta);
     // Copies `n` bytes into a new block and sends it (one copy).
@@ -244,7 +244,8 @@ class Channel {
     // Deletes the channel `name` once neither endpoint is alive, freeing the blocks still queued
     // (heap.remove()). False if absent; ChannelBusy if an endpoint lives; InvalidArgument if the
     // name is not a channel.
-    static bool remove(Heap &heap, std::string_view name, const Deadline &deadline = Deadline(10.0));
+    static bool remove(Heap &heap, std::string_view name,
+                       const Deadline &deadline = Deadline(10.0));
 
   private:
     using SinkFn = void (*)(void *ctx, const void *data, std::size_t n);
@@ -289,8 +290,8 @@ class Channel {
     std::string name_;
     std::uint64_t offset_ = 0; // of the control block in the heap
     ChannelControl *ctl_ = nullptr;
-    RingGeometry geometry_; // validated at open, private
-    std::byte *inline_ = nullptr;   // the inline buffers (validated at open)
+    RingGeometry geometry_;          // validated at open, private
+    std::byte *inline_ = nullptr;    // the inline buffers (validated at open)
     std::uint32_t inline_bytes_ = 0; // per slot; 0: none
     ChannelRole role_ = ChannelRole::None;
     std::uint64_t token_ = 0;

@@ -251,7 +251,7 @@ struct HeapControl {
     std::uint64_t max_size;
     std::uint32_t persistent;
     std::uint32_t anonymous;
-    FutexWord memory_freed; // bumped (when someone waits) by every free under the lock
+    FutexWord memory_freed;              // bumped (when someone waits) by every free under the lock
     std::atomic<std::uint64_t> dir_next; // payload offset of the first DirPage, 0: none
     std::uint64_t reserved0[2];
     RobustMutexWord lock;

@@ -55,11 +55,11 @@ inline constexpr std::uint64_t kTopicMagic = 0x3143495030544f54ULL;  // "TOT0PIC
 inline constexpr std::uint64_t kSampleMagic = 0x31454c504d415354ULL; // "TSAMPLE1"
 inline constexpr std::uint32_t kTopicLayoutVersion = 1;
 
-inline constexpr std::uint32_t kTopicMaxCapacity = 1u << 16;  // per-subscriber queue depth
-inline constexpr std::uint32_t kTopicMaxSubscribers = 4096;   // max_subscribers
-inline constexpr std::uint32_t kTopicMaxHeld = 1u << 16;      // samples one subscriber holds
-inline constexpr std::uint64_t kNoSeq = ~std::uint64_t{0};    // an empty ring slot
-inline constexpr std::size_t kTopicMaxMeta = 64 * 1024;       // metadata bytes per sample
+inline constexpr std::uint32_t kTopicMaxCapacity = 1u << 16; // per-subscriber queue depth
+inline constexpr std::uint32_t kTopicMaxSubscribers = 4096;  // max_subscribers
+inline constexpr std::uint32_t kTopicMaxHeld = 1u << 16;     // samples one subscriber holds
+inline constexpr std::uint64_t kNoSeq = ~std::uint64_t{0};   // an empty ring slot
+inline constexpr std::size_t kTopicMaxMeta = 64 * 1024;      // metadata bytes per sample
 
 enum class Overflow : std::uint32_t {
     Block = 1,      // publish waits while a live subscriber's queue is full
@@ -144,13 +144,13 @@ static_assert(std::is_standard_layout_v<SubscriberSlot> && sizeof(SubscriberSlot
 static_assert(offsetof(SubscriberSlot, cursor) == 8 && offsetof(SubscriberSlot, held_count) == 24);
 
 struct alignas(64) SampleHeader {
-    std::uint64_t magic;             // kSampleMagic
-    std::atomic<std::uint32_t> refs; // see above
+    std::uint64_t magic;              // kSampleMagic
+    std::atomic<std::uint32_t> refs;  // see above
     std::atomic<std::uint32_t> state; // SampleState
-    std::uint64_t data;              // heap offset of the data block
-    std::uint64_t length;            // meaningful bytes of it
-    std::uint64_t seq;               // diagnostics
-    std::uint64_t meta_length;       // bytes of metadata after the header (<= kTopicMaxMeta)
+    std::uint64_t data;               // heap offset of the data block
+    std::uint64_t length;             // meaningful bytes of it
+    std::uint64_t seq;                // diagnostics
+    std::uint64_t meta_length;        // bytes of metadata after the header (<= kTopicMaxMeta)
     std::uint64_t reserved[2];
     // followed by meta_length bytes of metadata (NumPy dtype/shape for recv_array)
 };

@@ -106,8 +106,7 @@ std::unique_ptr<SharedValue> SharedValue::create(std::string_view name, std::siz
     return std::unique_ptr<SharedValue>(new SharedValue(std::move(seg)));
 }
 
-std::unique_ptr<SharedValue> SharedValue::attach(std::string_view name,
-                                                 const TrustPolicy &trust) {
+std::unique_ptr<SharedValue> SharedValue::attach(std::string_view name, const TrustPolicy &trust) {
     auto seg = MemorySegment::attach_named(name, SegmentKind::SharedValue, kSharedValueLayout,
                                            kFirstSlotOffset + 2 * sizeof(ValueSlot), trust);
     // The header is valid; now check the control block before trusting any offset in it.

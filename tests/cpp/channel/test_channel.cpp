@@ -471,8 +471,7 @@ TEST(Channel, a_try_send_while_another_process_holds_the_heap_lock_is_not_now_no
     EXPECT_NO_THROW(sent = tx->try_send_block(blk, 1000, RecordKind::Array, "meta"));
     EXPECT_FALSE(sent);
     EXPECT_EQ(heap->owner_of(blk), heap->client_id()) << "the block stays the caller's";
-    EXPECT_THROW(tx->send_bytes(big.data(), big.size(), RecordKind::Block, {}, secs(0.2)),
-                 Timeout);
+    EXPECT_THROW(tx->send_bytes(big.data(), big.size(), RecordKind::Block, {}, secs(0.2)), Timeout);
     ::kill(holder, SIGKILL);
     EXPECT_EQ(wait_child(holder), 128 + SIGKILL);
     // The dead holder's lock is recovered by the next sender.

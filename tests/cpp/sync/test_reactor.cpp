@@ -196,7 +196,8 @@ TEST_P(ReactorModes, disarm_owner_fires_and_forgets_every_registration_of_an_own
     EXPECT_EQ(a.waiters.load(), 0u);
     auto first = sig->take();
     std::sort(first.begin(), first.end());
-    EXPECT_EQ(first, (std::vector<std::uint64_t>{1, 2})) << "their waiters retry (and find it closed)";
+    EXPECT_EQ(first, (std::vector<std::uint64_t>{1, 2}))
+        << "their waiters retry (and find it closed)";
     notify_all(a);
     EXPECT_FALSE(readable(*sig, 50ms)) << "forgotten";
     notify_all(b);

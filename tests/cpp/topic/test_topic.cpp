@@ -458,9 +458,9 @@ void fuzz_round(bool drop, bool kills, std::uint64_t seed) {
     const auto base = used(*heap);
     std::mt19937_64 rng(seed);
     {
-        auto pub = TopicPublisher::open(*heap, "fuzz",
-                                        opts(4 + rng() % 8, rng() % 4,
-                                             drop ? Overflow::DropOldest : Overflow::Block));
+        auto pub = TopicPublisher::open(
+            *heap, "fuzz",
+            opts(4 + rng() % 8, rng() % 4, drop ? Overflow::DropOldest : Overflow::Block));
         constexpr std::uint64_t kN = 4000;
         std::vector<pid_t> kids;
         std::vector<int> expect_code;
@@ -490,7 +490,8 @@ void fuzz_round(bool drop, bool kills, std::uint64_t seed) {
             if (expect_code[i] == 0)
                 EXPECT_EQ(code, 0) << "subscriber " << i;
             else
-                EXPECT_TRUE(code == 0 || code == 128 + SIGKILL) << "subscriber " << i << ": " << code;
+                EXPECT_TRUE(code == 0 || code == 128 + SIGKILL)
+                    << "subscriber " << i << ": " << code;
         }
     }
     EXPECT_TRUE(remove_topic(*heap, "fuzz"));
