@@ -9,12 +9,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <climits>
 #include <cstring>
-#include <ctime>
 #include <new>
-#include <pthread.h>
 #include <string>
 
 namespace shmipc {
@@ -26,31 +23,29 @@ SharedDict::SharedDict(Heap &heap, std::string_view name, std::optional<double> 
     auto [off, created] = heap.find_or_create_named(
         name, sizeof(DictControl),
         [](void *p) {
-            auto *c = new (p) DictControl{};
-            pthread_mutexattr_t a;
-            ::pthread_mutexattr_init(&a);
-            ::pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-            ::pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-            int r = ::pthread_mutex_init(&c->mutex, &a);
-            ::pthread_mutexattr_destroy(&a);
-            if (r != 0)
-                throw_errno(r, "pthread_mutex_init");
+            auto *c = new (p) DictControl{}; // the lock word starts free (0)
             c->layout_version = kDictLayoutVersion;
             c->magic = kDictMagic; // last: the heap publishes the entry after init returns
         },
         kNamedDict, timeout_s);
     (void)created;
+    const std::string what = "shared dict '" + std::string(name) + "'";
+    if (heap.block_capacity(off) < sizeof(DictControl))
+        throw CorruptSegment(what + " has a control block too small for its layout");
     ctl_off_ = off;
     ctl_ = static_cast<DictControl *>(heap.to_ptr(off));
     if (ctl_->magic != kDictMagic || ctl_->layout_version != kDictLayoutVersion)
-        throw CorruptSegment("shared dict '" + std::string(name) +
-                             "' has a bad header (not a dict of this shmipc version)");
+        throw CorruptSegment(what + " has a bad header (not a dict of this shmipc version)");
+    mu_ = RobustMutex(ctl_->lock, heap.clients(), what);
+    mu_.validate(); // a scribbled or poisoned lock word fails the attach at once
 }
 
 SharedDict::Guard &SharedDict::Guard::operator=(Guard &&o) noexcept {
     if (this != &o) {
+        // SYNC POINT: release (RobustMutex::unlock), pairs with the acquire of the next locker:
+        // every store made under the lock is seen by the next holder.
         if (mutex_)
-            ::pthread_mutex_unlock(static_cast<pthread_mutex_t *>(mutex_));
+            mutex_->unlock();
         mutex_ = o.mutex_;
         o.mutex_ = nullptr;
     }
@@ -58,72 +53,30 @@ SharedDict::Guard &SharedDict::Guard::operator=(Guard &&o) noexcept {
 }
 
 SharedDict::Guard::~Guard() {
+    // SYNC POINT: release (RobustMutex::unlock), pairs with the acquire of the next locker.
     if (mutex_)
-        ::pthread_mutex_unlock(static_cast<pthread_mutex_t *>(mutex_));
+        mutex_->unlock();
 }
-
-namespace {
-// After EOWNERDEAD: repair, then mark the mutex consistent. If the repair throws, unlocking
-// without pthread_mutex_consistent makes the mutex ENOTRECOVERABLE for everyone (reported as
-// CorruptSegment) instead of handing out a half-repaired dict.
-template <class F> void recover_or_poison(pthread_mutex_t *m, F &&repair) {
-    try {
-        repair();
-    } catch (...) {
-        ::pthread_mutex_unlock(m);
-        throw;
-    }
-    ::pthread_mutex_consistent(m);
-}
-} // namespace
 
 SharedDict::Guard SharedDict::try_lock() {
-    int r = ::pthread_mutex_trylock(&ctl_->mutex);
-    if (r == 0)
-        return Guard(&ctl_->mutex);
-    if (r == EBUSY)
+    DictOps ops{*this, *heap_, ctl_};
+    // SYNC POINT: acquire (RobustMutex::try_lock: the CAS, or the take-over CAS from a dead
+    // holder), pairs with the release of the last unlock: the table, slots and records it left
+    // are seen. After a dead holder, ops.recover() runs with the lock held (a throw poisons it).
+    if (!mu_.try_lock(heap_->lock_token(), [&ops] { ops.recover(); }))
         return Guard();
-    if (r == EOWNERDEAD) {
-        DictOps ops{*this, *heap_, ctl_};
-        recover_or_poison(&ctl_->mutex, [&] { ops.recover(); });
-        return Guard(&ctl_->mutex);
-    }
-    if (r == ENOTRECOVERABLE)
-        throw CorruptSegment("shared dict is unrecoverable (a repair after a crash failed)");
-    throw_errno(r, "pthread_mutex_trylock");
+    return Guard(&mu_);
 }
 
 SharedDict::Guard SharedDict::lock(std::optional<double> timeout_s) {
     Deadline dl(timeout_s);
-    for (;;) {
-        if (Guard g = try_lock())
-            return g;
-        if (dl.expired())
-            throw Timeout("timed out waiting for the shared dict's lock (held by another "
-                          "process or thread)");
-        timespec now{};
-        ::clock_gettime(CLOCK_MONOTONIC, &now);
-        auto ns = dl.slice().count();
-        timespec until{now.tv_sec + static_cast<time_t>(ns / 1000000000),
-                       now.tv_nsec + static_cast<long>(ns % 1000000000)};
-        if (until.tv_nsec >= 1000000000) {
-            until.tv_sec += 1;
-            until.tv_nsec -= 1000000000;
-        }
-        int r = ::pthread_mutex_clocklock(&ctl_->mutex, CLOCK_MONOTONIC, &until);
-        if (r == 0)
-            return Guard(&ctl_->mutex);
-        if (r == EOWNERDEAD) {
-            DictOps ops{*this, *heap_, ctl_};
-            recover_or_poison(&ctl_->mutex, [&] { ops.recover(); });
-            return Guard(&ctl_->mutex);
-        }
-        if (r == ENOTRECOVERABLE)
-            throw CorruptSegment("shared dict is unrecoverable (a repair after a crash failed)");
-        if (r != ETIMEDOUT)
-            throw_errno(r, "pthread_mutex_clocklock");
-        check_interrupt();
-    }
+    DictOps ops{*this, *heap_, ctl_};
+    // SYNC POINT: acquire (RobustMutex::lock), pairs with the release of the last unlock (or,
+    // after a dead holder, with its last stores: the take-over CAS, then ops.recover()). Waits
+    // in slices: check_interrupt() between them, Timeout at the deadline, also while a stopped
+    // holder keeps it.
+    mu_.lock(heap_->lock_token(), dl, [&ops] { ops.recover(); });
+    return Guard(&mu_);
 }
 
 // --- entries ---------------------------------------------------------------------------------
@@ -219,7 +172,7 @@ bool SharedDict::publish(const Guard &, Entry &&e, bool only_if_absent, ValueFn 
         ctl_->retired_entry.store(old, std::memory_order_relaxed); // record before unlinking
         step("entry_retired");
         heap_->transfer(e.off_, kOwnerHeld);
-        // SYNC POINT: publish the fully written entry; pairs with the next holder's mutex acquire.
+        // SYNC POINT: publish the fully written entry; pairs with the next holder's lock acquire.
         s[p.found].store(w, std::memory_order_release);
         e.off_ = 0;
         step("entry_replaced");
@@ -229,7 +182,7 @@ bool SharedDict::publish(const Guard &, Entry &&e, bool only_if_absent, ValueFn 
     }
     bool was_tombstone = s[p.free].load(std::memory_order_relaxed) == kSlotTombstone;
     heap_->transfer(e.off_, kOwnerHeld);
-    // SYNC POINT: publish the fully written entry; pairs with the next holder's mutex acquire.
+    // SYNC POINT: publish the fully written entry; pairs with the next holder's lock acquire.
     s[p.free].store(w, std::memory_order_release);
     e.off_ = 0;
     step("entry_inserted");

@@ -6,7 +6,7 @@
 //
 //   named block (kind kNamedDict)          table block                 entry blocks (immutable)
 //   +----------------------------+        +----------+-----------+     +------------------------+
-//   | DictControl: robust mutex, |  ----> | capacity | slots[]   | --> | hash, key_len, tag,    |
+//   | DictControl: lock word,    |  ----> | capacity | slots[]   | --> | hash, key_len, tag,    |
 //   | table, retired_*, count    |        |          | 1 word    |     | value_len, key, value  |
 //   +----------------------------+        +----------+-----------+     +------------------------+
 //
@@ -29,10 +29,14 @@
 //   clear:      [lock] cleared_table = table; table = 0  <- publish; then empty the old table's
 //               slots one by one (slot = 0, then free its entry); free the table.
 //
-// The lock is a robust process-shared mutex. The next process that takes it after a holder died
-// gets EOWNERDEAD and finishes the dead one's work from the record: frees retired_entry unless a
-// slot still holds it, frees retired_table unless it is still the table, finishes emptying
-// cleared_table, and recounts. Readers take the same lock, so they never see an entry being freed.
+// The lock is a RobustMutex (sync/robust_mutex.hpp: a futex word in DictControl, its holder
+// named by the heap's lock token of the process). The next process that takes it after a holder
+// died (EOWNERDEAD semantics: the holder's client table slot is dead) finishes the dead one's
+// work from the record: frees retired_entry unless a slot still holds it, frees retired_table
+// unless it is still the table, finishes emptying cleared_table, and recounts. If that repair
+// throws, the lock is poisoned and every later locker gets CorruptSegment (never a half-repaired
+// dict). A live holder, even a stopped one, only makes the others time out (or be interrupted).
+// Readers take the same lock, so they never see an entry being freed.
 //
 // Leaks (not corruption): a kill between transfer(kOwnerHeld) and the publishing store, or
 // between clearing a retired_* word and the free it announces (a few instructions each) leaks
@@ -41,6 +45,7 @@
 #pragma once
 
 #include "ipc_core/heap/heap.hpp"
+#include "ipc_core/sync/robust_mutex.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -54,8 +59,9 @@ inline constexpr std::uint32_t kNamedDict = 0x44494354; // "DICT": kind of the n
 
 struct DictControl; // in the named block (shared_dict_table.hpp)
 
-// A handle on one shared dict of a heap. Cheap to copy; the Heap must outlive it. Thread-safe in
-// the sense that every operation takes the dict's lock (given as a Guard).
+// A handle on one shared dict of a heap. Cheap to copy; the Heap must outlive it, and the handle
+// must outlive the Guards it hands out. Thread-safe in the sense that every operation takes the
+// dict's lock (given as a Guard).
 class SharedDict {
   public:
     // The dict `name` of `heap`, created empty on first use (named object of kind kNamedDict:
@@ -74,13 +80,14 @@ class SharedDict {
 
       private:
         friend class SharedDict;
-        explicit Guard(void *m) : mutex_(m) {}
-        void *mutex_ = nullptr; // pthread_mutex_t in the heap
+        explicit Guard(RobustMutex *m) : mutex_(m) {}
+        RobustMutex *mutex_ = nullptr; // the handle's view of DictControl::lock, held
     };
     // Takes the lock if it is free now (an empty Guard otherwise). Recovers after a dead holder.
     [[nodiscard]] Guard try_lock();
     // Waits for the lock in slices, calling check_interrupt() between them; Timeout after
-    // `timeout_s` (nullopt: forever). CorruptSegment if the dict is unrecoverable.
+    // `timeout_s` (nullopt: forever), also when the holder is alive but stopped. Recovers after
+    // a dead holder. CorruptSegment if the dict is unrecoverable (poisoned or scribbled lock).
     [[nodiscard]] Guard lock(std::optional<double> timeout_s);
 
     // An entry being prepared, not yet visible: owned by this process (the heap reclaims it if
@@ -138,6 +145,7 @@ class SharedDict {
     Heap *heap_;
     std::uint64_t ctl_off_;
     DictControl *ctl_;
+    RobustMutex mu_; // over ctl_->lock and the heap's client table
 };
 
 // The hash every process uses for keys (stable across processes and builds).

@@ -133,8 +133,8 @@ void DictOps::ensure_room() {
         free_block(noff);
         throw;
     }
-    // SYNC POINT: publish; pairs with the mutex acquire of the next holder (and the relaxed
-    // loads in probe(), which run with the mutex held).
+    // SYNC POINT: publish; pairs with the lock acquire of the next holder (and the relaxed
+    // loads in probe(), which run with the lock held).
     c->table.store(noff, std::memory_order_release);
     step("table_published");
     c->tombstones = 0;
@@ -168,7 +168,8 @@ void DictOps::finish_clear() noexcept {
     free_block(toff);
 }
 
-// Run by the locker that got EOWNERDEAD: finish what the dead holder started.
+// Run by the locker that took the lock over from a dead holder (the recover callback of
+// RobustMutex::lock/try_lock, lock held): finish what the dead holder started.
 void DictOps::recover() {
     std::uint64_t toff = c->table.load(std::memory_order_relaxed);
     std::uint64_t re = c->retired_entry.load(std::memory_order_relaxed);

@@ -8,12 +8,12 @@
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/containers/shared_dict.hpp"
 #include "ipc_core/heap/heap.hpp"
+#include "ipc_core/sync/robust_mutex.hpp"
 #include "ipc_core/testing/crash_point.hpp"
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <pthread.h>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -23,7 +23,7 @@ namespace shmipc {
 namespace dict_detail {
 
 inline constexpr std::uint64_t kDictMagic = 0x5443494450494D53; // "SMIPDICT"
-inline constexpr std::uint32_t kDictLayoutVersion = 1;
+inline constexpr std::uint32_t kDictLayoutVersion = 2; // 2: RobustMutexWord, not pthread_mutex_t
 inline constexpr std::uint64_t kSlotEmpty = 0;
 inline constexpr std::uint64_t kSlotTombstone = 1; // offset 1 is never a block
 inline constexpr unsigned kTagShift = 46;          // 6 segment bits + 40 offset bits below
@@ -68,13 +68,24 @@ inline void step(const char *name) {
 
 } // namespace dict_detail
 
+// The named block. Layout (version 2):
+//   offset  size  field
+//   0       8     magic            kDictMagic, written last by the creator
+//   8       4     layout_version   kDictLayoutVersion
+//   12      52    pad0
+//   64      8     lock             RobustMutexWord (sync/robust_mutex.hpp); guards everything below
+//   72      56    pad1             (the lock word has its own cache line: waiters poll it)
+//   128     8 x 4 table, retired_entry, retired_table, cleared_table (atomic heap offsets)
+//   160     8     count
+//   168     8     tombstones
+//   176     16    (alignment padding: sizeof 192)
 struct DictControl {
     std::uint64_t magic;
     std::uint32_t layout_version;
     std::uint32_t pad0;
-    alignas(64) pthread_mutex_t mutex; // robust, process-shared; guards everything below
+    alignas(64) RobustMutexWord lock; // guards everything below
     // Heap offsets. Atomic so that each publication is one indivisible store; all accesses are
-    // made with the mutex held, which orders them (relaxed/release would do; see SYNC POINTs).
+    // made with the lock held, which orders them (relaxed/release would do; see SYNC POINTs).
     alignas(64) std::atomic<std::uint64_t> table; // TableHeader payload, 0: none yet
     std::atomic<std::uint64_t> retired_entry;     // entry being replaced/removed
     std::atomic<std::uint64_t> retired_table;     // table being replaced by a bigger one
@@ -84,6 +95,13 @@ struct DictControl {
 };
 static_assert(std::is_standard_layout_v<DictControl>);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+static_assert(offsetof(DictControl, magic) == 0 && offsetof(DictControl, layout_version) == 8);
+static_assert(offsetof(DictControl, lock) == 64 && sizeof(RobustMutexWord) == 8);
+static_assert(offsetof(DictControl, table) == 128 && offsetof(DictControl, retired_entry) == 136 &&
+              offsetof(DictControl, retired_table) == 144 &&
+              offsetof(DictControl, cleared_table) == 152);
+static_assert(offsetof(DictControl, count) == 160 && offsetof(DictControl, tombstones) == 168);
+static_assert(sizeof(DictControl) == 192 && alignof(DictControl) == 64);
 
 // The table and entry walking, shared by the operations and the recovery.
 struct DictOps {
@@ -126,7 +144,8 @@ struct DictOps {
     void ensure_room();
     // Empties the table recorded in cleared_table (clear(), or its recovery).
     void finish_clear() noexcept;
-    // Run by the locker that got EOWNERDEAD: finish what the dead holder started.
+    // Run by the locker that took the lock over from a dead holder (RobustMutex's recover):
+    // finish what the dead holder started. If it throws, the lock is poisoned.
     void recover();
     void recount();
 };

@@ -2,16 +2,21 @@
 // consistency (a child SIGKILLs itself at every interesting step of an update).
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/containers/shared_dict.hpp"
+#include "ipc_core/containers/shared_dict_table.hpp"
 #include "ipc_core/heap/heap.hpp"
 #include "ipc_core/testing/crash_point.hpp"
+#include "testutil.hpp"
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <random>
 #include <signal.h>
+#include <stdexcept>
 #include <string>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -318,4 +323,163 @@ TEST(SharedDict, lock_times_out_while_another_thread_holds_it) {
         EXPECT_THROW((void)other.lock(0.1), Timeout);
     });
     t.join();
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// A forked child that attaches, takes the dict's lock and then `how`: "stop" (SIGSTOPs itself),
+// "sleep" (never releases it) or "kill" (SIGKILLs itself). Returns once the lock is held.
+pid_t child_holding_the_lock(const std::string &heap_name, const char *how) {
+    int fds[2];
+    if (::pipe(fds) != 0)
+        std::abort();
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        ::close(fds[0]);
+        ::alarm(60);
+        auto mine = Heap::attach(heap_name);
+        SharedDict cd(*mine, "d");
+        auto g = cd.lock(1.0);
+        char c = 1;
+        (void)!::write(fds[1], &c, 1);
+        if (std::strcmp(how, "stop") == 0)
+            ::raise(SIGSTOP);
+        else if (std::strcmp(how, "kill") == 0)
+            ::raise(SIGKILL);
+        for (;;)
+            ::pause();
+    }
+    ::close(fds[1]);
+    char c = 0;
+    bool ok = ::read(fds[0], &c, 1) == 1;
+    ::close(fds[0]);
+    EXPECT_TRUE(ok) << "the child never took the lock";
+    return pid;
+}
+
+} // namespace
+
+class SharedDictLiveHolder : public ::testing::TestWithParam<const char *> {};
+
+TEST_P(SharedDictLiveHolder, makes_every_timed_operation_time_out_promptly_not_hang) {
+    auto name = fresh("live");
+    auto h = Heap::create(name, opts(1 << 20));
+    SharedDict d(*h, "d");
+    set(d, "a", value_for("a", 1));
+    pid_t pid = child_holding_the_lock(name, GetParam());
+    if (std::strcmp(GetParam(), "stop") == 0) {
+        // Wait until it is really stopped, so the waits below overlap the stop.
+        int st = 0;
+        ASSERT_EQ(::waitpid(pid, &st, WUNTRACED), pid);
+        ASSERT_TRUE(WIFSTOPPED(st));
+    }
+    EXPECT_FALSE(d.try_lock()); // the holder is alive: not taken over
+    for (double timeout : {0.0, 0.05, 0.3}) {
+        SCOPED_TRACE(timeout);
+        auto t0 = Clock::now();
+        EXPECT_THROW((void)d.lock(timeout), Timeout);
+        double took = seconds_since(t0);
+        EXPECT_GE(took, timeout * 0.9);
+        EXPECT_LT(took, timeout + 1.0) << "the timeout was not honoured promptly";
+    }
+    // A wait without a deadline is ended by the interrupt hook (Ctrl-C in Python) instead.
+    static std::atomic<int> calls{0};
+    calls = 0;
+    set_interrupt_hook([] {
+        if (++calls >= 3)
+            throw std::runtime_error("interrupted");
+    });
+    auto t0 = Clock::now();
+    EXPECT_THROW((void)d.lock(std::nullopt), std::runtime_error);
+    set_interrupt_hook(nullptr);
+    EXPECT_GE(calls.load(), 3);
+    EXPECT_LT(seconds_since(t0), 5.0);
+    // Once the holder is killed, the next locker takes the lock over and the dict is whole.
+    ::kill(pid, SIGKILL);
+    int st = 0;
+    ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    EXPECT_EQ(get(d, "a"), value_for("a", 1));
+    set(d, "b", value_for("b", 2));
+    EXPECT_EQ(get(d, "b"), value_for("b", 2));
+    expect_untorn(d);
+}
+
+INSTANTIATE_TEST_SUITE_P(SharedDict, SharedDictLiveHolder, ::testing::Values("stop", "sleep"),
+                         [](const auto &p) { return std::string(p.param); });
+
+TEST(SharedDict, a_waiter_takes_the_lock_over_when_the_holder_is_killed_during_its_wait) {
+    auto name = fresh("killwait");
+    auto h = Heap::create(name, opts(1 << 20));
+    SharedDict d(*h, "d");
+    set(d, "a", value_for("a", 1));
+    pid_t pid = child_holding_the_lock(name, "sleep");
+    std::thread killer([pid] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        ::kill(pid, SIGKILL);
+    });
+    auto t0 = Clock::now();
+    {
+        auto g = d.lock(10.0); // sleeps on the word, then sees the holder dead between slices
+        double took = seconds_since(t0);
+        EXPECT_GE(took, 0.15);
+        EXPECT_LT(took, 3.0) << "the dead holder was not noticed promptly";
+        d.check_invariants(g);
+    }
+    killer.join();
+    ASSERT_EQ(::waitpid(pid, nullptr, 0), pid);
+    EXPECT_EQ(get(d, "a"), value_for("a", 1));
+    expect_untorn(d);
+}
+
+TEST(SharedDict, a_killed_holder_is_recovered_by_try_lock_too) {
+    auto name = fresh("killtry");
+    auto h = Heap::create(name, opts(1 << 20));
+    SharedDict d(*h, "d");
+    set(d, "a", value_for("a", 1));
+    pid_t pid = child_holding_the_lock(name, "kill");
+    ASSERT_EQ(::waitpid(pid, nullptr, 0), pid);
+    {
+        auto g = d.try_lock();
+        ASSERT_TRUE(g);
+        d.check_invariants(g);
+    }
+    EXPECT_EQ(get(d, "a"), value_for("a", 1));
+}
+
+TEST(SharedDict, a_repair_that_fails_poisons_the_lock_for_everyone) {
+    auto name = fresh("poison");
+    auto h = Heap::create(name, opts(1 << 20));
+    SharedDict d(*h, "d");
+    set(d, "a", value_for("a", 1));
+    auto *ctl = static_cast<DictControl *>(h->to_ptr(d.control_offset()));
+    pid_t pid = child_holding_the_lock(name, "sleep");
+    // While it holds the lock, its table word is scribbled; then it dies: the repair fails.
+    std::uint64_t table = ctl->table.load();
+    ctl->table.store(table + 8);
+    ::kill(pid, SIGKILL);
+    ASSERT_EQ(::waitpid(pid, nullptr, 0), pid);
+    EXPECT_THROW((void)d.lock(1.0), CorruptSegment);
+    EXPECT_THROW((void)d.lock(1.0), CorruptSegment); // never a half-repaired dict
+    EXPECT_THROW((void)d.try_lock(), CorruptSegment);
+    EXPECT_THROW(SharedDict(*h, "d"), CorruptSegment); // attach validates the lock word
+}
+
+TEST(SharedDict, a_scribbled_lock_word_is_a_corrupt_segment_not_a_hang) {
+    auto h = Heap::anonymous(opts(1 << 20));
+    SharedDict d(*h, "d");
+    auto *ctl = static_cast<DictControl *>(h->to_ptr(d.control_offset()));
+    ctl->lock.word.store(0x7654321); // a token the client table never issued
+    auto t0 = Clock::now();
+    EXPECT_THROW((void)d.lock(std::nullopt), CorruptSegment);
+    EXPECT_THROW((void)d.try_lock(), CorruptSegment);
+    EXPECT_LT(seconds_since(t0), 2.0);
+    ctl->lock.word.store(0);
+    set(d, "a", value_for("a", 1));
+    EXPECT_EQ(get(d, "a"), value_for("a", 1));
 }
