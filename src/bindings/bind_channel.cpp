@@ -427,10 +427,10 @@ void bind_channel(py::module_ &m) {
         .def(
             "_recv_message",
             [](ChannelCore &s, TimeoutArg timeout) {
-                ChannelMessage m = recv_message(s, timeout);
-                py::object meta = m.kind == RecordKind::Array ? py::object(py::bytes(m.meta))
-                                                              : py::object(py::none());
-                return py::make_tuple(message_block(s, m), meta);
+                ChannelMessage msg = recv_message(s, timeout);
+                py::object meta = msg.kind == RecordKind::Array ? py::object(py::bytes(msg.meta))
+                                                                : py::object(py::none());
+                return py::make_tuple(message_block(s, msg), meta);
             },
             py::arg("timeout") = py::none())
         .def(

@@ -424,10 +424,16 @@ PyGetSetDef g_block_getset[] = {
 PyBufferProcs g_block_buffer = {block_getbuffer, block_releasebuffer};
 PySequenceMethods g_block_seq = {};
 
-PyTypeObject g_block_type_obj = {PyVarObject_HEAD_INIT(nullptr, 0)};
+// Zero until init_block_type(), which gives it the object header of a static type and its slots
+// (an aggregate initializer naming only the header would leave ~50 members to
+// -Wmissing-field-initializers).
+PyTypeObject g_block_type_obj{};
 
 void init_block_type() {
     auto &t = g_block_type_obj;
+    // The header as Python's own macro writes it (reference count 1; immortal from 3.12 on).
+    const PyVarObject head[] = {PyVarObject_HEAD_INIT(nullptr, 0)};
+    t.ob_base = head[0];
     t.tp_name = "shmipc.Block";
     t.tp_basicsize = sizeof(BlockObject);
     t.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE;

@@ -455,18 +455,18 @@ void bind_topic(py::module_ &m) {
             "_recv",
             [](py::object self, TimeoutArg timeout) {
                 SubscriberCore &s = self.cast<SubscriberCore &>();
-                TopicSample m = recv_sample(s, timeout);
-                return sample_block(self, s, m);
+                TopicSample sample = recv_sample(s, timeout);
+                return sample_block(self, s, sample);
             },
             py::arg("timeout") = py::none())
         .def(
             "_recv_message",
             [](py::object self, TimeoutArg timeout) {
                 SubscriberCore &s = self.cast<SubscriberCore &>();
-                TopicSample m = recv_sample(s, timeout);
-                py::object meta =
-                    m.meta.empty() ? py::object(py::none()) : py::object(py::bytes(m.meta));
-                return py::make_tuple(sample_block(self, s, m), meta);
+                TopicSample sample = recv_sample(s, timeout);
+                py::object meta = sample.meta.empty() ? py::object(py::none())
+                                                      : py::object(py::bytes(sample.meta));
+                return py::make_tuple(sample_block(self, s, sample), meta);
             },
             py::arg("timeout") = py::none())
         .def(
