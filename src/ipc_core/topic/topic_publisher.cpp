@@ -4,6 +4,7 @@
 #include "ipc_core/topic/topic_ref.hpp"
 
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/testing/crash_point.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -253,8 +254,21 @@ bool TopicPublisher::publish_locked(std::uint64_t off, std::uint64_t len, std::s
                 (void)t.header(old); // validated before anything changes
             static_cast<SampleHeader *>(heap.to_ptr(hoff))->seq = head;
             c->inflight.store(hoff, std::memory_order_relaxed);
-            heap.transfer(off, kOwnerHeld);
+            // The header first, then the data it references: at every instant each block has
+            // exactly one reclaimer. Killed before the header's transfer, both blocks are still
+            // ours (the heap reaps them; recovery leaves a header we own alone). Killed between
+            // the two, the header is held and announced in `inflight` (recovery frees it) and
+            // the data is still ours (the heap reaps it; finish_free frees data only if held).
+            // After both, recovery frees the unlinked header and its data (finish_free), or the
+            // ring references them.
             heap.transfer(hoff, kOwnerHeld);
+            crash_point("topic.publish.header_held");
+            try {
+                heap.transfer(off, kOwnerHeld);
+            } catch (...) {
+                c->inflight.store(0, std::memory_order_relaxed); // the header is freed below
+                throw;
+            }
             moved = true;
             if (evict) {
                 c->evicting.store(old, std::memory_order_relaxed);

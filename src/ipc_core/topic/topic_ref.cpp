@@ -194,6 +194,8 @@ void TopicRef::finish_free(std::uint64_t off) noexcept {
         auto *h = static_cast<SampleHeader *>(heap.to_ptr(off));
         const std::uint64_t data = h->data;
         try {
+            // Not held: the publisher died before moving the data (topic_publisher.cpp,
+            // publish_locked); the heap reaps it with the dead client's blocks.
             if (data && heap.owner_of(data) == kOwnerHeld)
                 heap.deallocate(data);
         } catch (...) {
