@@ -34,6 +34,9 @@ std::vector<TopicInfo> list_topics(Heap &heap) {
         }
         for (std::uint32_t i = 0; i < t->g.max_subscribers; ++i)
             info.subscribers += t->sub(i).state.load(std::memory_order_relaxed) == kSubLive;
+        // SYNC POINT: acquire, pairs with the release stores of pub_state in
+        // TopicPublisher::claim(), close() and the destructor: the pub_token stored before it is
+        // seen.
         const std::uint32_t st = t->ctl->pub_state.load(std::memory_order_acquire);
         info.publisher_alive = st == kPubLive && t->holder_alive(t->ctl->pub_token.load());
         info.closed = st == kPubClosed;

@@ -208,6 +208,8 @@ void TopicRef::finish_free(std::uint64_t off) noexcept {
 // Releases everything subscriber slot i holds and frees the slot.
 void TopicRef::clear_subscriber(std::uint32_t i) {
     SubscriberSlot &s = sub(i);
+    // SYNC POINT: release (the topic lock held), pairs with the acquire loads of state in
+    // has_room() and reap_dead_locked(): the slot no longer counts for the overflow policy.
     s.state.store(kSubFree, std::memory_order_release);
     auto *held = s.held();
     for (std::uint32_t k = 0; k < g.max_held; ++k) {
