@@ -28,6 +28,8 @@ std::vector<TopicInfo> list_topics(Heap &heap) {
         info.overflow = t->g.overflow;
         info.max_subscribers = t->g.max_subscribers;
         try {
+            // SYNC POINT: the topic lock (acquire/release, robust: a dead holder's change is
+            // recovered first): reaping changes the subscriber slots.
             auto lk = t->lock(Deadline(1.0));
             (void)t->reap_dead_locked(false);
         } catch (const Timeout &) {
@@ -54,6 +56,8 @@ bool remove_topic(Heap &heap, std::string_view name, const Deadline &deadline) {
         throw InvalidArgument("'" + std::string(name) + "' is not a topic");
     auto t = TopicRef::open(heap, name, nullptr);
     {
+        // SYNC POINT: the topic lock (acquire/release): no publish or receive is half-way while the
+        // topic is removed.
         auto lk = t->lock(deadline);
         (void)t->reap_dead_locked(false);
         for (std::uint32_t i = 0; i < t->g.max_subscribers; ++i)
