@@ -122,6 +122,7 @@ std::vector<ChannelInfo> Channel::list(Heap &heap) {
         info.queued = std::min<std::uint64_t>(c->ring.size_approx(), info.capacity);
         info.sender_alive = endpoint_alive_at(heap, n.offset, c, ChannelRole::Sender);
         info.receiver_alive = endpoint_alive_at(heap, n.offset, c, ChannelRole::Receiver);
+        // SYNC POINT: acquire, pairs with the release store of closed in SpscProducer::close().
         info.closed = c->ring.closed.load(std::memory_order_acquire) != 0;
         out.push_back(std::move(info));
     }

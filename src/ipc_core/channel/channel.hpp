@@ -203,6 +203,8 @@ class Channel {
     }
     [[nodiscard]] std::uint64_t capacity() const noexcept { return geometry_.capacity; }
     [[nodiscard]] bool stream_ended() const noexcept {
+        // SYNC POINT: acquire, pairs with the release store of closed in SpscProducer::close():
+        // every record pushed before the close is visible.
         return ctl_->ring.closed.load(std::memory_order_acquire) != 0;
     }
     [[nodiscard]] ChannelRole role() const noexcept { return role_; }

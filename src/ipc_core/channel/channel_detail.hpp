@@ -51,6 +51,9 @@ template <class Ready>
 bool Channel::wait_on(FutexWord &w, Ready &&ready, ChannelRole peer, const Deadline &deadline,
                       bool &peer_dead) {
     bool first = true;
+    // SYNC POINT: futex wait on w (not_empty or not_full, spin first): pairs with the
+    // wake_if_waiting/notify_all of the peer after its release store of head or tail (or closed, or
+    // its token); `ready` re-reads them with acquire loads.
     return spin_then_wait(
         w, ready,
         [&] {

@@ -72,9 +72,13 @@ std::uint64_t lock_index_for(std::uint64_t off) {
 }
 
 bool endpoint_alive_at(Heap &heap, std::uint64_t offset, ChannelControl *c, ChannelRole r) {
+    // SYNC POINT: acquire, pairs with the acq_rel CASes of the token in claim() and release(): a
+    // set token was published before the endpoint's lock byte is tested.
     if (token_word(c, r).load(std::memory_order_acquire) == 0)
         return false;
     {
+        // SYNC POINT: g_registry_mu (process-local mutex): the registry of endpoints this process
+        // holds.
         std::lock_guard g(g_registry_mu);
         if (registry().count(key_of(heap, offset, r)))
             return true;
@@ -84,6 +88,7 @@ bool endpoint_alive_at(Heap &heap, std::uint64_t offset, ChannelControl *c, Chan
 
 // A claimed endpoint whose process is gone: token set, lock byte free.
 bool endpoint_dead_at(Heap &heap, std::uint64_t offset, ChannelControl *c, ChannelRole r) {
+    // SYNC POINT: acquire, as in endpoint_alive_at (pairs with the CASes in claim() and release()).
     if (token_word(c, r).load(std::memory_order_acquire) == 0)
         return false;
     return !endpoint_alive_at(heap, offset, c, r);
@@ -92,6 +97,8 @@ bool endpoint_dead_at(Heap &heap, std::uint64_t offset, ChannelControl *c, Chann
 } // namespace channel_detail
 
 void Channel::claim(ChannelRole role) {
+    // SYNC POINT: g_registry_mu (process-local mutex): claim, registry insert and role change are
+    // one step for this process.
     std::lock_guard g(g_registry_mu);
     const RegistryKey key = key_of(heap_, offset_, role);
     if (registry().count(key))
@@ -108,6 +115,8 @@ void Channel::claim(ChannelRole role) {
                           " in another process");
     // We hold the lock: any token still published belongs to a dead or departed endpoint.
     auto &word = token_word(ctl_, role);
+    // SYNC POINT: acquire, pairs with the acq_rel CAS of the previous endpoint's release(): the
+    // expected value of our CAS below.
     std::uint64_t old = word.load(std::memory_order_acquire);
     const std::uint64_t token = make_token();
     // SYNC POINT: pairs with the token loads in endpoint_alive_at of the peer.
@@ -150,6 +159,8 @@ void Channel::ensure_role(ChannelRole role) {
 }
 
 void Channel::release(bool departed) {
+    // SYNC POINT: g_registry_mu (process-local mutex): the token, the lock byte and the registry
+    // change together.
     std::lock_guard g(g_registry_mu);
     forget_role_after_fork();
     if (role_ == ChannelRole::None)
@@ -159,6 +170,9 @@ void Channel::release(bool departed) {
     // like a death (channels end like pipes). A peer that sees the lock free with our real token
     // still set would think we died, which is also right for the departed case.
     std::uint64_t mine = token_;
+    // SYNC POINT: acq_rel CAS of our token, before the lock byte is unlocked: pairs with the
+    // acquire loads in endpoint_alive_at/endpoint_dead_at of the peer (0 or kDepartedToken is seen,
+    // never a dead-looking real token) and with the next claim().
     token_word(ctl_, role_)
         .compare_exchange_strong(mine, departed ? kDepartedToken : 0, std::memory_order_acq_rel);
     unlock_byte(heap_.lock_fd(), lock_byte(offset_, role_));
@@ -168,6 +182,7 @@ void Channel::release(bool departed) {
 }
 
 void Channel::abandon() noexcept {
+    // SYNC POINT: g_registry_mu (process-local mutex): the registry entry goes with the role.
     std::lock_guard g(g_registry_mu);
     if (role_ != ChannelRole::None)
         registry().erase(key_of(heap_, offset_, role_));
@@ -179,8 +194,12 @@ void Channel::close() {
     // Another thread may sleep inside this handle: make it leave (it checks closing_ between
     // slices; the wake-ups cut its current slice short), then take the handle.
     closing_.store(true, std::memory_order_relaxed);
+    // SYNC POINT: futex wakes of both words after closing_ is set: pair with the waits in wait_on
+    // (spin_then_wait), whose between_slices checks closing_.
     notify_all(ctl_->ring.not_empty);
     notify_all(ctl_->ring.not_full);
+    // SYNC POINT: mu_ (process-local mutex, acquire/release): one thread inside this handle at a
+    // time. Taken after the wakes: the waiting thread leaves first.
     std::lock_guard g(mu_);
     if (closed_)
         return;
@@ -195,13 +214,18 @@ void Channel::close() {
 
 void Channel::abort() {
     closing_.store(true, std::memory_order_relaxed);
+    // SYNC POINT: futex wakes of both words after closing_ is set, as in close().
     notify_all(ctl_->ring.not_empty);
     notify_all(ctl_->ring.not_full);
+    // SYNC POINT: mu_ (process-local mutex, acquire/release): one thread inside this handle at a
+    // time. Taken after the wakes: the waiting thread leaves first.
     std::lock_guard g(mu_);
     if (closed_)
         return;
     // No end-of-stream mark: the peer drains what was sent, then gets PeerDied, as if we died.
     release(/*departed=*/true);
+    // SYNC POINT: futex wakes after release() changed our token to kDepartedToken: pair with the
+    // peer's wait in wait_on, which checks endpoint_dead_at (acquire of the token) between slices.
     notify_all(ctl_->ring.not_empty);
     notify_all(ctl_->ring.not_full);
     closed_ = true;
@@ -216,6 +240,8 @@ bool Channel::peer_dead(ChannelRole role) const {
 }
 
 void Channel::check_peer() {
+    // SYNC POINT: mu_ (process-local mutex): a try never waits (another thread inside this handle:
+    // not now).
     std::unique_lock g(mu_, std::try_to_lock);
     if (!g || closed_)
         return;
@@ -246,6 +272,9 @@ void Channel::free_inflight() {
     // handed to the heap but never pushed is still named here, held by nobody. (A pushed one was
     // cleared when we popped it.) Only a block still held by the heap is ours to free.
     for (auto *w : {&ctl_->inflight_block, &ctl_->inflight_meta}) {
+        // SYNC POINT: acq_rel exchange, pairs with the release stores of
+        // inflight_block/inflight_meta in push_record (the offsets are seen) and with the acq_rel
+        // CASes in take(): only one of us clears each.
         std::uint64_t off = w->exchange(0, std::memory_order_acq_rel);
         if (off && heap_.try_transfer(off, kOwnerHeld, heap_.client_id()))
             heap_.deallocate(off, Deadline(1.0)); // ours now: at worst kept until we exit

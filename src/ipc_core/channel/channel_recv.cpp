@@ -16,6 +16,8 @@ namespace shmipc {
 using channel_detail::endpoint_dead_at;
 
 bool Channel::ready_to_recv() {
+    // SYNC POINT: mu_ (process-local mutex): a try never waits (another thread inside this handle:
+    // not now).
     std::unique_lock g(mu_, std::try_to_lock);
     if (!g)
         return false;
@@ -24,6 +26,8 @@ bool Channel::ready_to_recv() {
 }
 
 void Channel::wait_readable(const Deadline &deadline) {
+    // SYNC POINT: mu_ (process-local mutex, acquire/release): one thread inside this handle at a
+    // time.
     std::lock_guard g(mu_);
     ensure_role(ChannelRole::Receiver);
     wait_for_record(deadline);
@@ -33,6 +37,8 @@ void Channel::wait_for_record(const Deadline &deadline) {
     if (consumer_.readable())
         return;
     bool peer_dead = false;
+    // SYNC POINT: futex wait on not_empty (wait_on): pairs with the sender's wake after its release
+    // store of head (or of closed in close()); the predicate re-reads them (acquire).
     const bool ok = wait_on(
         ctl_->ring.not_empty, [&] { return consumer_.readable() || consumer_.closed_and_empty(); },
         ChannelRole::Sender, deadline, peer_dead);
@@ -57,6 +63,8 @@ ChannelMessage Channel::take(const RingRecord &rec) {
     // A sender killed right after its push never cleared these: the block is delivered, not
     // in flight.
     std::uint64_t x = rec.offset;
+    // SYNC POINT: acq_rel CASes, pair with the release stores in push_record and the acq_rel
+    // exchanges in free_inflight: a delivered block is never also freed as in flight.
     ctl_->inflight_block.compare_exchange_strong(x, 0, std::memory_order_acq_rel);
     x = rec.aux;
     if (x)
@@ -88,6 +96,8 @@ ChannelMessage Channel::take(const RingRecord &rec) {
 }
 
 ChannelMessage Channel::recv(const Deadline &deadline) {
+    // SYNC POINT: mu_ (process-local mutex, acquire/release): one thread inside this handle at a
+    // time.
     std::lock_guard g(mu_);
     ensure_role(ChannelRole::Receiver);
     wait_for_record(deadline);
@@ -121,6 +131,8 @@ ChannelMessage Channel::take_inline() {
 }
 
 std::optional<ChannelMessage> Channel::try_recv() {
+    // SYNC POINT: mu_ (process-local mutex): a try never waits (another thread inside this handle:
+    // not now).
     std::unique_lock g(mu_, std::try_to_lock);
     if (!g)
         return std::nullopt; // another thread is inside this handle
@@ -143,6 +155,8 @@ std::optional<ChannelMessage> Channel::try_recv() {
 
 std::size_t Channel::recv_many_impl(std::size_t max, const Deadline *deadline, SinkFn fn,
                                     void *ctx) {
+    // SYNC POINT: mu_ (process-local mutex): locked (with a deadline) or tried (without) just
+    // below.
     std::unique_lock g(mu_, std::defer_lock);
     if (deadline) {
         g.lock();
@@ -210,6 +224,8 @@ bool Channel::poll(const Deadline &deadline) {
     if (ready())
         return true;
     bool peer_dead = false;
+    // SYNC POINT: futex wait on not_empty (wait_on): pairs with the sender's wakes after its
+    // release stores of head and closed; ready() re-reads them (acquire, size_approx/stream_ended).
     const bool ok = wait_on(ctl_->ring.not_empty, ready, ChannelRole::Sender, deadline, peer_dead);
     return ok || peer_dead;
 }

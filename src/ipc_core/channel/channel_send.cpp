@@ -42,6 +42,8 @@ bool Channel::wait_for_room(const Deadline &deadline) {
     if (producer_.writable())
         return true;
     bool peer_dead = false;
+    // SYNC POINT: futex wait on not_full (wait_on): pairs with the receiver's wake after its
+    // release store of tail; writable() re-reads tail (acquire, refresh_tail_has_room).
     const bool ok = wait_on(
         ctl_->ring.not_full, [&] { return producer_.writable(); }, ChannelRole::Receiver, deadline,
         peer_dead);
@@ -64,6 +66,8 @@ bool Channel::push_record(const RingRecord &rec, const Deadline &deadline) {
     // SYNC POINT: release, pairs with the acq_rel exchange in free_inflight: whoever finds the
     // sender dead sees which blocks were on their way (killed between transfer and push).
     ctl_->inflight_block.store(rec.offset, std::memory_order_release);
+    // SYNC POINT: release, as for inflight_block above (pairs with the acq_rel exchange in
+    // free_inflight).
     ctl_->inflight_meta.store(rec.aux, std::memory_order_release);
     heap_.transfer(rec.offset, kOwnerHeld);
     if (rec.aux)
@@ -76,6 +80,8 @@ bool Channel::push_record(const RingRecord &rec, const Deadline &deadline) {
 }
 
 bool Channel::ready_to_send() {
+    // SYNC POINT: mu_ (process-local mutex): a try never waits (another thread inside this handle:
+    // not now).
     std::unique_lock g(mu_, std::try_to_lock);
     if (!g)
         return false;
@@ -85,6 +91,8 @@ bool Channel::ready_to_send() {
 }
 
 void Channel::wait_writable(const Deadline &deadline) {
+    // SYNC POINT: mu_ (process-local mutex, acquire/release): one thread inside this handle at a
+    // time.
     std::lock_guard g(mu_);
     ensure_role(ChannelRole::Sender);
     check_stream_open();
@@ -115,12 +123,16 @@ void Channel::send_block_locked(std::uint64_t off, std::uint64_t len, RecordKind
 
 void Channel::send_block(std::uint64_t off, std::uint64_t len, RecordKind kind,
                          std::string_view meta, const Deadline &deadline) {
+    // SYNC POINT: mu_ (process-local mutex, acquire/release): one thread inside this handle at a
+    // time.
     std::lock_guard g(mu_);
     send_block_locked(off, len, kind, meta, deadline);
 }
 
 bool Channel::try_send_block(std::uint64_t off, std::uint64_t len, RecordKind kind,
                              std::string_view meta) {
+    // SYNC POINT: mu_ (process-local mutex): a try never waits (another thread inside this handle:
+    // not now).
     std::unique_lock g(mu_, std::try_to_lock);
     if (!g)
         return false; // another thread is inside this handle
@@ -151,6 +163,8 @@ void Channel::push_inline(const void *data, std::size_t n) {
 
 void Channel::send_bytes(const void *data, std::size_t n, RecordKind kind, std::string_view meta,
                          const Deadline &deadline) {
+    // SYNC POINT: mu_ (process-local mutex, acquire/release): one thread inside this handle at a
+    // time.
     std::lock_guard g(mu_);
     ensure_role(ChannelRole::Sender);
     check_stream_open();
@@ -174,6 +188,8 @@ void Channel::send_bytes(const void *data, std::size_t n, RecordKind kind, std::
 
 bool Channel::try_send_bytes(const void *data, std::size_t n, RecordKind kind,
                              std::string_view meta) {
+    // SYNC POINT: mu_ (process-local mutex): a try never waits (another thread inside this handle:
+    // not now).
     std::unique_lock g(mu_, std::try_to_lock);
     if (!g)
         return false;
@@ -211,6 +227,8 @@ bool Channel::try_send_bytes(const void *data, std::size_t n, RecordKind kind,
 
 std::size_t Channel::send_many(const std::vector<std::pair<const void *, std::size_t>> &msgs,
                                const Deadline &deadline) {
+    // SYNC POINT: mu_ (process-local mutex, acquire/release): one thread inside this handle at a
+    // time.
     std::lock_guard g(mu_);
     ensure_role(ChannelRole::Sender);
     check_stream_open();

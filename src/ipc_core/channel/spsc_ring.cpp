@@ -83,6 +83,8 @@ std::size_t SpscProducer::try_push_many(const RingRecord *recs, std::size_t n) n
         slots[(head + i) & mask_] = recs[i];
     // SYNC POINT: pairs with the head.load(acquire) in SpscConsumer::front / try_pop_many.
     ring_->head.store(head + k, std::memory_order_release);
+    // SYNC POINT: futex wake of not_empty after the release store of head: pairs with the
+    // consumer's wait (Channel::wait_on), whose predicate reloads head (acquire).
     wake_if_waiting(ring_->not_empty);
     return k;
 }
@@ -102,6 +104,8 @@ void SpscProducer::close() noexcept {
     // SYNC POINT: pairs with the closed.load(acquire) in SpscConsumer::closed_and_empty: every
     // head store before the close is visible to a consumer that sees closed == 1.
     ring_->closed.store(1, std::memory_order_release);
+    // SYNC POINT: futex wake of not_empty after the release store of closed: pairs with the
+    // consumer's wait, whose predicate reloads closed (acquire).
     wake_if_waiting(ring_->not_empty);
 }
 
@@ -120,6 +124,8 @@ std::size_t SpscConsumer::try_pop_many(RingRecord *out, std::size_t max) noexcep
         out[i] = slots[(tail + i) & mask_];
     // SYNC POINT: pairs with the tail.load(acquire) in SpscProducer::refresh_tail_has_room.
     ring_->tail.store(tail + k, std::memory_order_release);
+    // SYNC POINT: futex wake of not_full after the release store of tail: pairs with the producer's
+    // wait, whose predicate reloads tail (acquire).
     wake_if_waiting(ring_->not_full);
     return k;
 }

@@ -104,6 +104,8 @@ class SpscProducer {
     SpscProducer() = default;
     SpscProducer(SpscRingControl *ring, RingGeometry g) noexcept
         : ring_(ring), cap_(g.capacity), mask_(g.mask),
+          // SYNC POINT: acquire, pairs with the consumer's release stores of tail: slots below it
+          // are free to reuse.
           cached_tail_(ring->tail.load(std::memory_order_acquire)) {}
     explicit SpscProducer(SpscRingControl *ring) : SpscProducer(ring, spsc_ring_geometry(ring)) {}
 
@@ -111,6 +113,8 @@ class SpscProducer {
     [[nodiscard]] bool try_push(const RingRecord &rec) noexcept {
         if (!try_push_quiet(rec))
             return false;
+        // SYNC POINT: futex wake of not_empty after the release store of head in try_push_quiet:
+        // pairs with the consumer's wait (Channel::wait_on).
         wake_if_waiting(ring_->not_empty);
         return true;
     }
@@ -140,6 +144,8 @@ class SpscConsumer {
   public:
     SpscConsumer() = default;
     SpscConsumer(SpscRingControl *ring, RingGeometry g) noexcept
+        // SYNC POINT: acquire, pairs with the producer's release stores of head: the records below
+        // it are written.
         : ring_(ring), mask_(g.mask), cached_head_(ring->head.load(std::memory_order_acquire)) {}
     explicit SpscConsumer(SpscRingControl *ring) : SpscConsumer(ring, spsc_ring_geometry(ring)) {}
 
@@ -233,6 +239,8 @@ inline void SpscConsumer::pop_n(std::size_t n) noexcept {
     const std::uint64_t tail = ring_->tail.load(std::memory_order_relaxed);
     // SYNC POINT: as in pop(): our reads of the n slots happen before the producer reuses them.
     ring_->tail.store(tail + n, std::memory_order_release);
+    // SYNC POINT: futex wake of not_full after the release store of tail: pairs with the producer's
+    // wait (Channel::wait_on).
     wake_if_waiting(ring_->not_full);
 }
 
@@ -241,6 +249,7 @@ inline void SpscConsumer::pop() noexcept {
     // SYNC POINT: pairs with the tail.load(acquire) in SpscProducer::refresh_tail_has_room: our
     // read of the slot happens before the producer may reuse it.
     ring_->tail.store(tail + 1, std::memory_order_release);
+    // SYNC POINT: futex wake of not_full after the release store of tail, as in pop_n.
     wake_if_waiting(ring_->not_full);
 }
 

@@ -159,6 +159,9 @@ std::size_t MessageQueue::size() const noexcept {
         return 0;
     // head first: a tail read after it is never older, so tail - head is not inflated by a
     // race (it can be negative after discards: then 0).
+    // SYNC POINT: acquire of head, then of tail: each pairs with the acq_rel CAS that advanced it
+    // (help_advance); the two acquires keep the tail load from being reordered before the head
+    // load.
     std::uint64_t head = impl_->ctl->head.load(std::memory_order_acquire);
     std::uint64_t tail = impl_->ctl->tail.load(std::memory_order_acquire);
     auto d = static_cast<std::int64_t>(tail - head);
@@ -201,6 +204,8 @@ void MessageQueue::request_close() noexcept {
     impl_->closing.store(true, std::memory_order_relaxed);
     // Wakes every sleeper on the queue's words (in other processes too: they re-check and sleep
     // again), so this handle's waiters see the flag now rather than at their next slice.
+    // SYNC POINT: futex wakes of both words after closing is set: pair with the waits in
+    // wait_put_ready/wait_get_ready (spin_then_wait), which check closing between slices.
     notify_all(impl_->ctl->not_empty);
     notify_all(impl_->ctl->not_full);
 }

@@ -24,6 +24,8 @@ MessageQueue::Impl::~Impl() {
 void MessageQueue::Impl::register_slow() {
     // ensure_registered() found us unregistered (or registered in our parent): check again
     // with the lock held.
+    // SYNC POINT: register_mu (process-local mutex): one thread registers; pairs with the release
+    // store of registered below.
     std::lock_guard lk(register_mu);
     if (registered.load(std::memory_order_relaxed) && !stamp.inherited())
         return;
@@ -35,6 +37,8 @@ void MessageQueue::Impl::register_slow() {
         stamp.renew();
     }
     register_client();
+    // SYNC POINT: release, pairs with the acquire load of registered in ensure_registered(): me and
+    // the client slot are seen set.
     registered.store(true, std::memory_order_release);
 }
 
@@ -50,15 +54,22 @@ void MessageQueue::Impl::register_client() {
 void MessageQueue::Impl::repair_recycled_index() noexcept {
     for (std::uint64_t i = 0; i < cap; ++i) {
         auto &state = slot(i)->state;
+        // SYNC POINT: acquire of the slot's state, pairs with the release stores / acq_rel CASes of
+        // the state by producers and consumers (try_put, deliver): the claim we repair is current.
         std::uint64_t st = state.load(std::memory_order_acquire);
         if (client_of(st) != me)
             continue;
         if (phase_of(st) == kWriting) {
+            // SYNC POINT: acq_rel CAS to EMPTY: releases the slot to the producer's acquire CAS of
+            // EMPTY in try_put (the dead write is discarded).
             if (state.compare_exchange_strong(st, make_state(lap_of(st) + 1, kEmpty, 0),
                                               std::memory_order_acq_rel))
                 wake_all();
         } else if (phase_of(st) == kReading) {
             // Hand the message to whichever consumer scans next.
+            // SYNC POINT: acq_rel CAS to READING(no client): continues the release sequence of the
+            // producer's FULL, so the consumer that takes it over in scan() (acquire CAS) sees the
+            // message.
             state.compare_exchange_strong(st, make_state(lap_of(st), kReading, kNoClient),
                                           std::memory_order_acq_rel);
         }
@@ -67,6 +78,8 @@ void MessageQueue::Impl::repair_recycled_index() noexcept {
 
 // Discards a half-written message of a dead producer. true if we did.
 bool MessageQueue::Impl::discard(QueueSlot *s, std::uint64_t st) noexcept {
+    // SYNC POINT: acq_rel CAS to EMPTY of the next lap: pairs with the producer's acquire CAS of
+    // EMPTY in try_put; only one discarder wins.
     if (!s->state.compare_exchange_strong(st, make_state(lap_of(st) + 1, kEmpty, 0),
                                           std::memory_order_acq_rel))
         return false;
@@ -92,6 +105,8 @@ MessageQueue::Impl::Repair MessageQueue::Impl::scan(Sink sink, void *ctx) {
     orphan_seen.store(false, std::memory_order_relaxed);
     for (std::uint64_t i = 0; i < cap; ++i) {
         QueueSlot *s = slot(i);
+        // SYNC POINT: acquire, pairs with the release stores of the state (FULL in try_put,
+        // READING/EMPTY in deliver) and the CASes that claim a slot.
         std::uint64_t st = s->state.load(std::memory_order_acquire);
         Phase ph = phase_of(st);
         if (ph != kWriting && ph != kReading)

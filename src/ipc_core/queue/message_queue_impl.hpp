@@ -123,6 +123,8 @@ struct MessageQueue::Impl {
 
     // ---- clients (message_queue_clients.cpp) -------------------------------------------
     void ensure_registered() {
+        // SYNC POINT: acquire, pairs with the release store of registered in register_slow(): me is
+        // set.
         if (registered.load(std::memory_order_acquire) && !stamp.inherited()) [[likely]]
             return;
         register_slow();
@@ -150,11 +152,15 @@ struct MessageQueue::Impl {
     }
 
     void wake_all() noexcept {
+        // SYNC POINT: futex wakes after a slot's state changed (discard, repair): pair with the
+        // waits in wait_put_ready/wait_get_ready, whose predicates reload the states (acquire).
         wake_if_waiting(ctl->not_empty);
         wake_if_waiting(ctl->not_full);
     }
 
     static void help_advance(std::atomic<std::uint64_t> &counter, std::uint64_t pos) noexcept {
+        // SYNC POINT: acq_rel CAS of head/tail: pairs with the acquire loads of the counter in
+        // try_put/try_get/size; only one helper advances it.
         counter.compare_exchange_strong(pos, pos + 1, std::memory_order_acq_rel,
                                         std::memory_order_relaxed);
     }

@@ -23,6 +23,9 @@ bool MessageQueue::Impl::try_put(const void *src, std::size_t n) {
     ensure_registered();
     seg.check_intact("message queue");
     for (unsigned round = 0; round < kMaxRounds; ++round) {
+        // SYNC POINT: acquire of tail (pairs with the acq_rel CAS in help_advance), then of the
+        // slot's state (pairs with the consumer's release of EMPTY in deliver and the producers'
+        // CASes).
         std::uint64_t pos = ctl->tail.load(std::memory_order_acquire);
         std::uint64_t lap = pos / cap;
         QueueSlot *s = slot(pos % cap);
@@ -31,6 +34,8 @@ bool MessageQueue::Impl::try_put(const void *src, std::size_t n) {
         if (d > 1) {
             // We may have been preempted between the two loads while the queue went round
             // many times: only a counter that has not moved proves the slot scribbled.
+            // SYNC POINT: acquire re-load of tail, pairs with help_advance's CAS: an unmoved
+            // counter proves the lap scribbled.
             if (ctl->tail.load(std::memory_order_acquire) != pos)
                 continue;
             corrupt_lap(pos, st);
@@ -55,6 +60,8 @@ bool MessageQueue::Impl::try_put(const void *src, std::size_t n) {
             // SYNC POINT: release pairs with the consumer's acquire of FULL (publishes
             // data and length).
             s->state.store(make_state(lap, kFull, 0), std::memory_order_release);
+            // SYNC POINT: futex wake of not_empty after the release of FULL: pairs with the wait in
+            // wait_get_ready, whose get_ready() reloads the state (acquire).
             wake_if_waiting(ctl->not_empty);
             return true;
         }
@@ -63,6 +70,8 @@ bool MessageQueue::Impl::try_put(const void *src, std::size_t n) {
             continue;
         }
         // The slot still holds the previous lap's message: full, unless our tail was stale.
+        // SYNC POINT: acquire re-load of tail (pairs with help_advance): unchanged, the queue is
+        // full.
         if (ctl->tail.load(std::memory_order_acquire) == pos)
             return false;
     }
@@ -70,6 +79,8 @@ bool MessageQueue::Impl::try_put(const void *src, std::size_t n) {
 }
 
 bool MessageQueue::Impl::put_ready() const noexcept {
+    // SYNC POINT: acquire of tail and the slot's state, as in try_put (no claim: a hint for the
+    // wait).
     std::uint64_t pos = ctl->tail.load(std::memory_order_acquire);
     std::uint64_t st = slot(pos % cap)->state.load(std::memory_order_acquire);
     return lap_diff(lap_of(st), pos / cap) >= 0;
@@ -80,7 +91,11 @@ bool MessageQueue::Impl::put_ready() const noexcept {
 bool MessageQueue::Impl::deliver(QueueSlot *s, std::uint64_t lap, Sink sink, void *ctx) {
     std::uint32_t n = s->length;
     if (n > max_msg) {
+        // SYNC POINT: release of EMPTY, pairs with the producer's acquire CAS of EMPTY in try_put
+        // (the corrupt slot is given back).
         s->state.store(make_state(lap + 1, kEmpty, 0), std::memory_order_release);
+        // SYNC POINT: futex wake of not_full after the release of EMPTY: pairs with the wait in
+        // wait_put_ready.
         wake_if_waiting(ctl->not_full);
         throw CorruptSegment("message queue '" + seg.name() + "': a slot claims " +
                              std::to_string(n) + " bytes, more than max_message_size");
@@ -90,12 +105,16 @@ bool MessageQueue::Impl::deliver(QueueSlot *s, std::uint64_t lap, Sink sink, voi
     crash_point("queue.get.copied");
     if (!taken) {
         // Back to the queue: the next scanning consumer takes it over.
+        // SYNC POINT: release of READING(no client): continues the producer's FULL so the consumer
+        // that takes it over in scan() (acquire CAS) sees the message.
         s->state.store(make_state(lap, kReading, kNoClient), std::memory_order_release);
         orphan_seen.store(true, std::memory_order_relaxed);
         return true;
     }
     // SYNC POINT: release pairs with the producer's acquire of EMPTY in try_put.
     s->state.store(make_state(lap + 1, kEmpty, 0), std::memory_order_release);
+    // SYNC POINT: futex wake of not_full after the release of EMPTY: pairs with the wait in
+    // wait_put_ready.
     wake_if_waiting(ctl->not_full);
     return true;
 }
@@ -104,6 +123,8 @@ bool MessageQueue::Impl::try_get(Sink sink, void *ctx) {
     ensure_registered();
     seg.check_intact("message queue");
     for (unsigned round = 0; round < kMaxRounds; ++round) {
+        // SYNC POINT: acquire of head (pairs with the acq_rel CAS in help_advance), then of the
+        // slot's state (pairs with the producer's release of FULL).
         std::uint64_t pos = ctl->head.load(std::memory_order_acquire);
         std::uint64_t lap = pos / cap;
         QueueSlot *s = slot(pos % cap);
@@ -112,6 +133,8 @@ bool MessageQueue::Impl::try_get(Sink sink, void *ctx) {
         if (d > 1) {
             // We may have been preempted between the two loads while the queue went round
             // many times: only a counter that has not moved proves the slot scribbled.
+            // SYNC POINT: acquire re-load of head, pairs with help_advance's CAS: an unmoved
+            // counter proves the lap scribbled.
             if (ctl->head.load(std::memory_order_acquire) != pos)
                 continue;
             corrupt_lap(pos, st);
@@ -130,6 +153,7 @@ bool MessageQueue::Impl::try_get(Sink sink, void *ctx) {
             help_advance(ctl->head, pos);
             continue;
         }
+        // SYNC POINT: acquire re-load of head (pairs with help_advance): moved, our view was stale.
         if (ctl->head.load(std::memory_order_acquire) != pos)
             continue; // stale head
         if (d == 0 && ph == kWriting) {
@@ -158,6 +182,8 @@ bool MessageQueue::Impl::try_get(Sink sink, void *ctx) {
 }
 
 bool MessageQueue::Impl::get_ready() const noexcept {
+    // SYNC POINT: acquire of head and the slot's state, as in try_get (no claim: a hint for the
+    // wait).
     std::uint64_t pos = ctl->head.load(std::memory_order_acquire);
     std::uint64_t st = slot(pos % cap)->state.load(std::memory_order_acquire);
     std::int64_t d = lap_diff(lap_of(st), pos / cap);
@@ -169,6 +195,8 @@ bool MessageQueue::Impl::get_ready() const noexcept {
 // The first position after `head` (up to the tail, at most one lap) whose message is
 // committed (FULL of its lap), or kNone.
 std::uint64_t MessageQueue::Impl::committed_ahead(std::uint64_t head) const noexcept {
+    // SYNC POINT: acquire of tail, pairs with help_advance's CAS: the positions below it were
+    // claimed.
     std::uint64_t tail = ctl->tail.load(std::memory_order_acquire);
     std::uint64_t n = tail - head;
     if (n > cap)
@@ -180,6 +208,8 @@ std::uint64_t MessageQueue::Impl::committed_ahead(std::uint64_t head) const noex
 std::uint64_t MessageQueue::Impl::first_committed(std::uint64_t from,
                                                   std::uint64_t to) const noexcept {
     for (std::uint64_t pos = from; pos < to; ++pos) {
+        // SYNC POINT: acquire, pairs with the producer's release of FULL: a later commit seen makes
+        // the earlier ones visible (see lowest_committed_ahead).
         std::uint64_t st = slot(pos % cap)->state.load(std::memory_order_acquire);
         if (phase_of(st) == kFull && lap_diff(lap_of(st), pos / cap) == 0)
             return pos;
@@ -214,6 +244,8 @@ bool MessageQueue::Impl::take_ahead(std::uint64_t head, Sink sink, void *ctx) {
         if (pos == kNone)
             return false;
         QueueSlot *s = slot(pos % cap);
+        // SYNC POINT: acquire, pairs with the producer's release of FULL (re-checked before the
+        // claim).
         std::uint64_t st = s->state.load(std::memory_order_acquire);
         const std::uint64_t lap = pos / cap;
         if (phase_of(st) != kFull || lap_diff(lap_of(st), lap) != 0)
@@ -229,6 +261,8 @@ bool MessageQueue::Impl::take_ahead(std::uint64_t head, Sink sink, void *ctx) {
 // ---- waiting --------------------------------------------------------------------------
 MessageQueue::WaitResult MessageQueue::Impl::wait_put_ready(const Deadline &dl) {
     ensure_registered();
+    // SYNC POINT: futex wait on not_full (spin first): pairs with the consumers' wakes after their
+    // release of EMPTY; put_ready() reloads tail and state (acquire).
     bool ok = spin_then_wait(
         ctl->not_full, [&] { return put_ready(); },
         [&]() -> std::chrono::nanoseconds {
@@ -243,6 +277,8 @@ MessageQueue::WaitResult MessageQueue::Impl::wait_put_ready(const Deadline &dl) 
 MessageQueue::WaitResult MessageQueue::Impl::wait_get_ready(const Deadline &dl) {
     ensure_registered();
     auto ready = [&] { return orphan_seen.load(std::memory_order_relaxed) || get_ready(); };
+    // SYNC POINT: futex wait on not_empty (spin first): pairs with the producers' wakes after their
+    // release of FULL; get_ready() reloads head and state (acquire).
     bool ok = spin_then_wait(
         ctl->not_empty, ready,
         [&]() -> std::chrono::nanoseconds {

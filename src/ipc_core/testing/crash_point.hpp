@@ -10,6 +10,8 @@
 //   queue.get.copied     the message copied out, the slot not yet released
 //   value.write.half     half of the payload written into the non-current slot (writer lock held)
 //   heap.locked          inside the heap lock (stats())
+//   topic.publish.header_held  a sample's header held by the heap (announced in inflight),
+//                        its data block still the publisher's (topic lock held)
 //   dict.<step>          each step of a dict store (table_filled, table_retired,
 //                        table_published, clearing, entry_retired, entry_replaced,
 //                        entry_inserted, erase_retired, erase_unlinked, clear_unlinked)

@@ -28,12 +28,17 @@ std::vector<TopicInfo> list_topics(Heap &heap) {
         info.overflow = t->g.overflow;
         info.max_subscribers = t->g.max_subscribers;
         try {
+            // SYNC POINT: the topic lock (acquire/release, robust: a dead holder's change is
+            // recovered first): reaping changes the subscriber slots.
             auto lk = t->lock(Deadline(1.0));
             (void)t->reap_dead_locked(false);
         } catch (const Timeout &) {
         }
         for (std::uint32_t i = 0; i < t->g.max_subscribers; ++i)
             info.subscribers += t->sub(i).state.load(std::memory_order_relaxed) == kSubLive;
+        // SYNC POINT: acquire, pairs with the release stores of pub_state in
+        // TopicPublisher::claim(), close() and the destructor: the pub_token stored before it is
+        // seen.
         const std::uint32_t st = t->ctl->pub_state.load(std::memory_order_acquire);
         info.publisher_alive = st == kPubLive && t->holder_alive(t->ctl->pub_token.load());
         info.closed = st == kPubClosed;
@@ -51,6 +56,8 @@ bool remove_topic(Heap &heap, std::string_view name, const Deadline &deadline) {
         throw InvalidArgument("'" + std::string(name) + "' is not a topic");
     auto t = TopicRef::open(heap, name, nullptr);
     {
+        // SYNC POINT: the topic lock (acquire/release): no publish or receive is half-way while the
+        // topic is removed.
         auto lk = t->lock(deadline);
         (void)t->reap_dead_locked(false);
         for (std::uint32_t i = 0; i < t->g.max_subscribers; ++i)

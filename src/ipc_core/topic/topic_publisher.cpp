@@ -4,6 +4,7 @@
 #include "ipc_core/topic/topic_ref.hpp"
 
 #include "ipc_core/base/errors.hpp"
+#include "ipc_core/testing/crash_point.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -66,12 +67,18 @@ TopicPublisher::~TopicPublisher() {
         return;
     // Gone without close(): subscribers drain, then PeerDied.
     try {
+        // SYNC POINT: the topic lock (acquire/release): pub_state changes under it.
         auto lk = t_->lock(Deadline(kReleaseLockWait));
         if (t_->ctl->pub_token.load(std::memory_order_relaxed) == token_ &&
             t_->ctl->pub_state.load(std::memory_order_relaxed) == kPubLive)
+            // SYNC POINT: release (the topic lock held), pairs with the acquire loads of pub_state
+            // by subscribers (wait_for_sample, try_recv, recv_ready): every sample published before
+            // is seen before the departure.
             t_->ctl->pub_state.store(kPubDeparted, std::memory_order_release);
     } catch (...) {
     }
+    // SYNC POINT: futex wake of data after the pub_state store: pairs with the futex wait in the
+    // subscribers' wait_for_sample (spin_then_wait), which re-check pub_state.
     notify_all(t_->ctl->data);
 }
 
@@ -87,6 +94,9 @@ void TopicPublisher::claim() {
     t.heap.flush_thread_caches(); // a forked heap handle becomes this process's own client
     const std::uint32_t token = t.heap.lock_token();
     {
+        // SYNC POINT: the topic lock (robust mutex, acquire; released at the end of the block):
+        // orders the claim with every other change of the bookkeeping; a dead holder's change is
+        // repaired first (recover).
         auto lk = t.lock(Deadline(10.0));
         const std::uint32_t st = t.ctl->pub_state.load(std::memory_order_relaxed);
         const std::uint32_t tok = t.ctl->pub_token.load(std::memory_order_relaxed);
@@ -96,6 +106,8 @@ void TopicPublisher::claim() {
         if (st == kPubLive && t.holder_alive(tok))
             throw ChannelBusy(t.what() + " already has a live publisher");
         t.ctl->pub_token.store(token, std::memory_order_relaxed);
+        // SYNC POINT: release, pairs with the acquire loads of pub_state (subscribers,
+        // list_topics): the pub_token stored just before is seen with it.
         t.ctl->pub_state.store(kPubLive, std::memory_order_release);
         (void)t.reap_dead_locked(false);
     }
@@ -124,6 +136,8 @@ bool TopicPublisher::has_room() {
         // SYNC POINT: acquire, pairs with the release of state in subscribe(): its cursor is set.
         if (s.state.load(std::memory_order_acquire) != kSubLive)
             continue;
+        // SYNC POINT: acquire, pairs with the release stores of the cursor by the subscriber
+        // (copy_out, take_locked): the subscriber's reads of the slots below it are done.
         const std::uint64_t c = s.cursor.load(std::memory_order_acquire);
         // A cursor outside the ring is garbage: say "room", the locked path reports it.
         if (c <= head && head - c >= t.g.capacity && head - c <= t.g.slots)
@@ -133,6 +147,8 @@ bool TopicPublisher::has_room() {
 }
 
 bool TopicPublisher::ready() {
+    // SYNC POINT: mu_ (process-local mutex, acquire/release): one thread of this handle at a time;
+    // a try never waits.
     std::unique_lock g(mu_, std::try_to_lock);
     if (!g)
         return false;
@@ -141,6 +157,7 @@ bool TopicPublisher::ready() {
 }
 
 void TopicPublisher::wait_ready(const Deadline &deadline) {
+    // SYNC POINT: mu_ (process-local mutex, acquire/release): one thread of this handle at a time.
     std::lock_guard g(mu_);
     ensure_role();
     if (!has_room())
@@ -150,6 +167,8 @@ void TopicPublisher::wait_ready(const Deadline &deadline) {
 void TopicPublisher::wait_for_room(const Deadline &deadline) {
     TopicRef &t = *t_;
     bool first = true;
+    // SYNC POINT: futex wait on room (spin first): pairs with the wakes of room by subscribers
+    // after they advance their cursor (release) or close; has_room() re-checks with acquire loads.
     const bool ok = spin_then_wait(
         t.ctl->room, [&] { return has_room(); },
         [&]() -> std::chrono::nanoseconds {
@@ -163,6 +182,8 @@ void TopicPublisher::wait_for_room(const Deadline &deadline) {
             }
             check_interrupt();
             {
+                // SYNC POINT: the topic lock (acquire/release): reaping changes the subscriber
+                // slots.
                 auto lk = t.lock(deadline);
                 (void)t.reap_dead_locked(true); // a dead subscriber blocks us at most a slice
             }
@@ -225,6 +246,9 @@ bool TopicPublisher::publish_locked(std::uint64_t off, std::uint64_t len, std::s
     bool moved = false;
     try {
         for (;;) {
+            // SYNC POINT: the topic lock (acquire; released when lk goes): every change of the
+            // ring, head, cursors and refs below is made with it, so its release publishes them to
+            // the next locker.
             topic_detail::Held lk = deadline ? t.lock(*deadline) : t.try_lock();
             if (!lk) {
                 heap.deallocate(hoff);
@@ -253,8 +277,21 @@ bool TopicPublisher::publish_locked(std::uint64_t off, std::uint64_t len, std::s
                 (void)t.header(old); // validated before anything changes
             static_cast<SampleHeader *>(heap.to_ptr(hoff))->seq = head;
             c->inflight.store(hoff, std::memory_order_relaxed);
-            heap.transfer(off, kOwnerHeld);
+            // The header first, then the data it references: at every instant each block has
+            // exactly one reclaimer. Killed before the header's transfer, both blocks are still
+            // ours (the heap reaps them; recovery leaves a header we own alone). Killed between
+            // the two, the header is held and announced in `inflight` (recovery frees it) and
+            // the data is still ours (the heap reaps it; finish_free frees data only if held).
+            // After both, recovery frees the unlinked header and its data (finish_free), or the
+            // ring references them.
             heap.transfer(hoff, kOwnerHeld);
+            crash_point("topic.publish.header_held");
+            try {
+                heap.transfer(off, kOwnerHeld);
+            } catch (...) {
+                c->inflight.store(0, std::memory_order_relaxed); // the header is freed below
+                throw;
+            }
             moved = true;
             if (evict) {
                 c->evicting.store(old, std::memory_order_relaxed);
@@ -263,6 +300,8 @@ bool TopicPublisher::publish_locked(std::uint64_t off, std::uint64_t len, std::s
                 c->evicting.store(0, std::memory_order_relaxed);
             }
             s.sample.store(hoff, std::memory_order_relaxed);
+            // SYNC POINT: release: the sample offset stored before it is ordered before seq. Its
+            // readers (locate_locked, recover) load it under the topic lock, which is what pairs.
             s.seq.store(head, std::memory_order_release);
             // SYNC POINT: release, pairs with the acquire loads of head by subscribers (waits,
             // poll); the lock orders everything else.
@@ -279,9 +318,12 @@ bool TopicPublisher::publish_locked(std::uint64_t off, std::uint64_t len, std::s
         }
         throw;
     }
+    // SYNC POINT: futex wake of data after the release store of head: pairs with the futex wait in
+    // wait_for_sample, whose predicate reloads head (acquire).
     wake_if_waiting(t.ctl->data);
     if (Clock::now() >= next_reap_) {
         next_reap_ = Clock::now() + kReapEvery;
+        // SYNC POINT: the topic lock (acquire/release) for the periodic reap.
         if (auto lk = t.try_lock())
             (void)t.reap_dead_locked(false);
     }
@@ -290,12 +332,14 @@ bool TopicPublisher::publish_locked(std::uint64_t off, std::uint64_t len, std::s
 
 void TopicPublisher::publish_block(std::uint64_t off, std::uint64_t len, std::string_view meta,
                                    const Deadline &deadline) {
+    // SYNC POINT: mu_ (process-local mutex): one thread of this handle at a time.
     std::lock_guard g(mu_);
     (void)publish_locked(off, len, meta, &deadline);
 }
 
 bool TopicPublisher::try_publish_block(std::uint64_t off, std::uint64_t len,
                                        std::string_view meta) {
+    // SYNC POINT: mu_ (process-local mutex): a try never waits.
     std::unique_lock g(mu_, std::try_to_lock);
     if (!g)
         return false;
@@ -304,6 +348,7 @@ bool TopicPublisher::try_publish_block(std::uint64_t off, std::uint64_t len,
 
 void TopicPublisher::publish_bytes(const void *data, std::size_t n, std::string_view meta,
                                    const Deadline &deadline) {
+    // SYNC POINT: mu_ (process-local mutex): one thread of this handle at a time.
     std::lock_guard g(mu_);
     ensure_role();
     if (!has_room())
@@ -322,6 +367,7 @@ void TopicPublisher::publish_bytes(const void *data, std::size_t n, std::string_
 }
 
 bool TopicPublisher::try_publish_bytes(const void *data, std::size_t n, std::string_view meta) {
+    // SYNC POINT: mu_ (process-local mutex): a try never waits.
     std::unique_lock g(mu_, std::try_to_lock);
     if (!g)
         return false;
@@ -350,6 +396,7 @@ bool TopicPublisher::try_publish_bytes(const void *data, std::size_t n, std::str
 }
 
 void TopicPublisher::close() {
+    // SYNC POINT: mu_ (process-local mutex): excludes a concurrent publish of this handle.
     std::lock_guard g(mu_);
     if (closed_)
         return;
@@ -357,10 +404,15 @@ void TopicPublisher::close() {
     if (!claimed_ || stamp_.inherited())
         return;
     {
+        // SYNC POINT: the topic lock (acquire/release): pub_state changes under it.
         auto lk = t_->lock(Deadline(kReleaseLockWait));
         if (t_->ctl->pub_token.load(std::memory_order_relaxed) == token_)
+            // SYNC POINT: release (the topic lock held), pairs with the acquire loads of pub_state
+            // by subscribers: every sample published before the close is seen before EndOfStream.
             t_->ctl->pub_state.store(kPubClosed, std::memory_order_release);
     }
+    // SYNC POINT: futex wake of data after the close: pairs with the futex wait in wait_for_sample,
+    // which re-checks pub_state (acquire).
     notify_all(t_->ctl->data);
 }
 

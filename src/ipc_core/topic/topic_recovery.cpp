@@ -17,6 +17,8 @@ std::uint32_t TopicRef::reap_dead_locked(bool only_full) {
     const std::uint64_t head = ctl->head.load(std::memory_order_relaxed);
     for (std::uint32_t i = 0; i < limit(); ++i) {
         SubscriberSlot &s = sub(i);
+        // SYNC POINT: acquire, pairs with the release stores of state in subscribe(), close() and
+        // clear_subscriber(): the token and cursor stored before it are seen.
         const std::uint32_t st = s.state.load(std::memory_order_acquire);
         if (st == kSubFree)
             continue;
@@ -29,6 +31,8 @@ std::uint32_t TopicRef::reap_dead_locked(bool only_full) {
         ++n;
     }
     if (n)
+        // SYNC POINT: futex wake of room after the reaped slots are freed: pairs with the
+        // publisher's wait in wait_for_room, whose has_room() re-reads the states (acquire).
         notify_all(ctl->room);
     return n;
 }

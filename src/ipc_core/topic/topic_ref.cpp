@@ -194,6 +194,8 @@ void TopicRef::finish_free(std::uint64_t off) noexcept {
         auto *h = static_cast<SampleHeader *>(heap.to_ptr(off));
         const std::uint64_t data = h->data;
         try {
+            // Not held: the publisher died before moving the data (topic_publisher.cpp,
+            // publish_locked); the heap reaps it with the dead client's blocks.
             if (data && heap.owner_of(data) == kOwnerHeld)
                 heap.deallocate(data);
         } catch (...) {
@@ -206,6 +208,8 @@ void TopicRef::finish_free(std::uint64_t off) noexcept {
 // Releases everything subscriber slot i holds and frees the slot.
 void TopicRef::clear_subscriber(std::uint32_t i) {
     SubscriberSlot &s = sub(i);
+    // SYNC POINT: release (the topic lock held), pairs with the acquire loads of state in
+    // has_room() and reap_dead_locked(): the slot no longer counts for the overflow policy.
     s.state.store(kSubFree, std::memory_order_release);
     auto *held = s.held();
     for (std::uint32_t k = 0; k < g.max_held; ++k) {

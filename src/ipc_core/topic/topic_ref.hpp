@@ -60,6 +60,8 @@ class Held {
     ~Held() { reset(); }
     void reset() noexcept {
         if (m_)
+            // SYNC POINT: release of the topic lock: pairs with the acquire of the next
+            // lock()/try_lock(); publishes every change made while it was held.
             std::exchange(m_, nullptr)->unlock();
     }
     explicit operator bool() const noexcept { return m_ != nullptr; }
@@ -104,11 +106,15 @@ class TopicRef {
 
     // The topic lock; a dead holder's half-done change is repaired first (recover()).
     [[nodiscard]] Held lock(const Deadline &d) {
+        // SYNC POINT: acquire of the topic lock (robust mutex): pairs with the release in
+        // Held::reset() of the previous holder; taken over from a dead holder, recover() runs
+        // first.
         mu.lock(heap.lock_token(), d, [this] { recover(); });
         return Held(mu);
     }
     // An empty Held if a live holder has it now.
     [[nodiscard]] Held try_lock() {
+        // SYNC POINT: acquire of the topic lock, as in lock(), without waiting.
         if (!mu.try_lock(heap.lock_token(), [this] { recover(); }))
             return Held();
         return Held(mu);

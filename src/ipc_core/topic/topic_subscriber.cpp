@@ -31,6 +31,7 @@ TopicSubscriber::~TopicSubscriber() {
     if (!subscribed_ || stamp_.inherited())
         return;
     try {
+        // SYNC POINT: the topic lock (acquire/release): the slot is cleared under it.
         auto lk = t_->lock(Deadline(kReleaseLockWait));
         SubscriberSlot &s = t_->sub(index_);
         if (s.state.load(std::memory_order_relaxed) != kSubFree &&
@@ -38,6 +39,8 @@ TopicSubscriber::~TopicSubscriber() {
             t_->clear_subscriber(index_);
     } catch (...) {
     }
+    // SYNC POINT: futex wake of room after our slot is cleared: pairs with the publisher's wait in
+    // wait_for_room (has_room() re-reads state, acquire).
     notify_all(t_->ctl->room);
 }
 
@@ -52,6 +55,8 @@ void TopicSubscriber::subscribe() {
     TopicRef &t = *t_;
     t.heap.flush_thread_caches(); // a forked heap handle becomes this process's own client
     const std::uint32_t token = t.heap.lock_token();
+    // SYNC POINT: the topic lock (acquire; released at the end of subscribe): the slot is filled
+    // and published under it.
     auto lk = t.lock(Deadline(10.0));
     (void)t.reap_dead_locked(false);
     for (std::uint32_t i = 0; i < t.g.max_subscribers; ++i) {
@@ -67,6 +72,8 @@ void TopicSubscriber::subscribe() {
         s.cursor.store(head - std::min<std::uint64_t>(t.g.history, head),
                        std::memory_order_relaxed);
         if (t.ctl->sub_limit.load(std::memory_order_relaxed) < i + 1)
+            // SYNC POINT: release, pairs with the acquire load of sub_limit in TopicRef::limit()
+            // (scans without the lock: has_room, subscribers()).
             t.ctl->sub_limit.store(i + 1, std::memory_order_release);
         // SYNC POINT: release, pairs with the acquire load of state in has_room().
         s.state.store(kSubLive, std::memory_order_release);
@@ -158,12 +165,16 @@ std::optional<TopicSample> TopicSubscriber::take_locked() {
 }
 
 std::optional<TopicSample> TopicSubscriber::try_recv() {
+    // SYNC POINT: mu_ (process-local mutex): a try never waits.
     std::unique_lock g(mu_, std::try_to_lock);
     if (!g)
         return std::nullopt;
     ensure_subscribed();
     TopicRef &t = *t_;
     SubscriberSlot &me = t.sub(index_);
+    // SYNC POINT: acquire of head, pairs with the release store of head in publish_locked (the slot
+    // is filled); acquire of pub_state, pairs with its release stores in close()/claim()/the
+    // publisher's destructor.
     if (me.cursor.load(std::memory_order_acquire) == t.ctl->head.load(std::memory_order_acquire)) {
         const std::uint32_t st = t.ctl->pub_state.load(std::memory_order_acquire);
         if (st == kPubClosed || st == kPubDeparted)
@@ -173,12 +184,15 @@ std::optional<TopicSample> TopicSubscriber::try_recv() {
     t.heap.map_all_segments(); // EMFILE before anything changes
     std::optional<TopicSample> s;
     {
+        // SYNC POINT: the topic lock (acquire/release): take_locked changes the cursor and held[].
         auto lk = t.try_lock();
         if (!lk)
             return std::nullopt;
         s = take_locked();
     }
     if (s && t.g.overflow == Overflow::Block)
+        // SYNC POINT: futex wake of room after the cursor advanced (release store): pairs with the
+        // publisher's wait in wait_for_room.
         wake_if_waiting(t.ctl->room);
     return s;
 }
@@ -192,6 +206,9 @@ bool TopicSubscriber::copy_out(bool wait, const Deadline *deadline, SinkFn fn, v
     TopicRef &t = *t_;
     SubscriberSlot &me = t.sub(index_);
     for (;;) {
+        // SYNC POINT: (the else branch) acquire of cursor and head, pairs with the release store of
+        // head in publish_locked; acquire of pub_state, pairs with its release stores by the
+        // publisher.
         if (wait) {
             wait_for_sample(*deadline);
         } else if (me.cursor.load(std::memory_order_acquire) ==
@@ -204,6 +221,8 @@ bool TopicSubscriber::copy_out(bool wait, const Deadline *deadline, SinkFn fn, v
         t.heap.map_all_segments(); // EMFILE before anything changes
         std::optional<TopicSample> taken;
         {
+            // SYNC POINT: the topic lock (acquire; released when lk goes): locating, copying and
+            // consuming the sample happen under it, so it cannot be freed meanwhile.
             topic_detail::Held lk = wait ? t.lock(*deadline) : t.try_lock();
             if (!lk)
                 return false;
@@ -223,6 +242,8 @@ bool TopicSubscriber::copy_out(bool wait, const Deadline *deadline, SinkFn fn, v
             }
         }
         if (t.g.overflow == Overflow::Block)
+            // SYNC POINT: futex wake of room after the cursor advanced: pairs with the publisher's
+            // wait in wait_for_room.
             wake_if_waiting(t.ctl->room);
         if (taken) {
             struct Guard {
@@ -237,6 +258,7 @@ bool TopicSubscriber::copy_out(bool wait, const Deadline *deadline, SinkFn fn, v
 }
 
 bool TopicSubscriber::try_recv_copy(SinkFn fn, void *ctx) {
+    // SYNC POINT: mu_ (process-local mutex): a try never waits.
     std::unique_lock g(mu_, std::try_to_lock);
     if (!g)
         return false;
@@ -245,6 +267,7 @@ bool TopicSubscriber::try_recv_copy(SinkFn fn, void *ctx) {
 }
 
 void TopicSubscriber::recv_copy(const Deadline &deadline, SinkFn fn, void *ctx) {
+    // SYNC POINT: mu_ (process-local mutex): one thread of this handle at a time.
     std::lock_guard g(mu_);
     ensure_subscribed();
     (void)copy_out(true, &deadline, fn, ctx);
@@ -262,14 +285,20 @@ FutexWord &TopicSubscriber::data_word() const noexcept {
 }
 
 bool TopicSubscriber::publisher_dead() const {
+    // SYNC POINT: acquire, pairs with the release store of pub_state in claim(): the pub_token
+    // stored before it is seen.
     const std::uint32_t st = t_->ctl->pub_state.load(std::memory_order_acquire);
     return st == kPubLive && !t_->holder_alive(t_->ctl->pub_token.load());
 }
 
 bool TopicSubscriber::recv_ready() const {
+    // SYNC POINT: acquire of subscribed_, pairs with its (seq_cst) store in subscribe() (index_ is
+    // set); then acquire of pub_state, cursor and head as in wait_for_sample.
     if (!subscribed_.load(std::memory_order_acquire) || stamp_.inherited())
         return true; // the first recv subscribes (or re-subscribes in a fork child) at once
     TopicRef &t = *t_;
+    // SYNC POINT: acquire, pairs with the release stores of pub_state in close() and the
+    // publisher's destructor.
     const std::uint32_t st = t.ctl->pub_state.load(std::memory_order_acquire);
     return t.sub(index_).cursor.load(std::memory_order_acquire) !=
                t.ctl->head.load(std::memory_order_acquire) ||
@@ -280,15 +309,21 @@ void TopicSubscriber::wait_for_sample(const Deadline &deadline) {
     TopicRef &t = *t_;
     SubscriberSlot &me = t.sub(index_);
     auto pending_now = [&] {
+        // SYNC POINT: acquire of head, pairs with the release store of head in publish_locked: the
+        // published slot is seen.
         return me.cursor.load(std::memory_order_acquire) !=
                t.ctl->head.load(std::memory_order_acquire);
     };
     auto ended = [&] {
+        // SYNC POINT: acquire, pairs with the release store of pub_state in claim() (pub_token is
+        // seen).
         const std::uint32_t st = t.ctl->pub_state.load(std::memory_order_acquire);
         return st == kPubClosed || st == kPubDeparted;
     };
     bool first = true;
     bool dead = false;
+    // SYNC POINT: futex wait on data (spin first): pairs with the publisher's wakes of data after
+    // its release stores of head and pub_state; the predicate re-reads both (acquire).
     const bool ok = spin_then_wait(
         t.ctl->data, [&] { return pending_now() || ended(); },
         [&]() -> std::chrono::nanoseconds {
@@ -312,6 +347,7 @@ void TopicSubscriber::wait_for_sample(const Deadline &deadline) {
     if (ok && pending_now())
         return;
     if (ended())
+        // SYNC POINT: acquire, as in ended().
         end_of_stream(t.ctl->pub_state.load(std::memory_order_acquire));
     if (dead)
         end_of_stream(kPubDeparted);
@@ -319,6 +355,7 @@ void TopicSubscriber::wait_for_sample(const Deadline &deadline) {
 }
 
 TopicSample TopicSubscriber::recv(const Deadline &deadline) {
+    // SYNC POINT: mu_ (process-local mutex): one thread of this handle at a time.
     std::lock_guard g(mu_);
     ensure_subscribed();
     TopicRef &t = *t_;
@@ -327,11 +364,15 @@ TopicSample TopicSubscriber::recv(const Deadline &deadline) {
         t.heap.map_all_segments(); // EMFILE before anything changes
         std::optional<TopicSample> s;
         {
+            // SYNC POINT: the topic lock (acquire/release): take_locked changes the cursor and
+            // held[].
             auto lk = t.lock(deadline);
             s = take_locked();
         }
         if (s) {
             if (t.g.overflow == Overflow::Block)
+                // SYNC POINT: futex wake of room after the cursor advanced: pairs with the
+                // publisher's wait in wait_for_room.
                 wake_if_waiting(t.ctl->room);
             return std::move(*s);
         }
@@ -356,6 +397,7 @@ void TopicSubscriber::release(std::uint64_t header, std::uint32_t held_index,
         return; // the parent's reference
     TopicRef &t = *t_;
     {
+        // SYNC POINT: the topic lock (acquire/release): held[] and refs change under it.
         auto lk = t.lock(Deadline(kReleaseLockWait));
         SubscriberSlot &me = t.sub(index_);
         if (me.state.load(std::memory_order_relaxed) == kSubFree ||
@@ -383,6 +425,7 @@ void TopicSubscriber::release(std::uint64_t header, std::uint32_t held_index,
 
 bool TopicSubscriber::poll(const Deadline &deadline) {
     {
+        // SYNC POINT: mu_ (process-local mutex): ensure_subscribed changes this handle.
         std::lock_guard g(mu_);
         ensure_subscribed();
     }
@@ -401,6 +444,8 @@ bool TopicSubscriber::poll(const Deadline &deadline) {
 std::uint64_t TopicSubscriber::pending() const {
     if (!subscribed_ || closed_)
         return 0;
+    // SYNC POINT: acquire of cursor and head: head pairs with its release store in publish_locked,
+    // cursor with the stores under the lock.
     const std::uint64_t c = t_->sub(index_).cursor.load(std::memory_order_acquire);
     const std::uint64_t h = t_->ctl->head.load(std::memory_order_acquire);
     return h > c ? std::min<std::uint64_t>(h - c, t_->g.slots) : 0;
@@ -414,7 +459,10 @@ std::uint64_t TopicSubscriber::missed() const {
 
 void TopicSubscriber::close() {
     closing_.store(true, std::memory_order_relaxed);
+    // SYNC POINT: futex wake of data after closing_ is set: pairs with the wait in wait_for_sample,
+    // which checks closing_ between slices.
     notify_all(t_->ctl->data); // a thread waiting inside this handle leaves
+    // SYNC POINT: mu_ (process-local mutex): after the waiting thread left.
     std::lock_guard g(mu_);
     if (closed_)
         return;
@@ -422,6 +470,7 @@ void TopicSubscriber::close() {
     if (!subscribed_ || stamp_.inherited())
         return;
     {
+        // SYNC POINT: the topic lock (acquire/release): the slot's state changes under it.
         auto lk = t_->lock(Deadline(kReleaseLockWait));
         SubscriberSlot &me = t_->sub(index_);
         if (me.token.load(std::memory_order_relaxed) == token_ &&
@@ -430,9 +479,13 @@ void TopicSubscriber::close() {
                 t_->clear_subscriber(index_);
                 subscribed_ = false; // nothing of ours is left in the topic
             } else
+                // SYNC POINT: release (the topic lock held), pairs with the acquire loads of state
+                // in has_room(): the publisher stops counting this cursor.
                 me.state.store(kSubClosing, std::memory_order_release);
         }
     }
+    // SYNC POINT: futex wake of room after the state change: pairs with the publisher's wait in
+    // wait_for_room.
     notify_all(t_->ctl->room);
 }
 

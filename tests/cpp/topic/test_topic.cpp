@@ -1,5 +1,6 @@
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/heap/heap.hpp"
+#include "ipc_core/testing/crash_point.hpp"
 #include "ipc_core/topic/topic.hpp"
 #include "testutil.hpp"
 
@@ -570,6 +571,44 @@ TEST(TopicFuzz, a_publisher_killed_at_random_moments_leaks_nothing) {
         EXPECT_TRUE(remove_topic(*heap, "fuzz"));
         EXPECT_EQ(used(*heap), base) << "round " << round;
     }
+    heap->check_invariants();
+}
+
+TEST(Topic, a_publisher_killed_between_moving_the_header_and_the_data_leaks_nothing) {
+    // publish_locked moves a sample's two blocks to the heap one after the other; killed between
+    // the two, one is reclaimed by the topic's recovery (the header, announced in inflight) and
+    // the other by the heap's reaping of the dead client (the data): both, each exactly once.
+    const std::string name = fresh_name("topic-killmove");
+    auto heap = make_heap(name);
+    const auto base = used(*heap);
+    {
+        auto p = TopicPublisher::open(*heap, "t", opts(8)); // the topic exists first
+    }
+    {
+        auto sub = TopicSubscriber::open(*heap, "t");
+        pid_t pid = fork_child([&] {
+            auto h = Heap::attach(name);
+            auto p = TopicPublisher::open(*h, "t", opts(8));
+            arm_crash_point("topic.publish.header_held", 3); // the third publish dies there
+            for (std::uint64_t i = 0; i < 3; ++i) {
+                const std::string s = payload(i);
+                const std::uint64_t off = h->allocate(s.size());
+                std::memcpy(h->to_ptr(off), s.data(), s.size());
+                p->publish_block(off, s.size(), {}, Deadline(5.0));
+            }
+            return 20; // the crash point was not reached
+        });
+        EXPECT_EQ(wait_child(pid), 128 + SIGKILL);
+        heap->reap_dead_clients();
+        for (std::uint64_t i = 0; i < 2; ++i) {
+            TopicSample s = sub->recv(Deadline(5.0)); // takes the topic lock over: recovery
+            EXPECT_EQ(read(*sub, s), payload(i));
+            sub->release(s);
+        }
+        EXPECT_THROW((void)sub->recv(Deadline(10.0)), PeerDied); // the half-published one is gone
+    }
+    EXPECT_TRUE(remove_topic(*heap, "t"));
+    EXPECT_EQ(used(*heap), base) << "the half-published sample's blocks were both freed";
     heap->check_invariants();
 }
 
