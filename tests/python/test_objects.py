@@ -127,8 +127,8 @@ def test_arrays_produced_in_the_queue_heap_move_to_another_process_without_a_cop
 ) -> None:
     with shmipc.MessageQueue.create(name, maxsize=8, max_message_size=1024) as q:
         assert isinstance(q.oob_heap, shmipc.Heap)
-        out = spawn.Queue()
-        p = spawn.Process(target=wo.produce_in_the_queue_heap, args=(name, 3, out))
+        out, ack = spawn.Queue(), spawn.Queue()
+        p = spawn.Process(target=wo.produce_in_the_queue_heap, args=(name, 3, out, ack))
         p.start()
         try:
             for i in range(3):
@@ -138,7 +138,8 @@ def test_arrays_produced_in_the_queue_heap_move_to_another_process_without_a_cop
                 assert np.all(got["a"] == i)
                 before, after = out.get(timeout=60)
                 assert after == before, "put allocated a block: the array was copied"
-                del got
+                del got  # frees the block; only then may the child count again
+                ack.put(None)
         finally:
             join_all([p], timeout=60)
         assert p.exitcode == 0

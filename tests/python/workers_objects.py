@@ -124,9 +124,10 @@ def get_and_check_until_none(name: str, out: Any) -> None:
     out.put(got)
 
 
-def produce_in_the_queue_heap(name: str, count: int, out: Any) -> None:
+def produce_in_the_queue_heap(name: str, count: int, out: Any, ack: Any) -> None:
     """Produces `count` arrays in place in blocks of the queue's companion heap and puts each
-    (the block moves, no copy); reports (allocations after producing, after putting)."""
+    (the block moves, no copy); reports (allocations after producing, after putting), then
+    waits for `ack` (the parent has freed that message) so no free falls between two counts."""
     with shmipc.MessageQueue.attach(name) as q:
         heap = q.oob_heap
         assert heap is not None
@@ -137,3 +138,4 @@ def produce_in_the_queue_heap(name: str, count: int, out: Any) -> None:
             q.put({"i": i, "a": a}, timeout=30)
             assert not a.flags.writeable  # the message's memory now
             out.put((before, heap.stats()["allocations"]))
+            ack.get(timeout=60)
