@@ -311,7 +311,7 @@ class _Segment:
     def fill(self, offset: int, frame: memoryview) -> None:
         assert self.map is not None
         dst = np.frombuffer(self.map, np.uint8, count=frame.nbytes, offset=offset)
-        _copy(dst, np.frombuffer(frame, np.uint8))
+        np.copyto(dst, np.frombuffer(frame, np.uint8))  # releases the GIL for large copies
 
     def unmap(self) -> None:
         if self.map is not None:
@@ -323,36 +323,6 @@ class _Segment:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-# A big frame's one copy runs on two cores when there are two: one core's memcpy does not
-# saturate memory bandwidth, and during a transfer the receiving side only waits. np.copyto
-# releases the GIL, so the halves really run side by side.
-_PARALLEL_COPY_MIN = 16 << 20
-_copy_pool_lock = threading.Lock()
-_copy_pool: Any = None
-_copy_pool_pid = -1
-
-
-def _copy(dst: np.ndarray, src: np.ndarray) -> None:
-    n = src.nbytes
-    if n < _PARALLEL_COPY_MIN or (os.cpu_count() or 1) < 2:
-        np.copyto(dst, src)  # releases the GIL for large copies
-        return
-    global _copy_pool, _copy_pool_pid
-    with _copy_pool_lock:
-        if _copy_pool is None or _copy_pool_pid != os.getpid():  # none inherited across fork
-            from concurrent.futures import ThreadPoolExecutor
-
-            _copy_pool = ThreadPoolExecutor(1, thread_name_prefix="shmipc-dask-copy")
-            _copy_pool_pid = os.getpid()
-        pool = _copy_pool
-    half = (n // 2) & ~4095  # page-aligned split
-    other = pool.submit(np.copyto, dst[half:], src[half:])
-    try:
-        np.copyto(dst[:half], src[:half])
-    finally:
-        other.result()
 
 
 class _Pool:
