@@ -1,13 +1,17 @@
 // shmipc._core.Buffer: the buffer protocol with export counting, and fd send/recv.
 #include "bindings.hpp"
 
+#include "ipc_core/base/bulk_copy.hpp"
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/buffer/buffer.hpp"
 #include "ipc_core/buffer/fd_passing.hpp"
 
+#include <algorithm>
+#include <cstring>
 #include <optional>
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
+#include <string>
 
 namespace shmipc::bindings {
 
@@ -84,6 +88,33 @@ void buffer_releasebuffer(PyObject *obj, Py_buffer *view) {
 } // namespace
 
 void bind_buffer(py::module_ &m) {
+    // Copies `src` into the writable buffer `dst` at `offset` with the engine's bulk copy
+    // (streaming stores for large payloads, on up to `threads` threads for very large ones),
+    // the GIL released for large ones. For Python code
+    // that fills shared memory another process reads next (shmipc.dask's memfd segments).
+    m.def(
+        "_copy_into",
+        [](py::handle dst, std::size_t offset, py::handle src, unsigned threads) {
+            PyBufferRef d(dst, true);
+            PyBufferRef s(src);
+            if (offset > d.size() || s.size() > d.size() - offset)
+                throw py::value_error("_copy_into: " + std::to_string(s.size()) +
+                                      " bytes do not fit at offset " + std::to_string(offset) +
+                                      " of a " + std::to_string(d.size()) + "-byte buffer");
+            auto *to = static_cast<std::byte *>(d.data()) + offset;
+            const auto *from = static_cast<const std::byte *>(s.data());
+            const bool overlap = to < from + s.size() && from < to + s.size();
+            if (s.size() < (std::size_t{64} << 10) || overlap) {
+                std::optional<GilRelease> nogil;
+                if (s.size() >= (std::size_t{64} << 10))
+                    nogil.emplace();
+                std::memmove(to, from, s.size());
+                return;
+            }
+            GilRelease nogil;
+            parallel_copy(to, from, s.size(), std::clamp(threads, 1u, 8u));
+        },
+        py::arg("dst"), py::arg("offset"), py::arg("src"), py::arg("threads") = 1);
     py::class_<PendingBuffer>(m, "PendingBuffer");
     py::class_<BufferView>(m, "BufferView")
         .def_readonly("writable", &BufferView::writable)

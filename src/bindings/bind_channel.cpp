@@ -27,23 +27,6 @@ namespace {
 // Copies above this size release the GIL.
 constexpr std::size_t kCopyWithoutGil = 64 * 1024;
 
-// A contiguous read-only view of any buffer-protocol object, released on scope exit.
-class BufferView {
-  public:
-    explicit BufferView(py::handle obj) {
-        if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_SIMPLE) != 0)
-            throw py::error_already_set();
-    }
-    ~BufferView() { PyBuffer_Release(&view_); }
-    BufferView(const BufferView &) = delete;
-    BufferView &operator=(const BufferView &) = delete;
-    [[nodiscard]] const void *data() const { return view_.buf; }
-    [[nodiscard]] std::size_t size() const { return static_cast<std::size_t>(view_.len); }
-
-  private:
-    Py_buffer view_{};
-};
-
 struct ChannelCore {
     py::object heap; // the Python heap: kept alive by the channel
     std::unique_ptr<Channel> ch;
@@ -242,8 +225,8 @@ PyObject *ch_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObj
             send_block_impl(s, obj, {}, timeout, false);
             Py_RETURN_NONE;
         }
-        Py_buffer view;
-        if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) != 0) {
+        PyBufferRef view;
+        if (!view.try_acquire(obj)) {
             // Not a contiguous buffer (a strided ndarray...): the Python layer handles it.
             if (!g_send_fallback)
                 return nullptr;
@@ -255,11 +238,7 @@ PyObject *ch_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObj
             Py_DECREF(t);
             return r;
         }
-        struct Release {
-            Py_buffer *v;
-            ~Release() { PyBuffer_Release(v); }
-        } release{&view};
-        send_bytes_impl(s, view.buf, static_cast<std::size_t>(view.len), {}, timeout);
+        send_bytes_impl(s, view.data(), view.size(), {}, timeout);
         Py_RETURN_NONE;
     } catch (...) {
         return translate_current();
@@ -384,7 +363,7 @@ void bind_channel(py::module_ &m) {
         .def(
             "_send_bytes",
             [](ChannelCore &s, py::handle obj, std::optional<py::bytes> meta, TimeoutArg timeout) {
-                BufferView v(obj);
+                PyBufferRef v(obj);
                 send_bytes_impl(s, v.data(), v.size(), meta_of(meta), timeout);
             },
             py::arg("obj"), py::arg("meta") = py::none(), py::arg("timeout") = py::none())
@@ -397,7 +376,7 @@ void bind_channel(py::module_ &m) {
                     PySequence_Fast(items_in.ptr(), "send_many() needs an iterable of buffers"));
                 if (!items)
                     throw py::error_already_set();
-                std::vector<std::unique_ptr<BufferView>> views;
+                std::vector<std::unique_ptr<PyBufferRef>> views;
                 std::vector<std::pair<const void *, std::size_t>> msgs;
                 const std::size_t n =
                     static_cast<std::size_t>(PySequence_Fast_GET_SIZE(items.ptr()));
@@ -410,7 +389,7 @@ void bind_channel(py::module_ &m) {
                                           static_cast<std::size_t>(PyBytes_GET_SIZE(o)));
                         continue;
                     }
-                    views.push_back(std::make_unique<BufferView>(o));
+                    views.push_back(std::make_unique<PyBufferRef>(o));
                     msgs.emplace_back(views.back()->data(), views.back()->size());
                 }
                 Deadline d = deadline_of(timeout);

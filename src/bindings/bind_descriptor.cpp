@@ -13,24 +13,6 @@
 namespace shmipc::bindings {
 namespace {
 
-// The bytes of any buffer-protocol object, held for the duration of a call.
-class Bytes {
-  public:
-    explicit Bytes(py::handle o) {
-        if (PyObject_GetBuffer(o.ptr(), &view_, PyBUF_SIMPLE) != 0)
-            throw py::error_already_set();
-    }
-    ~Bytes() { PyBuffer_Release(&view_); }
-    Bytes(const Bytes &) = delete;
-    Bytes &operator=(const Bytes &) = delete;
-    [[nodiscard]] std::string_view view() const {
-        return {static_cast<const char *>(view_.buf), static_cast<std::size_t>(view_.len)};
-    }
-
-  private:
-    Py_buffer view_{};
-};
-
 py::bytes encode(const std::string &dtype, const py::tuple &shape, std::uint64_t offset,
                  bool fortran, bool structured) {
     ArrayDescriptor d;
@@ -51,8 +33,8 @@ py::bytes encode(const std::string &dtype, const py::tuple &shape, std::uint64_t
 py::tuple decode(py::handle raw) {
     ArrayDescriptor d;
     {
-        Bytes b(raw);
-        d = decode_array_descriptor(b.view());
+        PyBufferRef b(raw);
+        d = decode_array_descriptor(b.bytes());
     }
     py::tuple shape(d.shape.size());
     for (std::size_t i = 0; i < d.shape.size(); ++i)
@@ -62,8 +44,8 @@ py::tuple decode(py::handle raw) {
 }
 
 std::size_t length(py::handle raw) {
-    Bytes b(raw);
-    return array_descriptor_length(b.view());
+    PyBufferRef b(raw);
+    return array_descriptor_length(b.bytes());
 }
 
 } // namespace

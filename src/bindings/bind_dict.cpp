@@ -147,23 +147,6 @@ py::object finish(Read &r) {
     }
 }
 
-// A Python buffer held for the duration of a copy.
-struct HeldBuffer {
-    Py_buffer view{};
-    bool held = false;
-    explicit HeldBuffer(py::handle o) {
-        if (PyObject_GetBuffer(o.ptr(), &view, PyBUF_SIMPLE) != 0)
-            throw py::error_already_set();
-        held = true;
-    }
-    ~HeldBuffer() {
-        if (held)
-            PyBuffer_Release(&view);
-    }
-    HeldBuffer(const HeldBuffer &) = delete;
-    HeldBuffer &operator=(const HeldBuffer &) = delete;
-};
-
 SharedDict::Entry small_entry(SharedDict &d, std::string_view key, std::uint8_t tag,
                               std::string_view value) {
     SharedDict::Entry e = d.make_entry(key, tag, value.size());
@@ -174,17 +157,17 @@ SharedDict::Entry small_entry(SharedDict &d, std::string_view key, std::uint8_t 
 // An entry of `head` followed by the bytes of `data` (copied without the GIL when large).
 SharedDict::Entry entry_with_data(SharedDict &d, std::string_view key, std::uint8_t tag,
                                   std::string_view head, py::handle data) {
-    HeldBuffer b(data);
-    auto dn = static_cast<std::size_t>(b.view.len);
+    PyBufferRef b(data);
+    auto dn = b.size();
     SharedDict::Entry e = d.make_entry(key, tag, head.size() + dn);
     std::memcpy(e.value(), head.data(), head.size());
     if (dn) {
         std::byte *dst = e.value() + head.size();
         if (dn >= kReleaseGilCopy) {
             GilRelease nogil; // `b` keeps the buffer exported meanwhile
-            std::memcpy(dst, b.view.buf, dn);
+            std::memcpy(dst, b.data(), dn);
         } else {
-            std::memcpy(dst, b.view.buf, dn);
+            std::memcpy(dst, b.data(), dn);
         }
     }
     return e;

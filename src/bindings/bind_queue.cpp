@@ -55,17 +55,6 @@ Deadline make_deadline(bool block, TimeoutArg timeout) {
     return Deadline(timeout);
 }
 
-struct Bytes {
-    Py_buffer view{};
-    explicit Bytes(const py::handle &obj) {
-        if (PyObject_GetBuffer(obj.ptr(), &view, PyBUF_SIMPLE) != 0)
-            throw py::error_already_set();
-    }
-    ~Bytes() { PyBuffer_Release(&view); }
-    Bytes(const Bytes &) = delete;
-    Bytes &operator=(const Bytes &) = delete;
-};
-
 // Bytes from which put_bytes copies into the queue with the GIL released.
 constexpr std::size_t kCopyWithoutGil = std::size_t{1} << 20;
 
@@ -83,15 +72,15 @@ bool make_bytes(void *ctx, const std::byte *data, std::size_t n) {
 
 void put_bytes(const QueueHandle &h, const py::object &data, bool block, TimeoutArg timeout) {
     auto q = h.get();
-    Bytes b(data);
-    auto n = static_cast<std::size_t>(b.view.len);
+    PyBufferRef b(data);
+    auto n = b.size();
     bool done;
     if (n >= kCopyWithoutGil) {
         // A large copy must not stall the other threads; the exported buffer stays valid.
         GilRelease nogil;
-        done = q->try_put(b.view.buf, n);
+        done = q->try_put(b.data(), n);
     } else {
-        done = q->try_put(b.view.buf, n);
+        done = q->try_put(b.data(), n);
     }
     if (done)
         return;
@@ -106,9 +95,9 @@ void put_bytes(const QueueHandle &h, const py::object &data, bool block, Timeout
         }
         if (n >= kCopyWithoutGil) {
             GilRelease nogil;
-            done = q->try_put(b.view.buf, n);
+            done = q->try_put(b.data(), n);
         } else {
-            done = q->try_put(b.view.buf, n);
+            done = q->try_put(b.data(), n);
         }
         if (done)
             return;

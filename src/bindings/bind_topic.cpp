@@ -170,19 +170,13 @@ void publish_impl(PublisherCore &s, py::handle obj, const std::string &meta,
         }
         return;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(obj.ptr(), &view, PyBUF_SIMPLE) != 0)
-        throw py::error_already_set();
-    struct Release {
-        Py_buffer *v;
-        ~Release() { PyBuffer_Release(v); }
-    } release{&view};
-    const std::size_t n = static_cast<std::size_t>(view.len);
-    if (n <= kCopyWithoutGil && pub.try_publish_bytes(view.buf, n, meta))
+    PyBufferRef view(obj);
+    const std::size_t n = view.size();
+    if (n <= kCopyWithoutGil && pub.try_publish_bytes(view.data(), n, meta))
         return;
     Deadline d(timeout);
     GilRelease nogil;
-    pub.publish_bytes(view.buf, n, meta, d);
+    pub.publish_bytes(view.data(), n, meta, d);
 }
 
 // --- METH_FASTCALL methods: the per-message hot paths skip pybind11's generic dispatch -----

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace shmipc::bindings {
 namespace py = pybind11;
@@ -55,6 +56,41 @@ class GilRelease {
     PyThreadState *state_;
 };
 using release_gil = py::call_guard<GilRelease>;
+
+// The one RAII holder of a Python buffer (Py_buffer) in the bindings: a contiguous view of any
+// buffer-protocol object, read-only unless asked for writable, released on scope exit. The
+// throwing constructor raises the object's own error (BufferError, TypeError); try_acquire
+// leaves it set and returns false, for callers that fall back to another path.
+class PyBufferRef {
+  public:
+    PyBufferRef() noexcept = default;
+    explicit PyBufferRef(py::handle o, bool writable = false) {
+        if (!try_acquire(o.ptr(), writable))
+            throw py::error_already_set();
+    }
+    ~PyBufferRef() {
+        if (held_)
+            PyBuffer_Release(&view_);
+    }
+    PyBufferRef(const PyBufferRef &) = delete;
+    PyBufferRef &operator=(const PyBufferRef &) = delete;
+
+    [[nodiscard]] bool try_acquire(PyObject *o, bool writable = false) noexcept {
+        if (held_)
+            return true;
+        held_ = PyObject_GetBuffer(o, &view_, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) == 0;
+        return held_;
+    }
+    [[nodiscard]] void *data() const noexcept { return view_.buf; }
+    [[nodiscard]] std::size_t size() const noexcept { return static_cast<std::size_t>(view_.len); }
+    [[nodiscard]] std::string_view bytes() const noexcept {
+        return {static_cast<const char *>(view_.buf), size()};
+    }
+
+  private:
+    Py_buffer view_{};
+    bool held_ = false;
+};
 
 // A `timeout` argument (API.md §0): None waits forever, a number of seconds >= 0 bounds the
 // wait. Anything else is refused while the arguments are converted, with one message for every

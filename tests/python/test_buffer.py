@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import shmipc
-from shmipc import CorruptSegmentError, ShmipcError
+from shmipc import CorruptSegmentError, ShmipcError, _core
 
 import workers_buffer as workers
 from testutil import join_all
@@ -590,3 +590,39 @@ def test_buffers_travel_through_multiprocessing_pipes(spawn: mp.context.SpawnCon
     assert parent.recv() == "ok"
     join_all([p])
     assert list(buf.as_array(np.int64)) == [2, 4, 6, 8]
+
+
+# _core._copy_into: the bulk copy Python code uses to fill shared memory (shmipc.dask).
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+@pytest.mark.parametrize("n", [0, 100, 70_000, 5 << 20, (33 << 20) + 4097])
+def test_copy_into_copies_exactly_at_an_offset(n: int, threads: int) -> None:
+    src = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8)
+    dst = np.zeros(n + 100, np.uint8)
+    _core._copy_into(dst, 7, src, threads)
+    assert np.array_equal(dst[7 : 7 + n], src)
+    assert not dst[:7].any() and not dst[7 + n :].any()
+
+
+def test_copy_into_refuses_what_does_not_fit_or_cannot_be_written() -> None:
+    dst = np.zeros(10, np.uint8)
+    with pytest.raises(ValueError, match="3 bytes do not fit at offset 8 of a 10-byte buffer"):
+        _core._copy_into(dst, 8, b"abc")
+    with pytest.raises(ValueError, match="at offset 11"):
+        _core._copy_into(dst, 11, b"")
+    with pytest.raises(BufferError):
+        _core._copy_into(b"read-only", 0, b"x")
+    with pytest.raises(TypeError):
+        _core._copy_into(dst, 0, 12)
+    with pytest.raises(TypeError):
+        _core._copy_into(dst, -1, b"x")
+    assert not dst.any()
+
+
+def test_copy_into_handles_overlapping_ranges_like_memmove() -> None:
+    a = np.arange(200_000, dtype=np.uint8)
+    expect = a.copy()
+    expect[1000:] = a[: 200_000 - 1000]
+    _core._copy_into(a, 1000, a[: 200_000 - 1000])
+    assert np.array_equal(a, expect)

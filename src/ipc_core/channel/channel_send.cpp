@@ -3,6 +3,7 @@
 // waiting for room; a block stays the caller's on every failure.
 #include "ipc_core/channel/channel_detail.hpp"
 
+#include "ipc_core/base/bulk_copy.hpp"
 #include "ipc_core/base/errors.hpp"
 
 #include <algorithm>
@@ -178,7 +179,7 @@ void Channel::send_bytes(const void *data, std::size_t n, RecordKind kind, std::
     const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1), deadline);
     try {
         if (n)
-            std::memcpy(heap_.to_ptr(off), data, n);
+            bulk_copy(heap_.to_ptr(off), data, n);
         send_block_locked(off, n, kind, meta, deadline);
     } catch (...) {
         free_unsent(off, deadline);
@@ -213,7 +214,7 @@ bool Channel::try_send_bytes(const void *data, std::size_t n, RecordKind kind,
     }
     try {
         if (n)
-            std::memcpy(heap_.to_ptr(off), data, n);
+            bulk_copy(heap_.to_ptr(off), data, n);
         send_block_locked(off, n, kind, meta, now);
     } catch (const Timeout &) {
         free_unsent(off, now);
@@ -260,7 +261,7 @@ std::size_t Channel::send_many(const std::vector<std::pair<const void *, std::si
                 }
                 const std::uint64_t off = heap_.allocate(std::max<std::size_t>(n, 1), deadline);
                 if (n)
-                    std::memcpy(heap_.to_ptr(off), p, n);
+                    bulk_copy(heap_.to_ptr(off), p, n);
                 heap_.transfer(off, kOwnerHeld);
                 recs[built] = RingRecord{off, n, static_cast<std::uint64_t>(RecordKind::Block), 0};
             }

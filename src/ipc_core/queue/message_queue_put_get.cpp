@@ -4,6 +4,7 @@
 // of both sides.
 #include "ipc_core/queue/message_queue_impl.hpp"
 
+#include "ipc_core/base/bulk_copy.hpp"
 #include "ipc_core/testing/crash_point.hpp"
 
 #include <chrono>
@@ -52,10 +53,10 @@ bool MessageQueue::Impl::try_put(const void *src, std::size_t n) {
             auto *dst = data(s);
             std::size_t half = n / 2;
             if (half)
-                std::memcpy(dst, src, half);
+                bulk_copy(dst, src, half);
             crash_point("queue.put.half");
             if (n - half)
-                std::memcpy(dst + half, static_cast<const std::byte *>(src) + half, n - half);
+                bulk_copy(dst + half, static_cast<const std::byte *>(src) + half, n - half);
             s->length = static_cast<std::uint32_t>(n);
             // SYNC POINT: release pairs with the consumer's acquire of FULL (publishes
             // data and length).

@@ -3,6 +3,7 @@
 // policy applied with the topic lock held), closing the stream.
 #include "ipc_core/topic/topic_ref.hpp"
 
+#include "ipc_core/base/bulk_copy.hpp"
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/testing/crash_point.hpp"
 
@@ -358,7 +359,7 @@ void TopicPublisher::publish_bytes(const void *data, std::size_t n, std::string_
     const std::uint64_t off = heap.allocate(std::max<std::size_t>(n, 1), deadline);
     try {
         if (n)
-            std::memcpy(heap.to_ptr(off), data, n);
+            bulk_copy(heap.to_ptr(off), data, n);
         (void)publish_locked(off, n, meta, &deadline);
     } catch (...) {
         heap.deallocate(off);
@@ -384,7 +385,7 @@ bool TopicPublisher::try_publish_bytes(const void *data, std::size_t n, std::str
     bool ok = false;
     try {
         if (n)
-            std::memcpy(heap.to_ptr(off), data, n);
+            bulk_copy(heap.to_ptr(off), data, n);
         ok = publish_locked(off, n, meta, nullptr);
     } catch (...) {
         heap.deallocate(off);

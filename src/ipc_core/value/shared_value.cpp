@@ -1,5 +1,6 @@
 #include "ipc_core/value/shared_value.hpp"
 
+#include "ipc_core/base/bulk_copy.hpp"
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/sync/liveness.hpp"
 #include "ipc_core/testing/crash_point.hpp"
@@ -210,10 +211,10 @@ std::uint64_t SharedValue::write_locked(std::uint32_t type, std::span<const std:
         std::memcpy(meta_ptr(next), meta.data(), meta.size());
     const std::size_t half = data.size() / 2;
     if (half)
-        std::memcpy(data_ptr(next), data.data(), half);
+        bulk_copy(data_ptr(next), data.data(), half);
     crash_point("value.write.half");
     if (data.size() > half)
-        std::memcpy(data_ptr(next) + half, data.data() + half, data.size() - half);
+        bulk_copy(data_ptr(next) + half, data.data() + half, data.size() - half);
     // SYNC POINT: pairs with the acquire load of seq in try_snapshot.
     s.seq.store(odd + 1, std::memory_order_release);
     // SYNC POINT: pairs with the acquire load of current in try_snapshot.
