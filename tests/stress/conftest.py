@@ -17,8 +17,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--torture-trials",
         type=int,
-        default=int(os.environ.get("SHMIPC_TORTURE_TRIALS", "100")),
-        help="SIGKILL trials per object kind (default 100, env SHMIPC_TORTURE_TRIALS)",
+        default=int(os.environ.get("SHMIPC_TORTURE_TRIALS", "50")),
+        help="SIGKILL trials per object kind (default 50, env SHMIPC_TORTURE_TRIALS)",
     )
 
 

@@ -2,7 +2,8 @@
 
 Asserts for every trial: no hang (every wait is bounded), no lost or duplicated committed
 message, no torn value, heap space back to its baseline after reclamation; and at the end no
-leaked /dev/shm name and no leaked fd. Trials per kind: --torture-trials (default 100).
+leaked /dev/shm name and no leaked fd. Trials per kind: --torture-trials (default 50;
+SHMIPC_TORTURE_TRIALS=1000 for a long run).
 """
 
 from __future__ import annotations
