@@ -1,7 +1,7 @@
 """Before/after: the run_all.py benchmarks against two builds of shmipc, interleaved.
 
     python benchmarks/compare_builds.py --base /work/venv-base/bin/python [--main python3]
-        [--rounds 3] [--quick] [--scripts bench_heap.py,bench_dict.py]
+        [--rounds 3] [--quick] [--scripts bench_heap.py,bench_dict.py] [--save DIR]
 
 Each benchmark script (this checkout's copy, so both builds run the same measurement) runs
 `--rounds` times with each interpreter, alternating base and main script by script, so that a
@@ -10,7 +10,9 @@ lower is better; rates and bare counts: higher is better; ratio cells are skippe
 the rounds is kept per build, and the cells of shmipc's own rows and columns are compared. The
 best of several rounds is what a build can do on this machine; single runs on a noisy VM differ
 by more than the 5% this comparison looks for. Prints a markdown table of every compared cell
-and the cells where main is more than --threshold percent slower.
+and the cells where main is more than --threshold percent slower. A script that fails in one
+build is reported and its cells are left out; --save keeps every run's output, so a rerun with
+the same folder only runs what is missing.
 """
 
 from __future__ import annotations
@@ -85,12 +87,24 @@ def ours(key: tuple[str, str, str]) -> bool:
     return bool(_OURS.search(row) or _OURS.search(col) or _OURS.search(key[0]))
 
 
-def run(python: str, script: str, quick: bool) -> str:
+def run(python: str, script: str, quick: bool, save: Path | None) -> str:
+    """The script's output; "" (and a report on stderr) when it failed. With `save`, the output
+    is kept there and reused by a later call with the same path (an interrupted comparison
+    resumes where it stopped)."""
+    if save is not None and save.exists():
+        return save.read_text()
     cmd = [python, str(HERE / script), *(["--quick"] if quick else [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, timeout=3600)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        print(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        failures.append(f"{python} {script}")
+        return ""
+    if save is not None:
+        save.write_text(proc.stdout)
     return proc.stdout
+
+
+failures: list[str] = []
 
 
 def main() -> int:
@@ -101,7 +115,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--scripts", default=",".join(ORDER))
     ap.add_argument("--threshold", type=float, default=5.0, help="percent")
+    ap.add_argument("--save", type=Path, help="keep (and reuse) each run's output in this folder")
     args = ap.parse_args()
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
 
     best: dict[str, dict[tuple[str, str, str], tuple[float, bool]]] = {"base": {}, "main": {}}
     t0 = time.perf_counter()
@@ -112,8 +129,9 @@ def main() -> int:
                 order.reverse()
             for build, python in order:
                 short = script.removeprefix("bench_").removesuffix(".py")
+                save = args.save / f"{build}-{short}-{r + 1}.txt" if args.save else None
                 for (heading, row, col), (v, hib) in parse_tables(
-                    run(python, script, args.quick)
+                    run(python, script, args.quick, save)
                 ).items():
                     key = (f"{short}: {heading}", row, col)
                     old = best[build].get(key)
@@ -146,6 +164,8 @@ def main() -> int:
     print(len(slower))
     for (bench, row, col), change in slower:
         print(f"- {bench} / {row} / {col}: {change:+.1f}%")
+    for f in failures:
+        print(f"- failed (its cells are not compared): {f}")
     return 0
 
 
