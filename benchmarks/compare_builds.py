@@ -9,16 +9,19 @@ slow or fast phase of a shared VM hits both builds. Every numeric table cell is 
 lower is better; rates and bare counts: higher is better; ratio cells are skipped), the best of
 the rounds is kept per build, and the cells of shmipc's own rows and columns are compared. The
 best of several rounds is what a build can do on this machine; single runs on a noisy VM differ
-by more than the 5% this comparison looks for. Prints a markdown table of every compared cell
-and the cells where main is more than --threshold percent slower. A script that fails in one
-build is reported and its cells are left out; --save keeps every run's output, so a rerun with
-the same folder only runs what is missing.
+by more than the 5% this comparison looks for. The change of the medians of the rounds is printed
+beside it: where a row's runs fall into two modes (processes sharing a core or not), the best
+picks whichever build hit the fast mode once, the median shows where most runs landed. Prints a
+markdown table of every compared cell and the cells where main is more than --threshold percent
+slower. A script that fails in one build is reported and its cells are left out; --save keeps
+every run's output, so a rerun with the same folder only runs what is missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -121,6 +124,7 @@ def main() -> int:
         args.save.mkdir(parents=True, exist_ok=True)
 
     best: dict[str, dict[tuple[str, str, str], tuple[float, bool]]] = {"base": {}, "main": {}}
+    every: dict[str, dict[tuple[str, str, str], list[float]]] = {"base": {}, "main": {}}
     t0 = time.perf_counter()
     for script in args.scripts.split(","):
         for r in range(args.rounds):
@@ -134,6 +138,7 @@ def main() -> int:
                     run(python, script, args.quick, save)
                 ).items():
                     key = (f"{short}: {heading}", row, col)
+                    every[build].setdefault(key, []).append(v)
                     old = best[build].get(key)
                     if old is None or (v > old[0] if hib else v < old[0]):
                         best[build][key] = (v, hib)
@@ -147,7 +152,9 @@ def main() -> int:
         if b == 0 or m == 0:
             continue
         change = (m / b - 1) * 100 if hib else (b / m - 1) * 100  # > 0: main is faster
-        rows.append((key, b, m, hib, change))
+        mb, mm = statistics.median(every["base"][key]), statistics.median(every["main"][key])
+        med = (mm / mb - 1) * 100 if hib else (mb / mm - 1) * 100
+        rows.append((key, b, m, hib, change, med))
         if change < -args.threshold:
             slower.append((key, change))
 
@@ -156,10 +163,13 @@ def main() -> int:
 
     print(f"best of {args.rounds} rounds per build, --quick={args.quick}, ", end="")
     print(f"{time.perf_counter() - t0:.0f} s\n")
-    print("| benchmark | row | column | base | main | main vs base |")
-    print("|---|---|---|---|---|---|")
-    for (bench, row, col), b, m, hib, change in rows:
-        print(f"| {bench} | {row} | {col} | {fmt(b, hib)} | {fmt(m, hib)} | {change:+.1f}% |")
+    print("| benchmark | row | column | base | main | main vs base | medians: main vs base |")
+    print("|---|---|---|---|---|---|---|")
+    for (bench, row, col), b, m, hib, change, med in rows:
+        print(
+            f"| {bench} | {row} | {col} | {fmt(b, hib)} | {fmt(m, hib)} | {change:+.1f}% "
+            f"| {med:+.1f}% |"
+        )
     print(f"\n{len(rows)} cells compared; more than {args.threshold:g}% slower in main: ", end="")
     print(len(slower))
     for (bench, row, col), change in slower:
