@@ -303,32 +303,9 @@ void Heap::hold_lock_for_tests() {
 
 // --- ownership -----------------------------------------------------------------------------------
 
-Heap::LiveBlock Heap::live_block(std::uint64_t off) const {
-    auto bad = [&](const char *why) {
-        throw InvalidArgument("offset " + std::to_string(off) +
-                              " is not a live block of this heap: " + why);
-    };
-    const std::uint64_t s = seg_of(off);
-    if (s >= segs_.mapped())
-        (void)segs_.ptr(off); // maps it, or InvalidArgument for no such segment
-    const SegmentGeometry &g = segs_.geometry(static_cast<std::uint32_t>(s));
-    const std::uint64_t local = local_of(off);
-    if (local < g.arena_begin + kBlockHeaderSize || local >= g.arena_end || local % kHeapUnit != 0)
-        bad("not a block start");
-    const std::uint64_t ho = off - kBlockHeaderSize;
-    auto *hdr = static_cast<BlockHeader *>(segs_.ptr(ho));
-    // SYNC POINT: acquire, pairs with the release stores/CAS that handed the block out (carve,
-    // the cache fast path, transfer): its contents and owner are visible.
-    const std::uint64_t w = hdr->word.load(std::memory_order_acquire);
-    if (!word_valid(w) || !segs_.fits(ho, word_units(w)))
-        bad("no block header");
-    if (word_state(w) != kUsed)
-        bad(word_state(w) == kFree ? "already free" : "already freed (cached)");
-    return {ho, w, hdr};
-}
-
-std::size_t Heap::block_capacity(std::uint64_t off) const {
-    return word_units(live_block(off).word) * kHeapUnit - kBlockHeaderSize;
+void Heap::bad_block(std::uint64_t off, const char *why) const {
+    throw InvalidArgument("offset " + std::to_string(off) +
+                          " is not a live block of this heap: " + why);
 }
 
 namespace {

@@ -164,8 +164,11 @@ class Heap {
         if (!taken_in.inherited())
             deallocate_impl(off, &deadline);
     }
-    // Payload bytes usable at `off` (>= what was asked).
-    [[nodiscard]] std::size_t block_capacity(std::uint64_t off) const;
+    // Payload bytes usable at `off` (>= what was asked). InvalidArgument if `off` is not a live
+    // block.
+    [[nodiscard]] std::size_t block_capacity(std::uint64_t off) const {
+        return word_units(live_block(off).word) * kHeapUnit - kBlockHeaderSize;
+    }
 
     // --- ownership ------------------------------------------------------------------------
     // This client's id (after the fork check: a forked child's copy registers first).
@@ -298,7 +301,10 @@ class Heap {
     [[nodiscard]] RobustLock locked(const Deadline &deadline);
     void recover_locked();
     std::uint64_t reap_locked();
+    // The block whose payload starts at `off`, checked (InvalidArgument otherwise): inline, as
+    // the dict validates every table and entry offset it reads from shared memory with it.
     [[nodiscard]] LiveBlock live_block(std::uint64_t off) const;
+    [[noreturn]] void bad_block(std::uint64_t off, const char *why) const;
     void notify_freed() noexcept;
     std::uint64_t allocate_impl(std::size_t n, std::size_t align, std::uint16_t owner,
                                 const Deadline *deadline);
@@ -322,5 +328,26 @@ class Heap {
     std::uint16_t client_ = kOwnerNone;
     bool thread_cache_ = true;
 };
+
+inline Heap::LiveBlock Heap::live_block(std::uint64_t off) const {
+    const std::uint64_t s = seg_of(off);
+    if (s >= segs_.mapped()) [[unlikely]]
+        (void)segs_.ptr(off); // maps it, or InvalidArgument for no such segment
+    const SegmentGeometry &g = segs_.geometry(static_cast<std::uint32_t>(s));
+    const std::uint64_t local = local_of(off);
+    if (local < g.arena_begin + kBlockHeaderSize || local >= g.arena_end || local % kHeapUnit != 0)
+        [[unlikely]]
+        bad_block(off, "not a block start");
+    const std::uint64_t ho = off - kBlockHeaderSize;
+    auto *hdr = static_cast<BlockHeader *>(segs_.ptr(ho));
+    // SYNC POINT: acquire, pairs with the release stores/CAS that handed the block out (carve,
+    // the cache fast path, transfer): its contents and owner are visible.
+    const std::uint64_t w = hdr->word.load(std::memory_order_acquire);
+    if (!word_valid(w) || !segs_.fits(ho, word_units(w))) [[unlikely]]
+        bad_block(off, "no block header");
+    if (word_state(w) != kUsed) [[unlikely]]
+        bad_block(off, word_state(w) == kFree ? "already free" : "already freed (cached)");
+    return {ho, w, hdr};
+}
 
 } // namespace shmipc
