@@ -32,6 +32,8 @@ def name(value: Any, param: str = "name") -> str:
 def integer(value: Any, param: str, *, minimum: int = 0, maximum: int = _SIZE_MAX) -> int:
     """An ``int`` (or an object with ``__index__``, never a bool) within [minimum, maximum]:
     ``ValueError`` below, ``OverflowError`` above."""
+    if type(value) is int and minimum <= value <= maximum:
+        return value  # the common case, checked in one step (bool is not exactly int)
     if isinstance(value, bool):
         raise TypeError(f"{param} must be an int, not bool")
     try:

@@ -37,11 +37,12 @@ def test_a_receiver_at_its_fd_limit_gets_emfile_and_loses_no_buffer(
     assert got == [i.to_bytes(8, "little") for i in range(50)], "every buffer still arrived"
 
 
+@pytest.mark.parametrize("lower_later", [False, True], ids=["from_the_start", "lowered_later"])
 def test_the_buffer_pool_keeps_few_fds_under_a_low_fd_limit(
-    spawn: mp.context.SpawnContext,
+    spawn: mp.context.SpawnContext, lower_later: bool
 ) -> None:
     q = spawn.Queue()
-    p = spawn.Process(target=w.pool_under_a_low_fd_limit, args=(q,))
+    p = spawn.Process(target=w.pool_under_a_low_fd_limit, args=(q, lower_later))
     p.start()
     idle, opened = q.get(timeout=120)
     join_all([p])

@@ -37,9 +37,14 @@ def recv_at_the_fd_limit(sock: socket.socket, count: int, q: Any) -> None:
     sock.close()
 
 
-def pool_under_a_low_fd_limit(q: Any) -> None:
+def pool_under_a_low_fd_limit(q: Any, lower_later: bool = False) -> None:
     """Creates and closes many buffers under RLIMIT_NOFILE=256, then opens files as a user
-    would: the pool's idle fds must not be what makes open() fail."""
+    would: the pool's idle fds must not be what makes open() fail. With `lower_later`, the
+    pool first fills under the usual limit, and the limit is lowered afterwards."""
+    if lower_later:
+        for i in range(200):
+            shmipc.Buffer(4096 * (1 + i % 50)).close()
+        assert shmipc.pool_stats()["entries"] > 16
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
     for i in range(300):
         b = shmipc.Buffer(4096 * (1 + i % 50))

@@ -86,7 +86,12 @@ class Pool {
                     return;
             entries_.push_front(PoolEntry{std::move(seg), st.st_dev, st.st_ino, reusable});
             bytes_ += size;
-            const std::size_t max_entries = max_idle_fds();
+            // The fd limit, read again every kLimitRecheck puts (getrlimit is a syscall, a
+            // tenth of a buffer's create + close): a limit lowered meanwhile is seen within
+            // that many puts, and the pool never holds more than kMaxEntries fds anyway.
+            if (puts_++ % kLimitRecheck == 0)
+                max_entries_ = max_idle_fds();
+            const std::size_t max_entries = max_entries_;
             while (bytes_ > limit_ || entries_.size() > max_entries) {
                 bytes_ -= entries_.back().seg.size();
                 evicted.push_back(std::move(entries_.back()));
@@ -125,9 +130,11 @@ class Pool {
         new (&mu_) std::mutex();
         entries_.clear();
         bytes_ = 0;
+        puts_ = 0; // the child reads the limit on its first put
     }
 
     static constexpr std::size_t kMaxEntries = 64;
+    static constexpr std::size_t kLimitRecheck = 64;
     // Every idle entry keeps an fd open: never more than a sixteenth of the process's fd limit,
     // so the pool alone cannot push the user's own open() into EMFILE.
     static std::size_t max_idle_fds() noexcept {
@@ -142,6 +149,8 @@ class Pool {
     std::size_t limit_ = std::size_t{1} << 30; // 1 GiB of idle mappings by default
     std::size_t hits_ = 0;
     std::size_t misses_ = 0;
+    std::size_t puts_ = 0;                  // put() calls, for the limit's re-reads
+    std::size_t max_entries_ = kMaxEntries; // max_idle_fds() as last read
 };
 
 } // namespace
