@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
+#include <mutex>
 #include <string>
 #include <sys/statvfs.h>
 #include <sys/sysinfo.h>
@@ -80,11 +82,21 @@ std::optional<std::uint64_t> cgroup_headroom() {
     return best;
 }
 
-std::uint64_t memory_available_for(int fd) {
-    std::uint64_t avail = UINT64_MAX;
+namespace {
+
+// Free space of the fd's filesystem (a sized tmpfs such as /dev/shm; a memfd's internal mount
+// has no size: UINT64_MAX). One fstatvfs.
+std::uint64_t filesystem_available(int fd) {
     struct statvfs sv {};
     if (::fstatvfs(fd, &sv) == 0 && sv.f_blocks != 0)
-        avail = static_cast<std::uint64_t>(sv.f_bavail) * sv.f_frsize;
+        return static_cast<std::uint64_t>(sv.f_bavail) * sv.f_frsize;
+    return UINT64_MAX;
+}
+
+// MemAvailable + free swap, and the tightest cgroup headroom: about a dozen syscalls and the
+// parsing of /proc and cgroupfs files (most of a small buffer's creation cost if done each time).
+std::uint64_t system_available() {
+    std::uint64_t avail = UINT64_MAX;
     struct sysinfo si {};
     if (::sysinfo(&si) == 0) {
         std::uint64_t mem =
@@ -109,12 +121,62 @@ std::uint64_t memory_available_for(int fd) {
     return avail;
 }
 
+// system_available() as last read, less what this process reserved since. Small reservations
+// are checked against it instead of reading the system again: at most kUncheckedBudget bytes
+// (and a sixteenth of the headroom) over kMaxAge go unchecked, so a stale value (memory taken by
+// others, or this process moved to a tighter cgroup) can let through at most that much before
+// the next full read, where fallocate or the next check sees the truth. Anything larger is
+// always checked in full.
+struct HeadroomCache {
+    std::mutex mu;
+    std::uint64_t avail = 0;
+    std::uint64_t reserved = 0; // bytes let through on `avail` since it was read
+    std::chrono::steady_clock::time_point read_at{};
+    bool valid = false;
+};
+constexpr std::uint64_t kUncheckedBudget = std::uint64_t{16} << 20;
+constexpr std::chrono::milliseconds kMaxAge{100};
+
+HeadroomCache &headroom_cache() {
+    static HeadroomCache *c = new HeadroomCache(); // never destroyed: used until exit
+    return *c;
+}
+
+// What system_available() would say for a reservation of `size` (see HeadroomCache).
+std::uint64_t system_available_for(std::uint64_t size) {
+    HeadroomCache &c = headroom_cache();
+    const auto now = std::chrono::steady_clock::now();
+    // try_lock: a thread that finds the cache busy (or a fork child whose parent thread held
+    // it) reads the system itself rather than wait.
+    std::unique_lock lk(c.mu, std::try_to_lock);
+    if (lk && c.valid && now - c.read_at < kMaxAge &&
+        c.reserved + size <= std::min(c.avail / 16, kUncheckedBudget)) {
+        const std::uint64_t before = c.avail - c.reserved;
+        c.reserved += size;
+        return before;
+    }
+    const std::uint64_t sys = system_available();
+    if (lk) {
+        c.avail = sys;
+        c.reserved = size <= sys ? size : 0;
+        c.read_at = now;
+        c.valid = true;
+    }
+    return sys;
+}
+
+} // namespace
+
+std::uint64_t memory_available_for(int fd) {
+    return std::min(filesystem_available(fd), system_available());
+}
+
 void reserve_space(int fd, std::size_t size) {
     if (size == 0)
         return;
     // Refuse up front what cannot fit: fallocate would otherwise eat all memory (or trigger the
     // cgroup's OOM killer) before failing.
-    std::uint64_t avail = memory_available_for(fd);
+    std::uint64_t avail = std::min(filesystem_available(fd), system_available_for(size));
     if (size > avail)
         throw OutOfMemory("cannot reserve " + std::to_string(size) +
                           " bytes of shared memory: only " + std::to_string(avail) +

@@ -17,7 +17,10 @@ namespace shmipc {
 [[nodiscard]] std::optional<std::uint64_t> cgroup_headroom();
 
 // Reserves `size` bytes of the fd's file now (posix_fallocate), after checking that they are
-// available. Throws OutOfMemory naming what was asked and what is available.
+// available. Throws OutOfMemory naming what was asked and what is available. The filesystem is
+// asked every time; memory and cgroup headroom are read again for any reservation over 16 MiB
+// and otherwise at least every 100 ms or 16 MiB reserved (reading them costs more than
+// creating a small buffer).
 void reserve_space(int fd, std::size_t size);
 
 } // namespace shmipc

@@ -152,3 +152,22 @@ TEST(Reserve, more_than_is_available_is_an_out_of_memory_error_naming_the_sizes)
     EXPECT_NO_THROW(reserve_space(fd, 1 << 20));
     ::close(fd);
 }
+
+TEST(Reserve, small_reservations_checked_on_a_cached_headroom_never_let_a_large_one_through) {
+    // Small reservations are checked against the headroom as last read (reserve.hpp); anything
+    // over the unchecked budget, or beyond what is available, is still read and refused.
+    int small = ::memfd_create("reserve-small", MFD_CLOEXEC);
+    int big = ::memfd_create("reserve-big", MFD_CLOEXEC);
+    ASSERT_GE(small, 0);
+    ASSERT_GE(big, 0);
+    ASSERT_EQ(::ftruncate(small, 4096), 0);
+    const std::uint64_t twice = 2 * memory_available_for(big);
+    ASSERT_EQ(::ftruncate(big, static_cast<off_t>(twice)), 0);
+    for (int round = 0; round < 3; ++round) {
+        for (int i = 0; i < 1000; ++i)
+            ASSERT_NO_THROW(reserve_space(small, 4096));
+        EXPECT_THROW(reserve_space(big, twice), OutOfMemory) << "round " << round;
+    }
+    ::close(small);
+    ::close(big);
+}
