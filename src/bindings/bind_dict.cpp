@@ -53,8 +53,9 @@ struct PyDict {
             throw Closed("SharedDict is closed");
         return *dict;
     }
-    SharedDict::Guard lock() {
-        SharedDict &d = get();
+    SharedDict::Guard lock() { return lock(get()); }
+    // Locks `d`, which get() returned (one check of the heap per operation).
+    SharedDict::Guard lock(SharedDict &d) {
         if (auto g = d.try_lock())
             return g;
         GilRelease nogil;
@@ -232,8 +233,9 @@ py::object get_or(PyDict &self, py::handle key, py::handle missing, bool raise) 
     Read r;
     bool found;
     {
-        auto g = self.lock();
-        found = self.get().get(g, k, &read_value, &r);
+        SharedDict &d = self.get();
+        auto g = self.lock(d);
+        found = d.get(g, k, &read_value, &r);
     }
     if (!found) {
         if (raise)
@@ -299,7 +301,7 @@ void bind_dict(py::module_ &m) {
                  std::string_view k = key_of(key);
                  SharedDict &d = self.get();
                  SharedDict::Entry e = encode(d, k, value);
-                 auto g = self.lock();
+                 auto g = self.lock(); // checks again: encode() may have run Python code
                  d.publish(g, std::move(e));
              })
         .def(

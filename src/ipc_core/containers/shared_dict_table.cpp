@@ -14,17 +14,18 @@ namespace shmipc {
 
 using namespace dict_detail; // the slot word, table and entry headers
 
-std::size_t DictOps::block_bytes(std::uint64_t off) const {
+Heap::Payload DictOps::block(std::uint64_t off) const {
     try {
-        return h.block_capacity(off);
+        return h.checked_payload(off);
     } catch (const InvalidArgument &e) {
         corrupt(std::string("an offset that is not a live block (") + e.what() + ")");
     }
 }
 
 DictOps::Table DictOps::table(std::uint64_t off) const {
-    std::size_t bytes = block_bytes(off);
-    auto *t = static_cast<TableHeader *>(h.to_ptr(off));
+    const Heap::Payload b = block(off);
+    const std::size_t bytes = b.capacity;
+    auto *t = reinterpret_cast<TableHeader *>(b.data);
     std::uint64_t cap = t->capacity;
     if (cap < kMinCapacity || !std::has_single_bit(cap) ||
         cap > (bytes - sizeof(TableHeader)) / sizeof(std::uint64_t))
@@ -34,8 +35,9 @@ DictOps::Table DictOps::table(std::uint64_t off) const {
 }
 
 DictOps::EntryView DictOps::entry(std::uint64_t off) const {
-    std::size_t bytes = block_bytes(off);
-    auto *e = static_cast<EntryHeader *>(h.to_ptr(off));
+    const Heap::Payload b = block(off);
+    const std::size_t bytes = b.capacity;
+    auto *e = reinterpret_cast<EntryHeader *>(b.data);
     EntryView v;
     v.hash = e->hash;
     v.tag = e->tag;

@@ -114,7 +114,8 @@ struct DictOps {
     [[noreturn]] void corrupt(const std::string &why) const {
         throw CorruptSegment("shared dict: " + why);
     }
-    std::size_t block_bytes(std::uint64_t off) const;
+    // The live heap block at `off` (its payload and capacity), or CorruptSegment.
+    Heap::Payload block(std::uint64_t off) const;
     struct Table {
         std::atomic<std::uint64_t> *slots = nullptr;
         std::uint64_t capacity = 0; // slots, power of two, fits its block

@@ -169,6 +169,17 @@ class Heap {
     [[nodiscard]] std::size_t block_capacity(std::uint64_t off) const {
         return word_units(live_block(off).word) * kHeapUnit - kBlockHeaderSize;
     }
+    // A live block's payload and its capacity, checked once (InvalidArgument as
+    // block_capacity): for readers of offsets taken from shared memory.
+    struct Payload {
+        std::byte *data;
+        std::size_t capacity;
+    };
+    [[nodiscard]] Payload checked_payload(std::uint64_t off) const {
+        const LiveBlock b = live_block(off);
+        return {reinterpret_cast<std::byte *>(b.hdr) + kBlockHeaderSize,
+                word_units(b.word) * kHeapUnit - kBlockHeaderSize};
+    }
 
     // --- ownership ------------------------------------------------------------------------
     // This client's id (after the fork check: a forked child's copy registers first).
