@@ -23,7 +23,7 @@ __all__ = ["MessageQueue"]
 _dumps = pickle.dumps
 _loads = pickle.loads
 _PROTOCOL = 5
-_ATOMS = _objects._ATOMS
+_TIMED_OUT = _core.TIMED_OUT
 
 
 def _closed() -> ValueError:
@@ -133,14 +133,13 @@ class MessageQueue(QueueAsync):
         q = self._q
         if q is None:
             raise _closed()
-        t = type(obj)
-        if t in _ATOMS or ((t is tuple or t is list) and _ATOMS.issuperset(map(type, obj))):
-            try:
-                q.put_bytes(_dumps(obj, _PROTOCOL), block, timeout)  # no buffers: the fast path
-            except TimeoutError:  # the engine's "no room in time": queue.Queue's convention
-                raise queue.Full from None
-            return
-        self._put_obj(q, obj, block, timeout)
+        # One call for the common case: an object with no buffers (atoms, flat containers of
+        # them) is pickled and put by the core; None means it may hold large buffers.
+        done = q.put_object(obj, block, timeout)
+        if done is None:
+            self._put_obj(q, obj, block, timeout)
+        elif not done:  # no room in time: queue.Queue's convention
+            raise queue.Full from None
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Removes and returns the next object; waits if ``block`` (at most ``timeout``
@@ -148,18 +147,16 @@ class MessageQueue(QueueAsync):
         q = self._q
         if q is None:
             raise _closed()
-        try:
-            raw = q.get_bytes(block, timeout)
-        except TimeoutError:  # the engine's "nothing in time": queue.Queue's convention
+        # One call: the core gets the message and unpickles it (or hands a message with
+        # out-of-band buffers to _decode_oob).
+        obj = q.get_object(block, timeout, self._decode_oob)
+        if obj is _TIMED_OUT:  # nothing in time: queue.Queue's convention
             raise queue.Empty from None
-        return self._decode(raw)
+        return obj
 
     def put_nowait(self, obj: Any) -> None:
         """``put(obj, block=False)``."""
-        q = self._q
-        if q is None:
-            raise _closed()
-        self._put_obj(q, obj, False, None)
+        self.put(obj, False, None)
 
     def get_nowait(self) -> Any:
         """``get(block=False)``."""
@@ -196,8 +193,11 @@ class MessageQueue(QueueAsync):
 
     def _decode(self, raw: bytes) -> Any:
         if raw[:1] == b"\x00":  # out-of-band buffers (a plain pickle starts with PROTO, 0x80)
-            return _objects.decode_queue_message(raw, self._oob_heap)
+            return self._decode_oob(raw)
         return _loads(raw)
+
+    def _decode_oob(self, raw: bytes) -> Any:
+        return _objects.decode_queue_message(raw, self._oob_heap)
 
     def _oob_heap(self) -> Any:
         oob = self._oob
@@ -222,8 +222,11 @@ class MessageQueue(QueueAsync):
 
     def get_bytes(self, block: bool = True, timeout: float | None = None) -> bytes:
         """Removes and returns the next message as ``bytes``."""
+        q = self._q
+        if q is None:
+            raise _closed()
         try:
-            result: bytes = self._handle().get_bytes(block, timeout)
+            result: bytes = q.get_bytes(block, timeout)
         except TimeoutError:
             raise queue.Empty from None
         return result

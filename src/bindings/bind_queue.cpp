@@ -58,6 +58,15 @@ Deadline make_deadline(bool block, TimeoutArg timeout) {
 // Bytes from which put_bytes copies into the queue with the GIL released.
 constexpr std::size_t kCopyWithoutGil = std::size_t{1} << 20;
 
+// Set once by bind_queue (module import, GIL held) and never released: pickle's functions, the
+// protocol, and the sentinel get_object returns when nothing came in time. (A function-local
+// static initialised under the GIL could deadlock: the import may release the GIL while another
+// thread waits for the static's guard holding it.)
+PyObject *g_dumps = nullptr;
+PyObject *g_loads = nullptr;
+PyObject *g_protocol = nullptr;
+PyObject *g_timed_out = nullptr;
+
 struct GetCtx {
     PyObject *out = nullptr;
 };
@@ -70,78 +79,168 @@ bool make_bytes(void *ctx, const std::byte *data, std::size_t n) {
     return c->out != nullptr;
 }
 
-void put_bytes(const QueueHandle &h, const py::object &data, bool block, TimeoutArg timeout) {
-    auto q = h.get();
-    PyBufferRef b(data);
-    auto n = b.size();
-    bool done;
-    if (n >= kCopyWithoutGil) {
-        // A large copy must not stall the other threads; the exported buffer stays valid.
-        GilRelease nogil;
-        done = q->try_put(b.data(), n);
-    } else {
-        done = q->try_put(b.data(), n);
-    }
-    if (done)
-        return;
+// Puts n bytes from p; false if there was no room in time (block/timeout as queue.Queue).
+bool put_raw(MessageQueue &q, const void *p, std::size_t n, bool block, TimeoutArg timeout) {
+    auto attempt = [&] {
+        if (n >= kCopyWithoutGil) {
+            // A large copy must not stall the other threads; the caller keeps p valid.
+            GilRelease nogil;
+            return q.try_put(p, n);
+        }
+        return q.try_put(p, n);
+    };
+    if (attempt())
+        return true;
     Deadline dl = make_deadline(block, timeout);
     if (!block)
-        raise_full();
+        return false;
     for (;;) {
         MessageQueue::WaitResult r;
         {
             GilRelease nogil;
-            r = q->wait_put_ready(dl);
+            r = q.wait_put_ready(dl);
         }
-        if (n >= kCopyWithoutGil) {
-            GilRelease nogil;
-            done = q->try_put(b.data(), n);
-        } else {
-            done = q->try_put(b.data(), n);
-        }
-        if (done)
-            return;
+        if (attempt())
+            return true;
         if (r == MessageQueue::WaitResult::Timeout || dl.expired())
-            raise_full();
+            return false;
     }
 }
 
-py::object get_bytes(const QueueHandle &h, bool block, TimeoutArg timeout) {
-    auto q = h.get();
+// The next message as a new bytes object, or nullptr if none came in time.
+PyObject *get_raw(MessageQueue &q, bool block, TimeoutArg timeout) {
     GetCtx ctx;
     auto take = [&]() -> bool {
-        bool got = q->try_get(&make_bytes, &ctx);
+        bool got = q.try_get(&make_bytes, &ctx);
         if (got && !ctx.out)
             throw py::error_already_set(); // MemoryError; message kept
         return got;
     };
     if (take())
-        return py::reinterpret_steal<py::object>(ctx.out);
+        return ctx.out;
     Deadline dl = make_deadline(block, timeout);
     if (!block)
-        raise_empty();
+        return nullptr;
     for (;;) {
         MessageQueue::WaitResult r;
         {
             GilRelease nogil;
-            r = q->wait_get_ready(dl);
+            r = q.wait_get_ready(dl);
         }
         if (r == MessageQueue::WaitResult::Timeout || dl.expired()) {
-            q->recover(&make_bytes, &ctx); // a last look for a dead consumer's message
+            q.recover(&make_bytes, &ctx); // a last look for a dead consumer's message
             if (ctx.out)
-                return py::reinterpret_steal<py::object>(ctx.out);
-            if (take())
-                return py::reinterpret_steal<py::object>(ctx.out);
-            raise_empty();
+                return ctx.out;
+            return take() ? ctx.out : nullptr;
         }
         if (take())
-            return py::reinterpret_steal<py::object>(ctx.out);
+            return ctx.out;
     }
+}
+
+void put_bytes(const QueueHandle &h, const py::object &data, bool block, TimeoutArg timeout) {
+    auto q = h.get();
+    PyObject *o = data.ptr();
+    bool done;
+    if (PyBytes_CheckExact(o)) { // immutable, and kept alive by the caller: no export needed
+        done = put_raw(*q, PyBytes_AS_STRING(o), static_cast<std::size_t>(PyBytes_GET_SIZE(o)),
+                       block, timeout);
+    } else {
+        PyBufferRef b(data);
+        done = put_raw(*q, b.data(), b.size(), block, timeout);
+    }
+    if (!done)
+        raise_full();
+}
+
+py::object get_bytes(const QueueHandle &h, bool block, TimeoutArg timeout) {
+    auto q = h.get();
+    PyObject *raw = get_raw(*q, block, timeout);
+    if (!raw)
+        raise_empty();
+    return py::reinterpret_steal<py::object>(raw);
+}
+
+// An int, float, str, bool, None or complex (exact types: a subclass may pickle itself any way).
+inline bool is_atom(PyObject *o) noexcept {
+    PyTypeObject *t = Py_TYPE(o);
+    return t == &PyLong_Type || t == &PyUnicode_Type || t == &PyFloat_Type || o == Py_None ||
+           t == &PyBool_Type || t == &PyComplex_Type;
+}
+
+// True if pickling `o` can hand pickle no buffer at all, and runs no code of the user's: an
+// atom, or a tuple or list of atoms, or a dict whose values are atoms (exact types). The same
+// rule as shmipc/_objects.py's fast path; nothing here calls back into Python.
+bool is_plain(PyObject *o) noexcept {
+    if (is_atom(o))
+        return true;
+    PyTypeObject *t = Py_TYPE(o);
+    if (t == &PyTuple_Type) {
+        for (Py_ssize_t i = 0, n = PyTuple_GET_SIZE(o); i < n; ++i)
+            if (!is_atom(PyTuple_GET_ITEM(o, i)))
+                return false;
+        return true;
+    }
+    if (t == &PyList_Type) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o); ++i)
+            if (!is_atom(PyList_GET_ITEM(o, i)))
+                return false;
+        return true;
+    }
+    if (t == &PyDict_Type) {
+        Py_ssize_t pos = 0;
+        PyObject *key = nullptr;
+        PyObject *value = nullptr;
+        while (PyDict_Next(o, &pos, &key, &value))
+            if (!is_atom(value))
+                return false;
+        return true;
+    }
+    return false;
+}
+
+// MessageQueue.put's fast path, in one call: a plain object (is_plain) is pickled (protocol 5)
+// and put. True: put; False: no room in time; None: not plain (it may hold buffers for the
+// companion heap), nothing done: the Python layer pickles it.
+py::object put_object(const QueueHandle &h, const py::object &obj, bool block, TimeoutArg timeout) {
+    auto q = h.get();
+    if (!is_plain(obj.ptr()))
+        return py::none();
+    PyObject *args[] = {obj.ptr(), g_protocol};
+    auto data = py::reinterpret_steal<py::object>(PyObject_Vectorcall(g_dumps, args, 2, nullptr));
+    if (!data)
+        throw py::error_already_set();
+    PyObject *d = data.ptr();
+    return py::bool_(put_raw(*q, PyBytes_AS_STRING(d),
+                             static_cast<std::size_t>(PyBytes_GET_SIZE(d)), block, timeout));
+}
+
+// MessageQueue.get's fast path, in one call: the next message unpickled, decode_oob(raw) for a
+// message with out-of-band buffers (it starts with 0x00; a plain pickle starts with PROTO), or
+// TIMED_OUT if none came in time.
+py::object get_object(const QueueHandle &h, bool block, TimeoutArg timeout,
+                      const py::object &decode_oob) {
+    auto q = h.get();
+    PyObject *raw = get_raw(*q, block, timeout);
+    if (!raw)
+        return py::reinterpret_borrow<py::object>(g_timed_out);
+    auto msg = py::reinterpret_steal<py::object>(raw);
+    const bool oob = PyBytes_GET_SIZE(raw) > 0 && PyBytes_AS_STRING(raw)[0] == 0;
+    PyObject *out = PyObject_CallOneArg(oob ? decode_oob.ptr() : g_loads, raw);
+    if (!out)
+        throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(out);
 }
 
 } // namespace
 
 void bind_queue(py::module_ &m) {
+    auto pickle = py::module_::import("pickle");
+    g_dumps = py::object(pickle.attr("dumps")).release().ptr();
+    g_loads = py::object(pickle.attr("loads")).release().ptr();
+    g_protocol = py::int_(5).release().ptr();
+    g_timed_out = py::object(py::module_::import("builtins").attr("object")()).release().ptr();
+    m.attr("TIMED_OUT") = py::reinterpret_borrow<py::object>(g_timed_out);
     py::class_<QueueHandle>(m, "MessageQueue")
         .def_static(
             "create",
@@ -162,6 +261,9 @@ void bind_queue(py::module_ &m) {
         .def("put_bytes", &put_bytes, py::arg("data"), py::arg("block") = true,
              py::arg("timeout") = py::none())
         .def("get_bytes", &get_bytes, py::arg("block") = true, py::arg("timeout") = py::none())
+        .def("put_object", &put_object, py::arg("obj"), py::arg("block") = true,
+             py::arg("timeout") = py::none())
+        .def("get_object", &get_object, py::arg("block"), py::arg("timeout"), py::arg("decode_oob"))
         .def("qsize", [](const QueueHandle &h) { return h.get()->size(); })
         .def_property_readonly("maxsize", [](const QueueHandle &h) { return h.get()->capacity(); })
         .def_property_readonly("max_message_size",

@@ -88,7 +88,8 @@ def test_full_and_empty_are_the_python_layers_words_for_the_engines_timeout(name
         calls: list[Any] = [
             (queue.Full, q.put, (1, False)),
             (queue.Full, q.put, ([1.5, b"x"], True, 0.01)),  # the fast path of plain pickles
-            (queue.Full, q.put, ({"a": None}, False)),  # through _put_obj
+            (queue.Full, q.put, ({"a": None}, False)),  # a plain dict: the fast path too
+            (queue.Full, q.put, ([bytearray(1)], False)),  # not plain: through _put_obj
             (queue.Full, q.put_nowait, (1,)),
             (queue.Full, q.put_bytes, (b"z", False)),
             (queue.Full, q.put_many_bytes, ([b"z"], False)),
@@ -110,6 +111,84 @@ def test_full_and_empty_are_the_python_layers_words_for_the_engines_timeout(name
                 fn(*args)
             assert not isinstance(info.value, TimeoutError)
             assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+class _RaisesTimeoutOnUnpickle:
+    def __reduce__(self) -> Any:
+        return (_raise_timeout, ())
+
+
+def _raise_timeout() -> None:
+    raise TimeoutError("raised by the object's own unpickling")
+
+
+class _RaisesTimeoutOnPickle:
+    def __reduce__(self) -> Any:
+        raise TimeoutError("raised by the object's own pickling")
+
+
+class _Int(int):
+    pass
+
+
+def test_a_timeout_error_of_the_object_itself_is_not_taken_for_full_or_empty(name: str) -> None:
+    # put/get tell "no room / nothing in time" apart from a TimeoutError that pickling or
+    # unpickling the user's object raises: that one reaches the caller as it is.
+    with shmipc.MessageQueue.create(name, maxsize=4, max_message_size=256) as q:
+        with pytest.raises(TimeoutError, match="own pickling"):
+            q.put(_RaisesTimeoutOnPickle())
+        with pytest.raises(TimeoutError, match="own pickling"):
+            q.put([_RaisesTimeoutOnPickle()], timeout=0.01)
+        assert q.qsize() == 0
+        q.put(_RaisesTimeoutOnUnpickle())
+        with pytest.raises(TimeoutError, match="own unpickling"):
+            q.get(timeout=1)
+        with pytest.raises(queue.Empty):  # the message was taken: the error was its decoding
+            q.get(False)
+
+
+def test_put_and_get_keep_every_kind_of_object_exactly(name: str) -> None:
+    # The core's one-call path (atoms, flat tuples/lists/dicts of atoms) and the Python
+    # layer's path (everything else) give back what was put, exact types included.
+    objs: list[Any] = [  # fmt: skip
+        0,
+        -(1 << 100),
+        1.5,
+        float("inf"),
+        "",
+        "snow \u2603",
+        True,
+        None,
+        2j,
+        (),
+        [],
+        {},
+        (1, "a", None),
+        [1.5, False, 3j],
+        {"k": 1, 2: "v", None: None},
+        _Int(7),
+        [_Int(7)],
+        (b"x", 1),
+        {"a": [1]},
+        [[1, 2]],
+        {"b": b"y" * 100},
+        bytearray(b"ab"),
+        frozenset({1}),
+        {1, 2},
+    ]
+    with shmipc.MessageQueue.create(name, maxsize=64, max_message_size=1024) as q:
+        for o in objs:
+            q.put(o, timeout=1)
+        for o in objs:
+            got = q.get(timeout=1)
+            assert got == o and type(got) is type(o)
+            if isinstance(o, (tuple, list)):
+                assert [type(x) for x in got] == [type(x) for x in o]
+        with pytest.raises(ValueError, match="max_message_size"):
+            q.put("x" * 2000)  # plain, and too large: nothing put
+        with pytest.raises(ValueError, match="max_message_size"):
+            q.put(["x" * 2000], block=False)
+        assert q.qsize() == 0
 
 
 def test_get_timeout_waits_at_least_the_timeout_then_raises_empty(name: str) -> None:
