@@ -2,6 +2,7 @@
 // syscall and no GIL round trip; only a call that has to wait releases the GIL, sleeps in
 // slices (Ctrl-C, timeout) and retries.
 #include "bindings.hpp"
+#include "fastcall.hpp"
 
 #include <pybind11/stl.h>
 
@@ -34,6 +35,13 @@ struct QueueHandle {
         if (!q)
             throw Closed("MessageQueue is closed");
         return q;
+    }
+    // The engine object, for a call that holds the GIL throughout (close() needs the GIL, so it
+    // cannot run meanwhile); a call that releases the GIL first takes a reference with get().
+    MessageQueue &engine() const {
+        if (!q)
+            throw Closed("MessageQueue is closed");
+        return *q;
     }
 };
 
@@ -80,10 +88,14 @@ bool make_bytes(void *ctx, const std::byte *data, std::size_t n) {
 }
 
 // Puts n bytes from p; false if there was no room in time (block/timeout as queue.Queue).
-bool put_raw(MessageQueue &q, const void *p, std::size_t n, bool block, TimeoutArg timeout) {
+bool put_raw(const QueueHandle &h, const void *p, std::size_t n, bool block, TimeoutArg timeout) {
+    MessageQueue &q = h.engine();
+    std::shared_ptr<MessageQueue> keep; // q stays mapped while we run without the GIL
     auto attempt = [&] {
         if (n >= kCopyWithoutGil) {
             // A large copy must not stall the other threads; the caller keeps p valid.
+            if (!keep)
+                keep = h.get();
             GilRelease nogil;
             return q.try_put(p, n);
         }
@@ -94,6 +106,8 @@ bool put_raw(MessageQueue &q, const void *p, std::size_t n, bool block, TimeoutA
     Deadline dl = make_deadline(block, timeout);
     if (!block)
         return false;
+    if (!keep)
+        keep = h.get();
     for (;;) {
         MessageQueue::WaitResult r;
         {
@@ -108,7 +122,8 @@ bool put_raw(MessageQueue &q, const void *p, std::size_t n, bool block, TimeoutA
 }
 
 // The next message as a new bytes object, or nullptr if none came in time.
-PyObject *get_raw(MessageQueue &q, bool block, TimeoutArg timeout) {
+PyObject *get_raw(const QueueHandle &h, bool block, TimeoutArg timeout) {
+    MessageQueue &q = h.engine();
     GetCtx ctx;
     auto take = [&]() -> bool {
         bool got = q.try_get(&make_bytes, &ctx);
@@ -121,6 +136,7 @@ PyObject *get_raw(MessageQueue &q, bool block, TimeoutArg timeout) {
     Deadline dl = make_deadline(block, timeout);
     if (!block)
         return nullptr;
+    auto keep = h.get(); // q stays mapped while we wait without the GIL
     for (;;) {
         MessageQueue::WaitResult r;
         {
@@ -138,27 +154,24 @@ PyObject *get_raw(MessageQueue &q, bool block, TimeoutArg timeout) {
     }
 }
 
-void put_bytes(const QueueHandle &h, const py::object &data, bool block, TimeoutArg timeout) {
-    auto q = h.get();
-    PyObject *o = data.ptr();
+void put_bytes(const QueueHandle &h, PyObject *data, bool block, TimeoutArg timeout) {
     bool done;
-    if (PyBytes_CheckExact(o)) { // immutable, and kept alive by the caller: no export needed
-        done = put_raw(*q, PyBytes_AS_STRING(o), static_cast<std::size_t>(PyBytes_GET_SIZE(o)),
+    if (PyBytes_CheckExact(data)) { // immutable, and kept alive by the caller: no export needed
+        done = put_raw(h, PyBytes_AS_STRING(data), static_cast<std::size_t>(PyBytes_GET_SIZE(data)),
                        block, timeout);
     } else {
         PyBufferRef b(data);
-        done = put_raw(*q, b.data(), b.size(), block, timeout);
+        done = put_raw(h, b.data(), b.size(), block, timeout);
     }
     if (!done)
         raise_full();
 }
 
-py::object get_bytes(const QueueHandle &h, bool block, TimeoutArg timeout) {
-    auto q = h.get();
-    PyObject *raw = get_raw(*q, block, timeout);
+PyObject *get_bytes(const QueueHandle &h, bool block, TimeoutArg timeout) {
+    PyObject *raw = get_raw(h, block, timeout);
     if (!raw)
         raise_empty();
-    return py::reinterpret_steal<py::object>(raw);
+    return raw;
 }
 
 // An int, float, str, bool, None or complex (exact types: a subclass may pickle itself any way).
@@ -202,35 +215,113 @@ bool is_plain(PyObject *o) noexcept {
 // MessageQueue.put's fast path, in one call: a plain object (is_plain) is pickled (protocol 5)
 // and put. True: put; False: no room in time; None: not plain (it may hold buffers for the
 // companion heap), nothing done: the Python layer pickles it.
-py::object put_object(const QueueHandle &h, const py::object &obj, bool block, TimeoutArg timeout) {
-    auto q = h.get();
-    if (!is_plain(obj.ptr()))
-        return py::none();
-    PyObject *args[] = {obj.ptr(), g_protocol};
+PyObject *put_object(const QueueHandle &h, PyObject *obj, bool block, TimeoutArg timeout) {
+    h.engine(); // a closed queue is ValueError whatever the object
+    if (!is_plain(obj))
+        Py_RETURN_NONE;
+    PyObject *args[] = {obj, g_protocol};
     auto data = py::reinterpret_steal<py::object>(PyObject_Vectorcall(g_dumps, args, 2, nullptr));
     if (!data)
         throw py::error_already_set();
     PyObject *d = data.ptr();
-    return py::bool_(put_raw(*q, PyBytes_AS_STRING(d),
-                             static_cast<std::size_t>(PyBytes_GET_SIZE(d)), block, timeout));
+    bool done = put_raw(h, PyBytes_AS_STRING(d), static_cast<std::size_t>(PyBytes_GET_SIZE(d)),
+                        block, timeout);
+    return Py_NewRef(done ? Py_True : Py_False);
 }
 
 // MessageQueue.get's fast path, in one call: the next message unpickled, decode_oob(raw) for a
 // message with out-of-band buffers (it starts with 0x00; a plain pickle starts with PROTO), or
 // TIMED_OUT if none came in time.
-py::object get_object(const QueueHandle &h, bool block, TimeoutArg timeout,
-                      const py::object &decode_oob) {
-    auto q = h.get();
-    PyObject *raw = get_raw(*q, block, timeout);
+PyObject *get_object(const QueueHandle &h, bool block, TimeoutArg timeout, PyObject *decode_oob) {
+    PyObject *raw = get_raw(h, block, timeout);
     if (!raw)
-        return py::reinterpret_borrow<py::object>(g_timed_out);
-    auto msg = py::reinterpret_steal<py::object>(raw);
+        return Py_NewRef(g_timed_out);
     const bool oob = PyBytes_GET_SIZE(raw) > 0 && PyBytes_AS_STRING(raw)[0] == 0;
-    PyObject *out = PyObject_CallOneArg(oob ? decode_oob.ptr() : g_loads, raw);
-    if (!out)
-        throw py::error_already_set();
-    return py::reinterpret_steal<py::object>(out);
+    PyObject *out = PyObject_CallOneArg(oob ? decode_oob : g_loads, raw);
+    Py_DECREF(raw);
+    return out; // nullptr: the decoder's exception is set
 }
+
+// ---- METH_FASTCALL entry points (fastcall.hpp): the per-message calls ---------------------
+using fastcall::self_of;
+using fastcall::translate_current;
+
+PyObject *q_put_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw) {
+    PyObject *a[3];
+    bool block;
+    TimeoutArg timeout;
+    if (!fastcall::parse("put_bytes", args, nargs, kw, {"data", "block", "timeout"}, 1, a) ||
+        !fastcall::truth(a[1], true, block) || !fastcall::timeout(a[2], timeout))
+        return nullptr;
+    try {
+        put_bytes(self_of<QueueHandle>(self), a[0], block, timeout);
+        Py_RETURN_NONE;
+    } catch (...) {
+        return translate_current();
+    }
+}
+
+PyObject *q_get_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw) {
+    PyObject *a[2];
+    bool block;
+    TimeoutArg timeout;
+    if (!fastcall::parse("get_bytes", args, nargs, kw, {"block", "timeout"}, 0, a) ||
+        !fastcall::truth(a[0], true, block) || !fastcall::timeout(a[1], timeout))
+        return nullptr;
+    try {
+        return get_bytes(self_of<QueueHandle>(self), block, timeout);
+    } catch (...) {
+        return translate_current();
+    }
+}
+
+PyObject *q_put_object(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw) {
+    PyObject *a[3];
+    bool block;
+    TimeoutArg timeout;
+    if (!fastcall::parse("put_object", args, nargs, kw, {"obj", "block", "timeout"}, 1, a) ||
+        !fastcall::truth(a[1], true, block) || !fastcall::timeout(a[2], timeout))
+        return nullptr;
+    try {
+        return put_object(self_of<QueueHandle>(self), a[0], block, timeout);
+    } catch (...) {
+        return translate_current();
+    }
+}
+
+PyObject *q_get_object(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw) {
+    PyObject *a[3];
+    bool block;
+    TimeoutArg timeout;
+    if (!fastcall::parse("get_object", args, nargs, kw, {"block", "timeout", "decode_oob"}, 3, a) ||
+        !fastcall::truth(a[0], true, block) || !fastcall::timeout(a[1], timeout))
+        return nullptr;
+    try {
+        return get_object(self_of<QueueHandle>(self), block, timeout, a[2]);
+    } catch (...) {
+        return translate_current();
+    }
+}
+
+PyMethodDef g_fast_methods[] = {
+    {"put_bytes", fastcall::method(q_put_bytes), METH_FASTCALL | METH_KEYWORDS,
+     "put_bytes(data, block=True, timeout=None)\n\n"
+     "Puts the bytes of any buffer-protocol object (one copy). TimeoutError if there is no\n"
+     "room in time (at once with block=False), ValueError if larger than max_message_size or\n"
+     "the queue is closed."},
+    {"get_bytes", fastcall::method(q_get_bytes), METH_FASTCALL | METH_KEYWORDS,
+     "get_bytes(block=True, timeout=None) -> bytes\n\n"
+     "Removes and returns the next message. TimeoutError if none comes in time."},
+    {"put_object", fastcall::method(q_put_object), METH_FASTCALL | METH_KEYWORDS,
+     "put_object(obj, block=True, timeout=None) -> bool | None\n\n"
+     "Pickles (protocol 5) and puts an object that holds no buffer: an int, float, str, bool,\n"
+     "None or complex, or a tuple, list or dict (its values) of those. True: put; False: no\n"
+     "room in time; None: another object, nothing done."},
+    {"get_object", fastcall::method(q_get_object), METH_FASTCALL | METH_KEYWORDS,
+     "get_object(block, timeout, decode_oob) -> Any\n\n"
+     "Removes the next message and returns it unpickled, or decode_oob(message) for one with\n"
+     "out-of-band buffers (it starts with 0x00), or TIMED_OUT if none comes in time."},
+};
 
 } // namespace
 
@@ -241,16 +332,17 @@ void bind_queue(py::module_ &m) {
     g_protocol = py::int_(5).release().ptr();
     g_timed_out = py::object(py::module_::import("builtins").attr("object")()).release().ptr();
     m.attr("TIMED_OUT") = py::reinterpret_borrow<py::object>(g_timed_out);
-    py::class_<QueueHandle>(m, "MessageQueue")
-        .def_static(
-            "create",
-            [](const std::string &name, std::size_t maxsize, std::size_t max_message_size,
-               unsigned mode, bool persistent) {
-                return QueueHandle{std::make_shared<MessageQueue>(
-                    MessageQueue::create(name, maxsize, max_message_size, mode, persistent))};
-            },
-            py::arg("name"), py::arg("maxsize"), py::arg("max_message_size"), py::arg("mode"),
-            py::arg("persistent"))
+    py::class_<QueueHandle> cls(m, "MessageQueue");
+    fastcall::install(cls, g_fast_methods);
+    cls.def_static(
+           "create",
+           [](const std::string &name, std::size_t maxsize, std::size_t max_message_size,
+              unsigned mode, bool persistent) {
+               return QueueHandle{std::make_shared<MessageQueue>(
+                   MessageQueue::create(name, maxsize, max_message_size, mode, persistent))};
+           },
+           py::arg("name"), py::arg("maxsize"), py::arg("max_message_size"), py::arg("mode"),
+           py::arg("persistent"))
         .def_static(
             "attach",
             [](const std::string &name, std::uint32_t trust_uid) {
@@ -258,12 +350,6 @@ void bind_queue(py::module_ &m) {
                     MessageQueue::attach(name, TrustPolicy{static_cast<uid_t>(trust_uid)}))};
             },
             py::arg("name"), py::arg("trust_uid") = TrustPolicy::kOwnUser)
-        .def("put_bytes", &put_bytes, py::arg("data"), py::arg("block") = true,
-             py::arg("timeout") = py::none())
-        .def("get_bytes", &get_bytes, py::arg("block") = true, py::arg("timeout") = py::none())
-        .def("put_object", &put_object, py::arg("obj"), py::arg("block") = true,
-             py::arg("timeout") = py::none())
-        .def("get_object", &get_object, py::arg("block"), py::arg("timeout"), py::arg("decode_oob"))
         .def("qsize", [](const QueueHandle &h) { return h.get()->size(); })
         .def_property_readonly("maxsize", [](const QueueHandle &h) { return h.get()->capacity(); })
         .def_property_readonly("max_message_size",
