@@ -6,6 +6,7 @@
 // interrupt hook (Ctrl-C) between slices.
 #include "bind_heap.hpp"
 #include "bindings.hpp"
+#include "fastcall.hpp"
 
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/channel/channel.hpp"
@@ -153,74 +154,19 @@ void send_bytes_impl(ChannelCore &s, const void *data, std::size_t n, const std:
 
 // --- METH_FASTCALL methods: the per-message hot paths skip pybind11's generic dispatch -----
 
-PyTypeObject *g_core_type = nullptr;
 PyObject *g_send_fallback = nullptr; // Channel._send_slow(self, obj, timeout), set by Python
 
-ChannelCore *core_of(PyObject *self) {
-    auto *inst = reinterpret_cast<py::detail::instance *>(self);
-    if (inst->simple_layout)
-        return static_cast<ChannelCore *>(inst->simple_value_holder[0]);
-    return py::handle(self).cast<ChannelCore *>();
-}
-
-PyObject *translate_current() {
-    try {
-        py::detail::try_translate_exceptions();
-    } catch (...) {
-        PyErr_SetString(PyExc_RuntimeError, "unknown C++ exception");
-    }
-    return nullptr;
-}
-
-// Parses (x, timeout=None) / (timeout=None); returns false with an exception set.
-bool parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                int npos, PyObject **first, TimeoutArg &timeout) {
-    PyObject *t = nullptr;
-    if (nargs > npos + 1) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments", fname, npos + 1);
-        return false;
-    }
-    if (npos == 1)
-        *first = nargs > 0 ? args[0] : nullptr;
-    if (nargs > npos)
-        t = args[npos];
-    if (kwnames) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); ++i) {
-            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-            if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0 && !t) {
-                t = args[nargs + i];
-            } else if (npos == 1 && PyUnicode_CompareWithASCIIString(k, "obj") == 0 && !*first) {
-                *first = args[nargs + i];
-            } else {
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname,
-                             k);
-                return false;
-            }
-        }
-    }
-    if (npos == 1 && !*first) {
-        PyErr_Format(PyExc_TypeError, "%s() missing its argument", fname);
-        return false;
-    }
-    try {
-        timeout = timeout_of(t);
-    } catch (py::error_already_set &e) {
-        e.restore();
-        return false;
-    } catch (py::builtin_exception &e) {
-        e.set_error();
-        return false;
-    }
-    return true;
-}
+using fastcall::translate_current;
 
 PyObject *ch_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
-    PyObject *obj = nullptr;
+    PyObject *a[2];
     TimeoutArg timeout;
-    if (!parse_args("send", args, nargs, kwnames, 1, &obj, timeout))
+    if (!fastcall::parse("send", args, nargs, kwnames, {"obj", "timeout"}, 1, a) ||
+        !fastcall::timeout(a[1], timeout))
         return nullptr;
+    PyObject *obj = a[0];
     try {
-        ChannelCore &s = *core_of(self);
+        ChannelCore &s = fastcall::self_of<ChannelCore>(self);
         if (auto ref = block_ref(obj); ref && ref->heap == s.heap.ptr()) {
             send_block_impl(s, obj, {}, timeout, false);
             Py_RETURN_NONE;
@@ -248,10 +194,12 @@ PyObject *ch_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObj
 PyObject *ch_recv_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                         PyObject *kwnames) {
     TimeoutArg timeout;
-    if (!parse_args("recv_bytes", args, nargs, kwnames, 0, nullptr, timeout))
+    PyObject *a[1];
+    if (!fastcall::parse("recv_bytes", args, nargs, kwnames, {"timeout"}, 0, a) ||
+        !fastcall::timeout(a[0], timeout))
         return nullptr;
     try {
-        ChannelCore &s = *core_of(self);
+        ChannelCore &s = fastcall::self_of<ChannelCore>(self);
         Channel &ch = s.get();
         PyObject *out = nullptr;
         auto sink = [&](const void *p, std::size_t n) {
@@ -274,10 +222,12 @@ PyObject *ch_recv_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
 
 PyObject *ch_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     TimeoutArg timeout;
-    if (!parse_args("recv", args, nargs, kwnames, 0, nullptr, timeout))
+    PyObject *a[1];
+    if (!fastcall::parse("recv", args, nargs, kwnames, {"timeout"}, 0, a) ||
+        !fastcall::timeout(a[0], timeout))
         return nullptr;
     try {
-        ChannelCore &s = *core_of(self);
+        ChannelCore &s = fastcall::self_of<ChannelCore>(self);
         return message_block(s, recv_message(s, timeout)).release().ptr();
     } catch (...) {
         return translate_current();
@@ -285,8 +235,7 @@ PyObject *ch_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObj
 }
 
 PyMethodDef g_fast_methods[] = {
-    {"send", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ch_send)),
-     METH_FASTCALL | METH_KEYWORDS,
+    {"send", fastcall::method(ch_send), METH_FASTCALL | METH_KEYWORDS,
      "send(obj, timeout=None)\n\n"
      "Sends one record; blocks while the channel is full.\n\n"
      "A Block of this heap is *moved* (zero copy): afterwards it is released in the sender\n"
@@ -296,13 +245,12 @@ PyMethodDef g_fast_methods[] = {
      "Raises TimeoutError, PeerDiedError (the receiver died while the channel was full),\n"
      "ChannelBusyError, BrokenPipeError (the stream was ended by an earlier sender),\n"
      "MemoryError (heap full)."},
-    {"recv_bytes", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ch_recv_bytes)),
-     METH_FASTCALL | METH_KEYWORDS,
+    {"recv_bytes", fastcall::method(ch_recv_bytes), METH_FASTCALL | METH_KEYWORDS,
      "recv_bytes(timeout=None) -> bytes\n\n"
      "The next record copied into bytes (its block is freed at once). Blocks while empty;\n"
      "raises like recv()."},
-    {"_recv_fast", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ch_recv)),
-     METH_FASTCALL | METH_KEYWORDS, "_recv_fast(timeout=None) -> Block"},
+    {"_recv_fast", fastcall::method(ch_recv), METH_FASTCALL | METH_KEYWORDS,
+     "_recv_fast(timeout=None) -> Block"},
 };
 
 } // namespace
@@ -477,15 +425,7 @@ void bind_channel(py::module_ &m) {
                  return c.queued() > 0 || c.stream_ended() || c.peer_dead(ChannelRole::Sender);
              })
         .def("_close", [](ChannelCore &s) { s.close(); });
-    g_core_type = reinterpret_cast<PyTypeObject *>(cls.ptr());
-    for (PyMethodDef &def : g_fast_methods) {
-        PyObject *descr = PyDescr_NewMethod(g_core_type, &def);
-        if (!descr || PyObject_SetAttrString(cls.ptr(), def.ml_name, descr) != 0) {
-            Py_XDECREF(descr);
-            throw py::error_already_set();
-        }
-        Py_DECREF(descr);
-    }
+    fastcall::install(cls, g_fast_methods);
     m.def("_set_channel_send_fallback", [](py::object fn) {
         Py_XDECREF(g_send_fallback);
         g_send_fallback = fn.release().ptr(); // kept for the life of the process

@@ -7,6 +7,7 @@
 // gives the subscriber's reference back through a release hook (bind_heap.hpp).
 #include "bind_heap.hpp"
 #include "bindings.hpp"
+#include "fastcall.hpp"
 
 #include "ipc_core/base/errors.hpp"
 #include "ipc_core/sync/reactor.hpp"
@@ -183,71 +184,17 @@ void publish_impl(PublisherCore &s, py::handle obj, const std::string &meta,
 
 PyObject *g_publish_fallback = nullptr; // Publisher._publish_slow(self, obj, timeout)
 
-template <class Core> Core *core_of(PyObject *self) {
-    auto *inst = reinterpret_cast<py::detail::instance *>(self);
-    if (inst->simple_layout)
-        return static_cast<Core *>(inst->simple_value_holder[0]);
-    return py::handle(self).cast<Core *>();
-}
-
-PyObject *translate_current() {
-    try {
-        py::detail::try_translate_exceptions();
-    } catch (...) {
-        PyErr_SetString(PyExc_RuntimeError, "unknown C++ exception");
-    }
-    return nullptr;
-}
-
-// Parses (x, timeout=None) / (timeout=None); false with an exception set.
-bool parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                int npos, PyObject **first, TimeoutArg &timeout) {
-    PyObject *t = nullptr;
-    if (nargs > npos + 1) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments", fname, npos + 1);
-        return false;
-    }
-    if (npos == 1)
-        *first = nargs > 0 ? args[0] : nullptr;
-    if (nargs > npos)
-        t = args[npos];
-    if (kwnames) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); ++i) {
-            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-            if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0 && !t) {
-                t = args[nargs + i];
-            } else if (npos == 1 && PyUnicode_CompareWithASCIIString(k, "obj") == 0 && !*first) {
-                *first = args[nargs + i];
-            } else {
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname,
-                             k);
-                return false;
-            }
-        }
-    }
-    if (npos == 1 && !*first) {
-        PyErr_Format(PyExc_TypeError, "%s() missing its argument", fname);
-        return false;
-    }
-    try {
-        timeout = timeout_of(t); // one rule for every timeout (bindings.hpp)
-    } catch (py::error_already_set &e) {
-        e.restore();
-        return false;
-    } catch (py::builtin_exception &e) {
-        e.set_error();
-        return false;
-    }
-    return true;
-}
+using fastcall::translate_current;
 
 PyObject *pub_publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
-    PyObject *obj = nullptr;
+    PyObject *a[2];
     TimeoutArg timeout;
-    if (!parse_args("publish", args, nargs, kwnames, 1, &obj, timeout))
+    if (!fastcall::parse("publish", args, nargs, kwnames, {"obj", "timeout"}, 1, a) ||
+        !fastcall::timeout(a[1], timeout))
         return nullptr;
+    PyObject *obj = a[0];
     try {
-        PublisherCore &s = *core_of<PublisherCore>(self);
+        PublisherCore &s = fastcall::self_of<PublisherCore>(self);
         const bool fast = PyBytes_CheckExact(obj) || PyByteArray_CheckExact(obj) ||
                           PyMemoryView_Check(obj) || block_ref(obj).has_value();
         if (!fast) {
@@ -272,10 +219,12 @@ PyObject *pub_publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs, P
 
 PyObject *sub_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     TimeoutArg timeout;
-    if (!parse_args("recv", args, nargs, kwnames, 0, nullptr, timeout))
+    PyObject *a[1];
+    if (!fastcall::parse("recv", args, nargs, kwnames, {"timeout"}, 0, a) ||
+        !fastcall::timeout(a[0], timeout))
         return nullptr;
     try {
-        SubscriberCore &s = *core_of<SubscriberCore>(self);
+        SubscriberCore &s = fastcall::self_of<SubscriberCore>(self);
         TopicSample m = recv_sample(s, timeout);
         return sample_block(self, s, m).release().ptr();
     } catch (...) {
@@ -286,10 +235,12 @@ PyObject *sub_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyOb
 PyObject *sub_recv_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                          PyObject *kwnames) {
     TimeoutArg timeout;
-    if (!parse_args("recv_bytes", args, nargs, kwnames, 0, nullptr, timeout))
+    PyObject *a[1];
+    if (!fastcall::parse("recv_bytes", args, nargs, kwnames, {"timeout"}, 0, a) ||
+        !fastcall::timeout(a[0], timeout))
         return nullptr;
     try {
-        SubscriberCore &s = *core_of<SubscriberCore>(self);
+        SubscriberCore &s = fastcall::self_of<SubscriberCore>(self);
         TopicSubscriber &sub = s.get();
         struct Ctx {
             PyObject *out = nullptr;
@@ -322,8 +273,7 @@ PyObject *sub_recv_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 }
 
 PyMethodDef g_pub_methods[] = {
-    {"publish", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(pub_publish)),
-     METH_FASTCALL | METH_KEYWORDS,
+    {"publish", fastcall::method(pub_publish), METH_FASTCALL | METH_KEYWORDS,
      "publish(obj, timeout=None)\n\n"
      "Publishes one sample to every subscriber.\n\n"
      "A Block of this heap is *moved* (zero copy): every subscriber receives that block, and it\n"
@@ -336,30 +286,16 @@ PyMethodDef g_pub_methods[] = {
     {nullptr, nullptr, 0, nullptr}};
 
 PyMethodDef g_sub_methods[] = {
-    {"recv", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(sub_recv)),
-     METH_FASTCALL | METH_KEYWORDS,
+    {"recv", fastcall::method(sub_recv), METH_FASTCALL | METH_KEYWORDS,
      "recv(timeout=None) -> Block\n\n"
      "The next sample as a read-only Block shared with every other subscriber (its memory is\n"
      "freed when the last holder releases it). Raises TimeoutError; EOFError once the\n"
      "publisher closed and everything was received; PeerDiedError if the publisher died (or\n"
      "left without closing) and everything was received."},
-    {"recv_bytes", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(sub_recv_bytes)),
-     METH_FASTCALL | METH_KEYWORDS,
+    {"recv_bytes", fastcall::method(sub_recv_bytes), METH_FASTCALL | METH_KEYWORDS,
      "recv_bytes(timeout=None) -> bytes\n\n"
      "The next sample copied into bytes (no reference is kept). Raises like recv()."},
     {nullptr, nullptr, 0, nullptr}};
-
-void add_fast_methods(py::handle cls, PyMethodDef *defs) {
-    auto *type = reinterpret_cast<PyTypeObject *>(cls.ptr());
-    for (PyMethodDef *def = defs; def->ml_name; ++def) {
-        PyObject *descr = PyDescr_NewMethod(type, def);
-        if (!descr || PyObject_SetAttrString(cls.ptr(), def->ml_name, descr) != 0) {
-            Py_XDECREF(descr);
-            throw py::error_already_set();
-        }
-        Py_DECREF(descr);
-    }
-}
 
 } // namespace
 
@@ -413,7 +349,7 @@ void bind_topic(py::module_ &m) {
         .def("_ready", [](PublisherCore &s) { return s.get().ready(); })
         .def("_close", [](PublisherCore &s) { s.close(); });
 
-    add_fast_methods(pub_cls, g_pub_methods);
+    fastcall::install(pub_cls, g_pub_methods);
 
     py::class_<SubscriberCore> sub_cls(m, "SubscriberCore");
     sub_cls
@@ -492,7 +428,7 @@ void bind_topic(py::module_ &m) {
         .def("_publisher_dead", [](SubscriberCore &s) { return s.get().publisher_dead(); })
         .def("_close", [](SubscriberCore &s) { s.close(); });
 
-    add_fast_methods(sub_cls, g_sub_methods);
+    fastcall::install(sub_cls, g_sub_methods);
     m.def("_set_topic_publish_fallback", [](py::object fn) {
         Py_XDECREF(g_publish_fallback);
         g_publish_fallback = fn.release().ptr(); // kept for the life of the process

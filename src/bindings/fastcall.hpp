@@ -111,9 +111,12 @@ inline bool timeout(PyObject *o, TimeoutArg &out) noexcept {
     return false;
 }
 
-// Installs `defs` as methods of the pybind11 class `cls` (replacing any of the same name).
+// Installs `defs` as methods of the pybind11 class `cls` (replacing any of the same name); an
+// entry without a name (a CPython-style sentinel) is skipped.
 template <std::size_t N> void install(py::handle cls, PyMethodDef (&defs)[N]) {
     for (PyMethodDef &def : defs) {
+        if (!def.ml_name)
+            continue;
         PyObject *descr = PyDescr_NewMethod(reinterpret_cast<PyTypeObject *>(cls.ptr()), &def);
         if (!descr || PyObject_SetAttrString(cls.ptr(), def.ml_name, descr) != 0) {
             Py_XDECREF(descr);

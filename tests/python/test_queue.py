@@ -627,3 +627,36 @@ def test_sigkill_torture_no_hang_no_loss_no_duplicate(
         f"{len(committed)} committed, {len(counts)} received, {len(lost)} lost"
     )
     assert len(committed) > 1000, "the torture moved too few messages to mean anything"
+
+
+def test_the_core_calls_name_the_argument_they_refuse(name: str) -> None:
+    # The per-message calls are METH_FASTCALL (src/bindings/fastcall.hpp), not pybind11: their
+    # argument errors still name the function and the parameter.
+    with shmipc.MessageQueue.create(name, maxsize=2, max_message_size=64) as q:
+        h = q._handle()
+        for call, msg in [
+            (lambda: h.put_bytes(), r"put_bytes\(\) missing required argument 'data'"),
+            (lambda: h.put_bytes(b"x", data=b"y"), "multiple values for argument 'data'"),
+            (lambda: h.put_bytes(b"x", True, None, 1), r"at most 3 arguments \(4 given\)"),
+            (lambda: h.get_bytes(bogus=1), "unexpected keyword argument 'bogus'"),
+            (lambda: h.get_bytes(True, "1"), "timeout must be a number"),
+            (lambda: h.put_object(), "missing required argument 'obj'"),
+            (lambda: h.get_object(True, None), "missing required argument 'decode_oob'"),
+            (lambda: h.put_bytes(12), "bytes-like"),
+        ]:
+            with pytest.raises(TypeError, match=msg):
+                call()
+        with pytest.raises(ValueError, match=">= 0 seconds"):
+            h.get_bytes(timeout=-1)
+        h.put_bytes(data=b"k", block=False, timeout=None)
+        assert h.get_bytes(block=0, timeout=None) == b"k"  # block: any truth value
+        assert h.put_object({"a": 1}, timeout=1) is True
+        assert h.put_object([bytearray(1)]) is None  # not plain: left to the Python layer
+        assert h.get_object(False, None, None) == {"a": 1}
+        assert h.get_object(False, None, None) is shmipc._core.TIMED_OUT
+    with pytest.raises(ValueError, match="closed"):
+        h.put_bytes(b"x")
+    with pytest.raises(ValueError, match="closed"):
+        h.put_object(1)
+    with pytest.raises(ValueError, match="closed"):
+        h.get_object(False, None, None)
