@@ -76,8 +76,10 @@ inline constexpr unsigned kMaxRounds = 1u << 16;
 // Before sleeping on the futex a waiter spins (cheap while the peer runs on the other core),
 // then yields the CPU a few times (cheap when processes outnumber cores: the peer may be the
 // one waiting for our core). Waking a sleeper costs the peer a syscall and us 20-60 us here.
+// The yielding phase is long enough for a 4 MiB message's copy (~400 us here): with 200 us a
+// consumer slept through each one and paid the wake-up every time (benchmarks/bench_sweep.py).
 inline constexpr SpinPolicy kQueueSpin{std::chrono::microseconds(20),
-                                       std::chrono::microseconds(200)};
+                                       std::chrono::microseconds(500)};
 
 // The spin of a wait never runs past its deadline.
 inline SpinPolicy spin_policy(const Deadline &dl) {
